@@ -1,0 +1,31 @@
+# redis-proxy: `make run` to serve, `make test` to check. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
+
+.PHONY: run test redis_start http_start shutdown lint bench clean
+
+$(STAMP): requirements.txt
+	rm -f $(VENV)/.installed-* && $(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q --disable-pip-version-check -r requirements.txt && touch $@
+
+run: $(STAMP)
+	exec $(PY) http_server.py
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+redis_start: $(STAMP)
+	@mkdir -p run && $(PY) redis_launcher.py run/redis.pid run/redis.url $${REDIS_PORT:-6379}
+
+http_start: $(STAMP)
+	@mkdir -p run && REDIS_URL=$${REDIS_URL:-$$(cat run/redis.url 2>/dev/null)} nohup $(PY) http_server.py >> run/http.log 2>&1 & echo $$! > run/http.pid && echo "http server pid $$(cat run/http.pid), log in run/http.log"
+
+shutdown:
+	@for f in run/http.pid run/redis.pid; do [ -f $$f ] && kill $$(cat $$f) 2>/dev/null; rm -f $$f; done; rm -f run/redis.url; echo stopped
+
+lint: $(STAMP)
+	$(PY) -m pip install -q ruff==0.14.4 && $(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) run

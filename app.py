@@ -1,0 +1,72 @@
+"""Process wiring: settings, logging, the proxy and its front ends, and a clean stop."""
+
+import ipaddress
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
+import logger
+from errors import ConfigError, LauncherError
+from load_env import Settings, load_settings
+from redis_proxy import RedisProxy
+
+log = logging.getLogger("redis_proxy")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def start_front_ends(settings: Settings, proxy: RedisProxy) -> list:
+    """Bind every configured front end and serve each in its own thread."""
+    from http_server import make_server
+    servers = [make_server(settings.http_host, settings.http_port, proxy,
+                           max_clients=settings.max_clients, max_parallel=settings.max_parallel,
+                           header_timeout=settings.header_timeout,
+                           keepalive_timeout=settings.keepalive_timeout)]
+    log.info("HTTP on http://%s:%d", settings.http_host, servers[0].port)
+    for server in servers:
+        threading.Thread(target=server.serve_forever, name=type(server).__name__, daemon=True).start()
+    return servers
+
+
+def run(argv: list[str] | None = None) -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            sys.stderr.write(f"redis-proxy: bad setting {problem}\n")
+        return 2
+    logger.configure(settings.log_level, settings.log_format, settings.log_file or None)
+    if not _is_loopback(settings.http_host) and not settings.auth_tokens and not settings.auth_tokens_file:
+        log.warning("HTTP_HOST=%s exposes the proxy beyond this machine with no AUTH_TOKENS: "
+                    "anyone who reaches it can make it fetch URLs", settings.http_host)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    servers = []
+    try:
+        proxy = RedisProxy.get_instance(settings)
+        servers = start_front_ends(settings, proxy)
+        while not stop.wait(3600):
+            pass
+    except (LauncherError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+        RedisProxy.reset_instance()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,59 @@
+"""The stored entry: a small versioned header, then the body bytes exactly as received."""
+
+import json
+import struct
+from dataclasses import dataclass, field
+
+MAGIC = b"RPE1"  # redis-proxy entry, format 1
+_LENGTH = struct.Struct(">I")
+
+# End-to-end headers worth replaying to clients and needed for revalidation (RFC 9111 §3.1).
+KEPT_HEADERS = ("content-type", "content-language", "content-disposition", "etag",
+                "last-modified", "cache-control", "expires", "vary")
+
+
+@dataclass(frozen=True)
+class Entry:
+    status: int
+    body: bytes
+    url: str  # the canonical URL it came from
+    fetched_at: float  # unix seconds
+    fresh_for: float  # seconds of freshness from fetched_at
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def age(self, now: float) -> float:
+        return max(0.0, now - self.fetched_at)
+
+    def remaining(self, now: float) -> float:
+        """Seconds of freshness left; negative once stale."""
+        return self.fresh_for - self.age(now)
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "application/octet-stream")
+
+
+def kept_headers(headers) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {name: headers[name] for name in KEPT_HEADERS if name in headers}
+
+
+def encode(entry: Entry) -> bytes:
+    meta = json.dumps({"status": entry.status, "url": entry.url, "fetched_at": entry.fetched_at,
+                       "fresh_for": entry.fresh_for, "headers": entry.headers},
+                      separators=(",", ":")).encode()
+    return MAGIC + _LENGTH.pack(len(meta)) + meta + entry.body
+
+
+def decode(raw: bytes) -> Entry | None:
+    """The entry, or None for bytes that are not an entry of this format (treated as a miss)."""
+    if not raw.startswith(MAGIC) or len(raw) < len(MAGIC) + _LENGTH.size:
+        return None
+    start = len(MAGIC) + _LENGTH.size
+    (length,) = _LENGTH.unpack_from(raw, len(MAGIC))
+    try:
+        meta = json.loads(raw[start:start + length])
+        return Entry(status=int(meta["status"]), body=raw[start + length:], url=str(meta["url"]),
+                     fetched_at=float(meta["fetched_at"]), fresh_for=float(meta["fresh_for"]),
+                     headers=dict(meta.get("headers") or {}))
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,88 @@
+"""Fixtures: a real redis-server, a counting upstream, and the proxy on port 0."""
+
+import dataclasses
+import os
+import sys
+
+import pytest
+import redis
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "tests"))
+
+from freshness import Policy  # noqa: E402
+from http_server import make_server  # noqa: E402
+from local_cache import LocalCache  # noqa: E402
+from redis_connection import make_client  # noqa: E402
+from redis_launcher import RedisServer  # noqa: E402
+from redis_proxy import RedisProxy  # noqa: E402
+from servers import ServerThread, Upstream  # noqa: E402
+from upstream import Fetcher  # noqa: E402
+from upstream_policy import UpstreamPolicy  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One real redis-server for the session, on a unix socket in a temp dir."""
+    with RedisServer(unix_socket=True) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def r(redis_url):
+    """A plain client of the test's Redis, for looking behind the proxy's back."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def upstream():
+    server = Upstream().start()
+    yield server
+    server.stop()
+
+
+@dataclasses.dataclass
+class ProxyUnderTest:
+    proxy: RedisProxy
+    thread: ServerThread
+
+    @property
+    def port(self) -> int:
+        return self.thread.port
+
+
+@pytest.fixture
+def make_proxy(redis_url):
+    """Build a proxy on the test Redis with the given options, served on port 0."""
+    started = []
+
+    def build(url: str | None = None, *, ttl: float = 3600.0, stale_ttl: float = 0.0,
+              stale_if_error: float = 0.0, timeout: float = 5.0, max_bytes: int = 1 << 20,
+              capacity: int = 1024, server_options: dict | None = None,
+              policy: Policy | None = None, clock=None, **proxy_options) -> ProxyUnderTest:
+        client = make_client(url or redis_url)
+        fetcher = Fetcher(timeout=timeout, max_bytes=max_bytes,
+                          policy=UpstreamPolicy(allow_private=True, allowed_ports=tuple(range(1, 65536))))
+        options = dict(ttl=ttl, stale_ttl=stale_ttl, stale_if_error=stale_if_error,
+                       policy=policy or Policy(ttl=ttl), **proxy_options)
+        if clock is not None:
+            options["clock"] = clock
+        proxy = RedisProxy(client, fetcher, LocalCache(capacity=capacity, ttl=ttl), **options)
+        server = make_server("127.0.0.1", 0, proxy, **(server_options or {}))
+        under_test = ProxyUnderTest(proxy, ServerThread(server).start())
+        started.append(under_test)
+        return under_test
+
+    yield build
+    for under_test in started:
+        under_test.thread.stop()
+        under_test.proxy.close()

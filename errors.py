@@ -1,0 +1,95 @@
+"""The project's exception tree; each HTTP-facing class carries its status."""
+
+
+class ProxyError(Exception):
+    """Root of every error the proxy answers with; front ends map it to a reply."""
+
+    status = 500
+    error = "internal error"
+    detail = "the proxy hit an unexpected error; see its log"
+    headers: dict[str, str] = {}
+
+    def __init__(self, detail: str | None = None, *, error: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(detail or self.detail)
+        if detail is not None:
+            self.detail = detail
+        if error is not None:
+            self.error = error
+        if headers is not None:
+            self.headers = headers
+
+
+class BadRequest(ProxyError):
+    status, error = 400, "bad request"
+
+
+class Unauthorized(ProxyError):
+    status, error = 401, "unauthorized"
+    detail = "send 'Authorization: Bearer <token>' with a configured token"
+    headers = {"WWW-Authenticate": 'Bearer realm="redis-proxy"'}
+
+
+class Forbidden(ProxyError):
+    status, error = 403, "forbidden"
+
+
+class NotFound(ProxyError):
+    status, error = 404, "resource not found"
+    detail = "see the README for the routes: /?url=, /?key=, /get/<key>, /health, /metrics"
+
+
+class KeyNotFound(NotFound):
+    error = "key not found"
+    detail = "nothing is cached under this key; request it with ?url= to fetch and cache it"
+
+
+class MethodNotAllowed(ProxyError):
+    status, error = 405, "method not allowed"
+
+
+class PayloadTooLarge(ProxyError):
+    status, error = 413, "upstream body too large"
+
+
+class URITooLong(ProxyError):
+    status, error = 414, "uri too long"
+
+
+class TooManyRequests(ProxyError):
+    status, error = 429, "rate limited"
+
+
+class HeadersTooLarge(ProxyError):
+    status, error = 431, "request headers too large"
+
+
+class BadGateway(ProxyError):
+    status, error = 502, "bad gateway"
+
+
+class ServiceUnavailable(ProxyError):
+    status, error = 503, "service unavailable"
+
+
+class GatewayTimeout(ProxyError):
+    status, error = 504, "upstream timeout"
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """Redis could not be reached and there was nothing else to serve."""
+
+    error = "redis unavailable"
+    detail = "the backing Redis is unreachable; retry shortly"
+
+
+class ConfigError(Exception):
+    """One or more settings are invalid; each message names its variable."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class LauncherError(Exception):
+    """An embedded redis-server could not be found or started."""

@@ -1,0 +1,82 @@
+"""Shared-cache decisions on upstream responses (RFC 9111), pure: no I/O, the time passed in."""
+
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+
+
+def parse_cache_control(value: str | None) -> dict[str, str | None]:
+    """`max-age=60, no-cache` -> {'max-age': '60', 'no-cache': None} (RFC 9111 §5.2)."""
+    directives: dict[str, str | None] = {}
+    for part in (value or "").split(","):
+        name, _, arg = part.strip().partition("=")
+        if name:
+            directives[name.strip().lower()] = arg.strip().strip('"') if arg else None
+    return directives
+
+
+def _http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(int(value))) if value is not None else None
+    except ValueError:
+        return None
+
+
+class Policy:
+    """What may be stored, and for how long it stays fresh."""
+
+    def __init__(self, *, ttl: float, store_statuses: frozenset[int] = frozenset(range(200, 300)),
+                 store_set_cookie: bool = False, respect_cache_control: bool = True):
+        self.ttl = ttl
+        self.store_statuses = store_statuses
+        self.store_set_cookie = store_set_cookie
+        self.respect_cache_control = respect_cache_control
+
+    def storable(self, status: int, headers: Mapping[str, str]) -> bool:
+        if status not in self.store_statuses:
+            return False
+        if "set-cookie" in headers and not self.store_set_cookie:
+            return False  # a cookie is one client's; a shared cache must not hand it to others
+        if self.respect_cache_control:
+            directives = parse_cache_control(headers.get("cache-control"))
+            # RFC 9111 §3: no-store forbids storing; §5.2.2.7: private forbids a shared cache.
+            if "no-store" in directives or "private" in directives:
+                return False
+        return True
+
+    def lifetime(self, headers: Mapping[str, str], now: float) -> float:
+        """Seconds of freshness: CACHE_TTL, bounded by the response's own (RFC 9111 §4.2.1)."""
+        if not self.respect_cache_control:
+            return self.ttl
+        directives = parse_cache_control(headers.get("cache-control"))
+        if "no-cache" in directives:
+            return 0.0  # §5.2.2.4: stored, but revalidated before every use
+        for name in ("s-maxage", "max-age"):  # s-maxage wins for a shared cache
+            if name in directives:
+                seconds = _seconds(directives[name])
+                if seconds is not None:
+                    return min(self.ttl, seconds)
+        if "expires" in headers:
+            expires = _http_date(headers.get("expires"))
+            if expires is None:
+                return 0.0  # §5.3: an invalid Expires means already expired
+            date = _http_date(headers.get("date")) or now
+            return min(self.ttl, max(0.0, expires - date))
+        return self.ttl
+
+    def validators(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """Headers for a conditional request revalidating a stored response (RFC 9110 §13.1)."""
+        conditional = {}
+        if headers.get("etag"):
+            conditional["If-None-Match"] = headers["etag"]
+        if headers.get("last-modified"):
+            conditional["If-Modified-Since"] = headers["last-modified"]
+        return conditional

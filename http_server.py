@@ -1,0 +1,354 @@
+"""The HTTP front end: a thin stdlib `http.server` mapping requests onto RedisProxy."""
+
+import base64
+import email.utils
+import http.client
+import io
+import json
+import logging
+import math
+import re
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from errors import BadRequest, HeadersTooLarge, KeyNotFound, MethodNotAllowed, NotFound, ProxyError
+from http_front import DeadlineReader, LimitedServerMixIn
+from redis_proxy import CacheResult, RedisProxy
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("redis_proxy.access")
+
+ALLOWED_METHODS = ("GET", "HEAD", "DELETE")
+MAX_REQUEST_LINE = 65536
+MAX_HEADER_LINE = 8190
+MAX_HEADER_BYTES = 32 * 1024
+MAX_HEADERS = 100
+QUERY_FIELDS = ("url", "key", "params")
+_BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+
+
+def _json_bytes(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, ensure_ascii=False).encode()
+
+
+def error_body(error: str, detail: str) -> bytes:
+    return _json_bytes({"error": error, "detail": detail})
+
+
+class _DateCache:
+    """The Date header, formatted once a second rather than once a request."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = ""
+
+    def now(self) -> str:
+        second = int(time.time())
+        if second != self._second:
+            self._value = email.utils.formatdate(second, usegmt=True)
+            self._second = second
+        return self._value
+
+
+_dates = _DateCache()
+
+
+def parse_query(raw: bytes) -> dict[str, str]:
+    """The URL role's query fields, strictly: bad percent-encoding, invalid UTF-8 and a field
+    given twice are 400 (two values for one field are how caches get poisoned)."""
+    if _BAD_PERCENT.search(raw):
+        raise BadRequest("the query has a '%' not followed by two hex digits; percent-encode "
+                         "'%' as %25", error="bad query")
+    fields: dict[str, str] = {}
+    for part in raw.split(b"&"):
+        if not part:
+            continue
+        name_raw, _, value_raw = part.partition(b"=")
+        try:
+            name = unquote_to_bytes(name_raw.replace(b"+", b" ")).decode()
+            value = unquote_to_bytes(value_raw.replace(b"+", b" ")).decode()
+        except UnicodeDecodeError as exc:
+            raise BadRequest("the query is not valid UTF-8 once percent-decoded",
+                             error="bad query") from exc
+        if name in fields:
+            raise BadRequest(f"'{name}' is given twice; give it once", error="bad query")
+        fields[name] = value
+    return fields
+
+
+class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
+    """Holds the proxy and the limits; handlers stay thin."""
+
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 1024  # the default 5 overflows under 64 connections (CONTRACT §8)
+    reject_bytes = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: 87\r\n\r\n"
+                    + error_body("too many clients",
+                                 "the proxy is at MAX_CLIENTS connections; retry shortly").ljust(87))
+
+    def __init__(self, address: tuple[str, int], proxy: RedisProxy, *, max_clients: int = 1024,
+                 max_parallel: int = 4, header_timeout: float = 10.0,
+                 keepalive_timeout: float = 15.0):
+        self.proxy = proxy
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.init_limits(max_clients, max_parallel)
+        super().__init__(address, ProxyHandler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks up the FQDN, which can wait on DNS; the port is enough.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), port
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+
+class ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "redis-proxy"
+    server: ProxyHTTPServer
+
+    # ----- connection plumbing -------------------------------------------------------------
+
+    def setup(self) -> None:
+        self.connection = self.request
+        # Responses go out in one send; NODELAY keeps Nagle from holding back the next one.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._reader = DeadlineReader(self.connection, self.server.keepalive_timeout)
+        self.rfile = io.BufferedReader(self._reader, 65536)
+        self.wfile = io.BytesIO()  # only the stdlib's 100-continue path writes here
+        self._first = True
+
+    def finish(self) -> None:
+        self.rfile.close()
+
+    def handle(self) -> None:
+        self.close_connection = True
+        try:
+            self.handle_one_request()
+            while not self.close_connection:
+                self.handle_one_request()
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            log.debug("connection from %s ended: %s", self.client_address[0], exc)
+
+    def handle_one_request(self) -> None:
+        self.close_connection = True
+        self.command = self.request_version = ""
+        self.requestline = ""
+        header_timeout = self.server.header_timeout
+        if self._first:
+            # A new connection must deliver its first headers within HEADER_TIMEOUT.
+            self._reader.deadline = time.monotonic() + header_timeout
+            self._first = False
+        else:
+            # Kept alive: wait up to KEEPALIVE_TIMEOUT for the next request to begin.
+            self._reader.deadline = None
+            if not self.rfile.peek(1):
+                return
+            self._reader.deadline = time.monotonic() + header_timeout
+        self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
+        if not self.raw_requestline:
+            return
+        if len(self.raw_requestline) > MAX_REQUEST_LINE:
+            self.request_version = "HTTP/1.1"
+            self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+            return
+        header_block = self._read_header_block()
+        if header_block is None:
+            return
+        self._reader.deadline = None
+        real_rfile, self.rfile = self.rfile, io.BufferedReader(io.BytesIO(header_block))  # type: ignore[assignment]
+        try:
+            parsed = self.parse_request()
+        finally:
+            self.rfile = real_rfile
+        if not parsed:
+            return
+        if self.request_version not in ("HTTP/1.0", "HTTP/1.1"):
+            self.send_error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED)
+            return
+        if self.headers.get("Content-Length", "0").strip() not in ("", "0") or \
+                "Transfer-Encoding" in self.headers:
+            self.close_connection = True  # request bodies are not read; do not reuse the stream
+        self.dispatch()
+
+    def _read_header_block(self) -> bytes | None:
+        """The header lines up to the blank one, bounded in line length, count and bytes."""
+        lines, total = [], 0
+        while True:
+            line = self.rfile.readline(MAX_HEADER_LINE + 1)
+            if not line:
+                return None  # the client went away mid-headers
+            total += len(line)
+            if len(line) > MAX_HEADER_LINE or total > MAX_HEADER_BYTES or len(lines) > MAX_HEADERS:
+                self._reply_error(HeadersTooLarge(
+                    f"request headers are limited to {MAX_HEADERS} lines of {MAX_HEADER_LINE} "
+                    f"bytes and {MAX_HEADER_BYTES} bytes in all"), close=True)
+                return None
+            lines.append(line)
+            if line in (b"\r\n", b"\n"):
+                return b"".join(lines)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Every protocol-level error as a real HTTP/1.1 response with a JSON body, then close.
+
+        The stdlib answers an HTTP/0.9-style request line with a bare body and no status line."""
+        status = HTTPStatus(code)
+        error = ProxyError(explain or message or status.description, error=status.phrase.lower())
+        error.status = code
+        self.request_version = "HTTP/1.1"
+        self._reply_error(error, close=True)
+
+    # ----- routing -----------------------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        with self.server.parallel:
+            try:
+                if self.command not in ALLOWED_METHODS:
+                    raise MethodNotAllowed(f"{self.command} is not supported; use "
+                                           + ", ".join(ALLOWED_METHODS),
+                                           headers={"Allow": ", ".join(ALLOWED_METHODS)})
+                self.route()
+            except ProxyError as exc:
+                self._reply_error(exc)
+            except Exception:
+                log.exception("unhandled error for %s %r", self.command, self.path)
+                self._reply_error(ProxyError())
+
+    def route(self) -> None:
+        path, _, query = self.path.partition("?")
+        if path.startswith("/get/"):
+            self._only("GET", "HEAD")
+            self.get_key(path[len("/get/"):])
+        elif path == "/":
+            self.url_role(parse_query(query.encode("latin-1")))
+        elif path == "/health":
+            self._only("GET", "HEAD")
+            report = self.server.proxy.health_report()
+            self._reply_json(200 if report["redis"] == "ok" else 503, report)
+        else:
+            raise NotFound()
+
+    def _only(self, *methods: str) -> None:
+        if self.command not in methods:
+            raise MethodNotAllowed(f"use {', '.join(methods)} here",
+                                   headers={"Allow": ", ".join(methods)})
+
+    def url_role(self, fields: dict[str, str]) -> None:
+        unknown = sorted(set(fields) - set(QUERY_FIELDS))
+        if unknown:
+            raise BadRequest(f"unknown query field {unknown[0]!r}; use url, key and params",
+                             error="bad query")
+        url, key, params = fields.get("url"), fields.get("key"), fields.get("params")
+        proxy = self.server.proxy
+        if self.command == "DELETE":
+            raise MethodNotAllowed("purging is not enabled", headers={"Allow": "GET, HEAD"})
+        if url is None:
+            if key is None:
+                raise BadRequest("give url=<absolute URL> (and optionally key=<name>), "
+                                 "or key=<name> to read a cached entry", error="missing url")
+            self._reply_result(proxy.lookup(key))
+            return
+        self._reply_result(proxy.fetch(url, key, params))
+
+    def get_key(self, encoded: str) -> None:
+        if "%" in encoded and _BAD_PERCENT.search(encoded.encode("latin-1")):
+            raise BadRequest("the key has a '%' not followed by two hex digits", error="bad key")
+        key = unquote_to_bytes(encoded)
+        if not key:
+            raise BadRequest("give a key: /get/<key>, percent-encoded", error="bad key")
+        value = self.server.proxy.get_value(key)
+        if value is None:
+            raise KeyNotFound("no such key in the backing Redis")
+        if "application/json" in self.headers.get("Accept", ""):
+            try:
+                doc = {"key": key.decode(), "value": value.decode()}
+            except UnicodeDecodeError:
+                doc = {"key": key.decode(errors="replace"), "value": base64.b64encode(value).decode(),
+                       "encoding": "base64"}
+            self._reply_json(200, doc)
+            return
+        self._reply(200, value, {"Content-Type": "application/octet-stream"})
+
+    # ----- responses ---------------------------------------------------------------------------
+
+    def _reply_result(self, result: CacheResult) -> None:
+        headers = {name.title(): value for name, value in result.headers.items()}
+        headers["Content-Type"] = result.content_type
+        headers["X-Cache"] = result.cache
+        headers["Age"] = str(result.age)
+        headers["Cache-Status"] = cache_status(result)
+        self._reply(result.status, result.body, headers)
+
+    def _reply_json(self, status: int, doc: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        self._reply(status, _json_bytes(doc), {"Content-Type": "application/json", **(headers or {})})
+
+    def _reply_error(self, exc: ProxyError, close: bool = False) -> None:
+        if close:
+            self.close_connection = True
+        self._reply_json(exc.status, {"error": exc.error, "detail": exc.detail}, exc.headers)
+
+    def _reply(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        """Status line, headers and body in one send (piecemeal writes stall on delayed ACKs)."""
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Unknown"
+        lines = [f"HTTP/1.1 {status} {phrase}", f"Date: {_dates.now()}",
+                 f"Server: {self.server_version}", f"Content-Length: {len(body)}"]
+        lines.extend(f"{name}: {value}" for name, value in headers.items())
+        if self.close_connection:
+            lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+        self.connection.sendall(head if self.command == "HEAD" else head + body)
+        if access_log.isEnabledFor(logging.DEBUG):  # per-request lines cost throughput
+            access_log.debug('%s "%s" %s %s', self.client_address[0], self.requestline, status,
+                            len(body))
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        log.debug("%s " + format, self.client_address[0], *args)
+
+
+def cache_status(result: CacheResult) -> str:
+    """The RFC 9211 Cache-Status value: how this response came from the cache."""
+    parts = ["redis-proxy"]
+    if result.cache == "HIT" and not result.forward:
+        parts.append("hit")
+    elif result.cache == "STALE":
+        parts += ["hit", "detail=stale-if-error"]
+    elif result.cache == "BYPASS":
+        parts += ["fwd=bypass", "detail=redis-unavailable"]
+    else:
+        parts += [f"fwd={result.forward or 'miss'}", f"fwd-status={result.upstream_status}"]
+        if result.stored:
+            parts.append("stored")
+    if result.ttl is not None:
+        parts.append(f"ttl={math.floor(result.ttl)}")  # negative: served stale (RFC 9211 §2.7)
+    return "; ".join(parts)
+
+
+def make_server(host: str, port: int, proxy: RedisProxy, **limits: Any) -> ProxyHTTPServer:
+    """An unstarted server (port 0 picks a free one; read it back from `server.port`)."""
+    return ProxyHTTPServer((host, port), proxy, **limits)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Wire settings, logging, Redis and the front ends; serve until Ctrl-C or SIGTERM."""
+    from app import run
+    return run(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

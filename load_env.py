@@ -1,0 +1,227 @@
+"""Settings: one frozen object read from `.env` and the environment (the environment wins)."""
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from dotenv import dotenv_values
+
+from errors import ConfigError
+
+EVICTION_POLICIES = (
+    "noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random",
+    "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl",
+)
+
+# Redis's own size units (redis.conf): k = 1000, kb = 1024, and so on.
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2,
+               "g": 1000**3, "gb": 1024**3}
+
+
+def _integer(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ValueError
+        return value
+    parse.expected = ("an integer" + (f" from {low}" if low is not None else "")  # type: ignore[attr-defined]
+                      + (f" to {high}" if high is not None else ""))
+    return parse
+
+
+def _seconds(positive: bool) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw)
+        if value != value or value in (float("inf"),) or value < 0 or (positive and value == 0):
+            raise ValueError
+        return value
+    parse.expected = ("a positive" if positive else "a non-negative") + " number of seconds"  # type: ignore[attr-defined]
+    return parse
+
+
+def _size(raw: str) -> int:
+    match = re.fullmatch(r"(\d+)\s*([a-z]*)", raw.strip().lower())
+    if not match or match.group(2) not in _SIZE_UNITS:
+        raise ValueError
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+_size.expected = "a size in bytes, optionally with a Redis unit (64mb, 512kb, 1gb)"  # type: ignore[attr-defined]
+
+
+def _boolean(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError
+
+
+_boolean.expected = "true or false"  # type: ignore[attr-defined]
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.strip().lower() not in choices:
+            raise ValueError
+        return raw.strip().lower()
+    parse.expected = "one of " + ", ".join(choices)  # type: ignore[attr-defined]
+    return parse
+
+
+def _words(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+_words.expected = "a comma-separated list"  # type: ignore[attr-defined]
+
+
+def _ports(raw: str) -> tuple[int, ...]:
+    ports = tuple(int(part) for part in _words(raw))
+    if any(not 1 <= port <= 65535 for port in ports):
+        raise ValueError
+    return ports
+
+
+_ports.expected = "a comma-separated list of ports from 1 to 65535"  # type: ignore[attr-defined]
+
+
+def _statuses(raw: str) -> frozenset[int]:
+    """`2xx,404` -> every status from 200 to 299, and 404."""
+    statuses: set[int] = set()
+    for word in _words(raw):
+        if re.fullmatch(r"[1-5]xx", word.lower()):
+            base = int(word[0]) * 100
+            statuses.update(range(base, base + 100))
+        elif re.fullmatch(r"[1-5]\d\d", word):
+            statuses.add(int(word))
+        else:
+            raise ValueError
+    return frozenset(statuses)
+
+
+_statuses.expected = "a comma-separated list of statuses or classes, like 2xx,404"  # type: ignore[attr-defined]
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+_text.expected = "text"  # type: ignore[attr-defined]
+
+
+def _optional_seconds(raw: str) -> float | None:
+    return _seconds(positive=True)(raw)
+
+
+_optional_seconds.expected = "a positive number of requests per second"  # type: ignore[attr-defined]
+
+
+def _setting(env: str, parse: Callable[[str], Any], default: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"env": env, "parse": parse})
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every tunable of the proxy; see the README's configuration table."""
+
+    redis_url: str = _setting("REDIS_URL", _text, "")
+    redis_host: str = _setting("REDIS_HOST", _text, "")
+    redis_port: int = _setting("REDIS_PORT", _integer(1, 65535), 6379)
+    redis_db: int = _setting("REDIS_DB", _integer(0), 0)
+    redis_password: str = _setting("REDIS_PASSWORD", _text, "")
+    redis_socket_timeout: float = _setting("REDIS_SOCKET_TIMEOUT", _seconds(True), 0.5)
+    redis_tls_ca: str = _setting("REDIS_TLS_CA", _text, "")
+    redis_tls_cert: str = _setting("REDIS_TLS_CERT", _text, "")
+    redis_tls_key: str = _setting("REDIS_TLS_KEY", _text, "")
+    redis_max_connections: int = _setting("REDIS_MAX_CONNECTIONS", _integer(1), 64)
+    redis_maxmemory: int = _setting("REDIS_MAXMEMORY", _size, 256 * 1024**2)
+    redis_eviction_policy: str = _setting("REDIS_EVICTION_POLICY", _choice(*EVICTION_POLICIES),
+                                          "allkeys-lru")
+    http_host: str = _setting("HTTP_HOST", _text, "127.0.0.1")
+    http_port: int = _setting("HTTP_PORT", _integer(0, 65535), 8080)
+    resp_port: int = _setting("RESP_PORT", _integer(0, 65535), 6380)
+    cache_ttl: float = _setting("CACHE_TTL", _seconds(True), 3600.0)
+    cache_capacity: int = _setting("CACHE_CAPACITY", _integer(0), 1024)
+    cache_max_bytes: int = _setting("CACHE_MAX_BYTES", _size, 64 * 1024**2)
+    cache_prefix: str = _setting("CACHE_PREFIX", _text, "rp:")
+    l1_invalidation: str = _setting("L1_INVALIDATION", _choice("tracking", "ttl"), "tracking")
+    max_clients: int = _setting("MAX_CLIENTS", _integer(1), 1024)
+    max_parallel: int = _setting("MAX_PARALLEL", _integer(1), 2 * (os.cpu_count() or 1))
+    upstream_timeout: float = _setting("UPSTREAM_TIMEOUT", _seconds(True), 10.0)
+    upstream_max_bytes: int = _setting("UPSTREAM_MAX_BYTES", _size, 10 * 1024**2)
+    upstream_allowed_hosts: tuple[str, ...] = _setting("UPSTREAM_ALLOWED_HOSTS", _words, ())
+    upstream_allowed_ports: tuple[int, ...] = _setting("UPSTREAM_ALLOWED_PORTS", _ports,
+                                                       (80, 443, 8080, 8443))
+    upstream_allow_private: bool = _setting("UPSTREAM_ALLOW_PRIVATE", _boolean, False)
+    max_url_bytes: int = _setting("MAX_URL_BYTES", _integer(1), 8192)
+    max_key_bytes: int = _setting("MAX_KEY_BYTES", _integer(1), 1024)
+    header_timeout: float = _setting("HEADER_TIMEOUT", _seconds(True), 10.0)
+    keepalive_timeout: float = _setting("KEEPALIVE_TIMEOUT", _seconds(True), 15.0)
+    cache_store_statuses: frozenset[int] = _setting("CACHE_STORE_STATUSES", _statuses,
+                                                    frozenset(range(200, 300)))
+    cache_store_set_cookie: bool = _setting("CACHE_STORE_SET_COOKIE", _boolean, False)
+    respect_cache_control: bool = _setting("RESPECT_CACHE_CONTROL", _boolean, True)
+    cache_stale_ttl: float = _setting("CACHE_STALE_TTL", _seconds(False), 300.0)
+    stale_if_error: float = _setting("STALE_IF_ERROR", _seconds(False), 300.0)
+    stale_while_revalidate: float = _setting("STALE_WHILE_REVALIDATE", _seconds(False), 0.0)
+    http_workers: int = _setting("HTTP_WORKERS", _integer(1), 1)
+    trusted_proxies: tuple[str, ...] = _setting("TRUSTED_PROXIES", _words, ())
+    auth_tokens: tuple[str, ...] = _setting("AUTH_TOKENS", _words, ())
+    auth_tokens_file: str = _setting("AUTH_TOKENS_FILE", _text, "")
+    rate_limit: float | None = _setting("RATE_LIMIT", _optional_seconds, None)
+    rate_limit_burst: int | None = _setting("RATE_LIMIT_BURST", _integer(1), None)
+    log_level: str = _setting("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info")
+    log_format: str = _setting("LOG_FORMAT", _choice("text", "json"), "text")
+    log_file: str = _setting("LOG_FILE", _text, "")
+
+    @property
+    def redis_configured(self) -> bool:
+        """CONTRACT §3: Redis counts as configured when REDIS_URL or REDIS_HOST is set."""
+        return bool(self.redis_url or self.redis_host)
+
+    @property
+    def stored_ttl(self) -> float:
+        """How long an entry stays in Redis at most: freshness plus the revalidation window."""
+        return self.cache_ttl + self.cache_stale_ttl
+
+
+def _cross_checks(settings: Settings) -> list[str]:
+    problems = []
+    if settings.stale_if_error > settings.cache_stale_ttl:
+        problems.append(f"STALE_IF_ERROR={settings.stale_if_error:g}: expected at most "
+                        f"CACHE_STALE_TTL ({settings.cache_stale_ttl:g})")
+    if settings.redis_url and not re.match(r"(rediss?|unix)://", settings.redis_url):
+        problems.append("REDIS_URL: expected a redis://, rediss:// or unix:// URL")
+    if settings.auth_tokens_file and not os.path.isfile(settings.auth_tokens_file):
+        problems.append(f"AUTH_TOKENS_FILE={settings.auth_tokens_file!r}: expected a readable file")
+    return problems
+
+
+def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None = ".env") -> Settings:
+    """Read every setting, the environment over `env_file`; raise ConfigError naming each bad one."""
+    values: dict[str, str | None] = dict(dotenv_values(env_file)) if env_file and os.path.exists(env_file) else {}
+    values.update(os.environ if environ is None else environ)
+    problems: list[str] = []
+    kwargs: dict[str, Any] = {}
+    for field in dataclasses.fields(Settings):
+        name, parse = field.metadata["env"], field.metadata["parse"]
+        raw = values.get(name)
+        if raw is None or raw.strip() == "":
+            continue  # unset or empty: the default
+        try:
+            kwargs[field.name] = parse(raw.strip() if parse is not _text else raw)
+        except ValueError:
+            # The value of a secret is never echoed back.
+            shown = "<hidden>" if "PASSWORD" in name or "TOKEN" in name else repr(raw)
+            problems.append(f"{name}={shown}: expected {parse.expected}")
+    settings = Settings(**kwargs) if not problems else None
+    if settings is not None:
+        problems.extend(_cross_checks(settings))
+    if problems:
+        raise ConfigError(problems)
+    assert settings is not None
+    return settings

@@ -1,0 +1,128 @@
+"""L1: an in-process LRU cache with per-entry expiry, a byte bound and single-flight loads."""
+
+import threading
+import time
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from cachetools import TLRUCache
+
+from single_flight import SingleFlight
+
+MISSING: Any = object()
+
+
+def _size_of(value: Any) -> int:
+    body = getattr(value, "body", value)
+    return len(body) if isinstance(body, (bytes, bytearray)) else 64
+
+
+class LocalCache:
+    """LRU over `capacity` keys and `max_bytes` of values; each entry expires `ttl` seconds after
+    it was added, or sooner when stored with a shorter ttl. The clock is injected for tests.
+
+    `capacity=0` disables it: every get misses and nothing is kept.
+    """
+
+    def __init__(self, capacity: int = 1024, max_bytes: int = 64 * 1024**2, ttl: float = 3600.0,
+                 timer: Callable[[], float] = time.monotonic):
+        self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.ttl = ttl
+        self.timer = timer
+        # The value stored in the TLRUCache is (value, expires_at); ttu reads expires_at back.
+        self._data: TLRUCache = TLRUCache(maxsize=max(capacity, 1),
+                                          ttu=lambda _k, item, _now: item[1], timer=timer)
+        self._bytes = 0
+        self._sizes: dict[Hashable, int] = {}
+        self._lock = threading.Lock()
+        self._epoch = 0  # bumped by every invalidation; a load that straddles one is not kept
+        self._flights = SingleFlight()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._data.expire()
+            return len(self._data)
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def get(self, key: Hashable) -> Any:
+        """The value, or MISSING."""
+        with self._lock:
+            try:
+                value = self._data[key][0]
+            except KeyError:
+                self.misses += 1
+                return MISSING
+            self.hits += 1
+            return value
+
+    def set(self, key: Hashable, value: Any, ttl: float | None = None) -> None:
+        if self.capacity == 0:
+            return
+        ttl = self.ttl if ttl is None else min(ttl, self.ttl)
+        size = _size_of(value)
+        if ttl <= 0 or size > self.max_bytes:
+            self.pop(key)
+            return
+        with self._lock:
+            self._store(key, value, ttl, size)
+
+    def _store(self, key: Hashable, value: Any, ttl: float, size: int) -> None:
+        self._discard(key)
+        self._data.expire()
+        self._forget_expired()
+        while self._data and (len(self._data) >= self.capacity
+                              or self._bytes + size > self.max_bytes):
+            old_key, _ = self._data.popitem()
+            self._bytes -= self._sizes.pop(old_key, 0)
+        self._data[key] = (value, self.timer() + ttl)
+        self._sizes[key] = size
+        self._bytes += size
+
+    def pop(self, key: Hashable) -> None:
+        with self._lock:
+            self._epoch += 1
+            self._discard(key)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._epoch += 1
+            self._data.clear()
+            self._sizes.clear()
+            self._bytes = 0
+
+    def get_or_load(self, key: Hashable, load: Callable[[], Any],
+                    ttl_of: Callable[[Any], float | None] = lambda _v: None) -> Any:
+        """The cached value, else `load()` run once for all concurrent callers and cached unless
+        it returned None. Not cached either when an invalidation arrived during the load."""
+        value = self.get(key)
+        if value is not MISSING:
+            return value
+
+        def leader() -> Any:
+            epoch = self._epoch
+            loaded = load()
+            if loaded is not None and self.capacity:
+                ttl = ttl_of(loaded)
+                ttl = self.ttl if ttl is None else min(ttl, self.ttl)
+                size = _size_of(loaded)
+                with self._lock:
+                    if self._epoch == epoch and 0 < ttl and size <= self.max_bytes:
+                        self._store(key, loaded, ttl, size)
+            return loaded
+
+        return self._flights.do(key, leader)[0]
+
+    def _discard(self, key: Hashable) -> None:
+        if self._data.pop(key, None) is not None:
+            self._bytes -= self._sizes.pop(key, 0)
+
+    def _forget_expired(self) -> None:
+        if len(self._sizes) != len(self._data):
+            for stale in [k for k in self._sizes if k not in self._data]:
+                self._bytes -= self._sizes.pop(stale)

@@ -1,0 +1,54 @@
+"""Builds a RedisProxy from settings: Redis (configured or embedded), fetcher, L1 and policy."""
+
+import logging
+from typing import Any
+
+from freshness import Policy
+from load_env import Settings, load_settings
+from local_cache import LocalCache
+from redis_connection import make_client, mask_url
+from redis_launcher import RedisServer
+from redis_proxy import RedisProxy
+from upstream import Fetcher
+from upstream_policy import UpstreamPolicy
+
+log = logging.getLogger(__name__)
+
+
+def redis_url_of(settings: Settings) -> str:
+    if settings.redis_url:
+        return settings.redis_url
+    return f"redis://{settings.redis_host}:{settings.redis_port}/{settings.redis_db}"
+
+
+def build_proxy(settings: Settings | None = None, **overrides: Any) -> RedisProxy:
+    """The proxy for `settings`, starting an embedded redis-server when none is configured."""
+    settings = settings or load_settings()
+    on_close = []
+    if settings.redis_configured:
+        url = redis_url_of(settings)
+    else:
+        embedded = RedisServer().start()
+        on_close.append(embedded.cleanup)
+        url = embedded.url
+        log.info("no REDIS_URL or REDIS_HOST set: started an embedded redis-server at %s", url)
+    client = make_client(url, socket_timeout=settings.redis_socket_timeout,
+                         max_connections=settings.redis_max_connections,
+                         password=settings.redis_password or None, tls_ca=settings.redis_tls_ca,
+                         tls_cert=settings.redis_tls_cert, tls_key=settings.redis_tls_key)
+    fetcher = Fetcher(timeout=settings.upstream_timeout, max_bytes=settings.upstream_max_bytes,
+                      policy=UpstreamPolicy(allowed_hosts=settings.upstream_allowed_hosts,
+                                            allowed_ports=settings.upstream_allowed_ports,
+                                            allow_private=settings.upstream_allow_private))
+    local = LocalCache(capacity=settings.cache_capacity, max_bytes=settings.cache_max_bytes,
+                       ttl=settings.cache_ttl)
+    policy = Policy(ttl=settings.cache_ttl, store_statuses=settings.cache_store_statuses,
+                    store_set_cookie=settings.cache_store_set_cookie,
+                    respect_cache_control=settings.respect_cache_control)
+    proxy = RedisProxy(client, fetcher, local, ttl=settings.cache_ttl,
+                       stale_ttl=settings.cache_stale_ttl, stale_if_error=settings.stale_if_error,
+                       prefix=settings.cache_prefix, policy=policy,
+                       max_url_bytes=settings.max_url_bytes, max_key_bytes=settings.max_key_bytes,
+                       redis_label=mask_url(url), on_close=on_close, **overrides)
+    proxy.configure_memory(settings.redis_maxmemory, settings.redis_eviction_policy)
+    return proxy

@@ -1,0 +1,114 @@
+"""Connections to the backing Redis: the client factory, URL masking, and availability tracking."""
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# What counts as "Redis is unreachable", as opposed to a command error such as OOM.
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced, for logs, errors and /health."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def make_client(url: str, *, socket_timeout: float = 0.5, max_connections: int = 64,
+                password: str | None = None, tls_ca: str = "", tls_cert: str = "",
+                tls_key: str = "") -> redis.Redis:
+    """A client over a blocking pool: a burst waits for a connection instead of failing.
+
+    No retries: a request must spend at most about a second on an unreachable Redis
+    (CONTRACT §7); RedisHealth backs off instead.
+    """
+    kwargs: dict = {"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout,
+                    "max_connections": max_connections, "timeout": socket_timeout,
+                    "retry": Retry(NoBackoff(), 0), "protocol": 2}
+    if password:
+        kwargs["password"] = password
+    if url.startswith("rediss://"):
+        if tls_ca:
+            kwargs["ssl_ca_certs"] = tls_ca
+        if tls_cert:
+            kwargs["ssl_certfile"] = tls_cert
+        if tls_key:
+            kwargs["ssl_keyfile"] = tls_key
+    pool = redis.BlockingConnectionPool.from_url(url, **kwargs)
+    return redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+
+
+class RedisHealth:
+    """Tracks whether Redis answers. After a failure the request path stops asking Redis and a
+    background thread PINGs every `probe_interval` seconds until it answers again."""
+
+    def __init__(self, client: redis.Redis, probe_interval: float = 0.5,
+                 on_recover: Callable[[], None] | None = None):
+        self.client = client
+        self.probe_interval = probe_interval
+        self.on_recover = on_recover
+        self._up = True
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._prober: threading.Thread | None = None
+        self.failures = 0
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run one Redis call; StoreUnavailable at once while Redis is known to be down."""
+        if not self._up:
+            raise StoreUnavailable()
+        try:
+            return fn()
+        except UNREACHABLE as exc:
+            self.mark_down(exc)
+            raise StoreUnavailable() from exc
+
+    def mark_down(self, exc: BaseException) -> None:
+        with self._lock:
+            if not self._up or self._stop.is_set():
+                return
+            self._up = False
+            self.failures += 1
+            self._prober = threading.Thread(target=self._probe, name="redis-probe", daemon=True)
+            self._prober.start()
+        log.warning("redis unreachable (%s); serving without it until it answers again", exc)
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except UNREACHABLE:
+            return False
+        except redis.RedisError:
+            return False
+
+    def _probe(self) -> None:
+        while not self._stop.wait(self.probe_interval):
+            if self.ping():
+                with self._lock:
+                    self._up = True
+                log.warning("redis answers again")
+                if self.on_recover:
+                    self.on_recover()
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        prober = self._prober
+        if prober and prober is not threading.current_thread():
+            prober.join(timeout=2)

@@ -1,0 +1,307 @@
+"""RedisProxy: the tiered lookup (L1 -> Redis -> upstream) shared by every front end."""
+
+import dataclasses
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+import redis
+
+import cache_entry
+import cache_keys
+from cache_entry import Entry
+from errors import (BadGateway, BadRequest, GatewayTimeout, KeyNotFound, ProxyError,
+                    StoreUnavailable)
+from freshness import Policy
+from local_cache import MISSING, LocalCache
+from redis_connection import RedisHealth, make_client, mask_url
+from single_flight import SingleFlight
+from upstream import Fetcher
+
+log = logging.getLogger(__name__)
+
+HIT, MISS, STALE, BYPASS = "HIT", "MISS", "STALE", "BYPASS"
+STORE_ERROR_LOG_INTERVAL = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheResult:
+    """What the URL role answers: the response plus how the cache produced it."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+    cache: str  # HIT, MISS, STALE or BYPASS
+    age: int = 0
+    ttl: float | None = None  # freshness left, when served from the cache
+    forward: str = ""  # RFC 9211 fwd= reason when upstream was asked: miss or stale
+    upstream_status: int = 0  # what upstream answered, when it was asked
+    stored: bool = False
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "application/octet-stream")
+
+
+@dataclasses.dataclass(frozen=True)
+class UrlRequest:
+    target: str  # what is sent upstream
+    canonical: str  # what the entry remembers and the derived key hashes
+    redis_key: str
+
+
+class RedisProxy:
+    """The caching core. Build it from its parts for tests; `get_instance()` for the process."""
+
+    _instance: ClassVar["RedisProxy | None"] = None
+    _instance_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, client: redis.Redis, fetcher: Fetcher, local_cache: LocalCache | None = None,
+                 *, ttl: float = 3600.0, stale_ttl: float = 300.0, stale_if_error: float = 300.0,
+                 prefix: str = "rp:", policy: Policy | None = None, max_url_bytes: int = 8192,
+                 max_key_bytes: int = 1024, clock: Callable[[], float] = time.time,
+                 redis_label: str = "", on_close: Iterable[Callable[[], None]] = ()):
+        self.client = client
+        self.fetcher = fetcher
+        self.local = local_cache or LocalCache(capacity=0)
+        self.ttl = ttl
+        self.stale_ttl = stale_ttl
+        self.stale_if_error = stale_if_error
+        self.prefix = prefix
+        self.policy = policy or Policy(ttl=ttl)
+        self.max_url_bytes = max_url_bytes
+        self.max_key_bytes = max_key_bytes
+        self.clock = clock
+        self.redis_label = redis_label
+        self.health = RedisHealth(client, on_recover=self._on_redis_recover)
+        self.flights = SingleFlight()
+        self.stats: Counter[str] = Counter()
+        self._stats_lock = threading.Lock()
+        self._store_error_logged_at = -math.inf
+        self._on_close = list(on_close)
+
+    # ----- the process-wide instance -------------------------------------------------------
+
+    @classmethod
+    def get_instance(cls, settings: Any = None) -> "RedisProxy":
+        """The one RedisProxy of this process, built from settings on first use."""
+        with cls._instance_lock:
+            if cls._instance is None:
+                from proxy_factory import build_proxy  # wiring lives apart from the core
+                cls._instance = build_proxy(settings)
+            return cls._instance
+
+    @classmethod
+    def reset_instance(cls) -> None:
+        with cls._instance_lock:
+            instance, cls._instance = cls._instance, None
+        if instance is not None:
+            instance.close()
+
+    def close(self) -> None:
+        self.health.close()
+        for callback in reversed(self._on_close):
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - closing must go on
+                log.exception("error while closing")
+        self._on_close.clear()
+        self.fetcher.close()
+        self.client.close()
+
+    # ----- set-up ----------------------------------------------------------------------------
+
+    def configure_memory(self, maxmemory: int, policy: str) -> bool:
+        """CONFIG SET maxmemory and maxmemory-policy; a refusal is a warning, not a crash."""
+        try:
+            self.client.config_set("maxmemory", maxmemory)
+            self.client.config_set("maxmemory-policy", policy)
+        except redis.RedisError as exc:
+            log.warning("could not apply maxmemory=%s maxmemory-policy=%s on %s: %s",
+                        maxmemory, policy, self.redis_label or "redis", exc)
+            return False
+        return True
+
+    # ----- URL role ----------------------------------------------------------------------------
+
+    def parse(self, url: str, key: str | None = None, params: Any = None) -> UrlRequest:
+        """Validate a URL-role request; BadRequest / URITooLong name what is wrong."""
+        cache_keys.check_url(url, self.max_url_bytes)
+        if key is not None:
+            cache_keys.check_key(key, self.max_key_bytes)
+        pairs = cache_keys.parse_params(params) if isinstance(params, (str, type(None))) \
+            else cache_keys.parse_params(_json(params))
+        target = cache_keys.target_url(url, pairs)
+        if len(target.encode()) > self.max_url_bytes:
+            cache_keys.check_url(target, self.max_url_bytes)
+        canonical = cache_keys.canonical_url(url, pairs)
+        return UrlRequest(target, canonical, cache_keys.redis_key(self.prefix, key, canonical))
+
+    def redis_get(self, url: str, key: str | None = None, params: Any = None) -> bytes:
+        """The body of `url`, from the cache when it holds a fresh copy (the simple call)."""
+        return self.fetch(url, key, params).body
+
+    def fetch(self, url: str, key: str | None = None, params: Any = None) -> CacheResult:
+        """The response for `url`: from L1, else Redis, else upstream (stored when storable)."""
+        request = self.parse(url, key, params)
+        now = self.clock()
+        l1_key = ("u", request.redis_key)
+        local = self.local.get(l1_key)
+        if local is not MISSING and local.url == request.canonical and local.remaining(now) > 0:
+            self._count("hits_l1")
+            return self._from_entry(local, now, HIT)
+        stored, redis_up = self._read_entry(request.redis_key)
+        if stored is not None and stored.url != request.canonical:
+            stored = None  # the key names another URL's entry: a miss, never its body
+        if stored is not None and stored.remaining(now) > 0:
+            self._count("hits_redis")
+            self.local.set(l1_key, stored, stored.remaining(now))
+            return self._from_entry(stored, now, HIT)
+        self._count("misses")
+        result, _shared = self.flights.do(
+            request.redis_key, lambda: self._forward(request, stored, redis_up),
+            wait_timeout=self.fetcher.timeout)
+        return result
+
+    def lookup(self, key: str) -> CacheResult:
+        """`?key=K` alone: what is stored under K, or KeyNotFound."""
+        cache_keys.check_key(key, self.max_key_bytes)
+        redis_key = self.prefix + key
+        now = self.clock()
+        local = self.local.get(("u", redis_key))
+        if local is not MISSING and local.remaining(now) > 0:
+            self._count("hits_l1")
+            return self._from_entry(local, now, HIT)
+        stored, _up = self._read_entry(redis_key)
+        if stored is None:
+            raise KeyNotFound()
+        self._count("hits_redis")
+        return self._from_entry(stored, now, HIT if stored.remaining(now) > 0 else STALE)
+
+    def check_key(self, key: str) -> bool:
+        """Whether an entry is stored under the explicit key `key`."""
+        cache_keys.check_key(key, self.max_key_bytes)
+        return bool(self.health.call(lambda: self.client.exists(self.prefix + key)))
+
+    def _read_entry(self, redis_key: str) -> tuple[Entry | None, bool]:
+        try:
+            raw = self.health.call(lambda: self.client.get(redis_key))
+        except StoreUnavailable:
+            return None, False
+        except redis.RedisError as exc:
+            self._store_error(exc)
+            return None, True
+        return (cache_entry.decode(raw) if raw else None), True
+
+    def _forward(self, request: UrlRequest, stale: Entry | None, redis_up: bool) -> CacheResult:
+        """Ask upstream (conditionally when a stale copy has validators) and store the answer."""
+        conditional = self.policy.validators(stale.headers) if stale else {}
+        try:
+            response = self.fetcher.fetch(request.target, conditional)
+        except (BadGateway, GatewayTimeout):
+            self._count("upstream_errors")
+            if self._may_serve_stale(stale):
+                return self._from_entry(stale, self.clock(), STALE)  # type: ignore[arg-type]
+            raise
+        self._count("upstream_fetches")
+        now = self.clock()
+        if response.status == 304 and stale is not None:
+            # RFC 9111 §4.3.4: freshen the stored response with the 304's headers.
+            headers = {**stale.headers, **cache_entry.kept_headers(response.headers)}
+            entry = dataclasses.replace(stale, fetched_at=now, headers=headers,
+                                        fresh_for=self.policy.lifetime(response.headers, now))
+            stored = self._store(request.redis_key, entry, redis_up)
+            return dataclasses.replace(self._from_entry(entry, now, HIT, forward="stale"),
+                                       upstream_status=304, stored=stored)
+        if response.status >= 500 and self._may_serve_stale(stale):
+            return self._from_entry(stale, now, STALE)  # type: ignore[arg-type]
+        headers = cache_entry.kept_headers(response.headers)
+        entry = Entry(status=response.status, body=response.body, url=request.canonical,
+                      fetched_at=now, fresh_for=self.policy.lifetime(response.headers, now),
+                      headers=headers)
+        stored = False
+        if self.policy.storable(response.status, response.headers):
+            stored = self._store(request.redis_key, entry, redis_up)
+        return CacheResult(response.status, response.body, headers,
+                           MISS if redis_up else BYPASS, 0, forward="stale" if stale else "miss",
+                           upstream_status=response.status, stored=stored)
+
+    def _may_serve_stale(self, stale: Entry | None) -> bool:
+        return (stale is not None and self.stale_if_error > 0
+                and -stale.remaining(self.clock()) <= self.stale_if_error)
+
+    def _store(self, redis_key: str, entry: Entry, redis_up: bool) -> bool:
+        """One atomic write with a TTL (SETEX semantics): freshness plus the stale window."""
+        keep_for = entry.fresh_for + self.stale_ttl
+        if keep_for <= 0 or not redis_up:
+            return False
+        try:
+            self.health.call(lambda: self.client.set(redis_key, cache_entry.encode(entry),
+                                                     ex=max(1, math.ceil(keep_for))))
+        except StoreUnavailable:
+            return False
+        except redis.RedisError as exc:  # OOM command not allowed, READONLY, ...
+            self._store_error(exc)
+            return False
+        self.local.set(("u", redis_key), entry, entry.fresh_for)
+        return True
+
+    def _from_entry(self, entry: Entry, now: float, cache: str, forward: str = "") -> CacheResult:
+        return CacheResult(entry.status, entry.body, entry.headers, cache,
+                           int(entry.age(now)), entry.remaining(now), forward)
+
+    # ----- read-proxy role -----------------------------------------------------------------
+
+    def get_value(self, key: bytes | str) -> bytes | None:
+        """The value of a backing-Redis key through L1; None when it does not exist."""
+        raw_key = key.encode() if isinstance(key, str) else key
+        cached = self.local.get(("g", raw_key))
+        if cached is not MISSING:
+            self._count("hits_l1")
+            return cached
+        self._count("reads_redis")
+        return self.local.get_or_load(("g", raw_key), lambda: self._redis_value(raw_key))
+
+    def _redis_value(self, key: bytes) -> bytes | None:
+        try:
+            return self.health.call(lambda: self.client.get(key))
+        except redis.ResponseError as exc:
+            raise BadRequest(f"redis refused the read: {exc}", error="wrong type") from exc
+
+    # ----- health and stats ----------------------------------------------------------------
+
+    def health_report(self) -> dict[str, Any]:
+        redis_ok = self.health.up and self.health.ping()
+        if not redis_ok and self.health.up:
+            self.health.mark_down(ConnectionError("PING failed"))
+        return {"status": "ok" if redis_ok else "degraded", "redis": "ok" if redis_ok else "down"}
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        with self._stats_lock:
+            self.stats[name] += amount
+
+    def _store_error(self, exc: BaseException) -> None:
+        self._count("store_errors")
+        now = time.monotonic()
+        if now - self._store_error_logged_at >= STORE_ERROR_LOG_INTERVAL:
+            self._store_error_logged_at = now
+            log.warning("redis refused a write on %s: %s (logged once per %g s)",
+                        mask_url(self.redis_label), exc, STORE_ERROR_LOG_INTERVAL)
+
+    def _on_redis_recover(self) -> None:
+        self.local.clear()  # writes missed while Redis was away are not known to L1
+
+
+def _json(params: Any) -> str:
+    import json
+    try:
+        return json.dumps(params)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest("params must be JSON-serialisable", error="bad params") from exc
+
+
+__all__ = ["RedisProxy", "CacheResult", "ProxyError", "HIT", "MISS", "STALE", "BYPASS"]

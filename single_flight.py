@@ -1,0 +1,49 @@
+"""Single flight: concurrent calls for one key share one execution and its result."""
+
+import threading
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class SingleFlight:
+    """`do(key, fn)` runs `fn` once per key at a time; callers arriving meanwhile wait for it.
+
+    The call runs outside the lock (locks guard memory, never I/O); a failure reaches every
+    waiter. `wait_timeout` bounds how long a waiter waits before it calls `fn` itself.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: dict[Hashable, Future] = {}
+
+    def do(self, key: Hashable, fn: Callable[[], T], wait_timeout: float | None = None) -> tuple[T, bool]:
+        """Return (result, shared): shared is True when another caller's execution answered."""
+        with self._lock:
+            call = self._calls.get(key)
+            leader = call is None
+            if leader:
+                call = self._calls[key] = Future()
+        assert call is not None
+        if not leader:
+            try:
+                return call.result(wait_timeout), True
+            except TimeoutError:
+                return fn(), False
+        try:
+            result = fn()
+        except BaseException as exc:
+            call.set_exception(exc)
+            raise
+        else:
+            call.set_result(result)
+            return result, False
+        finally:
+            with self._lock:
+                del self._calls[key]
+
+    def in_flight(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._calls

@@ -1,0 +1,157 @@
+"""Real servers for the tests: a counting upstream, and the proxy on port 0 in a thread."""
+
+import collections
+import http.client
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Route = Callable[["UpstreamHandler"], None]
+
+
+class UpstreamHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: "Upstream"
+
+    def do_GET(self) -> None:  # noqa: N802
+        path = self.path.split("?", 1)[0]
+        with self.server.lock:
+            self.server.hits[path] += 1
+            self.server.requests.append((self.path, dict(self.headers)))
+        route = self.server.routes.get(path)
+        if route is None:
+            self.reply(404, b"no such upstream page", {"Content-Type": "text/plain"})
+        else:
+            route(self)
+
+    def reply(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if "Content-Length" not in (headers or {}):
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class Upstream(ThreadingHTTPServer):
+    """An origin on 127.0.0.1:0 that counts its hits per path and records request headers."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), UpstreamHandler)
+        self.lock = threading.Lock()
+        self.hits: collections.Counter[str] = collections.Counter()
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.routes: dict[str, Route] = {}
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    def server_bind(self) -> None:
+        import socketserver
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def serve(self, path: str, body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> str:
+        """Answer `path` with a fixed response; returns its URL."""
+        fixed = {"Content-Type": "text/plain", **(headers or {})}
+        self.routes[path] = lambda h: h.reply(status, body, fixed)
+        return self.url(path)
+
+    def route(self, path: str, route: Route) -> str:
+        self.routes[path] = route
+        return self.url(path)
+
+    def start(self) -> "Upstream":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class ServerThread:
+    """Runs any socketserver in a thread; stop() is shutdown() then join()."""
+
+    def __init__(self, server: Any):
+        self.server = server
+        self.thread = threading.Thread(target=server.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def start(self) -> "ServerThread":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+class Response:
+    def __init__(self, status: int, headers: http.client.HTTPMessage, body: bytes):
+        self.status, self.headers, self.body = status, headers, body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.body[:200]!r}>"
+
+
+def request(port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None,
+            timeout: float = 10.0) -> Response:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        return Response(resp.status, resp.headers, resp.read())
+    finally:
+        conn.close()
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes, read until the server closes (or the timeout); returns what came back."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except (TimeoutError, ConnectionResetError):
+            pass
+        return b"".join(chunks)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
+    """Poll `predicate` until it returns something truthy, at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
