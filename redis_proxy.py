@@ -266,9 +266,42 @@ class RedisProxy:
         self._count("reads_redis")
         return self.local.get_or_load(("g", raw_key), lambda: self._redis_value(raw_key))
 
+    def get_values(self, keys: list[bytes | str]) -> list[bytes | None]:
+        """MGET through L1: hits from memory, the misses in one Redis round trip."""
+        raw_keys = [k.encode() if isinstance(k, str) else k for k in keys]
+        values: list[bytes | None] = []
+        missing: list[int] = []
+        for i, key in enumerate(raw_keys):
+            cached = self.local.get(("g", key))
+            values.append(None if cached is MISSING else cached)
+            if cached is MISSING:
+                missing.append(i)
+            else:
+                self._count("hits_l1")
+        if missing:
+            self._count("reads_redis", len(missing))
+            fetched = self._redis_call(lambda: self.client.mget([raw_keys[i] for i in missing]))
+            for i, value in zip(missing, fetched):
+                values[i] = value
+                if value is not None:
+                    self.local.set(("g", raw_keys[i]), value)
+        return values
+
+    def exists(self, keys: list[bytes | str]) -> int:
+        """EXISTS: how many of `keys` exist in the backing Redis (L1 hits count without a trip)."""
+        raw_keys = [k.encode() if isinstance(k, str) else k for k in keys]
+        unknown = [k for k in raw_keys if self.local.get(("g", k)) is MISSING]
+        found = len(raw_keys) - len(unknown)
+        if unknown:
+            found += int(self._redis_call(lambda: self.client.exists(*unknown)))
+        return found
+
     def _redis_value(self, key: bytes) -> bytes | None:
+        return self._redis_call(lambda: self.client.get(key))
+
+    def _redis_call(self, fn: Callable[[], Any]) -> Any:
         try:
-            return self.health.call(lambda: self.client.get(key))
+            return self.health.call(fn)
         except redis.ResponseError as exc:
             raise BadRequest(f"redis refused the read: {exc}", error="wrong type") from exc
 
