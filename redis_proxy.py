@@ -67,7 +67,7 @@ class RedisProxy:
                  redis_label: str = "", on_close: Iterable[Callable[[], None]] = ()):
         self.client = client
         self.fetcher = fetcher
-        self.local = local_cache or LocalCache(capacity=0)
+        self.local = local_cache if local_cache is not None else LocalCache(capacity=0)
         self.ttl = ttl
         self.stale_ttl = stale_ttl
         self.stale_if_error = stale_if_error
@@ -323,7 +323,7 @@ class RedisProxy:
         if now - self._store_error_logged_at >= STORE_ERROR_LOG_INTERVAL:
             self._store_error_logged_at = now
             log.warning("redis refused a write on %s: %s (logged once per %g s)",
-                        mask_url(self.redis_label), exc, STORE_ERROR_LOG_INTERVAL)
+                        self.redis_label or "redis", exc, STORE_ERROR_LOG_INTERVAL)
 
     def _on_redis_recover(self) -> None:
         self.local.clear()  # writes missed while Redis was away are not known to L1
