@@ -1,0 +1,78 @@
+"""Settings: parsing, the environment over .env, and a clean exit 2 on bad values."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from errors import ConfigError
+from load_env import load_settings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_defaults_without_any_configuration():
+    s = load_settings({}, env_file=None)
+    assert (s.http_host, s.http_port, s.resp_port, s.cache_ttl, s.cache_prefix) == \
+        ("127.0.0.1", 8080, 6380, 3600.0, "rp:")
+    assert s.redis_maxmemory == 256 * 1024 * 1024 and s.redis_eviction_policy == "allkeys-lru"
+    assert s.cache_store_statuses == frozenset(range(200, 300))
+    assert s.redis_configured is False
+
+
+def test_sizes_use_redis_units_and_durations_allow_decimals():
+    s = load_settings({"REDIS_MAXMEMORY": "64mb", "CACHE_MAX_BYTES": "1k", "CACHE_TTL": "0.5",
+                       "UPSTREAM_MAX_BYTES": "1gb"}, env_file=None)
+    assert (s.redis_maxmemory, s.cache_max_bytes, s.cache_ttl, s.upstream_max_bytes) == \
+        (64 * 1024**2, 1000, 0.5, 1024**3)
+
+
+def test_lists_and_statuses():
+    s = load_settings({"UPSTREAM_ALLOWED_PORTS": "80, 8443", "CACHE_STORE_STATUSES": "2xx,404",
+                       "AUTH_TOKENS": "a,b"}, env_file=None)
+    assert s.upstream_allowed_ports == (80, 8443) and s.auth_tokens == ("a", "b")
+    assert 404 in s.cache_store_statuses and 204 in s.cache_store_statuses and 500 not in s.cache_store_statuses
+
+
+def test_environment_wins_over_env_file_and_empty_means_default(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("HTTP_PORT=9000\nCACHE_TTL=60\nCACHE_PREFIX=\n")
+    s = load_settings({"HTTP_PORT": "9100"}, env_file=str(env_file))
+    assert (s.http_port, s.cache_ttl, s.cache_prefix) == (9100, 60.0, "rp:")
+
+
+def test_every_bad_value_is_reported_at_once_by_name():
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"HTTP_PORT": "70000", "CACHE_TTL": "-1", "REDIS_MAXMEMORY": "lots",
+                       "REDIS_EVICTION_POLICY": "sometimes", "REDIS_PASSWORD": "",
+                       "MAX_CLIENTS": "many"}, env_file=None)
+    problems = "\n".join(caught.value.problems)
+    for name in ("HTTP_PORT='70000'", "CACHE_TTL='-1'", "REDIS_MAXMEMORY='lots'",
+                 "REDIS_EVICTION_POLICY='sometimes'", "MAX_CLIENTS='many'"):
+        assert name in problems
+    assert len(caught.value.problems) == 5
+
+
+def test_stale_if_error_is_bounded_by_the_stale_window():
+    with pytest.raises(ConfigError, match="STALE_IF_ERROR"):
+        load_settings({"CACHE_STALE_TTL": "10", "STALE_IF_ERROR": "20"}, env_file=None)
+
+
+def test_the_environment_is_never_mutated(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("SOME_ODD_NAME_FOR_THE_TEST=1\nHTTP_PORT=9000\n")
+    before = dict(os.environ)
+    load_settings(env_file=str(env_file))
+    assert dict(os.environ) == before
+
+
+@pytest.mark.parametrize("name, value", [("HTTP_PORT", "http"), ("CACHE_TTL", "0"),
+                                         ("REDIS_EVICTION_POLICY", "lru"), ("REDIS_URL", "mysql://x")])
+def test_a_bad_setting_stops_the_server_with_exit_2_and_one_line(name, value):
+    env = {**os.environ, name: value, "RESP_PORT": "0"}
+    done = subprocess.run([sys.executable, "http_server.py"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert name in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
