@@ -254,7 +254,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
         url, key, params = fields.get("url"), fields.get("key"), fields.get("params")
         proxy = self.server.proxy
         if self.command == "DELETE":
-            raise MethodNotAllowed("purging is not enabled", headers={"Allow": "GET, HEAD"})
+            removed = proxy.purge(url, key, params)
+            self._reply_json(200, {"purged": removed})
+            return
         if url is None:
             if key is None:
                 raise BadRequest("give url=<absolute URL> (and optionally key=<name>), "

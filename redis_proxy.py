@@ -16,6 +16,7 @@ import cache_keys
 from cache_entry import Entry
 from errors import (BadGateway, BadRequest, GatewayTimeout, KeyNotFound, ProxyError,
                     StoreUnavailable)
+from fetch_lock import FetchLock
 from freshness import Policy
 from local_cache import MISSING, LocalCache
 from redis_connection import RedisHealth, make_client, mask_url
@@ -64,6 +65,7 @@ class RedisProxy:
                  *, ttl: float = 3600.0, stale_ttl: float = 300.0, stale_if_error: float = 300.0,
                  prefix: str = "rp:", policy: Policy | None = None, max_url_bytes: int = 8192,
                  max_key_bytes: int = 1024, clock: Callable[[], float] = time.time,
+                 stale_while_revalidate: float = 0.0,
                  redis_label: str = "", on_close: Iterable[Callable[[], None]] = ()):
         self.client = client
         self.fetcher = fetcher
@@ -78,7 +80,9 @@ class RedisProxy:
         self.clock = clock
         self.redis_label = redis_label
         self.health = RedisHealth(client, on_recover=self._on_redis_recover)
+        self.stale_while_revalidate = stale_while_revalidate
         self.flights = SingleFlight()
+        self.fetch_lock = FetchLock(client, self.health, hold=fetcher.timeout)
         self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self._store_error_logged_at = -math.inf
@@ -161,11 +165,58 @@ class RedisProxy:
             self._count("hits_redis")
             self.local.set(l1_key, stored, stored.remaining(now))
             return self._from_entry(stored, now, HIT)
+        if stored is not None and 0 < -stored.remaining(now) <= self.stale_while_revalidate:
+            # RFC 5861 §3: answer with the stale copy now and refresh it once, in the background.
+            self._count("hits_stale")
+            self._refresh_in_background(request, stored)
+            return self._from_entry(stored, now, STALE)
         self._count("misses")
         result, _shared = self.flights.do(
-            request.redis_key, lambda: self._forward(request, stored, redis_up),
+            request.redis_key, lambda: self._coalesced_forward(request, stored, redis_up),
             wait_timeout=self.fetcher.timeout)
         return result
+
+    def _coalesced_forward(self, request: UrlRequest, stale: Entry | None,
+                           redis_up: bool) -> CacheResult:
+        """One upstream fetch per entry across every proxy process sharing this Redis."""
+        token = self.fetch_lock.acquire(request.redis_key) if redis_up else ""
+        if token is None:
+            self._count("coalesced_waits")
+            found = self.fetch_lock.wait(request.redis_key,
+                                         lambda: self._fresh_stored(request, stale))
+            if found is not None:
+                return found
+            token = ""  # the other fetch failed or was not storable: fetch for ourselves
+        try:
+            return self._forward(request, stale, redis_up)
+        finally:
+            self.fetch_lock.release(request.redis_key, token)
+
+    def _fresh_stored(self, request: UrlRequest, stale: Entry | None) -> CacheResult | None:
+        """A fresh entry another process has stored since `stale` (or since nothing)."""
+        entry, _up = self._read_entry(request.redis_key)
+        now = self.clock()
+        if entry is None or entry.url != request.canonical or entry.remaining(now) <= 0:
+            return None
+        if stale is not None and entry.fetched_at <= stale.fetched_at:
+            return None
+        self.local.set(("u", request.redis_key), entry, entry.remaining(now))
+        return self._from_entry(entry, now, HIT)
+
+    def _refresh_in_background(self, request: UrlRequest, stale: Entry) -> None:
+        if self.flights.in_flight(request.redis_key):
+            return
+
+        def refresh() -> None:
+            try:
+                self.flights.do(request.redis_key,
+                                lambda: self._coalesced_forward(request, stale, True))
+            except ProxyError as exc:
+                log.info("background refresh of %s failed: %s", request.target, exc.detail)
+            except Exception:  # noqa: BLE001 - a background thread must log, not die silently
+                log.exception("background refresh of %s failed", request.target)
+
+        threading.Thread(target=refresh, name="revalidate", daemon=True).start()
 
     def lookup(self, key: str) -> CacheResult:
         """`?key=K` alone: what is stored under K, or KeyNotFound."""
@@ -181,6 +232,22 @@ class RedisProxy:
             raise KeyNotFound()
         self._count("hits_redis")
         return self._from_entry(stored, now, HIT if stored.remaining(now) > 0 else STALE)
+
+    def purge(self, url: str | None = None, key: str | None = None, params: Any = None) -> int:
+        """Remove an entry from Redis and L1; other proxies' L1 copies follow by invalidation
+        (or expire by their TTL with L1_INVALIDATION=ttl). Returns how many were removed."""
+        if url is not None:
+            redis_key = self.parse(url, key, params).redis_key
+        elif key is not None:
+            cache_keys.check_key(key, self.max_key_bytes)
+            redis_key = self.prefix + key
+        else:
+            raise BadRequest("give key=<name> or url=<absolute URL> to purge", error="missing key")
+        self.local.pop(("u", redis_key))
+        removed = int(self._redis_call(lambda: self.client.delete(redis_key)))
+        self.local.pop(("u", redis_key))  # a read that raced the delete may have refilled it
+        self._count("purges")
+        return removed
 
     def check_key(self, key: str) -> bool:
         """Whether an entry is stored under the explicit key `key`."""

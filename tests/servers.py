@@ -34,6 +34,9 @@ class UpstreamHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         if "Content-Length" not in (headers or {}):
             self.send_header("Content-Length", str(len(body)))
+        # One request per connection, so stop() really takes the origin away.
+        self.send_header("Connection", "close")
+        self.close_connection = True
         self.end_headers()
         self.wfile.write(body)
 

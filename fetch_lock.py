@@ -1,0 +1,80 @@
+"""Cross-process request coalescing: a short per-entry lock in Redis (`SET NX PX`)."""
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import redis
+
+from errors import StoreUnavailable
+from redis_connection import RedisHealth
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Delete the lock only if it is still ours: after expiry another process may hold it
+# (the pattern of https://redis.io/docs/latest/commands/set/ "a simple locking pattern").
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+def lock_key(redis_key: str) -> str:
+    # A NUL cannot occur in a cache key (control characters are refused), so no client key
+    # can name, read or overwrite a lock.
+    return redis_key + "\x00lock"
+
+
+class FetchLock:
+    """One fetcher per entry across every proxy sharing a Redis; the others poll for its result.
+
+    The lock expires after `hold` seconds (the upstream deadline) if its owner dies.
+    """
+
+    def __init__(self, client: redis.Redis, health: RedisHealth, hold: float,
+                 poll_interval: float = 0.02, max_poll_interval: float = 0.1):
+        self.client = client
+        self.health = health
+        self.hold = hold
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max_poll_interval
+        self._release = client.register_script(_RELEASE)
+
+    def acquire(self, redis_key: str) -> str | None:
+        """A token when this process now owns the fetch; None when another one does.
+
+        With Redis unreachable every process fetches for itself (a token of "")."""
+        token = secrets.token_hex(8)
+        try:
+            taken = self.health.call(lambda: self.client.set(
+                lock_key(redis_key), token, nx=True, px=max(1, int(self.hold * 1000))))
+        except (StoreUnavailable, redis.RedisError):
+            return ""
+        return token if taken else None
+
+    def release(self, redis_key: str, token: str) -> None:
+        if not token:
+            return
+        try:
+            self.health.call(lambda: self._release(keys=[lock_key(redis_key)], args=[token]))
+        except (StoreUnavailable, redis.RedisError) as exc:
+            log.debug("could not release the fetch lock of %s: %s (it expires by itself)",
+                      redis_key, exc)
+
+    def wait(self, redis_key: str, check: Callable[[], T | None]) -> T | None:
+        """Poll `check` until it returns a result, the lock is gone, or `hold` has passed."""
+        deadline = time.monotonic() + self.hold
+        interval = self.poll_interval
+        while time.monotonic() < deadline:
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+            interval = min(interval * 2, self.max_poll_interval)
+            result = check()
+            if result is not None:
+                return result
+            try:
+                if not self.health.call(lambda: self.client.exists(lock_key(redis_key))):
+                    return check()  # released: the result is stored now, or was not storable
+            except (StoreUnavailable, redis.RedisError):
+                return None
+        return None
