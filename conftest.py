@@ -68,15 +68,17 @@ def make_proxy(redis_url):
     def build(url: str | None = None, *, ttl: float = 3600.0, stale_ttl: float = 0.0,
               stale_if_error: float = 0.0, timeout: float = 5.0, max_bytes: int = 1 << 20,
               capacity: int = 1024, server_options: dict | None = None,
-              policy: Policy | None = None, clock=None, **proxy_options) -> ProxyUnderTest:
+              policy: Policy | None = None, clock=None, local_timer=None,
+              invalidation: str = "tracking", **proxy_options) -> ProxyUnderTest:
         client = make_client(url or redis_url)
         fetcher = Fetcher(timeout=timeout, max_bytes=max_bytes,
                           policy=UpstreamPolicy(allow_private=True, allowed_ports=tuple(range(1, 65536))))
         options = dict(ttl=ttl, stale_ttl=stale_ttl, stale_if_error=stale_if_error,
-                       policy=policy or Policy(ttl=ttl), **proxy_options)
+                       policy=policy or Policy(ttl=ttl), invalidation=invalidation, **proxy_options)
         if clock is not None:
             options["clock"] = clock
-        proxy = RedisProxy(client, fetcher, LocalCache(capacity=capacity, ttl=ttl), **options)
+        local = LocalCache(capacity=capacity, ttl=ttl, **({"timer": local_timer} if local_timer else {}))
+        proxy = RedisProxy(client, fetcher, local, **options)
         server = make_server("127.0.0.1", 0, proxy, **(server_options or {}))
         under_test = ProxyUnderTest(proxy, ServerThread(server).start())
         started.append(under_test)

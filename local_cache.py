@@ -37,18 +37,21 @@ class LocalCache:
         self._sizes: dict[Hashable, int] = {}
         self._lock = threading.Lock()
         self._epoch = 0  # bumped by every invalidation; a load that straddles one is not kept
+        self._admitting = True  # False while invalidations may be missed: serve, but keep nothing new
         self._flights = SingleFlight()
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
         with self._lock:
-            self._data.expire()
+            self._expire()
             return len(self._data)
 
     @property
     def bytes(self) -> int:
-        return self._bytes
+        with self._lock:
+            self._expire()
+            return self._bytes
 
     def get(self, key: Hashable) -> Any:
         """The value, or MISSING."""
@@ -61,7 +64,14 @@ class LocalCache:
             self.hits += 1
             return value
 
-    def set(self, key: Hashable, value: Any, ttl: float | None = None) -> None:
+    @property
+    def epoch(self) -> int:
+        """Take it before reading a value from Redis; pass it to `set` to keep the value only if
+        no invalidation arrived in between."""
+        return self._epoch
+
+    def set(self, key: Hashable, value: Any, ttl: float | None = None, *,
+            epoch: int | None = None) -> None:
         if self.capacity == 0:
             return
         ttl = self.ttl if ttl is None else min(ttl, self.ttl)
@@ -70,19 +80,32 @@ class LocalCache:
             self.pop(key)
             return
         with self._lock:
-            self._store(key, value, ttl, size)
+            if self._admitting and (epoch is None or epoch == self._epoch):
+                self._store(key, value, ttl, size)
+
+    def suspend(self) -> None:
+        """Keep serving what is held, but take nothing new (invalidations may be missed)."""
+        with self._lock:
+            self._epoch += 1
+            self._admitting = False
+
+    def resume(self) -> None:
+        with self._lock:
+            self._epoch += 1  # a load that began while suspended is not kept
+            self._admitting = True
 
     def _store(self, key: Hashable, value: Any, ttl: float, size: int) -> None:
         self._discard(key)
-        self._data.expire()
-        self._forget_expired()
+        self._expire()
         while self._data and (len(self._data) >= self.capacity
                               or self._bytes + size > self.max_bytes):
             old_key, _ = self._data.popitem()
             self._bytes -= self._sizes.pop(old_key, 0)
-        self._data[key] = (value, self.timer() + ttl)
+            self._expire()
         self._sizes[key] = size
         self._bytes += size
+        self._data[key] = (value, self.timer() + ttl)
+        self._expire()  # __setitem__ expires entries too
 
     def pop(self, key: Hashable) -> None:
         with self._lock:
@@ -107,13 +130,8 @@ class LocalCache:
         def leader() -> Any:
             epoch = self._epoch
             loaded = load()
-            if loaded is not None and self.capacity:
-                ttl = ttl_of(loaded)
-                ttl = self.ttl if ttl is None else min(ttl, self.ttl)
-                size = _size_of(loaded)
-                with self._lock:
-                    if self._epoch == epoch and 0 < ttl and size <= self.max_bytes:
-                        self._store(key, loaded, ttl, size)
+            if loaded is not None:
+                self.set(key, loaded, ttl_of(loaded), epoch=epoch)
             return loaded
 
         return self._flights.do(key, leader)[0]
@@ -122,7 +140,10 @@ class LocalCache:
         if self._data.pop(key, None) is not None:
             self._bytes -= self._sizes.pop(key, 0)
 
-    def _forget_expired(self) -> None:
+    def _expire(self) -> None:
+        for old_key, _item in self._data.expire():
+            self._bytes -= self._sizes.pop(old_key, 0)
         if len(self._sizes) != len(self._data):
-            for stale in [k for k in self._sizes if k not in self._data]:
-                self._bytes -= self._sizes.pop(stale)
+            # TLRUCache.popitem expires entries on its own; forget their sizes too.
+            for gone in [k for k in self._sizes if k not in self._data]:
+                self._bytes -= self._sizes.pop(gone)

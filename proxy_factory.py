@@ -50,6 +50,7 @@ def build_proxy(settings: Settings | None = None, **overrides: Any) -> RedisProx
                        prefix=settings.cache_prefix, policy=policy,
                        max_url_bytes=settings.max_url_bytes, max_key_bytes=settings.max_key_bytes,
                        stale_while_revalidate=settings.stale_while_revalidate,
+                       invalidation=settings.l1_invalidation,
                        redis_label=mask_url(url), on_close=on_close, **overrides)
     proxy.configure_memory(settings.redis_maxmemory, settings.redis_eviction_policy)
     return proxy

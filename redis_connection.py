@@ -46,8 +46,43 @@ def make_client(url: str, *, socket_timeout: float = 0.5, max_connections: int =
             kwargs["ssl_certfile"] = tls_cert
         if tls_key:
             kwargs["ssl_keyfile"] = tls_key
-    pool = redis.BlockingConnectionPool.from_url(url, **kwargs)
+    pool = TrackingConnectionPool.from_url(url, redis_connect_func=_on_connect, **kwargs)
     return redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+
+
+def _on_connect(connection: redis.Connection) -> None:
+    connection.on_connect()
+    connection.tracking_redirect = None  # a new connection tracks nothing yet
+
+
+class TrackingConnectionPool(redis.BlockingConnectionPool):
+    """A blocking pool whose connections report the keys they read to `redirect_to`.
+
+    Server-assisted client-side caching (https://redis.io/docs/latest/develop/reference/
+    client-side-caching/), RESP2 mode: each data connection runs
+    `CLIENT TRACKING ON REDIRECT <id> NOLOOP`, so Redis sends an invalidation message to the
+    connection `<id>` (subscribed to `__redis__:invalidate`) when a key it read changes.
+    A connection is (re-)armed as it leaves the pool, so a new redirect id reaches every
+    connection without dropping the ones in use. `redirect_to = None` leaves tracking off.
+    """
+
+    redirect_to: int | None = None
+
+    def get_connection(self, *args, **options):  # type: ignore[no-untyped-def]
+        connection = super().get_connection(*args, **options)
+        target = self.redirect_to
+        if getattr(connection, "tracking_redirect", None) != target:
+            try:
+                if target is None:
+                    connection.send_command("CLIENT", "TRACKING", "OFF")
+                else:
+                    connection.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", target, "NOLOOP")
+                connection.read_response()
+            except BaseException:
+                self.release(connection)
+                raise
+            connection.tracking_redirect = target
+        return connection
 
 
 class RedisHealth:

@@ -17,9 +17,10 @@ from cache_entry import Entry
 from errors import (BadGateway, BadRequest, GatewayTimeout, KeyNotFound, ProxyError,
                     StoreUnavailable)
 from fetch_lock import FetchLock
+from invalidation import TTL_ONLY, Invalidator
 from freshness import Policy
 from local_cache import MISSING, LocalCache
-from redis_connection import RedisHealth, make_client, mask_url
+from redis_connection import RedisHealth, TrackingConnectionPool
 from single_flight import SingleFlight
 from upstream import Fetcher
 
@@ -65,7 +66,7 @@ class RedisProxy:
                  *, ttl: float = 3600.0, stale_ttl: float = 300.0, stale_if_error: float = 300.0,
                  prefix: str = "rp:", policy: Policy | None = None, max_url_bytes: int = 8192,
                  max_key_bytes: int = 1024, clock: Callable[[], float] = time.time,
-                 stale_while_revalidate: float = 0.0,
+                 stale_while_revalidate: float = 0.0, invalidation: str = "ttl",
                  redis_label: str = "", on_close: Iterable[Callable[[], None]] = ()):
         self.client = client
         self.fetcher = fetcher
@@ -87,6 +88,13 @@ class RedisProxy:
         self._stats_lock = threading.Lock()
         self._store_error_logged_at = -math.inf
         self._on_close = list(on_close)
+        self.invalidator: Invalidator | None = None
+        pool = client.connection_pool
+        if invalidation == "tracking" and isinstance(pool, TrackingConnectionPool):
+            # L1 takes nothing until Redis tracks what this process reads (CONTRACT §4, issue 3).
+            self.local.suspend()
+            self.invalidator = Invalidator(pool, on_keys=self._invalidate, on_lost=self.local.suspend,
+                                           on_armed=self.local.resume).start(wait=1.0)
 
     # ----- the process-wide instance -------------------------------------------------------
 
@@ -107,6 +115,8 @@ class RedisProxy:
             instance.close()
 
     def close(self) -> None:
+        if self.invalidator is not None:
+            self.invalidator.close()
         self.health.close()
         for callback in reversed(self._on_close):
             try:
@@ -158,12 +168,13 @@ class RedisProxy:
         if local is not MISSING and local.url == request.canonical and local.remaining(now) > 0:
             self._count("hits_l1")
             return self._from_entry(local, now, HIT)
+        epoch = self.local.epoch
         stored, redis_up = self._read_entry(request.redis_key)
         if stored is not None and stored.url != request.canonical:
             stored = None  # the key names another URL's entry: a miss, never its body
         if stored is not None and stored.remaining(now) > 0:
             self._count("hits_redis")
-            self.local.set(l1_key, stored, stored.remaining(now))
+            self.local.set(l1_key, stored, stored.remaining(now), epoch=epoch)
             return self._from_entry(stored, now, HIT)
         if stored is not None and 0 < -stored.remaining(now) <= self.stale_while_revalidate:
             # RFC 5861 §3: answer with the stale copy now and refresh it once, in the background.
@@ -194,13 +205,14 @@ class RedisProxy:
 
     def _fresh_stored(self, request: UrlRequest, stale: Entry | None) -> CacheResult | None:
         """A fresh entry another process has stored since `stale` (or since nothing)."""
+        epoch = self.local.epoch
         entry, _up = self._read_entry(request.redis_key)
         now = self.clock()
         if entry is None or entry.url != request.canonical or entry.remaining(now) <= 0:
             return None
         if stale is not None and entry.fetched_at <= stale.fetched_at:
             return None
-        self.local.set(("u", request.redis_key), entry, entry.remaining(now))
+        self.local.set(("u", request.redis_key), entry, entry.remaining(now), epoch=epoch)
         return self._from_entry(entry, now, HIT)
 
     def _refresh_in_background(self, request: UrlRequest, stale: Entry) -> None:
@@ -306,6 +318,7 @@ class RedisProxy:
         keep_for = entry.fresh_for + self.stale_ttl
         if keep_for <= 0 or not redis_up:
             return False
+        epoch = self.local.epoch
         try:
             self.health.call(lambda: self.client.set(redis_key, cache_entry.encode(entry),
                                                      ex=max(1, math.ceil(keep_for))))
@@ -314,7 +327,7 @@ class RedisProxy:
         except redis.RedisError as exc:  # OOM command not allowed, READONLY, ...
             self._store_error(exc)
             return False
-        self.local.set(("u", redis_key), entry, entry.fresh_for)
+        self.local.set(("u", redis_key), entry, entry.fresh_for, epoch=epoch)
         return True
 
     def _from_entry(self, entry: Entry, now: float, cache: str, forward: str = "") -> CacheResult:
@@ -330,7 +343,6 @@ class RedisProxy:
         if cached is not MISSING:
             self._count("hits_l1")
             return cached
-        self._count("reads_redis")
         return self.local.get_or_load(("g", raw_key), lambda: self._redis_value(raw_key))
 
     def get_values(self, keys: list[bytes | str]) -> list[bytes | None]:
@@ -347,11 +359,12 @@ class RedisProxy:
                 self._count("hits_l1")
         if missing:
             self._count("reads_redis", len(missing))
+            epoch = self.local.epoch
             fetched = self._redis_call(lambda: self.client.mget([raw_keys[i] for i in missing]))
             for i, value in zip(missing, fetched):
                 values[i] = value
                 if value is not None:
-                    self.local.set(("g", raw_keys[i]), value)
+                    self.local.set(("g", raw_keys[i]), value, epoch=epoch)
         return values
 
     def exists(self, keys: list[bytes | str]) -> int:
@@ -364,6 +377,7 @@ class RedisProxy:
         return found
 
     def _redis_value(self, key: bytes) -> bytes | None:
+        self._count("reads_redis")
         return self._redis_call(lambda: self.client.get(key))
 
     def _redis_call(self, fn: Callable[[], Any]) -> Any:
@@ -378,7 +392,23 @@ class RedisProxy:
         redis_ok = self.health.up and self.health.ping()
         if not redis_ok and self.health.up:
             self.health.mark_down(ConnectionError("PING failed"))
-        return {"status": "ok" if redis_ok else "degraded", "redis": "ok" if redis_ok else "down"}
+        return {"status": "ok" if redis_ok else "degraded", "redis": "ok" if redis_ok else "down",
+                "l1_invalidation": self.l1_invalidation}
+
+    @property
+    def l1_invalidation(self) -> str:
+        """How L1 follows changes in Redis: tracking, ttl, or connecting (tracking not armed)."""
+        return self.invalidator.mode if self.invalidator is not None else TTL_ONLY
+
+    def _invalidate(self, keys: list[bytes] | None) -> None:
+        """Redis says these keys changed (None: anything may have): drop their L1 copies."""
+        if keys is None:
+            self.local.clear()
+            return
+        self._count("invalidations", len(keys))
+        for key in keys:
+            self.local.pop(("g", key))
+            self.local.pop(("u", key.decode("utf-8", "replace")))
 
     def _count(self, name: str, amount: int = 1) -> None:
         with self._stats_lock:

@@ -293,7 +293,7 @@ def test_malformed_request_lines_get_a_real_status_line(make_proxy, line):
 
 def test_health_reports_redis(make_proxy):
     got = request(make_proxy().port, "/health")
-    assert (got.status, got.json()) == (200, {"status": "ok", "redis": "ok"})
+    assert (got.status, got.json()) == (200, {"status": "ok", "redis": "ok", "l1_invalidation": "tracking"})
 
 
 def test_config_set_applies_maxmemory_and_policy(make_proxy, r):

@@ -57,7 +57,7 @@ def test_frozen_redis_costs_a_request_about_one_socket_timeout(own_redis, upstre
         started = time.monotonic()
         assert request(proxy.port, q(url, "f2")).headers["X-Cache"] == "BYPASS"
         assert time.monotonic() - started < first
-        assert request(proxy.port, "/health").json() == {"status": "degraded", "redis": "down"}
+        assert request(proxy.port, "/health").json()["redis"] == "down"
     finally:
         os.kill(own_redis.pid, signal.SIGCONT)
     wait_until(lambda: request(proxy.port, "/health").status == 200, timeout=5)
