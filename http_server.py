@@ -329,7 +329,7 @@ def cache_status(result: CacheResult) -> str:
     if result.cache == "HIT" and not result.forward:
         parts.append("hit")
     elif result.cache == "STALE":
-        parts += ["hit", "detail=stale-if-error"]
+        parts += ["hit", f"detail={result.detail or 'stale'}"]
     elif result.cache == "BYPASS":
         parts += ["fwd=bypass", "detail=redis-unavailable"]
     else:

@@ -43,6 +43,7 @@ class CacheResult:
     forward: str = ""  # RFC 9211 fwd= reason when upstream was asked: miss or stale
     upstream_status: int = 0  # what upstream answered, when it was asked
     stored: bool = False
+    detail: str = ""  # RFC 9211 detail= of a STALE answer: stale-if-error or stale-while-revalidate
 
     @property
     def content_type(self) -> str:
@@ -180,7 +181,7 @@ class RedisProxy:
             # RFC 5861 §3: answer with the stale copy now and refresh it once, in the background.
             self._count("hits_stale")
             self._refresh_in_background(request, stored)
-            return self._from_entry(stored, now, STALE)
+            return self._from_entry(stored, now, STALE, detail="stale-while-revalidate")
         self._count("misses")
         result, _shared = self.flights.do(
             request.redis_key, lambda: self._coalesced_forward(request, stored, redis_up),
@@ -284,7 +285,7 @@ class RedisProxy:
         except (BadGateway, GatewayTimeout):
             self._count("upstream_errors")
             if self._may_serve_stale(stale):
-                return self._from_entry(stale, self.clock(), STALE)  # type: ignore[arg-type]
+                return self._from_entry(stale, self.clock(), STALE, detail="stale-if-error")  # type: ignore[arg-type]
             raise
         self._count("upstream_fetches")
         now = self.clock()
@@ -297,7 +298,7 @@ class RedisProxy:
             return dataclasses.replace(self._from_entry(entry, now, HIT, forward="stale"),
                                        upstream_status=304, stored=stored)
         if response.status >= 500 and self._may_serve_stale(stale):
-            return self._from_entry(stale, now, STALE)  # type: ignore[arg-type]
+            return self._from_entry(stale, now, STALE, detail="stale-if-error")  # type: ignore[arg-type]
         headers = cache_entry.kept_headers(response.headers)
         entry = Entry(status=response.status, body=response.body, url=request.canonical,
                       fetched_at=now, fresh_for=self.policy.lifetime(response.headers, now),
@@ -330,9 +331,10 @@ class RedisProxy:
         self.local.set(("u", redis_key), entry, entry.fresh_for, epoch=epoch)
         return True
 
-    def _from_entry(self, entry: Entry, now: float, cache: str, forward: str = "") -> CacheResult:
+    def _from_entry(self, entry: Entry, now: float, cache: str, forward: str = "",
+                    detail: str = "") -> CacheResult:
         return CacheResult(entry.status, entry.body, entry.headers, cache,
-                           int(entry.age(now)), entry.remaining(now), forward)
+                           int(entry.age(now)), entry.remaining(now), forward, detail=detail)
 
     # ----- read-proxy role -----------------------------------------------------------------
 

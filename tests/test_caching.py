@@ -213,7 +213,7 @@ def test_stale_copy_served_when_upstream_is_down(upstream, make_proxy):
     now[0] += 10
     got = request(proxy.port, q(url, "sie"))
     assert (got.status, got.body, got.headers["X-Cache"]) == (200, b"last good copy", "STALE")
-    assert "ttl=-" in got.headers["Cache-Status"]
+    assert "detail=stale-if-error; ttl=-" in got.headers["Cache-Status"]
     upstream.stop()  # the origin gone entirely: connection refused
     got = request(proxy.port, q(url, "sie"))
     assert (got.status, got.headers["X-Cache"]) == (200, "STALE")
@@ -239,6 +239,7 @@ def test_stale_while_revalidate_answers_at_once_and_refreshes_once(upstream, mak
     now[0] += 5
     got = request(proxy.port, q(url, "swr"))
     assert (got.body, got.headers["X-Cache"]) == (b"v1", "STALE")
+    assert "detail=stale-while-revalidate" in got.headers["Cache-Status"]
     wait_until(lambda: request(proxy.port, q(url, "swr")).body == b"v2")
     assert upstream.hits["/swr"] == 2
 
