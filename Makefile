@@ -24,6 +24,9 @@ http_start: $(STAMP)
 shutdown:
 	@for f in run/http.pid run/redis.pid; do [ -f $$f ] && kill $$(cat $$f) 2>/dev/null; rm -f $$f; done; rm -f run/redis.url; echo stopped
 
+bench: $(STAMP)
+	$(PY) bench.py
+
 lint: $(STAMP)
 	$(PY) -m pip install -q ruff==0.14.4 && $(VENV)/bin/ruff check .
 
