@@ -1,6 +1,7 @@
 """RedisProxy: the tiered lookup (L1 -> Redis -> upstream) shared by every front end."""
 
 import dataclasses
+import functools
 import logging
 import math
 import threading
@@ -84,6 +85,8 @@ class RedisProxy:
         self.health = RedisHealth(client, on_recover=self._on_redis_recover)
         self.stale_while_revalidate = stale_while_revalidate
         self.flights = SingleFlight()
+        # Parsing is pure: remember recent results (errors are raised again, never remembered).
+        self._parse_cached = functools.lru_cache(maxsize=4096)(self._parse)
         self.fetch_lock = FetchLock(client, self.health, hold=fetcher.timeout)
         self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
@@ -145,6 +148,11 @@ class RedisProxy:
 
     def parse(self, url: str, key: str | None = None, params: Any = None) -> UrlRequest:
         """Validate a URL-role request; BadRequest / URITooLong name what is wrong."""
+        if isinstance(params, (str, type(None))):
+            return self._parse_cached(url, key, params)  # the hit path asks the same URLs again
+        return self._parse(url, key, params)
+
+    def _parse(self, url: str, key: str | None, params: Any) -> UrlRequest:
         cache_keys.check_url(url, self.max_url_bytes)
         if key is not None:
             cache_keys.check_key(key, self.max_key_bytes)
