@@ -90,6 +90,7 @@ class RedisProxy:
         self.fetch_lock = FetchLock(client, self.health, hold=fetcher.timeout)
         self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
+        self._refreshing: set[str] = set()  # keys with a background refresh running
         self._store_error_logged_at = -math.inf
         self._on_close = list(on_close)
         self.invalidator: Invalidator | None = None
@@ -225,17 +226,24 @@ class RedisProxy:
         return self._from_entry(entry, now, HIT)
 
     def _refresh_in_background(self, request: UrlRequest, stale: Entry) -> None:
-        if self.flights.in_flight(request.redis_key):
-            return
+        with self._stats_lock:
+            if request.redis_key in self._refreshing:
+                return
+            self._refreshing.add(request.redis_key)
 
         def refresh() -> None:
             try:
-                self.flights.do(request.redis_key,
-                                lambda: self._coalesced_forward(request, stale, True))
+                # Another request or process may have refreshed it since `stale` was read.
+                if self._fresh_stored(request, stale) is None:
+                    self.flights.do(request.redis_key,
+                                    lambda: self._coalesced_forward(request, stale, True))
             except ProxyError as exc:
                 log.info("background refresh of %s failed: %s", request.target, exc.detail)
             except Exception:  # noqa: BLE001 - a background thread must log, not die silently
                 log.exception("background refresh of %s failed", request.target)
+            finally:
+                with self._stats_lock:
+                    self._refreshing.discard(request.redis_key)
 
         threading.Thread(target=refresh, name="revalidate", daemon=True).start()
 
