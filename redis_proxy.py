@@ -209,6 +209,12 @@ class RedisProxy:
                 return found
             token = ""  # the other fetch failed or was not storable: fetch for ourselves
         try:
+            if token:
+                # Double-checked: a fetch may have stored the entry and released the lock
+                # between our read of Redis and our taking the lock.
+                found = self._fresh_stored(request, stale)
+                if found is not None:
+                    return found
             return self._forward(request, stale, redis_up)
         finally:
             self.fetch_lock.release(request.redis_key, token)
