@@ -178,7 +178,7 @@ def test_commands_answer_as_redis_does(resp, sent, reply):
 def test_hello_2_is_the_map_as_a_flat_array(resp):
     c = client(resp.port)
     flat = c.execute_command("HELLO", "2")
-    info = dict(zip(flat[::2], flat[1::2]))
+    info = dict(zip(flat[::2], flat[1::2], strict=True))
     assert info[b"server"] == b"redis" and info[b"proto"] == 2 and info[b"modules"] == []
     assert info[b"id"] == c.client_id()
     c.close()
@@ -291,3 +291,36 @@ def test_redis_benchmark_get_completes_without_errors(resp, r):
     assert done.returncode == 0, output
     assert "GET: " in output and "requests per second" in output and "ERR" not in output
     assert resp.proxy.stats["hits_l1"] >= 9_990
+
+
+# ----- wiring ----------------------------------------------------------------------------------
+
+def test_start_front_ends_serves_resp_beside_http_unless_resp_port_is_0(make_proxy, r, caplog):
+    from servers import request
+
+    import app
+    from load_env import load_settings
+    from redis_launcher import free_port
+    r.set("k", b"hello")
+    proxy = make_proxy().proxy
+    resp_port = free_port()
+    settings = load_settings({"HTTP_PORT": "0", "RESP_PORT": str(resp_port)}, env_file=None)
+    caplog.set_level("INFO", logger="redis_proxy")
+    servers = app.start_front_ends(settings, proxy)
+    try:
+        assert [type(s).__name__ for s in servers] == ["ProxyHTTPServer", "RespServer"]
+        assert f"RESP on redis://127.0.0.1:{resp_port}" in caplog.text
+        c = client(resp_port)
+        assert c.get("k") == b"hello"
+        c.close()
+        assert request(servers[0].port, "/get/k").body == b"hello"
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    off = app.start_front_ends(load_settings({"HTTP_PORT": "0", "RESP_PORT": "0"}, env_file=None),
+                               proxy)
+    assert [type(s).__name__ for s in off] == ["ProxyHTTPServer"]
+    off[0].shutdown()
+    off[0].server_close()
+    assert load_settings({}, env_file=None).resp_port == 6380

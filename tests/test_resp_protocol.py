@@ -144,4 +144,4 @@ def test_any_encoded_commands_come_back_unchanged_however_they_are_cut(commands,
 
 def _pieces(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:])] or [b""]
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False)] or [b""]
