@@ -39,6 +39,10 @@ def start_front_ends(settings: Settings, proxy: RedisProxy) -> list:
             servers[0].server_close()  # nothing is served unless every front end could bind
             raise
         log.info("RESP on redis://%s:%d", settings.http_host, servers[1].port)
+        if not _is_loopback(settings.http_host):
+            log.warning("RESP_PORT=%d on %s: the RESP front end has no authentication; anyone who "
+                        "reaches it can read every key of the backing Redis (RESP_PORT=0 turns it "
+                        "off)", settings.resp_port, settings.http_host)
     for server in servers:
         threading.Thread(target=server.serve_forever, name=type(server).__name__, daemon=True).start()
     return servers

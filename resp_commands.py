@@ -129,9 +129,15 @@ class RespCommands:
             return wire.error("ERR DB index is out of range (redis-proxy serves database 0 only)")
         return wire.OK
 
-    def auth(self, _session: Session, _args: list[bytes]) -> bytes:
-        return wire.error("ERR AUTH <password> called without any password configured for the "
-                          "default user. Are you sure your configuration is correct?")
+    def auth(self, _session: Session, args: list[bytes]) -> bytes:
+        """As a Redis whose only user is `default` with no password (the RESP front end has no
+        authentication of its own): AUTH default <anything> is OK, AUTH <password> an error."""
+        if len(args) == 2:
+            return wire.error("ERR AUTH <password> called without any password configured for "
+                              "the default user. Are you sure your configuration is correct?")
+        if len(args) == 3:
+            return _login(args[1])
+        return wire.error("ERR wrong number of arguments for 'auth' command")
 
     def hello(self, session: Session, args: list[bytes]) -> bytes:
         """RESP2 only: HELLO 3 is -NOPROTO, so a client falls back (or is told to use RESP2)."""
@@ -146,7 +152,10 @@ class RespCommands:
             while options:
                 option = options[0].lower()
                 if option == b"auth" and len(options) >= 3:
-                    options = options[3:]  # the default user has no password: any is accepted
+                    refused = _login(options[1])
+                    if refused != wire.OK:
+                        return refused
+                    options = options[3:]
                 elif option == b"setname" and len(options) >= 2:
                     session.name, options = options[1], options[2:]
                 else:
@@ -230,6 +239,12 @@ class RespCommands:
         for title, fields in self.info_extra().items():
             sections.setdefault(title, {}).update(fields)
         return {title: fields for title, fields in sections.items() if fields}
+
+
+def _login(user: bytes) -> bytes:
+    if user != b"default":
+        return wire.error("WRONGPASS invalid username-password pair or user is disabled.")
+    return wire.OK
 
 
 def _shown(arg: bytes) -> str:

@@ -111,7 +111,8 @@ class RespHandler(socketserver.BaseRequestHandler):
                     close = True
                     break
         except ProtocolError as exc:
-            log.info("RESP protocol error from %s: %s", self.client_address[0], exc)
+            # Redis logs these at its verbose level: one client's garbage is not an operator's concern.
+            log.debug("RESP protocol error from %s: %s", self.client_address[0], exc)
             replies.append(wire.error(f"ERR Protocol error: {exc}"))
             close = True
         self._set_deadline(bool(replies))

@@ -166,6 +166,13 @@ def test_wrong_type_and_redis_down(make_resp_proxy, r):
     (command(b"CONFIG", b"GET", b"save"), b"*2\r\n$4\r\nsave\r\n$0\r\n\r\n"),
     (command(b"HELLO", b"3"), b"-NOPROTO unsupported protocol version; redis-proxy speaks RESP2 "
                               b"(redis-py: protocol=2)\r\n"),
+    (command(b"AUTH", b"secret"), b"-ERR AUTH <password> called without any password configured "
+                                  b"for the default user. Are you sure your configuration is correct?\r\n"),
+    (command(b"AUTH", b"default", b"any"), b"+OK\r\n"),  # the default user has no password
+    (command(b"AUTH", b"alice", b"pw"), b"-WRONGPASS invalid username-password pair or user is "
+                                        b"disabled.\r\n"),
+    (command(b"HELLO", b"2", b"AUTH", b"alice", b"pw"), b"-WRONGPASS invalid username-password "
+                                                        b"pair or user is disabled.\r\n"),
     (command(b"FOO", b"bar"), b"-ERR unknown command 'FOO', with args beginning with: 'bar'\r\n"),
     (b"GET k\r\n", b"$5\r\nhello\r\n"),  # inline, as typed into telnet
     (b"GET k\n", b"$5\r\nhello\r\n"),
@@ -181,6 +188,16 @@ def test_hello_2_is_the_map_as_a_flat_array(resp):
     info = dict(zip(flat[::2], flat[1::2], strict=True))
     assert info[b"server"] == b"redis" and info[b"proto"] == 2 and info[b"modules"] == []
     assert info[b"id"] == c.client_id()
+    c.close()
+
+
+def test_redis_py_with_username_and_password_and_a_name(resp):
+    c = redis.Redis(host="127.0.0.1", port=resp.port, protocol=2, username="default",
+                    password="ignored", client_name="worker-1")
+    assert c.get("k") == b"hello"
+    flat = c.execute_command("HELLO", "2", "AUTH", "default", "x", "SETNAME", "renamed")
+    assert flat[:2] == [b"server", b"redis"]
+    assert c.client_getname() == "renamed"
     c.close()
 
 
