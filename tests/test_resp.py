@@ -10,6 +10,7 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from servers import wait_until
 
 from redis_launcher import RedisServer
 from resp_protocol import command
@@ -218,6 +219,16 @@ def test_info_shows_the_proxy_counters(resp):
     assert info["connected_clients"] == 1 and info["tcp_port"] == resp.port
     assert set(c.info("server")) >= {"redis_version", "redis_proxy_version", "uptime_in_seconds"}
     assert "proxy_hits_l1" not in c.info("server")
+    c.close()
+
+
+def test_redis_py_reconnects_after_the_idle_timeout_closed_its_connection(make_resp_proxy, r):
+    r.set("k", b"hello")
+    resp = make_resp_proxy(resp_options={"keepalive_timeout": 0.2})
+    c = client(resp.port)
+    assert c.get("k") == b"hello"
+    wait_until(lambda: resp.thread.server.active_connections == 0)  # closed while idle
+    assert c.get("k") == b"hello"  # the pool notices and reconnects
     c.close()
 
 
