@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import redis
+
 import resp_protocol as wire
 from errors import ProxyError, StoreUnavailable
 from redis_proxy import RedisProxy
@@ -89,8 +91,8 @@ class RespCommands:
         except StoreUnavailable as exc:
             return wire.error(f"ERR redis unavailable: {exc.detail}")
         except ProxyError as exc:
-            if exc.error == "wrong type":  # redis.ResponseError from the read, e.g. GET of a list
-                return wire.error("WRONGTYPE Operation against a key holding the wrong kind of value")
+            if isinstance(exc.__cause__, redis.ResponseError):
+                return wire.error(_relayed(exc.__cause__))  # e.g. WRONGTYPE for GET of a list
             return wire.error(f"ERR {exc.detail}")
         except Exception:
             log.exception("unhandled error for RESP command %r", name)
@@ -239,6 +241,14 @@ class RespCommands:
         for title, fields in self.info_extra().items():
             sections.setdefault(title, {}).update(fields)
         return {title: fields for title, fields in sections.items() if fields}
+
+
+def _relayed(exc: redis.ResponseError) -> str:
+    """The backing Redis's own error, for the client. redis-py keeps the code of some errors
+    (WRONGTYPE ...) and strips it from others (ERR, NOPERM): those get ERR back."""
+    text = str(exc)
+    code = text.split(" ", 1)[0]
+    return text if code.isupper() and code.isalpha() else f"ERR {text}"
 
 
 def _login(user: bytes) -> bytes:
