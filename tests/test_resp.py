@@ -154,14 +154,16 @@ def test_wrong_type_and_redis_down(make_resp_proxy, r):
 def test_an_error_of_the_backing_redis_is_relayed(make_resp_proxy, redis_server, r):
     r.set("k", b"hello")
     r.acl_setuser("no-get", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-get"])
-    resp = make_resp_proxy(redis_server.url.replace("unix://", "unix://no-get:pw@"))
-    c = client(resp.port)
-    with pytest.raises(redis.ResponseError,
-                       match="^this user has no permissions to run the 'get' command"):
-        c.get("k")
-    assert c.mget("k") == [b"hello"]  # MGET is allowed to this user
-    c.close()
-    r.acl_deluser("no-get")
+    try:
+        resp = make_resp_proxy(redis_server.url.replace("unix://", "unix://no-get:pw@"))
+        c = client(resp.port)
+        with pytest.raises(redis.ResponseError,
+                           match="^this user has no permissions to run the 'get' command"):
+            c.get("k")
+        assert c.mget("k") == [b"hello"]  # MGET is allowed to this user
+        c.close()
+    finally:
+        r.acl_deluser("no-get")
 
 
 # ----- connection and introspection commands -------------------------------------------------
