@@ -24,12 +24,25 @@ def _is_loopback(host: str) -> bool:
 
 def start_front_ends(settings: Settings, proxy: RedisProxy) -> list:
     """Bind every configured front end and serve each in its own thread."""
-    from http_server import make_server
-    servers = [make_server(settings.http_host, settings.http_port, proxy,
-                           max_clients=settings.max_clients, max_parallel=settings.max_parallel,
-                           header_timeout=settings.header_timeout,
-                           keepalive_timeout=settings.keepalive_timeout)]
+    import http_server
+    import resp_server
+    limits = dict(max_clients=settings.max_clients, max_parallel=settings.max_parallel,
+                  header_timeout=settings.header_timeout,
+                  keepalive_timeout=settings.keepalive_timeout)
+    servers = [http_server.make_server(settings.http_host, settings.http_port, proxy, **limits)]
     log.info("HTTP on http://%s:%d", settings.http_host, servers[0].port)
+    if settings.resp_port:
+        try:
+            servers.append(resp_server.make_server(settings.http_host, settings.resp_port, proxy,
+                                                   **limits))
+        except OSError:
+            servers[0].server_close()  # nothing is served unless every front end could bind
+            raise
+        log.info("RESP on redis://%s:%d", settings.http_host, servers[1].port)
+        if not _is_loopback(settings.http_host):
+            log.warning("RESP_PORT=%d on %s: the RESP front end has no authentication; anyone who "
+                        "reaches it can read every key of the backing Redis (RESP_PORT=0 turns it "
+                        "off)", settings.resp_port, settings.http_host)
     for server in servers:
         threading.Thread(target=server.serve_forever, name=type(server).__name__, daemon=True).start()
     return servers

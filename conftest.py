@@ -88,3 +88,21 @@ def make_proxy(redis_url):
     for under_test in started:
         under_test.thread.stop()
         under_test.proxy.close()
+
+
+@pytest.fixture
+def make_resp_proxy(make_proxy):
+    """Like make_proxy, plus the same proxy served over RESP on port 0 (`.port` is RESP's)."""
+    import resp_server
+    started = []
+
+    def build(*args, resp_options: dict | None = None, **options) -> ProxyUnderTest:
+        under_test = make_proxy(*args, **options)
+        server = resp_server.make_server("127.0.0.1", 0, under_test.proxy, **(resp_options or {}))
+        thread = ServerThread(server).start()
+        started.append(thread)
+        return ProxyUnderTest(under_test.proxy, thread)
+
+    yield build
+    for thread in started:
+        thread.stop()

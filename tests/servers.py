@@ -94,7 +94,9 @@ class ServerThread:
 
     def __init__(self, server: Any):
         self.server = server
-        self.thread = threading.Thread(target=server.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits for it, once per test.
+        self.thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
 
     @property
     def port(self) -> int:

@@ -1,0 +1,289 @@
+"""The RESP command table: which Redis commands the read proxy answers, and how.
+
+Reads (GET, MGET, EXISTS) go through RedisProxy's read role (L1 -> Redis), as /get/<key> does;
+the connection commands that clients and redis-cli send on their own (HELLO, CLIENT SETINFO,
+COMMAND DOCS, CONFIG GET, SELECT 0) get the answers a RESP2 Redis gives. Error texts follow
+Redis 7 (src/server.c processCommand) so client libraries map them to the same exceptions.
+"""
+
+import dataclasses
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+import resp_protocol as wire
+from errors import ProxyError, StoreUnavailable
+from redis_proxy import RedisProxy
+
+log = logging.getLogger(__name__)
+
+REDIS_VERSION = "7.0.0"  # the Redis API level this front end speaks (for clients that check)
+PROXY_VERSION = "0.1.0"
+
+# Commands that change data or the server: refused by name, so the reply says why.
+WRITE_COMMANDS = frozenset("""
+    set setnx setex psetex mset msetnx append incr incrby incrbyfloat decr decrby getset getdel
+    getex setrange del unlink expire pexpire expireat pexpireat persist rename renamenx move copy
+    lpush rpush lpushx rpushx lpop rpop lset linsert lrem ltrim rpoplpush lmove blpop brpop
+    sadd srem spop smove sinterstore sunionstore sdiffstore hset hsetnx hmset hdel hincrby
+    hincrbyfloat zadd zincrby zrem zremrangebyscore zremrangebyrank zremrangebylex zpopmin
+    zpopmax zunionstore zinterstore xadd xdel xtrim pfadd pfmerge setbit bitop geoadd restore
+    flushdb flushall swapdb eval evalsha fcall function script publish subscribe psubscribe
+    multi exec discard watch shutdown save bgsave bgrewriteaof debug monitor migrate
+    replicaof slaveof acl module failover sync psync
+""".split())
+
+
+@dataclasses.dataclass
+class Session:
+    """One connection's state."""
+
+    client_id: int
+    name: bytes | None = None
+    closing: bool = False  # QUIT: reply, then close
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    name: str
+    arity: int  # Redis's convention: n = exactly n words (name included), -n = at least n
+    run: Callable[["RespCommands", Session, list[bytes]], bytes]
+    flags: tuple[str, ...] = ("readonly", "fast")
+
+    def arity_ok(self, words: int) -> bool:
+        return words == self.arity if self.arity > 0 else words >= -self.arity
+
+
+class RespCommands:
+    """Runs one command for a session and returns its encoded reply; never raises for a
+    client's mistake or an unreachable Redis (those are -ERR replies)."""
+
+    def __init__(self, proxy: RedisProxy, info_extra: Callable[[], dict[str, dict[str, Any]]] =
+                 lambda: {}, clock: Callable[[], float] = time.monotonic):
+        self.proxy = proxy
+        self.info_extra = info_extra
+        self.clock = clock
+        self.started = clock()
+        self._ids = itertools.count(1)
+
+    def new_session(self) -> Session:
+        return Session(client_id=next(self._ids))
+
+    def execute(self, session: Session, args: list[bytes]) -> bytes:
+        name = args[0].decode("latin-1").lower()
+        command = COMMANDS.get(name)
+        if command is None:
+            if name in WRITE_COMMANDS:
+                return wire.error(f"ERR '{name}' is not supported by redis-proxy (read-only); "
+                                  "write to the backing Redis directly")
+            shown = " ".join(f"'{_shown(arg)}'" for arg in args[1:])
+            return wire.error(f"ERR unknown command '{_shown(args[0])}', "
+                              f"with args beginning with: {shown}")
+        if not command.arity_ok(len(args)):
+            return wire.error(f"ERR wrong number of arguments for '{name}' command")
+        try:
+            return command.run(self, session, args)
+        except StoreUnavailable as exc:
+            return wire.error(f"ERR redis unavailable: {exc.detail}")
+        except ProxyError as exc:
+            if isinstance(exc.__cause__, redis.ResponseError):
+                return wire.error(_relayed(exc.__cause__))  # e.g. WRONGTYPE for GET of a list
+            return wire.error(f"ERR {exc.detail}")
+        except Exception:
+            log.exception("unhandled error for RESP command %r", name)
+            return wire.error("ERR internal error in redis-proxy; see its log")
+
+    # ----- reads ---------------------------------------------------------------------------
+
+    def get(self, _session: Session, args: list[bytes]) -> bytes:
+        return wire.bulk(self.proxy.get_value(args[1]))
+
+    def mget(self, _session: Session, args: list[bytes]) -> bytes:
+        return wire.array([wire.bulk(v) for v in self.proxy.get_values(list(args[1:]))])
+
+    def exists(self, _session: Session, args: list[bytes]) -> bytes:
+        return wire.integer(self.proxy.exists(list(args[1:])))
+
+    # ----- connection ----------------------------------------------------------------------
+
+    def ping(self, _session: Session, args: list[bytes]) -> bytes:
+        if len(args) > 2:
+            return wire.error("ERR wrong number of arguments for 'ping' command")
+        return wire.PONG if len(args) == 1 else wire.bulk(args[1])
+
+    def echo(self, _session: Session, args: list[bytes]) -> bytes:
+        return wire.bulk(args[1])
+
+    def quit(self, session: Session, _args: list[bytes]) -> bytes:
+        session.closing = True
+        return wire.OK
+
+    def select(self, _session: Session, args: list[bytes]) -> bytes:
+        index = wire.parse_integer(args[1])
+        if index is None:
+            return wire.error("ERR value is not an integer or out of range")
+        if index != 0:
+            return wire.error("ERR DB index is out of range (redis-proxy serves database 0 only)")
+        return wire.OK
+
+    def auth(self, _session: Session, args: list[bytes]) -> bytes:
+        """As a Redis whose only user is `default` with no password (the RESP front end has no
+        authentication of its own): AUTH default <anything> is OK, AUTH <password> an error."""
+        if len(args) == 2:
+            return wire.error("ERR AUTH <password> called without any password configured for "
+                              "the default user. Are you sure your configuration is correct?")
+        if len(args) == 3:
+            return _login(args[1])
+        return wire.error("ERR wrong number of arguments for 'auth' command")
+
+    def hello(self, session: Session, args: list[bytes]) -> bytes:
+        """RESP2 only: HELLO 3 is -NOPROTO, so a client falls back (or is told to use RESP2)."""
+        if len(args) > 1:
+            version = wire.parse_integer(args[1])
+            if version is None:
+                return wire.error("ERR Protocol version is not an integer or out of range")
+            if version != 2:
+                return wire.error("NOPROTO unsupported protocol version; redis-proxy speaks RESP2 "
+                                  "(redis-py: protocol=2)")
+            options = args[2:]
+            while options:
+                option = options[0].lower()
+                if option == b"auth" and len(options) >= 3:
+                    refused = _login(options[1])
+                    if refused != wire.OK:
+                        return refused
+                    options = options[3:]
+                elif option == b"setname" and len(options) >= 2:
+                    session.name, options = options[1], options[2:]
+                else:
+                    return wire.error(f"ERR Syntax error in HELLO option '{_shown(options[0])}'")
+        # Redis's HELLO map, flattened into an array for RESP2 (src/networking.c helloCommand).
+        return wire.array([wire.bulk(b"server"), wire.bulk(b"redis"),
+                           wire.bulk(b"version"), wire.bulk(REDIS_VERSION.encode()),
+                           wire.bulk(b"proto"), wire.integer(2),
+                           wire.bulk(b"id"), wire.integer(session.client_id),
+                           wire.bulk(b"mode"), wire.bulk(b"standalone"),
+                           wire.bulk(b"role"), wire.bulk(b"master"),
+                           wire.bulk(b"modules"), wire.EMPTY_ARRAY])
+
+    def client(self, session: Session, args: list[bytes]) -> bytes:
+        sub = args[1].lower()
+        if sub == b"id" and len(args) == 2:
+            return wire.integer(session.client_id)
+        if sub == b"getname" and len(args) == 2:
+            return wire.bulk(session.name)
+        if sub == b"setname" and len(args) == 3:
+            if any(c <= 0x20 or c >= 0x7F for c in args[2]):
+                return wire.error("ERR Client names cannot contain spaces, newlines or special "
+                                  "characters.")
+            session.name = args[2] or None
+            return wire.OK
+        if sub == b"setinfo" and len(args) == 4:
+            return wire.OK  # library name/version: accepted, not kept
+        if sub in (b"id", b"getname", b"setname", b"setinfo"):
+            return wire.error(f"ERR wrong number of arguments for 'client|{sub.decode()}' command")
+        return wire.error(f"ERR unknown subcommand '{_shown(args[1])}'. Try CLIENT HELP.")
+
+    # ----- introspection -------------------------------------------------------------------
+
+    def command(self, _session: Session, args: list[bytes]) -> bytes:
+        sub = args[1].lower() if len(args) > 1 else b""
+        if not sub:
+            return wire.array([_command_info(c) for c in COMMANDS.values()])
+        if sub == b"count":
+            return wire.integer(len(COMMANDS))
+        if sub == b"docs":
+            return wire.EMPTY_ARRAY  # redis-cli then falls back to its built-in help
+        if sub == b"info":
+            found = [COMMANDS.get(a.decode("latin-1").lower()) for a in args[2:]]
+            return wire.array([_command_info(c) if c else wire.NULL for c in found])
+        return wire.error(f"ERR unknown subcommand '{_shown(args[1])}'. Try COMMAND HELP.")
+
+    def config(self, _session: Session, args: list[bytes]) -> bytes:
+        """CONFIG GET only, for tools that ask at start (redis-benchmark asks for save and
+        appendonly): the proxy persists nothing. CONFIG SET is a write."""
+        if args[1].lower() != b"get":
+            return wire.error("ERR 'config' is not supported by redis-proxy (read-only); "
+                              "only CONFIG GET is answered")
+        known = {b"save": b"", b"appendonly": b"no", b"databases": b"1"}
+        pairs = [(p.lower(), known[p.lower()]) for p in args[2:] if p.lower() in known]
+        return wire.array([wire.bulk(x) for pair in pairs for x in pair])
+
+    def info(self, _session: Session, args: list[bytes]) -> bytes:
+        sections = self.info_sections()
+        wanted = {a.decode("latin-1").lower() for a in args[1:]}
+        if not wanted or wanted & {"all", "everything", "default"}:
+            wanted = set(sections)
+        parts = []
+        for title, fields in sections.items():
+            if title in wanted:
+                lines = [f"# {title.capitalize()}"] + [f"{k}:{v}" for k, v in fields.items()]
+                parts.append("\r\n".join(lines) + "\r\n")
+        return wire.bulk("\r\n".join(parts).encode())
+
+    def info_sections(self) -> dict[str, dict[str, Any]]:
+        uptime = int(self.clock() - self.started)
+        sections: dict[str, dict[str, Any]] = {
+            "server": {"redis_version": REDIS_VERSION, "redis_mode": "standalone",
+                       "redis_proxy_version": PROXY_VERSION, "process_id": os.getpid(),
+                       "uptime_in_seconds": uptime},
+            "clients": {},
+            "stats": {f"proxy_{name}": value
+                      for name, value in sorted(dict(self.proxy.stats).items())},
+        }
+        if self.proxy.redis_label:
+            sections["server"]["backing_redis"] = self.proxy.redis_label  # password masked
+        for title, fields in self.info_extra().items():
+            sections.setdefault(title, {}).update(fields)
+        return {title: fields for title, fields in sections.items() if fields}
+
+
+def _relayed(exc: redis.ResponseError) -> str:
+    """The backing Redis's own error, for the client. redis-py keeps the code of some errors
+    (WRONGTYPE ...) and strips it from others (ERR, NOPERM): those get ERR back."""
+    text = str(exc)
+    code = text.split(" ", 1)[0]
+    return text if code.isupper() and code.isalpha() else f"ERR {text}"
+
+
+def _login(user: bytes) -> bytes:
+    if user != b"default":
+        return wire.error("WRONGPASS invalid username-password pair or user is disabled.")
+    return wire.OK
+
+
+def _shown(arg: bytes) -> str:
+    """An argument as Redis quotes it in errors: at most 128 characters."""
+    return arg[:128].decode("utf-8", "replace")
+
+
+def _command_info(command: Command) -> bytes:
+    """COMMAND's per-command reply (name, arity, flags, first key, last key, step, ...)."""
+    keys = {"get": (1, 1, 1), "mget": (1, -1, 1), "exists": (1, -1, 1)}.get(command.name, (0, 0, 0))
+    return wire.array([wire.bulk(command.name.encode()), wire.integer(command.arity),
+                       wire.array([wire.simple(f) for f in command.flags]),
+                       *[wire.integer(k) for k in keys],
+                       wire.EMPTY_ARRAY, wire.EMPTY_ARRAY, wire.EMPTY_ARRAY, wire.EMPTY_ARRAY])
+
+
+_CONNECTION = ("fast", "no-auth")
+COMMANDS: dict[str, Command] = {c.name: c for c in [
+    Command("get", 2, RespCommands.get),
+    Command("mget", -2, RespCommands.mget),
+    Command("exists", -2, RespCommands.exists),
+    Command("ping", -1, RespCommands.ping, _CONNECTION),
+    Command("echo", 2, RespCommands.echo, _CONNECTION),
+    Command("quit", -1, RespCommands.quit, _CONNECTION),
+    Command("select", 2, RespCommands.select, _CONNECTION),
+    Command("auth", -2, RespCommands.auth, _CONNECTION),
+    Command("hello", -1, RespCommands.hello, _CONNECTION),
+    Command("client", -2, RespCommands.client, _CONNECTION),
+    Command("command", -1, RespCommands.command, ("loading", "stale")),
+    Command("config", -2, RespCommands.config, ("admin", "loading")),
+    Command("info", -1, RespCommands.info, ("loading", "stale")),
+]}

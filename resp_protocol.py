@@ -1,0 +1,242 @@
+"""RESP2 wire format: an incremental parser of client commands, and reply encoders.
+
+Pure: no sockets, no proxy. Follows https://redis.io/docs/latest/develop/reference/protocol-spec/
+and, for what a server accepts and refuses, Redis's own `processMultibulkBuffer` and
+`processInlineBuffer` (src/networking.c): the same limits and the same error texts.
+"""
+
+import re
+
+MAX_ARRAY = 1024 * 1024  # elements in one command; Redis 6 refuses more (7 allows INT_MAX)
+MAX_BULK = 512 * 1024 * 1024  # proto-max-bulk-len, Redis's default
+MAX_INLINE = 64 * 1024  # PROTO_INLINE_MAX_SIZE: also bounds the *<n> and $<n> lines
+
+# Redis's string2ll: an optional '-', no '+', no spaces, no leading zeros.
+_INTEGER = re.compile(rb"-?(?:0|[1-9][0-9]{0,18})\Z")
+_ESCAPES = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("b"): b"\b", ord("a"): b"\a"}
+_HEX = b"0123456789abcdefABCDEF"
+
+
+class ProtocolError(Exception):
+    """The client's bytes are not RESP; Redis answers `-ERR Protocol error: ...` and closes."""
+
+
+class RespParser:
+    """Feed bytes as they arrive; `next_command()` returns each complete command (a list of
+    bytes arguments, never empty) or None until more bytes are needed.
+
+    State survives between feeds, so a command may arrive in any number of pieces.
+    """
+
+    def __init__(self, max_array: int = MAX_ARRAY, max_bulk: int = MAX_BULK,
+                 max_inline: int = MAX_INLINE):
+        self.max_array = max_array
+        self.max_bulk = max_bulk
+        self.max_inline = max_inline
+        self._buffer = bytearray()
+        self._pos = 0
+        self._args: list[bytes] | None = None  # the array being read
+        self._remaining = 0  # its elements still to come
+        self._bulk = -1  # length of the bulk being read, -1 while its $ line is awaited
+
+    def feed(self, data: bytes) -> None:
+        if self._pos and self._pos == len(self._buffer):
+            self._buffer.clear()
+            self._pos = 0
+        elif self._pos > 65536:
+            del self._buffer[:self._pos]  # drop what is consumed before it piles up
+            self._pos = 0
+        self._buffer += data
+
+    @property
+    def pending(self) -> bool:
+        """Whether part of a command has been received (and the rest is awaited)."""
+        return self._args is not None or self._pos < len(self._buffer)
+
+    def next_command(self) -> list[bytes] | None:
+        while True:
+            if self._args is None:
+                if self._pos >= len(self._buffer):
+                    return None
+                if self._buffer[self._pos] == 0x2A:  # '*'
+                    if not self._start_array():
+                        return None
+                    continue
+                command = self._inline()
+                if command is None:
+                    return None
+                if command:
+                    return command
+                continue  # an empty line: Redis ignores it
+            if self._remaining == 0:
+                args, self._args = self._args, None
+                if args:
+                    return args
+                continue  # *0 / *-1: an empty command, ignored as Redis does
+            if not self._read_bulk():
+                return None
+
+    # ----- multibulk: *<count>\r\n then <count> times $<len>\r\n<bytes>\r\n ------------------
+
+    def _line(self, too_long: str) -> bytes | None:
+        end = self._buffer.find(b"\r\n", self._pos)
+        if end < 0:
+            if len(self._buffer) - self._pos > self.max_inline:
+                raise ProtocolError(too_long)
+            return None
+        if end - self._pos > self.max_inline:
+            raise ProtocolError(too_long)
+        line = bytes(self._buffer[self._pos:end])
+        self._pos = end + 2
+        return line
+
+    def _start_array(self) -> bool:
+        line = self._line("too big mbulk count string")
+        if line is None:
+            return False
+        count = parse_integer(line[1:])
+        if count is None or count > self.max_array:
+            raise ProtocolError("invalid multibulk length")
+        self._args = []
+        self._remaining = max(count, 0)
+        self._bulk = -1
+        return True
+
+    def _read_bulk(self) -> bool:
+        if self._bulk < 0:
+            if self._pos >= len(self._buffer):
+                return False
+            first = self._buffer[self._pos]
+            if first != 0x24:  # '$'
+                raise ProtocolError(f"expected '$', got '{_printable(first)}'")
+            line = self._line("too big bulk count string")
+            if line is None:
+                return False
+            length = parse_integer(line[1:])
+            # A request argument is never null: Redis refuses $-1 as it refuses any negative.
+            if length is None or length < 0 or length > self.max_bulk:
+                raise ProtocolError("invalid bulk length")
+            self._bulk = length
+        end = self._pos + self._bulk
+        if len(self._buffer) < end + 2:
+            return False
+        if self._buffer[end:end + 2] != b"\r\n":
+            raise ProtocolError("expected CRLF after a bulk string")
+        assert self._args is not None
+        self._args.append(bytes(self._buffer[self._pos:end]))
+        self._pos = end + 2
+        self._remaining -= 1
+        self._bulk = -1
+        return True
+
+    # ----- inline: a line of space-separated words, as typed into telnet ---------------------
+
+    def _inline(self) -> list[bytes] | None:
+        end = self._buffer.find(b"\n", self._pos)
+        if end < 0:
+            if len(self._buffer) - self._pos > self.max_inline:
+                raise ProtocolError("too big inline request")
+            return None
+        if end - self._pos > self.max_inline:
+            raise ProtocolError("too big inline request")
+        line = bytes(self._buffer[self._pos:end])
+        self._pos = end + 1
+        return split_args(line.removesuffix(b"\r"))
+
+
+def parse_integer(text: bytes) -> int | None:
+    """An integer as Redis's string2ll reads one, else None."""
+    return int(text) if _INTEGER.match(text) else None
+
+
+def _printable(byte: int) -> str:
+    return chr(byte) if 0x20 < byte < 0x7F else f"\\x{byte:02x}"
+
+
+def split_args(line: bytes) -> list[bytes]:
+    """Redis's sdssplitargs: words split on whitespace, "double quotes" with \\n \\xHH escapes,
+    'single quotes' with only \\'. A closing quote must end the word."""
+    args: list[bytes] = []
+    i, n = 0, len(line)
+    while True:
+        while i < n and line[i] in b" \t\r\n\v\f":
+            i += 1
+        if i >= n:
+            return args
+        word = bytearray()
+        quote = line[i] if line[i] in b"\"'" else 0
+        if quote:
+            i += 1
+        while True:
+            if i >= n:
+                if quote:
+                    raise ProtocolError("unbalanced quotes in request")
+                break
+            c = line[i]
+            if not quote:
+                if c in b" \t\r\n\v\f":
+                    break
+                word.append(c)
+                i += 1
+            elif c == quote:
+                i += 1
+                if i < n and line[i] not in b" \t\r\n\v\f":
+                    raise ProtocolError("unbalanced quotes in request")
+                break
+            elif c == 0x5C and i + 1 < n:  # backslash
+                nxt = line[i + 1]
+                if quote == 0x27:  # inside '...' only \' is an escape
+                    if nxt == 0x27:
+                        word.append(nxt)
+                        i += 2
+                    else:
+                        word.append(c)
+                        i += 1
+                elif nxt == ord("x") and i + 3 < n and line[i + 2] in _HEX and line[i + 3] in _HEX:
+                    word.append(int(line[i + 2:i + 4], 16))
+                    i += 4
+                else:
+                    word += _ESCAPES.get(nxt, bytes([nxt]))
+                    i += 2
+            else:
+                word.append(c)
+                i += 1
+        args.append(bytes(word))
+
+
+# ----- replies -----------------------------------------------------------------------------
+
+OK = b"+OK\r\n"
+PONG = b"+PONG\r\n"
+NULL = b"$-1\r\n"
+EMPTY_ARRAY = b"*0\r\n"
+
+
+def simple(text: str) -> bytes:
+    return b"+" + text.encode() + b"\r\n"
+
+
+def error(message: str | bytes) -> bytes:
+    """An error reply; CR and LF would end it early, so they become spaces (as Redis does)."""
+    raw = message.encode("utf-8", "replace") if isinstance(message, str) else message
+    return b"-" + raw.replace(b"\r", b" ").replace(b"\n", b" ") + b"\r\n"
+
+
+def integer(value: int) -> bytes:
+    return b":%d\r\n" % value
+
+
+def bulk(value: bytes | None) -> bytes:
+    if value is None:
+        return NULL
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+def array(encoded_items: list[bytes]) -> bytes:
+    """An array of already-encoded replies."""
+    return b"*%d\r\n" % len(encoded_items) + b"".join(encoded_items)
+
+
+def command(*args: bytes) -> bytes:
+    """A command as clients send it: an array of bulk strings (for tests and tools)."""
+    return array([bulk(arg) for arg in args])

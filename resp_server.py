@@ -1,0 +1,148 @@
+"""The RESP front end: a thin stdlib `socketserver` speaking the Redis protocol (RESP2).
+
+One thread per connection, as the HTTP front end; the parser and the command table live in
+resp_protocol.py and resp_commands.py. Pipelined commands that arrive together are answered
+together, in one send.
+"""
+
+import logging
+import socket
+import socketserver
+import time
+from typing import Any
+
+import resp_protocol as wire
+from http_front import DeadlineReader, ThreadingLimitedServer
+from redis_proxy import RedisProxy
+from resp_commands import RespCommands
+from resp_protocol import ProtocolError, RespParser
+
+log = logging.getLogger(__name__)
+
+RECV_SIZE = 64 * 1024
+LINGER = 1.0  # seconds to drain a refused client's input so the close is a FIN, not a RST
+
+
+class RespServer(ThreadingLimitedServer):
+    """Holds the proxy, the command table and the limits; handlers stay thin."""
+
+    # What Redis answers over maxclients (src/networking.c acceptCommonHandler), then closes.
+    reject_bytes = b"-ERR max number of clients reached\r\n"
+
+    def __init__(self, address: tuple[str, int], proxy: RedisProxy, *, max_clients: int = 1024,
+                 max_parallel: int = 4, header_timeout: float = 10.0,
+                 keepalive_timeout: float = 15.0, max_array: int = wire.MAX_ARRAY,
+                 max_bulk: int = wire.MAX_BULK):
+        self.proxy = proxy
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.max_array = max_array
+        self.max_bulk = max_bulk
+        self.commands = RespCommands(proxy, info_extra=self._info)
+        self.connections_received = 0
+        self.commands_processed = 0
+        self.init_limits(max_clients, max_parallel)
+        super().__init__(address, RespHandler)
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def count(self, connections: int = 0, commands: int = 0) -> None:
+        with self._count_lock:
+            self.connections_received += connections
+            self.commands_processed += commands
+
+    def _info(self) -> dict[str, dict[str, Any]]:
+        with self._count_lock:
+            return {
+                "server": {"tcp_port": self.port},
+                "clients": {"connected_clients": self.active_connections,
+                            "maxclients": self.max_clients},
+                "stats": {"total_connections_received": self.connections_received,
+                          "total_commands_processed": self.commands_processed,
+                          "rejected_connections": self.rejected_connections},
+            }
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # The stdlib prints a traceback to stderr; a bug is one logged exception instead.
+        log.exception("unhandled error on the RESP connection from %s", client_address[0])
+
+
+class RespHandler(socketserver.BaseRequestHandler):
+    server: RespServer
+
+    def setup(self) -> None:
+        # Replies go out in one send; NODELAY keeps Nagle from holding back the next one.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = DeadlineReader(self.request, self.server.keepalive_timeout)
+        self.parser = RespParser(self.server.max_array, self.server.max_bulk)
+        self.session = self.server.commands.new_session()
+        self.server.count(connections=1)
+
+    def handle(self) -> None:
+        chunk = bytearray(RECV_SIZE)
+        view = memoryview(chunk)
+        try:
+            while True:
+                received = self.reader.readinto(view)
+                if not received:
+                    return
+                self.parser.feed(view[:received])
+                replies, close = self._run_commands()
+                if replies:
+                    self.request.sendall(b"".join(replies))
+                if close:
+                    self._linger()
+                    return
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            log.debug("RESP connection from %s ended: %s", self.client_address[0], exc)
+
+    def _run_commands(self) -> tuple[list[bytes], bool]:
+        """Every complete command received so far, in order; whether to close afterwards."""
+        server, session = self.server, self.session
+        replies: list[bytes] = []
+        close = False
+        try:
+            while (args := self.parser.next_command()) is not None:
+                with server.parallel:
+                    replies.append(server.commands.execute(session, args))
+                if session.closing:
+                    close = True
+                    break
+        except ProtocolError as exc:
+            # Redis logs these at its verbose level: one client's garbage is not an operator's concern.
+            log.debug("RESP protocol error from %s: %s", self.client_address[0], exc)
+            replies.append(wire.error(f"ERR Protocol error: {exc}"))
+            close = True
+        self._set_deadline(bool(replies))
+        server.count(commands=len(replies))
+        return replies, close
+
+    def _set_deadline(self, progressed: bool) -> None:
+        """Idle between commands: KEEPALIVE_TIMEOUT per read. Part of a command received: the
+        rest must arrive within HEADER_TIMEOUT of it, so a trickling client cannot hold a slot."""
+        if progressed or not self.parser.pending:
+            self.reader.deadline = None
+        if self.parser.pending and self.reader.deadline is None:
+            self.reader.deadline = time.monotonic() + self.server.header_timeout
+
+    def _linger(self) -> None:
+        """Close after a final reply: stop sending, then read and drop what the client still
+        sends (bounded), so unread input does not turn the close into a reset that loses the
+        reply on the client's side."""
+        sock: socket.socket = self.request
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + LINGER
+            while (remaining := deadline - time.monotonic()) > 0:
+                sock.settimeout(remaining)
+                if not sock.recv(RECV_SIZE):
+                    return
+        except OSError:
+            pass
+
+
+def make_server(host: str, port: int, proxy: RedisProxy, **limits: Any) -> RespServer:
+    """An unstarted server (port 0 picks a free one; read it back from `server.port`)."""
+    return RespServer((host, port), proxy, **limits)

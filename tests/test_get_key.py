@@ -1,0 +1,128 @@
+"""GET /get/<key>: the Redis read proxy over HTTP (CONTRACT §4), with a real Redis behind it."""
+
+import base64
+import json
+from urllib.parse import quote
+
+import pytest
+import redis
+from servers import request
+
+from redis_launcher import RedisServer
+
+
+@pytest.fixture
+def proxy(make_proxy):
+    return make_proxy()
+
+
+def get(port: int, key: bytes | str, headers: dict[str, str] | None = None, method: str = "GET"):
+    raw = key.encode() if isinstance(key, str) else key
+    return request(port, "/get/" + quote(raw, safe=""), method=method, headers=headers)
+
+
+def test_hit_is_the_raw_value(proxy, r):
+    r.set("greeting", b"hello")
+    response = get(proxy.port, "greeting")
+    assert (response.status, response.body) == (200, b"hello")
+    assert response.headers["Content-Type"] == "application/octet-stream"
+    assert response.headers["Content-Length"] == "5"
+
+
+def test_miss_is_404_key_not_found(proxy):
+    response = get(proxy.port, "absent")
+    assert response.status == 404
+    assert response.json() == {"error": "key not found", "detail": "no such key in the backing Redis"}
+    assert response.headers["Content-Type"] == "application/json"
+
+
+def test_binary_value_comes_back_byte_for_byte(proxy, r):
+    value = bytes(range(256)) * 64 + b"\r\n\x00"
+    r.set("blob", value)
+    response = get(proxy.port, "blob")
+    assert (response.status, response.body) == (200, value)
+    assert response.headers["Content-Type"] == "application/octet-stream"
+
+
+def test_json_form_for_text(proxy, r):
+    r.set("name", "Zoë".encode())
+    response = get(proxy.port, "name", {"Accept": "application/json"})
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json() == {"key": "name", "value": "Zoë"}
+
+
+def test_json_form_for_bytes_that_are_not_utf8_is_base64_flagged(proxy, r):
+    value = b"\xff\xfe\x00binary"
+    r.set("raw", value)
+    doc = get(proxy.port, "raw", {"Accept": "application/json"}).json()
+    assert doc == {"key": "raw", "value": base64.b64encode(value).decode(), "encoding": "base64"}
+    assert base64.b64decode(doc["value"]) == value
+
+
+@pytest.mark.parametrize("key", ["a/b/c", "with space", "ключ", "emoji 🗝", "100%", "q?x=1&y#z",
+                                 b"\xff\x00raw"])
+def test_any_key_percent_encoded(proxy, r, key):
+    raw = key.encode() if isinstance(key, str) else key
+    r.set(raw, b"value of " + raw)
+    response = get(proxy.port, raw)
+    assert (response.status, response.body) == (200, b"value of " + raw)
+
+
+def test_a_slash_need_not_be_encoded(proxy, r):
+    r.set("users/42/name", b"Ada")
+    assert request(proxy.port, "/get/users/42/name").body == b"Ada"
+
+
+def test_second_read_is_served_from_l1(proxy, r):
+    r.set("hot", b"1")
+    assert get(proxy.port, "hot").body == b"1"
+    r.set("hot", b"2")  # behind the proxy's back; L1 keeps its copy until it expires
+    assert get(proxy.port, "hot").body == b"1"
+    assert proxy.proxy.stats["hits_l1"] == 1 and proxy.proxy.stats["reads_redis"] == 1
+
+
+@pytest.mark.parametrize("path, status, error", [
+    ("/get/", 400, "bad key"),
+    ("/get/%zz", 400, "bad key"),
+    ("/nothing/here", 404, "resource not found"),
+    ("/get", 404, "resource not found"),
+])
+def test_bad_paths(proxy, path, status, error):
+    response = request(proxy.port, path)
+    assert (response.status, response.json()["error"]) == (status, error)
+
+
+def test_post_is_405_with_allow(proxy, r):
+    r.set("k", b"v")
+    response = get(proxy.port, "k", method="POST")
+    assert response.status == 405
+    assert "GET" in response.headers["Allow"].split(", ")
+    assert response.json()["error"] == "method not allowed"
+    delete = get(proxy.port, "k", method="DELETE")  # DELETE is a purge of the URL cache only
+    assert (delete.status, delete.headers["Allow"]) == (405, "GET, HEAD")
+    assert r.get("k") == b"v"
+
+
+def test_head_has_the_length_and_no_body(proxy, r):
+    r.set("k", b"12345")
+    response = get(proxy.port, "k", method="HEAD")
+    assert (response.status, response.body, response.headers["Content-Length"]) == (200, b"", "5")
+
+
+def test_redis_down_serves_l1_copies_else_503(make_proxy):
+    own = RedisServer(unix_socket=True).start()
+    try:
+        direct = redis.Redis.from_url(own.url)
+        direct.set("cached", b"from L1")
+        direct.set("not-yet", b"never read")
+        direct.close()
+        proxy = make_proxy(own.url)
+        assert get(proxy.port, "cached").body == b"from L1"
+        own.stop()
+        assert (get(proxy.port, "cached").status, get(proxy.port, "cached").body) == (200, b"from L1")
+        down = get(proxy.port, "not-yet")
+        assert down.status == 503
+        assert json.loads(down.body)["error"] == "redis unavailable"
+    finally:
+        own.cleanup()

@@ -1,0 +1,147 @@
+"""The RESP parser and encoders alone: no sockets, no proxy."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import resp_protocol as wire
+from resp_protocol import ProtocolError, RespParser, split_args
+
+
+def parse_all(data: bytes, parser: RespParser | None = None) -> list[list[bytes]]:
+    parser = parser or RespParser()
+    parser.feed(data)
+    commands = []
+    while (args := parser.next_command()) is not None:
+        commands.append(args)
+    return commands
+
+
+def test_an_array_of_bulks():
+    assert parse_all(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n") == [[b"GET", b"k"]]
+
+
+def test_pipelined_commands_come_out_in_order():
+    data = b"".join(wire.command(b"GET", b"%d" % i) for i in range(100))
+    assert parse_all(data) == [[b"GET", b"%d" % i] for i in range(100)]
+
+
+def test_a_command_split_anywhere_is_put_back_together():
+    data = wire.command(b"MGET", b"a\r\nb", b"", b"\x00" * 70000) + b"PING\r\n"
+    for cut in (1, 2, 5, 7, 13, 4000, 65536, len(data) - 1):
+        parser = RespParser()
+        first = parse_all(data[:cut], parser)
+        assert first + parse_all(data[cut:], parser) == [[b"MGET", b"a\r\nb", b"", b"\x00" * 70000],
+                                                        [b"PING"]]
+
+
+def test_byte_by_byte():
+    parser, out = RespParser(), []
+    for byte in wire.command(b"ECHO", b"hi") + b"PING\r\n":
+        out += parse_all(bytes([byte]), parser)
+        assert parser.pending or out
+    assert out == [[b"ECHO", b"hi"], [b"PING"]]
+    assert not parser.pending
+
+
+def test_empty_arrays_and_blank_lines_are_skipped():
+    assert parse_all(b"*0\r\n*-1\r\n\r\n   \r\n*1\r\n$4\r\nPING\r\n") == [[b"PING"]]
+
+
+@pytest.mark.parametrize("line, words", [
+    (b"GET k", [b"GET", b"k"]),
+    (b"  get   k  ", [b"get", b"k"]),
+    (b'SET "a b" \'c d\'', [b"SET", b"a b", b"c d"]),
+    (b'ECHO "\\x41\\n\\t\\"q\\""', [b"ECHO", b'A\n\t"q"']),
+    (b"ECHO 'it\\'s' \"\"", [b"ECHO", b"it's", b""]),
+    (b"ECHO 'a\\nb'", [b"ECHO", b"a\\nb"]),  # no escapes but \' inside single quotes
+])
+def test_inline_words_split_like_redis(line, words):
+    assert split_args(line) == words
+    assert parse_all(line + b"\r\n") == [words]
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"*x\r\n", "invalid multibulk length"),
+    (b"*+1\r\n", "invalid multibulk length"),
+    (b"*01\r\n", "invalid multibulk length"),
+    (b"*1048577\r\n", "invalid multibulk length"),
+    (b"*1\r\n$-1\r\n", "invalid bulk length"),
+    (b"*1\r\n$-2\r\n", "invalid bulk length"),
+    (b"*1\r\n$536870913\r\n", "invalid bulk length"),
+    (b"*1\r\n$1x\r\n", "invalid bulk length"),
+    (b"*1\r\n+OK\r\n", "expected '$', got '+'"),
+    (b"*1\r\n\x00", "expected '$', got '\\x00'"),
+    (b"*1\r\n$1\r\nab\r\n", "expected CRLF after a bulk string"),
+    (b'GET "k', "unbalanced quotes in request"),
+    (b"GET 'k'x\n", "unbalanced quotes in request"),
+    (b"x" * 65537, "too big inline request"),
+    (b"*" + b"1" * 65537, "too big mbulk count string"),
+    (b"*1\r\n$" + b"1" * 65537, "too big bulk count string"),
+])
+def test_malformed_input_raises_the_redis_reason(data, reason):
+    with pytest.raises(ProtocolError) as err:
+        parse_all(data if data.startswith(b"*") else data + b"\n")
+    assert str(err.value) == reason
+
+
+def test_limits_are_configurable():
+    parser = RespParser(max_array=2, max_bulk=4)
+    assert parse_all(wire.command(b"GET", b"abcd"), parser) == [[b"GET", b"abcd"]]
+    with pytest.raises(ProtocolError, match="invalid bulk length"):
+        parse_all(wire.command(b"GET", b"abcde"), parser)
+    with pytest.raises(ProtocolError, match="invalid multibulk length"):
+        parse_all(wire.command(b"MGET", b"a", b"b"), RespParser(max_array=2))
+
+
+def test_encoders():
+    assert wire.bulk(b"a\r\n") == b"$3\r\na\r\n\r\n"
+    assert wire.bulk(None) == b"$-1\r\n"
+    assert wire.integer(-3) == b":-3\r\n"
+    assert wire.array([wire.bulk(b"x"), wire.NULL]) == b"*2\r\n$1\r\nx\r\n$-1\r\n"
+    assert wire.error("ERR bad\r\nthing") == b"-ERR bad  thing\r\n"  # cannot end the line early
+    assert wire.simple("OK") == wire.OK
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=512), cuts=st.lists(st.integers(0, 512), max_size=8))
+def test_arbitrary_bytes_only_ever_raise_the_protocol_error(data, cuts):
+    parser = RespParser(max_array=64, max_bulk=256, max_inline=128)
+    try:
+        for piece in _pieces(data, cuts):
+            for args in parse_all(piece, parser):
+                assert args and all(isinstance(a, bytes) for a in args)
+    except ProtocolError:
+        pass
+
+
+protocol_like = st.lists(st.sampled_from([b"*", b"$", b"0", b"1", b"2", b"-1", b"\r\n", b"\n",
+                                          b"\r", b"GET", b" ", b"\"", b"'", b"\\x4"]), max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(tokens=protocol_like, cuts=st.lists(st.integers(0, 200), max_size=8))
+def test_near_miss_frames_only_ever_raise_the_protocol_error(tokens, cuts):
+    parser = RespParser()
+    try:
+        for piece in _pieces(b"".join(tokens), cuts):
+            parse_all(piece, parser)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(commands=st.lists(st.lists(st.binary(max_size=40), min_size=1, max_size=6), max_size=10),
+       cuts=st.lists(st.integers(0, 2000), max_size=8))
+def test_any_encoded_commands_come_back_unchanged_however_they_are_cut(commands, cuts):
+    data = b"".join(wire.command(*args) for args in commands)
+    parser, out = RespParser(), []
+    for piece in _pieces(data, cuts):
+        out += parse_all(piece, parser)
+    assert out == commands
+    assert not parser.pending
+
+
+def _pieces(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False)] or [b""]
