@@ -92,9 +92,10 @@ def test_redis_py_reads_through_the_proxy(resp, r):
 def test_reads_go_through_l1(resp, r):
     c = client(resp.port)
     assert c.get("k") == b"hello"
-    r.set("k", b"changed behind the proxy's back")
     assert c.get("k") == b"hello"  # answered from L1, no Redis round trip
     assert resp.proxy.stats["hits_l1"] == 1 and resp.proxy.stats["reads_redis"] == 1
+    r.set("k", b"changed behind the proxy's back")  # Redis invalidates the L1 copy
+    wait_until(lambda: c.get("k") == b"changed behind the proxy's back", timeout=0.2, interval=0.005)
     c.close()
 
 
