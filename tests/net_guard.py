@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")
 LOOPBACK_V6 = ipaddress.ip_address("::1")
 
@@ -75,6 +77,17 @@ def network_guard() -> NetworkGuard:
             _guard = NetworkGuard()
             sys.addaudithook(_guard.hook)
         return _guard
+
+
+@pytest.fixture
+def loopback_only():
+    """Import into a test module (autouse there): the guard is on for each of its tests."""
+    guard = network_guard()
+    guard.violations.clear()
+    guard.active = True
+    yield guard
+    guard.active = False
+    assert guard.violations == [], "a test tried to leave loopback"
 
 
 class FakeDNS:

@@ -8,24 +8,17 @@ import subprocess
 import threading
 
 import pytest
+from net_guard import FakeDNS, OffLoopback, loopback_only, network_guard, rebinding  # noqa: F401
+from servers import Upstream
 
 from errors import BadGateway, BadRequest, Forbidden
-from net_guard import FakeDNS, OffLoopback, network_guard, rebinding
-from servers import Upstream
 from upstream import Fetcher
 from upstream_policy import UpstreamPolicy, refused_block
 
 PUBLIC_V4 = "93.184.216.34"
 
 
-@pytest.fixture(autouse=True)
-def guard():
-    guard = network_guard()
-    guard.violations.clear()
-    guard.active = True
-    yield guard
-    guard.active = False
-    assert guard.violations == [], "a test tried to leave loopback"
+pytestmark = pytest.mark.usefixtures("loopback_only")
 
 
 def policy(**options) -> UpstreamPolicy:
