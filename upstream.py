@@ -147,6 +147,11 @@ class Fetcher:
     def close(self) -> None:
         self.session.close()
 
+    def check(self, url: str) -> None:
+        """The upstream policy without name resolution: for a request that may be answered from
+        the cache, so an entry stored under a looser policy is not served under a stricter one."""
+        self.policy.check_url(url, resolve=False)
+
     def fetch(self, url: str, headers: Mapping[str, str] | None = None) -> UpstreamResponse:
         """Fetch `url`; raise BadGateway, GatewayTimeout, PayloadTooLarge or Forbidden."""
         deadline = time.monotonic() + self.timeout

@@ -164,8 +164,9 @@ class UpstreamPolicy:
         with self._lock:
             return dict(self.refusals)
 
-    def check_url(self, url: str) -> str:
-        """The URL to fetch for `url` (host normalised), or Forbidden / BadRequest."""
+    def check_url(self, url: str, *, resolve: bool = True) -> str:
+        """The URL to fetch for `url` (host normalised), or Forbidden / BadRequest. With
+        `resolve=False` a name's addresses are left to the fetch (no DNS on a cache hit)."""
         try:
             parts = urlsplit(url)
             port = parts.port
@@ -181,10 +182,11 @@ class UpstreamPolicy:
             raise BadRequest("url has no host", error="bad url")
         effective_port = SCHEMES[scheme] if port is None else port
         dns_name = self._check_host(parts.hostname, effective_port)
-        try:
-            self.check_connect(dns_name, effective_port)
-        except OSError:
-            pass  # unresolvable now: the fetch resolves again, checks, and reports 502
+        if resolve or _is_ip(dns_name):
+            try:
+                self.check_connect(dns_name, effective_port)
+            except OSError:
+                pass  # unresolvable now: the fetch resolves again, checks, and reports 502
         # Rebuilt from the checked parts, so the HTTP client cannot parse it differently.
         netloc = f"[{dns_name}]" if ":" in dns_name else dns_name
         if port is not None:
@@ -240,6 +242,14 @@ class UpstreamPolicy:
             self.refusals[reason] += 1
         log.info("upstream refused (%s): %s", reason, detail)
         raise Forbidden(detail, error="url refused")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_ipv4(host: str) -> bool:

@@ -191,3 +191,14 @@ def test_hosts_are_idna_normalised_on_the_wire(site):
         assert site.good.requests[-1][1]["Host"] == f"{wire}:{site.good.port}"
     got = request(site.proxy.port, q("http://\u2603.example/"))
     assert_refused(got, 400, "IDNA")
+
+
+def test_an_entry_stored_under_a_looser_policy_is_not_served_under_a_stricter_one(site, r,
+                                                                                   make_proxy):
+    loose = make_proxy()  # the suite's default: private addresses allowed
+    url = site.internal.url("/secret")
+    assert request(loose.port, q(url, "loose")).body == b"internal only"
+    assert r.exists("rp:loose") == 1
+    got = request(site.proxy.port, q(url, "loose"))  # same Redis, the strict policy
+    assert_refused(got, 403, "127.0.0.0/8")
+    assert site.internal.hits["/secret"] == 1 and site.dns.asked == []

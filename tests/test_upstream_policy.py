@@ -217,6 +217,17 @@ def test_an_unresolvable_name_passes_the_check_and_fails_at_connect():
     assert policy().check_url("http://nowhere.test/") == "http://nowhere.test/"
 
 
+def test_without_resolving_literals_are_still_checked_and_names_are_not_looked_up():
+    dns = FakeDNS({"meta.test": ["169.254.169.254"]})
+    under_test = policy(resolver=dns)
+    assert under_test.check_url("http://meta.test/", resolve=False) == "http://meta.test/"
+    assert dns.asked == []
+    for url in ("http://169.254.169.254/", "http://0x7f.1/", "http://u@meta.test/",
+                "http://meta.test:22/"):
+        with pytest.raises(Forbidden):
+            under_test.check_url(url, resolve=False)
+
+
 def test_refusals_are_counted_safely_from_many_threads():
     under_test = policy()
 
