@@ -69,10 +69,14 @@ def make_proxy(redis_url):
               stale_if_error: float = 0.0, timeout: float = 5.0, max_bytes: int = 1 << 20,
               capacity: int = 1024, server_options: dict | None = None,
               policy: Policy | None = None, clock=None, local_timer=None,
-              invalidation: str = "tracking", **proxy_options) -> ProxyUnderTest:
+              invalidation: str = "tracking", upstream_policy: UpstreamPolicy | None = None,
+              **proxy_options) -> ProxyUnderTest:
         client = make_client(url or redis_url)
+        # By default the test upstreams on loopback are allowed; pass `upstream_policy` to test
+        # the policy itself.
         fetcher = Fetcher(timeout=timeout, max_bytes=max_bytes,
-                          policy=UpstreamPolicy(allow_private=True, allowed_ports=tuple(range(1, 65536))))
+                          policy=upstream_policy or UpstreamPolicy(
+                              allow_private=True, allowed_ports=tuple(range(1, 65536))))
         options = dict(ttl=ttl, stale_ttl=stale_ttl, stale_if_error=stale_if_error,
                        policy=policy or Policy(ttl=ttl), invalidation=invalidation, **proxy_options)
         if clock is not None:

@@ -172,6 +172,7 @@ class RedisProxy:
     def fetch(self, url: str, key: str | None = None, params: Any = None) -> CacheResult:
         """The response for `url`: from L1, else Redis, else upstream (stored when storable)."""
         request = self.parse(url, key, params)
+        self.fetcher.check(request.target)  # the upstream policy holds for cached entries too
         now = self.clock()
         l1_key = ("u", request.redis_key)
         local = self.local.get(l1_key)

@@ -1,15 +1,22 @@
 """The upstream fetcher: the one place that opens outbound HTTP connections."""
 
 import logging
+import socket
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urljoin
 
 import requests
-from urllib3.exceptions import HTTPError
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, NameResolutionError, NewConnectionError
+from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
-from errors import BadGateway, GatewayTimeout, PayloadTooLarge
+from errors import BadGateway, BadRequest, Forbidden, GatewayTimeout, PayloadTooLarge
 from upstream_policy import UpstreamPolicy
 
 log = logging.getLogger(__name__)
@@ -28,22 +35,107 @@ class UpstreamResponse:
     fetched_at: float = field(default_factory=time.time)
 
 
+def open_socket(addresses: Sequence[str], port: int, timeout: Any,
+                source_address: tuple[str, int] | None,
+                socket_options: Sequence[tuple[int, int, Any]] | None) -> socket.socket:
+    """Connect to the first of `addresses` (each already checked by the policy) that answers;
+    like urllib3's create_connection, minus the name resolution."""
+    error: OSError | None = None
+    for address in addresses:
+        sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET,
+                             socket.SOCK_STREAM)
+        try:
+            for option in socket_options or ():
+                sock.setsockopt(*option)
+            if timeout is not _DEFAULT_TIMEOUT:
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect((address, port))
+            return sock
+        except OSError as exc:
+            error = exc
+            sock.close()
+    raise error or OSError(f"no address to connect to on port {port}")
+
+
+class _CheckedConnectionMixin:
+    """Replaces urllib3 2.x's HTTPConnection._new_conn: the policy resolves the host, checks
+    every address, and the socket goes to one of those very addresses, so a name cannot
+    resolve to a public address at check time and to an internal one at connect time (DNS
+    rebinding). `host` stays the name: the Host header, TLS SNI and certificate verification
+    (HTTPSConnection.connect) still use it."""
+
+    policy: UpstreamPolicy
+    _dns_host: str
+    host: str
+    port: int
+    timeout: Any
+    source_address: tuple[str, int] | None
+    socket_options: Sequence[tuple[int, int, Any]] | None
+
+    def _new_conn(self) -> socket.socket:
+        try:
+            addresses = self.policy.check_connect(self._dns_host, self.port)
+        except socket.gaierror as exc:
+            raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]
+        try:
+            sock = open_socket(addresses, self.port, self.timeout, self.source_address,
+                               self.socket_options)
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(self, f"Connection to {self.host} timed out. "
+                                      f"(connect timeout={self.timeout})") from exc
+        except OSError as exc:
+            raise NewConnectionError(  # type: ignore[arg-type]
+                self, f"Failed to establish a new connection: {exc}") from exc
+        sys.audit("http.client.connect", self, self.host, self.port)
+        return sock
+
+
+class PolicyAdapter(HTTPAdapter):
+    """requests' adapter whose connections resolve and connect through the policy."""
+
+    def __init__(self, policy: UpstreamPolicy, **kwargs: Any):
+        self.policy = policy
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        # urllib3 builds a pool per host from these classes, and each pool its connections
+        # from ConnectionCls; subclasses bound to this policy put the check in every one.
+        bound = {"policy": self.policy}
+        http_cls = type("CheckedHTTPConnection", (_CheckedConnectionMixin, HTTPConnection), bound)
+        https_cls = type("CheckedHTTPSConnection", (_CheckedConnectionMixin, HTTPSConnection),
+                         bound)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": type("CheckedHTTPConnectionPool", (HTTPConnectionPool,),
+                         {"ConnectionCls": http_cls}),
+            "https": type("CheckedHTTPSConnectionPool", (HTTPSConnectionPool,),
+                          {"ConnectionCls": https_cls}),
+        }
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        # Through a forward proxy the address connected is the proxy's: nothing to check.
+        raise Forbidden("fetching through a forward proxy is not supported by the upstream policy")
+
+
 class Fetcher:
     """GET a URL with a total deadline, a body cap and at most `max_redirects` checked hops."""
 
     def __init__(self, *, timeout: float = 10.0, max_bytes: int = 10 * 1024**2,
                  max_redirects: int = 5, policy: UpstreamPolicy | None = None,
-                 session: requests.Session | None = None, pool_size: int = 64):
+                 pool_size: int = 64):
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.max_redirects = max_redirects
         self.policy = policy or UpstreamPolicy()
-        self.session = session or self._new_session(pool_size)
+        self.session = self._new_session(pool_size)
 
     def _new_session(self, pool_size: int) -> requests.Session:
         session = requests.Session()
         session.trust_env = False  # never route through proxies from the environment
-        adapter = self.policy.adapter(pool_maxsize=pool_size)
+        adapter = PolicyAdapter(self.policy, pool_connections=pool_size, pool_maxsize=pool_size,
+                                max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.headers.update({"User-Agent": USER_AGENT,
@@ -55,11 +147,21 @@ class Fetcher:
     def close(self) -> None:
         self.session.close()
 
+    def check(self, url: str) -> None:
+        """The upstream policy without name resolution: for a request that may be answered from
+        the cache, so an entry stored under a looser policy is not served under a stricter one."""
+        self.policy.check_url(url, resolve=False)
+
     def fetch(self, url: str, headers: Mapping[str, str] | None = None) -> UpstreamResponse:
         """Fetch `url`; raise BadGateway, GatewayTimeout, PayloadTooLarge or Forbidden."""
         deadline = time.monotonic() + self.timeout
-        for _hop in range(self.max_redirects + 1):
-            self.policy.check_url(url)
+        for hop in range(self.max_redirects + 1):
+            try:
+                url = self.policy.check_url(url)  # every hop: a redirect is a new request
+            except BadRequest as exc:
+                if hop == 0:
+                    raise
+                raise BadGateway(f"upstream redirected to an unusable url: {exc.detail}") from exc
             response = self._request(url, headers, deadline)
             location = response.headers.get("Location")
             if response.status_code in REDIRECT_STATUSES and location:
