@@ -1,5 +1,6 @@
 """The upstream fetcher: the one place that opens outbound HTTP connections."""
 
+import functools
 import logging
 import socket
 import sys
@@ -130,6 +131,10 @@ class Fetcher:
         self.max_redirects = max_redirects
         self.policy = policy or UpstreamPolicy()
         self.session = self._new_session(pool_size)
+        # The check without DNS is pure for a given policy: remember URLs that passed (a refused
+        # one raises, is never remembered, and is counted each time).
+        self._checked = functools.lru_cache(maxsize=4096)(
+            lambda url: self.policy.check_url(url, resolve=False))
 
     def _new_session(self, pool_size: int) -> requests.Session:
         session = requests.Session()
@@ -150,7 +155,7 @@ class Fetcher:
     def check(self, url: str) -> None:
         """The upstream policy without name resolution: for a request that may be answered from
         the cache, so an entry stored under a looser policy is not served under a stricter one."""
-        self.policy.check_url(url, resolve=False)
+        self._checked(url)
 
     def fetch(self, url: str, headers: Mapping[str, str] | None = None) -> UpstreamResponse:
         """Fetch `url`; raise BadGateway, GatewayTimeout, PayloadTooLarge or Forbidden."""
