@@ -68,10 +68,13 @@ def make_proxy(redis_url):
     def build(url: str | None = None, *, ttl: float = 3600.0, stale_ttl: float = 0.0,
               stale_if_error: float = 0.0, timeout: float = 5.0, max_bytes: int = 1 << 20,
               capacity: int = 1024, server_options: dict | None = None,
-              policy: Policy | None = None, clock=None, **proxy_options) -> ProxyUnderTest:
+              policy: Policy | None = None, clock=None, allow_private: bool = True,
+              **proxy_options) -> ProxyUnderTest:
+        """`allow_private=False`: the strict upstream policy a deployment has by default."""
         client = make_client(url or redis_url)
         fetcher = Fetcher(timeout=timeout, max_bytes=max_bytes,
-                          policy=UpstreamPolicy(allow_private=True, allowed_ports=tuple(range(1, 65536))))
+                          policy=UpstreamPolicy(allow_private=allow_private,
+                                                allowed_ports=tuple(range(1, 65536))))
         options = dict(ttl=ttl, stale_ttl=stale_ttl, stale_if_error=stale_if_error,
                        policy=policy or Policy(ttl=ttl), **proxy_options)
         if clock is not None:
