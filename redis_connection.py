@@ -10,6 +10,7 @@ from typing import TypeVar
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import NoPermissionError
 from redis.retry import Retry
 
 from errors import StoreUnavailable
@@ -80,11 +81,12 @@ def check_at_start(client: redis.Redis, label: str) -> bool:
     redis-py's messages name the host and port and the server's reply, never the password."""
     try:
         client.ping()
+        log.info("Redis answers at %s", label)
         return True
     except redis.AuthenticationError as exc:
         log.error("authentication to Redis failed at %s (%s): check the user and password in "
                   "REDIS_URL or REDIS_PASSWORD", label, exc)
-    except redis.NoPermissionError as exc:
+    except NoPermissionError as exc:
         log.error("the Redis user at %s may not run PING (%s): grant the proxy's ACL user "
                   "the commands it needs", label, exc)
     except UNREACHABLE as exc:
