@@ -8,11 +8,9 @@ import json
 import logging
 import math
 import re
-import signal
 import socket
 import socketserver
 import sys
-import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,8 +18,15 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from auth import Authenticator
-from errors import (BadRequest, HeadersTooLarge, KeyNotFound, MethodNotAllowed, NotFound, ProxyError,
-                    URITooLong)
+from errors import (
+    BadRequest,
+    HeadersTooLarge,
+    KeyNotFound,
+    MethodNotAllowed,
+    NotFound,
+    ProxyError,
+    URITooLong,
+)
 from http_front import DeadlineReader, LimitedServerMixIn
 from rate_limit import RateLimiter
 from redis_proxy import CacheResult, RedisProxy

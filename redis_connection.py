@@ -4,7 +4,6 @@ import logging
 import re
 import ssl
 import threading
-import time
 from collections.abc import Callable
 from typing import TypeVar
 

@@ -14,13 +14,13 @@ from urllib.parse import quote
 
 import pytest
 import redis
+from servers import ServerThread, request, wait_until
 
 from http_server import make_server
 from load_env import load_settings
 from proxy_factory import build_proxy
 from redis_connection import mask_url
 from redis_launcher import RedisServer, free_port
-from servers import ServerThread, request, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PASSWORD = "pw-" + secrets.token_hex(12)  # distinctive, so any leak is found by a plain search
@@ -159,8 +159,8 @@ def test_the_process_never_logs_the_password(protected_redis, admin, upstream, t
                               "UPSTREAM_ALLOW_PRIVATE": "true", "UPSTREAM_ALLOWED_PORTS": str(upstream.port)},
                              log_file, port)
         try:
-            wait_until(lambda: log_file.exists() and "HTTP on" in log_file.read_text(), timeout=20,
-                       interval=0.05)
+            wait_until(lambda log_file=log_file: log_file.exists() and "HTTP on" in log_file.read_text(),
+                       timeout=20, interval=0.05)
             health = request(port, "/health")
             assert health.status == (200 if healthy else 503), health
             fetched = request(port, q(page, "p"))
@@ -309,3 +309,18 @@ def test_redis_host_with_tls_files_builds_a_rediss_url(tmp_path):
     ca.write_text("x")
     settings = load_settings({"REDIS_HOST": "::1", "REDIS_PORT": "6390", "REDIS_TLS_CA": str(ca)}, env_file=None)
     assert redis_url_of(settings) == "rediss://[::1]:6390/0"
+
+
+def test_cannot_start_names_the_problem_without_the_password(tmp_path):
+    """A REDIS_URL redis-py cannot parse: exit 1 and one line, no traceback, no password."""
+    log_file = tmp_path / "start.log"
+    process = _run_proxy({"REDIS_URL": f"redis://:{PASSWORD}@127.0.0.1:notaport/0"}, log_file, free_port())
+    code = process.wait(timeout=20)
+    output = process.stdout.read().decode() + process.stderr.read().decode()
+    process.stdout.close()
+    process.stderr.close()
+    log = log_file.read_text()
+    assert code == 1, log + output
+    assert "cannot start: Port could not be cast to integer value" in log, log
+    assert "Traceback" not in log + output
+    assert_no_secret(log + output)
