@@ -28,6 +28,14 @@ from errors import (
     URITooLong,
 )
 from http_front import DeadlineReader, LimitedServerMixIn
+from http_syntax import (
+    body_framing_error,
+    has_body,
+    host_error,
+    origin_form,
+    valid_header_line,
+    valid_request_line,
+)
 from rate_limit import RateLimiter
 from redis_proxy import CacheResult, RedisProxy
 
@@ -41,17 +49,6 @@ MAX_HEADER_BYTES = 32 * 1024
 MAX_HEADERS = 100
 QUERY_FIELDS = ("url", "key", "params")
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
-# RFC 9112 §3: request-line = method SP request-target SP HTTP-version, the method a token
-# (RFC 9110 §5.6.2), the target visible ASCII only. Anything else is 400 before it reaches the
-# stdlib parser, the router or a log line (no raw control bytes, no CR or NUL smuggling).
-_REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/[0-9]\.[0-9]\r?\n")
-# RFC 9112 §5: field-name ":" OWS field-value OWS. Whitespace before the colon and obs-fold
-# continuation lines MUST be refused (400) by a server (§5.1, §5.2): front proxies read them
-# differently, which is how requests are smuggled. NUL, bare CR and other controls in a value
-# are refused too (RFC 9110 §5.5).
-_HEADER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r?\n")
-_ABSOLUTE_FORM = re.compile(r"https?://[^/?#]*", re.IGNORECASE)
-
 
 # The same short names as the errors.py classes for these statuses.
 _PROTOCOL_ERRORS = {414: URITooLong.error, 431: HeadersTooLarge.error}
@@ -104,31 +101,6 @@ def parse_query(raw: bytes) -> dict[str, str]:
             raise BadRequest(f"'{name}' is given twice; give it once", error="bad query")
         fields[name] = value
     return fields
-
-
-def origin_form(target: str) -> str:
-    """The path and query of a request-target. RFC 9112 §3.2.2: a server MUST accept the
-    absolute-form; its authority is ignored (this is not a forward proxy)."""
-    match = _ABSOLUTE_FORM.match(target)
-    if match is None:
-        return target
-    rest = target[match.end():]
-    return rest if rest.startswith("/") else "/" + rest
-
-
-def body_framing_error(headers: http.client.HTTPMessage) -> str | None:
-    """Why the request's body framing is unacceptable, if it is (RFC 9112 §6).
-
-    Bodies are never read here, so the danger is a front proxy and this server disagreeing on
-    where a request ends (request smuggling): an invalid or conflicting Content-Length, or one
-    beside Transfer-Encoding, is refused, and any request with a body closes the connection."""
-    lengths = [part.strip() for value in headers.get_all("Content-Length") or []
-               for part in value.split(",")]
-    if any(not length.isdigit() or not length.isascii() for length in lengths) or len(set(lengths)) > 1:
-        return "Content-Length must be one decimal number"
-    if lengths and "Transfer-Encoding" in headers:
-        return "Content-Length and Transfer-Encoding together are refused"
-    return None
 
 
 class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
@@ -232,7 +204,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         if len(self.raw_requestline) > MAX_REQUEST_LINE:
             self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
             return
-        if not _REQUEST_LINE.fullmatch(self.raw_requestline):
+        if not valid_request_line(self.raw_requestline):
             self.send_error(HTTPStatus.BAD_REQUEST, "the request line must be "
                             "'<METHOD> <target> HTTP/1.1' in visible ASCII")
             return
@@ -250,17 +222,11 @@ class ProxyHandler(BaseHTTPRequestHandler):
         if self.request_version not in ("HTTP/1.0", "HTTP/1.1"):
             self.send_error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED)
             return
-        hosts = self.headers.get_all("Host") or []
-        if len(hosts) > 1 or (not hosts and self.request_version == "HTTP/1.1"):
-            # RFC 9112 §3.2: a server MUST answer 400 to no Host in HTTP/1.1, or more than one.
-            self.send_error(HTTPStatus.BAD_REQUEST, "send exactly one Host header")
+        problem = host_error(self.headers, self.request_version) or body_framing_error(self.headers)
+        if problem is not None:
+            self.send_error(HTTPStatus.BAD_REQUEST, problem)
             return
-        framing = body_framing_error(self.headers)
-        if framing is not None:
-            self.send_error(HTTPStatus.BAD_REQUEST, framing)
-            return
-        if self.headers.get("Content-Length", "0").strip() not in ("", "0") or \
-                "Transfer-Encoding" in self.headers:
+        if has_body(self.headers):
             self.close_connection = True  # request bodies are not read; do not reuse the stream
         self.dispatch()
 
@@ -280,7 +246,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
             if line in (b"\r\n", b"\n"):
                 lines.append(line)
                 return b"".join(lines)
-            if not _HEADER_LINE.fullmatch(line):
+            if not valid_header_line(line):
                 self.send_error(HTTPStatus.BAD_REQUEST, "malformed header line: 'Name: value', "
                                 "no space before the colon, no folding, no control bytes")
                 return None

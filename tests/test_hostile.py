@@ -331,3 +331,14 @@ def test_arbitrary_bytes_never_break_the_server(fuzz_target, caplog, data):
     errors = [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
     assert not errors, errors[0].getMessage()
     assert request(fuzz_target.port, "/health").status == 200
+
+
+def test_absolute_form_is_accepted_as_its_path_only(guarded, upstream):
+    """RFC 9112 §3.2.2: a server MUST accept the absolute-form; the authority is ignored, so the
+    proxy never becomes a forward proxy for it."""
+    proxy, _ = guarded
+    health = exchange(proxy.port, req("http://anything.invalid/health"))
+    assert (health.status, health.json()) == (200, {"status": "ok", "redis": "ok"})
+    got = exchange(proxy.port, req("HTTP://anything.invalid?key=good"))
+    assert (got.status, got.body) == (200, b"good body")
+    assert upstream.hits["/good"] == 1
