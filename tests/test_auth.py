@@ -142,6 +142,10 @@ def test_a_token_is_needed_for_the_url_role_and_get(guarded, upstream, r):
     assert (ok.status, ok.body) == (200, b"secret page")
     assert request(guarded.port, q(url, "a"), headers=bearer(OTHER)).headers["X-Cache"] == "HIT"
     assert request(guarded.port, "/get/plain", headers=bearer()).body == b"v"
+    # The client's token is the proxy's business only: it never travels upstream.
+    (_, sent), = upstream.requests
+    assert "authorization" not in {name.lower() for name in sent}
+    assert not any(TOKEN in value for value in sent.values())
 
 
 def test_wrong_token_says_so_in_the_challenge(guarded):
