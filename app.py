@@ -7,9 +7,13 @@ import sys
 import threading
 from types import FrameType
 
+import redis
+
 import logger
+from auth import Authenticator, authenticator_of
 from errors import ConfigError, LauncherError
 from load_env import Settings, load_settings
+from rate_limit import rate_limiter_of
 from redis_proxy import RedisProxy
 
 log = logging.getLogger("redis_proxy")
@@ -17,19 +21,33 @@ log = logging.getLogger("redis_proxy")
 
 def _is_loopback(host: str) -> bool:
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
-        return host == "localhost"
+        return host.lower() in ("localhost", "localhost.")
 
 
-def start_front_ends(settings: Settings, proxy: RedisProxy) -> list:
+def warn_if_exposed(host: str, auth_enabled: bool) -> bool:
+    """Log a loud warning when the HTTP port is reachable beyond this machine with no tokens
+    (an open proxy that fetches URLs for anyone); True when it warned."""
+    if _is_loopback(host) or auth_enabled:
+        return False
+    log.warning("HTTP_HOST=%s exposes the proxy beyond this machine with no AUTH_TOKENS: "
+                "anyone who reaches it can make it fetch URLs and read cached entries; set "
+                "AUTH_TOKENS or AUTH_TOKENS_FILE, or HTTP_HOST=127.0.0.1", host)
+    return True
+
+
+def start_front_ends(settings: Settings, proxy: RedisProxy,
+                     authenticator: Authenticator | None = None) -> list:
     """Bind every configured front end and serve each in its own thread."""
     import http_server
     import resp_server
     limits = dict(max_clients=settings.max_clients, max_parallel=settings.max_parallel,
                   header_timeout=settings.header_timeout,
                   keepalive_timeout=settings.keepalive_timeout)
-    servers = [http_server.make_server(settings.http_host, settings.http_port, proxy, **limits)]
+    servers = [http_server.make_server(settings.http_host, settings.http_port, proxy, **limits,
+                                       authenticator=authenticator or authenticator_of(settings),
+                                       rate_limiter=rate_limiter_of(settings))]
     log.info("HTTP on http://%s:%d", settings.http_host, servers[0].port)
     if settings.resp_port:
         try:
@@ -51,14 +69,13 @@ def start_front_ends(settings: Settings, proxy: RedisProxy) -> list:
 def run(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
+        logger.configure(settings.log_level, settings.log_format, settings.log_file or None)
+        authenticator = authenticator_of(settings)  # reads AUTH_TOKENS_FILE; may warn
     except ConfigError as exc:
         for problem in exc.problems:
             sys.stderr.write(f"redis-proxy: bad setting {problem}\n")
         return 2
-    logger.configure(settings.log_level, settings.log_format, settings.log_file or None)
-    if not _is_loopback(settings.http_host) and not settings.auth_tokens and not settings.auth_tokens_file:
-        log.warning("HTTP_HOST=%s exposes the proxy beyond this machine with no AUTH_TOKENS: "
-                    "anyone who reaches it can make it fetch URLs", settings.http_host)
+    warn_if_exposed(settings.http_host, authenticator.enabled)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -70,10 +87,12 @@ def run(argv: list[str] | None = None) -> int:
     servers = []
     try:
         proxy = RedisProxy.get_instance(settings)
-        servers = start_front_ends(settings, proxy)
+        servers = start_front_ends(settings, proxy, authenticator)
         while not stop.wait(3600):
             pass
-    except (LauncherError, OSError) as exc:
+    except (LauncherError, OSError, ValueError, redis.RedisError) as exc:
+        # Messages only: redis-py's name the host and port, never the password; a traceback
+        # could show a source line holding the URL.
         log.error("cannot start: %s", exc)
         return 1
     finally:

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from errors import BadRequest, URITooLong
@@ -43,9 +44,15 @@ def check_key(key: str, max_bytes: int) -> None:
 def _scalar(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError  # 1e999 parses as infinity
     if isinstance(value, (str, int, float)):
         return value if isinstance(value, str) else json.dumps(value)
     raise ValueError
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def parse_params(raw: str | None) -> Pairs:
@@ -57,8 +64,10 @@ def parse_params(raw: str | None) -> Pairs:
     if len(raw.encode()) > MAX_PARAMS_BYTES:
         raise BadRequest(f"params is longer than {MAX_PARAMS_BYTES} bytes", error="bad params")
     try:
-        doc = json.loads(raw)
-    except ValueError as exc:
+        # NaN and Infinity are not JSON (RFC 8259 §6); deep nesting exhausts the recursion
+        # limit before the size cap is reached.
+        doc = json.loads(raw, parse_constant=_not_json)
+    except (ValueError, RecursionError) as exc:
         raise BadRequest(detail, error="bad params") from exc
     if not isinstance(doc, dict):
         raise BadRequest(detail, error="bad params")

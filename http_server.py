@@ -8,19 +8,35 @@ import json
 import logging
 import math
 import re
-import signal
 import socket
 import socketserver
 import sys
-import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from errors import BadRequest, HeadersTooLarge, KeyNotFound, MethodNotAllowed, NotFound, ProxyError
+from auth import Authenticator
+from errors import (
+    BadRequest,
+    HeadersTooLarge,
+    KeyNotFound,
+    MethodNotAllowed,
+    NotFound,
+    ProxyError,
+    URITooLong,
+)
 from http_front import DeadlineReader, LimitedServerMixIn
+from http_syntax import (
+    body_framing_error,
+    has_body,
+    host_error,
+    origin_form,
+    valid_header_line,
+    valid_request_line,
+)
+from rate_limit import RateLimiter
 from redis_proxy import CacheResult, RedisProxy
 
 log = logging.getLogger(__name__)
@@ -33,6 +49,9 @@ MAX_HEADER_BYTES = 32 * 1024
 MAX_HEADERS = 100
 QUERY_FIELDS = ("url", "key", "params")
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+
+# The same short names as the errors.py classes for these statuses.
+_PROTOCOL_ERRORS = {414: URITooLong.error, 431: HeadersTooLarge.error}
 
 
 def _json_bytes(doc: dict[str, Any]) -> bytes:
@@ -85,7 +104,7 @@ def parse_query(raw: bytes) -> dict[str, str]:
 
 
 class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
-    """Holds the proxy and the limits; handlers stay thin."""
+    """Holds the proxy, the limits and the access checks; handlers stay thin."""
 
     daemon_threads = True
     block_on_close = False
@@ -97,8 +116,11 @@ class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], proxy: RedisProxy, *, max_clients: int = 1024,
                  max_parallel: int = 4, header_timeout: float = 10.0,
-                 keepalive_timeout: float = 15.0):
+                 keepalive_timeout: float = 15.0, authenticator: Authenticator | None = None,
+                 rate_limiter: RateLimiter | None = None):
         self.proxy = proxy
+        self.authenticator = authenticator or Authenticator()  # no tokens: open
+        self.rate_limiter = rate_limiter  # None: no limit
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
         self.init_limits(max_clients, max_parallel)
@@ -113,6 +135,21 @@ class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
     @property
     def port(self) -> int:
         return self.server_address[1]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """An exception that escaped a handler: one logged error (a bug to fix), never the
+        stdlib's traceback printed to stderr; a dropped connection is a debug line."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            log.debug("connection from %s ended: %s", client_address[0], exc)
+        else:
+            log.exception("unhandled error on a connection from %s", client_address[0])
+
+    def admit(self, path: str, peer: str, headers: http.client.HTTPMessage) -> None:
+        """CONTRACT §4: authentication first, then the rate limit; raises what refuses."""
+        self.authenticator.check(path, headers.get_all("Authorization") or [])
+        if self.rate_limiter is not None:
+            self.rate_limiter.check(peer, headers.get_all("X-Forwarded-For") or [])
 
 
 class ProxyHandler(BaseHTTPRequestHandler):
@@ -159,11 +196,17 @@ class ProxyHandler(BaseHTTPRequestHandler):
                 return
             self._reader.deadline = time.monotonic() + header_timeout
         self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
+        if self.raw_requestline in (b"\r\n", b"\n"):
+            # RFC 9112 §2.2: ignore at least one empty line before a request-line.
+            self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
         if not self.raw_requestline:
             return
         if len(self.raw_requestline) > MAX_REQUEST_LINE:
-            self.request_version = "HTTP/1.1"
             self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+            return
+        if not valid_request_line(self.raw_requestline):
+            self.send_error(HTTPStatus.BAD_REQUEST, "the request line must be "
+                            "'<METHOD> <target> HTTP/1.1' in visible ASCII")
             return
         header_block = self._read_header_block()
         if header_block is None:
@@ -179,8 +222,11 @@ class ProxyHandler(BaseHTTPRequestHandler):
         if self.request_version not in ("HTTP/1.0", "HTTP/1.1"):
             self.send_error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED)
             return
-        if self.headers.get("Content-Length", "0").strip() not in ("", "0") or \
-                "Transfer-Encoding" in self.headers:
+        problem = host_error(self.headers, self.request_version) or body_framing_error(self.headers)
+        if problem is not None:
+            self.send_error(HTTPStatus.BAD_REQUEST, problem)
+            return
+        if has_body(self.headers):
             self.close_connection = True  # request bodies are not read; do not reuse the stream
         self.dispatch()
 
@@ -197,16 +243,22 @@ class ProxyHandler(BaseHTTPRequestHandler):
                     f"request headers are limited to {MAX_HEADERS} lines of {MAX_HEADER_LINE} "
                     f"bytes and {MAX_HEADER_BYTES} bytes in all"), close=True)
                 return None
-            lines.append(line)
             if line in (b"\r\n", b"\n"):
+                lines.append(line)
                 return b"".join(lines)
+            if not valid_header_line(line):
+                self.send_error(HTTPStatus.BAD_REQUEST, "malformed header line: 'Name: value', "
+                                "no space before the colon, no folding, no control bytes")
+                return None
+            lines.append(line)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Every protocol-level error as a real HTTP/1.1 response with a JSON body, then close.
 
         The stdlib answers an HTTP/0.9-style request line with a bare body and no status line."""
         status = HTTPStatus(code)
-        error = ProxyError(explain or message or status.description, error=status.phrase.lower())
+        error = ProxyError(explain or message or status.description,
+                           error=_PROTOCOL_ERRORS.get(code, status.phrase.lower()))
         error.status = code
         self.request_version = "HTTP/1.1"
         self._reply_error(error, close=True)
@@ -214,21 +266,22 @@ class ProxyHandler(BaseHTTPRequestHandler):
     # ----- routing -----------------------------------------------------------------------------
 
     def dispatch(self) -> None:
-        with self.server.parallel:
-            try:
+        try:
+            path, _, query = origin_form(self.path).partition("?")
+            self.server.admit(path, self.client_address[0], self.headers)
+            with self.server.parallel:
                 if self.command not in ALLOWED_METHODS:
                     raise MethodNotAllowed(f"{self.command} is not supported; use "
                                            + ", ".join(ALLOWED_METHODS),
                                            headers={"Allow": ", ".join(ALLOWED_METHODS)})
-                self.route()
-            except ProxyError as exc:
-                self._reply_error(exc)
-            except Exception:
-                log.exception("unhandled error for %s %r", self.command, self.path)
-                self._reply_error(ProxyError())
+                self.route(path, query)
+        except ProxyError as exc:
+            self._reply_error(exc)
+        except Exception:
+            log.exception("unhandled error for %s %r", self.command, self.path)
+            self._reply_error(ProxyError())
 
-    def route(self) -> None:
-        path, _, query = self.path.partition("?")
+    def route(self, path: str, query: str) -> None:
         if path.startswith("/get/"):
             self._only("GET", "HEAD")
             self.get_key(path[len("/get/"):])
@@ -341,9 +394,10 @@ def cache_status(result: CacheResult) -> str:
     return "; ".join(parts)
 
 
-def make_server(host: str, port: int, proxy: RedisProxy, **limits: Any) -> ProxyHTTPServer:
-    """An unstarted server (port 0 picks a free one; read it back from `server.port`)."""
-    return ProxyHTTPServer((host, port), proxy, **limits)
+def make_server(host: str, port: int, proxy: RedisProxy, **options: Any) -> ProxyHTTPServer:
+    """An unstarted server (port 0 picks a free one; read it back from `server.port`).
+    `options`: the limits, `authenticator` (default open) and `rate_limiter` (default none)."""
+    return ProxyHTTPServer((host, port), proxy, **options)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """Settings: one frozen object read from `.env` and the environment (the environment wins)."""
 
 import dataclasses
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -89,6 +90,18 @@ def _ports(raw: str) -> tuple[int, ...]:
 _ports.expected = "a comma-separated list of ports from 1 to 65535"  # type: ignore[attr-defined]
 
 
+def _networks(raw: str) -> tuple[str, ...]:
+    """Addresses or CIDR networks (`10.0.0.0/8`, `::1`), each checked here so a typo stops the
+    start instead of silently trusting nothing."""
+    words = _words(raw)
+    for word in words:
+        ipaddress.ip_network(word, strict=False)  # ValueError names nothing secret
+    return words
+
+
+_networks.expected = "a comma-separated list of IP addresses or CIDR networks"  # type: ignore[attr-defined]
+
+
 def _statuses(raw: str) -> frozenset[int]:
     """`2xx,404` -> every status from 200 to 299, and 404."""
     statuses: set[int] = set()
@@ -169,9 +182,10 @@ class Settings:
     stale_if_error: float = _setting("STALE_IF_ERROR", _seconds(False), 300.0)
     stale_while_revalidate: float = _setting("STALE_WHILE_REVALIDATE", _seconds(False), 0.0)
     http_workers: int = _setting("HTTP_WORKERS", _integer(1), 1)
-    trusted_proxies: tuple[str, ...] = _setting("TRUSTED_PROXIES", _words, ())
+    trusted_proxies: tuple[str, ...] = _setting("TRUSTED_PROXIES", _networks, ())
     auth_tokens: tuple[str, ...] = _setting("AUTH_TOKENS", _words, ())
     auth_tokens_file: str = _setting("AUTH_TOKENS_FILE", _text, "")
+    metrics_require_auth: bool = _setting("METRICS_REQUIRE_AUTH", _boolean, False)
     rate_limit: float | None = _setting("RATE_LIMIT", _optional_seconds, None)
     rate_limit_burst: int | None = _setting("RATE_LIMIT_BURST", _integer(1), None)
     log_level: str = _setting("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info")
@@ -198,6 +212,17 @@ def _cross_checks(settings: Settings) -> list[str]:
         problems.append("REDIS_URL: expected a redis://, rediss:// or unix:// URL")
     if settings.auth_tokens_file and not os.path.isfile(settings.auth_tokens_file):
         problems.append(f"AUTH_TOKENS_FILE={settings.auth_tokens_file!r}: expected a readable file")
+    for name in ("REDIS_TLS_CA", "REDIS_TLS_CERT", "REDIS_TLS_KEY"):
+        path = getattr(settings, name.lower())
+        if path and not os.path.isfile(path):
+            problems.append(f"{name}={path!r}: expected a readable file")
+    tls_files = settings.redis_tls_ca or settings.redis_tls_cert or settings.redis_tls_key
+    if tls_files and settings.redis_url and not settings.redis_url.startswith("rediss://"):
+        # Otherwise the files would be ignored and the connection silently left in clear text.
+        problems.append("REDIS_TLS_CA/CERT/KEY are set: expected a rediss:// REDIS_URL")
+    if bool(settings.redis_tls_cert) != bool(settings.redis_tls_key):
+        problems.append("REDIS_TLS_CERT and REDIS_TLS_KEY: expected both (a client certificate "
+                        "and its key) or neither")
     return problems
 
 

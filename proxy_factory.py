@@ -6,7 +6,7 @@ from typing import Any
 from freshness import Policy
 from load_env import Settings, load_settings
 from local_cache import LocalCache
-from redis_connection import make_client, mask_url
+from redis_connection import check_at_start, make_client, mask_url
 from redis_launcher import RedisServer
 from redis_proxy import RedisProxy
 from upstream import Fetcher
@@ -16,9 +16,13 @@ log = logging.getLogger(__name__)
 
 
 def redis_url_of(settings: Settings) -> str:
+    """REDIS_URL, else one built from REDIS_HOST/PORT/DB (TLS when TLS files are given). The
+    password stays out of it: it goes to the client apart, so it can never be logged."""
     if settings.redis_url:
         return settings.redis_url
-    return f"redis://{settings.redis_host}:{settings.redis_port}/{settings.redis_db}"
+    host = f"[{settings.redis_host}]" if ":" in settings.redis_host else settings.redis_host
+    tls = settings.redis_tls_ca or settings.redis_tls_cert
+    return f"{'rediss' if tls else 'redis'}://{host}:{settings.redis_port}/{settings.redis_db}"
 
 
 def build_proxy(settings: Settings | None = None, **overrides: Any) -> RedisProxy:
@@ -52,5 +56,6 @@ def build_proxy(settings: Settings | None = None, **overrides: Any) -> RedisProx
                        stale_while_revalidate=settings.stale_while_revalidate,
                        invalidation=settings.l1_invalidation,
                        redis_label=mask_url(url), on_close=on_close, **overrides)
-    proxy.configure_memory(settings.redis_maxmemory, settings.redis_eviction_policy)
+    if check_at_start(client, mask_url(url)):
+        proxy.configure_memory(settings.redis_maxmemory, settings.redis_eviction_policy)
     return proxy

@@ -2,13 +2,14 @@
 
 import logging
 import re
+import ssl
 import threading
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import NoPermissionError
 from redis.retry import Retry
 
 from errors import StoreUnavailable
@@ -22,8 +23,30 @@ UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced, for logs, errors and /health."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+    """The URL with any password replaced, for logs, errors and /health.
+
+    The userinfo ends at the LAST '@' before the path, as urllib (and so redis-py) reads it, so
+    a password holding a raw '@' is masked whole; `password=` in the query (redis-py reads it
+    there too) is masked as well. A user name alone is kept: ACL user names are not secrets."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i != -1), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    if "@" not in authority:
+        # unix://user:pass@/path puts the userinfo before a '/'; look as far as the last '@'.
+        at = rest.rfind("@")
+        if at == -1:
+            return scheme + sep + _mask_query(rest)
+        authority, tail = rest[:at + 1], rest[at + 1:]
+    userinfo, _, host = authority.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    masked = f"{user}:***@" if colon else (f"{userinfo}@" if userinfo else "@")
+    return scheme + sep + masked + host + _mask_query(tail)
+
+
+def _mask_query(text: str) -> str:
+    return re.sub(r"((?:^|[?&])password=)[^&#]*", r"\1***", text, flags=re.IGNORECASE)
 
 
 def make_client(url: str, *, socket_timeout: float = 0.5, max_connections: int = 64,
@@ -83,6 +106,35 @@ class TrackingConnectionPool(redis.BlockingConnectionPool):
                 raise
             connection.tracking_redirect = target
         return connection
+
+
+def check_at_start(client: redis.Redis, label: str) -> bool:
+    """One PING at start, so a wrong password or TLS set-up is one clear log line naming the
+    (masked) URL rather than a traceback; the proxy then runs degraded and keeps probing.
+
+    redis-py's messages name the host and port and the server's reply, never the password."""
+    try:
+        client.ping()
+        log.info("Redis answers at %s", label)
+        return True
+    except redis.AuthenticationError as exc:
+        log.error("authentication to Redis failed at %s (%s): check the user and password in "
+                  "REDIS_URL or REDIS_PASSWORD", label, exc)
+    except NoPermissionError as exc:
+        log.error("the Redis user at %s may not run PING (%s): grant the proxy's ACL user "
+                  "the commands it needs", label, exc)
+    except UNREACHABLE as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, ssl.SSLError) or "SSL" in str(exc):
+            log.error("TLS to Redis failed at %s (%s): check REDIS_TLS_CA, REDIS_TLS_CERT and "
+                      "REDIS_TLS_KEY, and that the server's certificate names its host",
+                      label, exc)
+        else:
+            log.warning("Redis is not reachable at %s (%s); serving without it until it "
+                        "answers", label, exc)
+    except redis.RedisError as exc:
+        log.error("Redis at %s refused PING: %s", label, exc)
+    return False
 
 
 class RedisHealth:

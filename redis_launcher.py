@@ -113,7 +113,8 @@ class RedisServer:
                 conn = socket.create_connection(("127.0.0.1", self.port), timeout=0.5)
             with conn:
                 conn.sendall(b"PING\r\n")
-                return conn.recv(64).startswith(b"+PONG")
+                # A server with requirepass or ACLs answers -NOAUTH: it is up all the same.
+                return conn.recv(64).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 

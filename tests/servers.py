@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 Route = Callable[["UpstreamHandler"], None]
+POLL_INTERVAL = 0.05
 
 
 class UpstreamHandler(BaseHTTPRequestHandler):
@@ -56,7 +57,8 @@ class Upstream(ThreadingHTTPServer):
         self.hits: collections.Counter[str] = collections.Counter()
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.routes: dict[str, Route] = {}
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits up to one interval (0.5 s by default).
+        self.thread = threading.Thread(target=self.serve_forever, args=(POLL_INTERVAL,), daemon=True)
 
     def server_bind(self) -> None:
         import socketserver
@@ -94,9 +96,7 @@ class ServerThread:
 
     def __init__(self, server: Any):
         self.server = server
-        # A short poll interval: shutdown() waits for it, once per test.
-        self.thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+        self.thread = threading.Thread(target=server.serve_forever, args=(POLL_INTERVAL,), daemon=True)
 
     @property
     def port(self) -> int:

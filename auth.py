@@ -1,0 +1,116 @@
+"""HTTP authentication: bearer tokens (RFC 6750) checked in constant time."""
+
+import hashlib
+import hmac
+import logging
+import re
+from collections.abc import Iterable, Sequence
+
+from errors import ConfigError, Unauthorized
+from load_env import Settings
+
+log = logging.getLogger(__name__)
+
+# RFC 6750 §2.1: credentials = "Bearer" 1*SP b64token; the scheme is case-insensitive
+# (RFC 9110 §11.1), the token is not.
+_BEARER = re.compile(r"bearer +([A-Za-z0-9\-._~+/]+=*)", re.IGNORECASE)
+_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+SHORT_TOKEN = 16
+
+# Routes anyone may reach: a load balancer's health check carries no token.
+OPEN_ROUTES = frozenset({"/health"})
+METRICS_ROUTE = "/metrics"
+
+
+def _challenge(error: str) -> dict[str, str]:
+    # RFC 6750 §3: the challenge names the realm, and the error once credentials were sent.
+    return {"WWW-Authenticate": f'Bearer realm="redis-proxy", error="{error}"'}
+
+
+def _digest(token: str) -> bytes:
+    # Comparing fixed-length digests keeps a token's length from showing in the timing too.
+    return hashlib.sha256(token.encode()).digest()
+
+
+def read_tokens_file(path: str) -> list[str]:
+    """One token a line; blank lines and `#` comments are skipped."""
+    with open(path, encoding="utf-8") as lines:
+        return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+class Authenticator:
+    """Decides whether a request may proceed. No tokens means the proxy is open."""
+
+    def __init__(self, tokens: Iterable[str] = (), *, metrics_require_auth: bool = False):
+        self._digests = tuple(_digest(token) for token in tokens)
+        self.metrics_require_auth = metrics_require_auth
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._digests)
+
+    def required_for(self, path: str) -> bool:
+        """Whether `path` (the route, without the query) needs a token."""
+        if not self.enabled or path in OPEN_ROUTES:
+            return False
+        if path == METRICS_ROUTE:
+            return self.metrics_require_auth
+        return True
+
+    def check(self, path: str, authorization: Sequence[str]) -> None:
+        """Raise Unauthorized unless `path` is open or `authorization` (every Authorization
+        header the request carried) is exactly one valid bearer token."""
+        if not self.required_for(path):
+            return
+        if len(authorization) != 1:
+            raise Unauthorized()  # none, or two: which one would count is ambiguous
+        match = _BEARER.fullmatch(authorization[0])
+        if match is None:
+            raise Unauthorized("the Authorization header must be 'Bearer <token>'",
+                               headers=_challenge("invalid_request"))
+        if not self.accepts(match.group(1)):
+            raise Unauthorized("the bearer token is not one of the configured tokens",
+                               headers=_challenge("invalid_token"))
+
+    def accepts(self, token: str) -> bool:
+        """Compare against every configured token, with no early exit that would tell
+        by its timing how many tokens there are or which one came close."""
+        presented = _digest(token)
+        found = False
+        for digest in self._digests:
+            found |= hmac.compare_digest(presented, digest)
+        return found
+
+
+def tokens_of(settings: Settings) -> list[str]:
+    """AUTH_TOKENS and AUTH_TOKENS_FILE together; ConfigError (exit 2) on an unusable set."""
+    tokens = list(settings.auth_tokens)
+    path = settings.auth_tokens_file
+    problems = []
+    if path:
+        try:
+            from_file = read_tokens_file(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"AUTH_TOKENS_FILE={path!r}: cannot be read ({exc.__class__.__name__})"]) \
+                from exc
+        if not from_file:
+            # Fail closed: an operator who points at a file means to require tokens.
+            problems.append(f"AUTH_TOKENS_FILE={path!r}: expected at least one token")
+        tokens += from_file
+    # A token that is not a b64token could never be presented in a valid header. Never echo it.
+    bad = sum(1 for token in tokens if not _TOKEN.fullmatch(token))
+    if bad:
+        problems.append(f"AUTH_TOKENS: {bad} token(s) <hidden>: expected letters, digits and "
+                        "-._~+/ (RFC 6750 b64token)")
+    if problems:
+        raise ConfigError(problems)
+    short = sum(1 for token in tokens if len(token) < SHORT_TOKEN)
+    if short:
+        log.warning("%d auth token(s) shorter than %d characters; use long random tokens "
+                    "(for example: openssl rand -hex 32)", short, SHORT_TOKEN)
+    return tokens
+
+
+def authenticator_of(settings: Settings) -> Authenticator:
+    """The authenticator the settings describe (open when no tokens are set)."""
+    return Authenticator(tokens_of(settings), metrics_require_auth=settings.metrics_require_auth)

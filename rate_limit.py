@@ -1,0 +1,127 @@
+"""Per-client rate limiting: a token bucket per client address, bounded in memory."""
+
+import ipaddress
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from cachetools import TTLCache
+
+from errors import TooManyRequests
+from load_env import Settings
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# At most this many clients are remembered; past it the least recently seen is forgotten (it
+# starts again with a full bucket), so a flood of addresses cannot grow memory without bound.
+MAX_TRACKED_CLIENTS = 16384
+
+
+def _address(text: str) -> IPAddress | None:
+    """An address from a socket peer or an X-Forwarded-For hop (`1.2.3.4`, `1.2.3.4:5678`,
+    `[::1]:80`, `::1`); None for anything else. IPv4-mapped IPv6 becomes IPv4."""
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]  # IPv4 with a port, as some proxies write it
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+class ClientAddress:
+    """Who a request comes from: the socket peer, or, when the peer is a trusted reverse proxy,
+    the right-most address in X-Forwarded-For that is not itself a trusted proxy.
+
+    Everything left of that is written by the client and could be anything, so it is never
+    believed (the right-most-untrusted rule; MDN, X-Forwarded-For, "Selecting an IP address").
+    """
+
+    def __init__(self, trusted_proxies: Iterable[str] = ()):
+        self.trusted = tuple(ipaddress.ip_network(net, strict=False) for net in trusted_proxies)
+
+    def is_trusted(self, address: IPAddress) -> bool:
+        return any(address in net for net in self.trusted)
+
+    def resolve(self, peer: str, forwarded_for: Sequence[str] = ()) -> str:
+        """The client's address; `forwarded_for` is every X-Forwarded-For header, in order."""
+        nearest = _address(peer)
+        if nearest is None:
+            return peer  # not an IP socket (a unix socket): the peer is all there is
+        if not self.trusted or not self.is_trusted(nearest):
+            return str(nearest)
+        hops = [hop for header in forwarded_for for hop in header.split(",")]
+        for hop in reversed(hops):
+            address = _address(hop)
+            if address is None:
+                # A trusted proxy writes real addresses; garbage here was never checked by
+                # anyone, so stay with the nearest hop that was.
+                break
+            if not self.is_trusted(address):
+                return str(address)
+            nearest = address
+        return str(nearest)
+
+
+def bucket_key(client: str) -> str:
+    """The unit that is limited: an IPv4 address, or an IPv6 /64 (one end site hands out a
+    whole /64, RFC 6177, so counting single IPv6 addresses would be trivial to evade)."""
+    address = _address(client)
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address) if address is not None else client
+
+
+class RateLimiter:
+    """`rate` requests per second per client with bursts of up to `burst` (token bucket)."""
+
+    def __init__(self, rate: float, burst: float | None = None, *,
+                 trusted_proxies: Iterable[str] = (), max_clients: int = MAX_TRACKED_CLIENTS,
+                 clock: Callable[[], float] = time.monotonic):
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = rate
+        self.burst = max(1.0, float(burst) if burst is not None else 2.0 * rate)
+        self.clock = clock
+        self.clients = ClientAddress(trusted_proxies)
+        # A bucket left alone for burst/rate seconds is full again, the same as a new one:
+        # forgetting it then changes nothing. (tokens, when) per client.
+        self._buckets: TTLCache[str, tuple[float, float]] = TTLCache(
+            maxsize=max_clients, ttl=self.burst / rate, timer=clock)
+        self._lock = threading.Lock()
+
+    def check(self, peer: str, forwarded_for: Sequence[str] = ()) -> None:
+        """Take one token for the request's client, or raise TooManyRequests with Retry-After."""
+        key = bucket_key(self.clients.resolve(peer, forwarded_for))
+        with self._lock:
+            now = self.clock()
+            tokens, then = self._buckets.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - then) * self.rate)
+            allowed = tokens >= 1.0
+            if allowed:
+                tokens -= 1.0
+            self._buckets[key] = (tokens, now)  # setting it again restarts its idle clock
+        if not allowed:
+            # RFC 9110 §10.2.3: Retry-After in whole seconds; round up so a retry then succeeds.
+            wait = max(1, math.ceil((1.0 - tokens) / self.rate))
+            raise TooManyRequests(f"over {self.rate:g} requests per second (bursts of "
+                                  f"{self.burst:g}) from your address; retry in {wait} s",
+                                  headers={"Retry-After": str(wait)})
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._buckets)
+
+
+def rate_limiter_of(settings: Settings) -> RateLimiter | None:
+    """The limiter the settings describe, or None when RATE_LIMIT is not set."""
+    if settings.rate_limit is None:
+        return None
+    return RateLimiter(settings.rate_limit, settings.rate_limit_burst,
+                       trusted_proxies=settings.trusted_proxies)
