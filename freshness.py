@@ -30,10 +30,13 @@ def _seconds(value: str | None) -> float | None:
         return None
 
 
+SUCCESS = frozenset(range(200, 300))
+
+
 class Policy:
     """What may be stored, and for how long it stays fresh."""
 
-    def __init__(self, *, ttl: float, store_statuses: frozenset[int] = frozenset(range(200, 300)),
+    def __init__(self, *, ttl: float, store_statuses: frozenset[int] = SUCCESS,
                  store_set_cookie: bool = False, respect_cache_control: bool = True):
         self.ttl = ttl
         self.store_statuses = store_statuses

@@ -80,6 +80,18 @@ def _words(raw: str) -> tuple[str, ...]:
 _words.expected = "a comma-separated list"  # type: ignore[attr-defined]
 
 
+def _hosts(raw: str) -> tuple[str, ...]:
+    """Host names or `*.suffix` patterns; a URL, a port or a bare `*` is a mistake worth stopping for."""
+    hosts = _words(raw)
+    for host in hosts:
+        if not re.fullmatch(r"(\*\.)?[^\s*:/@\[\]]+", host) or host.startswith(".") or ".." in host:
+            raise ValueError
+    return hosts
+
+
+_hosts.expected = "a comma-separated list of host names or *.suffix patterns (no scheme, port or path)"  # type: ignore[attr-defined]
+
+
 def _ports(raw: str) -> tuple[int, ...]:
     ports = tuple(int(part) for part in _words(raw))
     if any(not 1 <= port <= 65535 for port in ports):
@@ -166,7 +178,7 @@ class Settings:
     max_parallel: int = _setting("MAX_PARALLEL", _integer(1), 2 * (os.cpu_count() or 1))
     upstream_timeout: float = _setting("UPSTREAM_TIMEOUT", _seconds(True), 10.0)
     upstream_max_bytes: int = _setting("UPSTREAM_MAX_BYTES", _size, 10 * 1024**2)
-    upstream_allowed_hosts: tuple[str, ...] = _setting("UPSTREAM_ALLOWED_HOSTS", _words, ())
+    upstream_allowed_hosts: tuple[str, ...] = _setting("UPSTREAM_ALLOWED_HOSTS", _hosts, ())
     upstream_allowed_ports: tuple[int, ...] = _setting("UPSTREAM_ALLOWED_PORTS", _ports,
                                                        (80, 443, 8080, 8443))
     upstream_allow_private: bool = _setting("UPSTREAM_ALLOW_PRIVATE", _boolean, False)

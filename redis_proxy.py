@@ -15,11 +15,10 @@ import redis
 import cache_entry
 import cache_keys
 from cache_entry import Entry
-from errors import (BadGateway, BadRequest, GatewayTimeout, KeyNotFound, ProxyError,
-                    StoreUnavailable)
+from errors import BadGateway, BadRequest, GatewayTimeout, KeyNotFound, ProxyError, StoreUnavailable
 from fetch_lock import FetchLock
-from invalidation import TTL_ONLY, Invalidator
 from freshness import Policy
+from invalidation import TTL_ONLY, Invalidator
 from local_cache import MISSING, LocalCache
 from redis_connection import RedisHealth, TrackingConnectionPool
 from single_flight import SingleFlight
@@ -386,7 +385,7 @@ class RedisProxy:
             self._count("reads_redis", len(missing))
             epoch = self.local.epoch
             fetched = self._redis_call(lambda: self.client.mget([raw_keys[i] for i in missing]))
-            for i, value in zip(missing, fetched):
+            for i, value in zip(missing, fetched, strict=True):
                 values[i] = value
                 if value is not None:
                     self.local.set(("g", raw_keys[i]), value, epoch=epoch)

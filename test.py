@@ -2,7 +2,6 @@
 
 import json
 import threading
-import time
 from urllib.parse import quote
 
 import pytest

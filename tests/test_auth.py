@@ -5,13 +5,13 @@ import logging
 from urllib.parse import quote
 
 import pytest
-from servers import request
 
 import auth
 from app import warn_if_exposed
 from auth import Authenticator, authenticator_of, read_tokens_file
 from errors import ConfigError, Unauthorized
 from load_env import load_settings
+from servers import request
 
 TOKEN = "first-token-0123456789abcdef"
 OTHER = "second-token-fedcba9876543210"

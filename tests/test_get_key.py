@@ -6,9 +6,9 @@ from urllib.parse import quote
 
 import pytest
 import redis
-from servers import request
 
 from redis_launcher import RedisServer
+from servers import request
 
 
 @pytest.fixture

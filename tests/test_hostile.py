@@ -9,13 +9,13 @@ from urllib.parse import quote
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from servers import ServerThread, request
 
 from auth import Authenticator
 from http_server import make_server
 from local_cache import LocalCache
 from redis_connection import make_client
 from redis_proxy import RedisProxy
+from servers import ServerThread, request
 from upstream import Fetcher
 from upstream_policy import UpstreamPolicy
 

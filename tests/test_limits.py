@@ -12,9 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from servers import wait_until
 
 from resp_protocol import command
+from servers import wait_until
 
 
 class Gauge:

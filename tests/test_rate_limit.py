@@ -6,13 +6,13 @@ import subprocess
 import sys
 
 import pytest
-from servers import request, wait_until
 
 from auth import Authenticator
 from errors import ConfigError, TooManyRequests
 from load_env import load_settings
 from rate_limit import ClientAddress, RateLimiter, bucket_key, rate_limiter_of
 from redis_launcher import free_port
+from servers import request, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -14,13 +14,13 @@ from urllib.parse import quote
 
 import pytest
 import redis
-from servers import ServerThread, request, wait_until
 
 from http_server import make_server
 from load_env import load_settings
 from proxy_factory import build_proxy
 from redis_connection import mask_url
 from redis_launcher import RedisServer, free_port
+from servers import ServerThread, request, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PASSWORD = "pw-" + secrets.token_hex(12)  # distinctive, so any leak is found by a plain search

@@ -10,10 +10,10 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from servers import wait_until
 
 from redis_launcher import RedisServer
 from resp_protocol import command
+from servers import wait_until
 
 
 def _tool(name: str) -> str | None:
@@ -340,11 +340,10 @@ def test_redis_benchmark_get_completes_without_errors(resp, r):
 # ----- wiring ----------------------------------------------------------------------------------
 
 def test_start_front_ends_serves_resp_beside_http_unless_resp_port_is_0(make_proxy, r, caplog):
-    from servers import request
-
     import app
     from load_env import load_settings
     from redis_launcher import free_port
+    from servers import request
     r.set("k", b"hello")
     proxy = make_proxy().proxy
     resp_port = free_port()

@@ -76,3 +76,15 @@ def test_a_bad_setting_stops_the_server_with_exit_2_and_one_line(name, value):
     assert done.returncode == 2
     assert name in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("value", ["https://example.com", "example.com:443", "*", "a b.com", "*.*.x", ".x.com"])
+def test_allowed_hosts_must_be_names_or_suffix_patterns(value):
+    with pytest.raises(ConfigError, match="UPSTREAM_ALLOWED_HOSTS"):
+        load_settings({"UPSTREAM_ALLOWED_HOSTS": value}, env_file=None)
+
+
+def test_allowed_hosts_accepts_names_patterns_and_unicode():
+    s = load_settings({"UPSTREAM_ALLOWED_HOSTS": "api.example.com, *.example.org,bücher.example"},
+                      env_file=None)
+    assert s.upstream_allowed_hosts == ("api.example.com", "*.example.org", "bücher.example")

@@ -8,10 +8,10 @@ import subprocess
 import threading
 
 import pytest
-from net_guard import FakeDNS, OffLoopback, loopback_only, network_guard, rebinding  # noqa: F401
-from servers import Upstream
 
 from errors import BadGateway, BadRequest, Forbidden
+from net_guard import FakeDNS, OffLoopback, loopback_only, network_guard, rebinding  # noqa: F401
+from servers import Upstream
 from upstream import Fetcher
 from upstream_policy import UpstreamPolicy, refused_block
 
