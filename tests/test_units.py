@@ -1,0 +1,101 @@
+"""Fast unit tests of pure logic: the entry format, key derivation, freshness, and the core's
+store/read decisions over fakeredis (the end-to-end suite proves them against a real Redis)."""
+
+import fakeredis
+import pytest
+
+import cache_entry
+import cache_keys
+from cache_entry import Entry
+from errors import BadRequest
+from freshness import Policy
+from redis_proxy import HIT, MISS, RedisProxy
+from upstream import UpstreamResponse
+
+
+class FakeFetcher:
+    """Answers every URL with a fixed response and counts the calls; opens no socket."""
+
+    timeout = 5.0
+
+    def __init__(self, body: bytes = b"body", headers: dict | None = None, status: int = 200):
+        self.body, self.headers, self.status = body, headers or {}, status
+        self.calls: list[str] = []
+
+    def check(self, url: str) -> None:
+        pass
+
+    def fetch(self, url, headers=None):  # noqa: ANN001
+        self.calls.append(url)
+        return UpstreamResponse(self.status, self.headers, self.body, url)
+
+    def close(self) -> None:
+        pass
+
+
+def proxy_over_fakeredis(fetcher: FakeFetcher, **options) -> tuple[RedisProxy, fakeredis.FakeRedis]:
+    server = fakeredis.FakeServer()
+    client = fakeredis.FakeRedis(server=server)
+    return RedisProxy(client, fetcher, **options), client
+
+
+def test_entry_round_trips_every_byte_value_and_its_metadata():
+    entry = Entry(status=203, body=bytes(range(256)) * 3, url="http://a/", fetched_at=1234.5,
+                  fresh_for=60.0, headers={"content-type": "image/png", "etag": '"x"'})
+    raw = cache_entry.encode(entry)
+    assert raw.startswith(b"RPE1") and raw.endswith(entry.body)
+    assert cache_entry.decode(raw) == entry
+
+
+@pytest.mark.parametrize("raw", [b"", b"RPE1", b"plain value", b"RPE1\x00\x00\x00\x05{bad}x",
+                                 b"RPE2\x00\x00\x00\x02{}", b"RPE1\xff\xff\xff\xff{}"])
+def test_anything_that_is_not_an_entry_decodes_to_none(raw):
+    assert cache_entry.decode(raw) is None
+
+
+def test_derived_keys_ignore_param_order_host_case_default_port_and_fragment():
+    a = cache_keys.canonical_url("HTTP://Example.COM:80/p?b=2&a=1#frag", [("z", "9"), ("c", "3")])
+    b = cache_keys.canonical_url("http://example.com/p?a=1", [("c", "3"), ("b", "2"), ("z", "9")])
+    assert a == b == "http://example.com/p?a=1&b=2&c=3&z=9"
+    assert cache_keys.redis_key("rp:", None, a) == "rp:" + cache_keys.url_digest(a)
+    assert cache_keys.redis_key("rp:", "mine", a) == "rp:mine"
+    assert cache_keys.canonical_url("http://example.com:8080/") != cache_keys.canonical_url("http://example.com/")
+
+
+@pytest.mark.parametrize("params", ['{"a": {"b": 1}}', "[1]", "nope", '{"a": NaN}', '{"a": [[1]]}'])
+def test_params_that_are_not_a_flat_json_object_are_refused(params):
+    with pytest.raises(BadRequest):
+        cache_keys.parse_params(params)
+
+
+def test_freshness_is_the_smallest_of_cache_ttl_and_the_response_own():
+    policy = Policy(ttl=100)
+    assert policy.lifetime({"cache-control": "max-age=10"}, now=0) == 10
+    assert policy.lifetime({"cache-control": "max-age=500"}, now=0) == 100
+    assert policy.lifetime({"cache-control": "max-age=50, s-maxage=5"}, now=0) == 5
+    assert policy.lifetime({"cache-control": "no-cache"}, now=0) == 0
+    assert policy.lifetime({"expires": "garbage"}, now=0) == 0
+    assert not policy.storable(200, {"cache-control": "no-store"})
+    assert not policy.storable(200, {"set-cookie": "a=b"})
+    assert not policy.storable(500, {})
+
+
+def test_store_is_one_write_with_freshness_plus_stale_window_as_ttl():
+    fetcher = FakeFetcher(headers={"cache-control": "max-age=30"})
+    proxy, client = proxy_over_fakeredis(fetcher, ttl=3600, stale_ttl=300, policy=Policy(ttl=3600))
+    first = proxy.fetch("http://example.com/x", key="x")
+    assert (first.cache, first.body) == (MISS, b"body")
+    assert 300 < client.ttl("rp:x") <= 330
+    assert proxy.fetch("http://example.com/x", key="x").cache == HIT
+    assert fetcher.calls == ["http://example.com/x"]
+    assert proxy.check_key("x") is True and proxy.check_key("y") is False
+
+
+def test_a_key_bound_to_another_url_is_refetched_never_served():
+    fetcher = FakeFetcher()
+    proxy, client = proxy_over_fakeredis(fetcher)
+    proxy.fetch("http://example.com/a", key="k")
+    fetcher.body = b"other"
+    got = proxy.fetch("http://example.com/b", key="k")
+    assert (got.cache, got.body) == (MISS, b"other")
+    assert cache_entry.decode(client.get("rp:k")).url == "http://example.com/b"
