@@ -37,30 +37,38 @@ def warn_if_exposed(host: str, auth_enabled: bool) -> bool:
     return True
 
 
+def warn_if_resp_exposed(host: str, port: int, auth_enabled: bool) -> bool:
+    """The same for the RESP port: with tokens, clients must AUTH first; True when it warned."""
+    if _is_loopback(host) or auth_enabled:
+        return False
+    log.warning("RESP_PORT=%d on %s with no AUTH_TOKENS: anyone who reaches it can read every "
+                "key of the backing Redis; set AUTH_TOKENS (clients then AUTH with a token) or "
+                "RESP_PORT=0 to turn it off", port, host)
+    return True
+
+
 def start_front_ends(settings: Settings, proxy: RedisProxy,
                      authenticator: Authenticator | None = None) -> list:
     """Bind every configured front end and serve each in its own thread."""
     import http_server
     import resp_server
+    authenticator = authenticator or authenticator_of(settings)  # one set of tokens for both
     limits = dict(max_clients=settings.max_clients, max_parallel=settings.max_parallel,
                   header_timeout=settings.header_timeout,
                   keepalive_timeout=settings.keepalive_timeout)
     servers = [http_server.make_server(settings.http_host, settings.http_port, proxy, **limits,
-                                       authenticator=authenticator or authenticator_of(settings),
+                                       authenticator=authenticator,
                                        rate_limiter=rate_limiter_of(settings))]
     log.info("HTTP on http://%s:%d", settings.http_host, servers[0].port)
     if settings.resp_port:
         try:
             servers.append(resp_server.make_server(settings.http_host, settings.resp_port, proxy,
-                                                   **limits))
+                                                   **limits, authenticator=authenticator))
         except OSError:
             servers[0].server_close()  # nothing is served unless every front end could bind
             raise
         log.info("RESP on redis://%s:%d", settings.http_host, servers[1].port)
-        if not _is_loopback(settings.http_host):
-            log.warning("RESP_PORT=%d on %s: the RESP front end has no authentication; anyone who "
-                        "reaches it can read every key of the backing Redis (RESP_PORT=0 turns it "
-                        "off)", settings.resp_port, settings.http_host)
+        warn_if_resp_exposed(settings.http_host, settings.resp_port, authenticator.enabled)
     for server in servers:
         threading.Thread(target=server.serve_forever, name=type(server).__name__, daemon=True).start()
     return servers

@@ -1,9 +1,11 @@
 """The RESP command table: which Redis commands the read proxy answers, and how.
 
 Reads (GET, MGET, EXISTS) go through RedisProxy's read role (L1 -> Redis), as /get/<key> does;
-the connection commands that clients and redis-cli send on their own (HELLO, CLIENT SETINFO,
-COMMAND DOCS, CONFIG GET, SELECT 0) get the answers a RESP2 Redis gives. Error texts follow
-Redis 7 (src/server.c processCommand) so client libraries map them to the same exceptions.
+the connection commands that clients and redis-cli send on their own (HELLO, AUTH, CLIENT
+SETINFO, COMMAND DOCS, CONFIG GET, SELECT 0) get the answers Redis gives, in the protocol the
+connection chose with HELLO (RESP2 until it says HELLO 3). With tokens configured, a connection
+must AUTH first, as with Redis's requirepass. Error texts follow Redis 7 (src/server.c
+processCommand) so client libraries map them to the same exceptions.
 """
 
 import dataclasses
@@ -17,6 +19,7 @@ from typing import Any
 import redis
 
 import resp_protocol as wire
+from auth import Authenticator
 from errors import ProxyError, StoreUnavailable
 from redis_proxy import RedisProxy
 
@@ -39,11 +42,24 @@ WRITE_COMMANDS = frozenset("""
 """.split())
 
 
+# Redis 7 (src/server.c processCommand, src/networking.c helloCommand); redis-py maps NOAUTH
+# and WRONGPASS to AuthenticationError.
+NOAUTH = wire.error("NOAUTH Authentication required.")
+NOAUTH_HELLO = wire.error(
+    "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH "
+    "<user> <pass> option can be used to authenticate the client and select the RESP protocol "
+    "version at the same time")
+WRONGPASS = wire.error("WRONGPASS invalid username-password pair or user is disabled.")
+
+
 @dataclasses.dataclass
 class Session:
     """One connection's state."""
 
     client_id: int
+    peer: str = ""  # the client's address, for the log
+    authenticated: bool = True  # False until AUTH when tokens are configured
+    protocol: int = wire.RESP2  # HELLO 3 switches the replies to RESP3
     name: bytes | None = None
     closing: bool = False  # QUIT: reply, then close
 
@@ -64,21 +80,28 @@ class RespCommands:
     client's mistake or an unreachable Redis (those are -ERR replies)."""
 
     def __init__(self, proxy: RedisProxy, info_extra: Callable[[], dict[str, dict[str, Any]]] =
-                 lambda: {}, clock: Callable[[], float] = time.monotonic):
+                 lambda: {}, clock: Callable[[], float] = time.monotonic,
+                 authenticator: Authenticator | None = None):
         self.proxy = proxy
         self.info_extra = info_extra
         self.clock = clock
+        self.authenticator = authenticator or Authenticator()  # no tokens: open
         self.started = clock()
         self._ids = itertools.count(1)
 
-    def new_session(self) -> Session:
-        return Session(client_id=next(self._ids))
+    def new_session(self, peer: str = "") -> Session:
+        return Session(client_id=next(self._ids), peer=peer,
+                       authenticated=not self.authenticator.enabled)
 
     def execute(self, session: Session, args: list[bytes]) -> bytes:
         name = args[0].decode("latin-1").lower()
         command = COMMANDS.get(name)
+        # Redis's order: an unknown command and a wrong arity are refused before NOAUTH;
+        # only commands flagged no-auth (AUTH, HELLO, QUIT) run before authentication.
         if command is None:
             if name in WRITE_COMMANDS:
+                if not session.authenticated:
+                    return NOAUTH
                 return wire.error(f"ERR '{name}' is not supported by redis-proxy (read-only); "
                                   "write to the backing Redis directly")
             shown = " ".join(f"'{_shown(arg)}'" for arg in args[1:])
@@ -86,6 +109,8 @@ class RespCommands:
                               f"with args beginning with: {shown}")
         if not command.arity_ok(len(args)):
             return wire.error(f"ERR wrong number of arguments for '{name}' command")
+        if not session.authenticated and "no-auth" not in command.flags:
+            return NOAUTH
         try:
             return command.run(self, session, args)
         except StoreUnavailable as exc:
@@ -100,11 +125,12 @@ class RespCommands:
 
     # ----- reads ---------------------------------------------------------------------------
 
-    def get(self, _session: Session, args: list[bytes]) -> bytes:
-        return wire.bulk(self.proxy.get_value(args[1]))
+    def get(self, session: Session, args: list[bytes]) -> bytes:
+        return wire.bulk(self.proxy.get_value(args[1]), session.protocol)
 
-    def mget(self, _session: Session, args: list[bytes]) -> bytes:
-        return wire.array([wire.bulk(v) for v in self.proxy.get_values(list(args[1:]))])
+    def mget(self, session: Session, args: list[bytes]) -> bytes:
+        values = self.proxy.get_values(list(args[1:]))
+        return wire.array([wire.bulk(v, session.protocol) for v in values])
 
     def exists(self, _session: Session, args: list[bytes]) -> bytes:
         return wire.integer(self.proxy.exists(list(args[1:])))
@@ -131,56 +157,80 @@ class RespCommands:
             return wire.error("ERR DB index is out of range (redis-proxy serves database 0 only)")
         return wire.OK
 
-    def auth(self, _session: Session, args: list[bytes]) -> bytes:
-        """As a Redis whose only user is `default` with no password (the RESP front end has no
-        authentication of its own): AUTH default <anything> is OK, AUTH <password> an error."""
-        if len(args) == 2:
-            return wire.error("ERR AUTH <password> called without any password configured for "
-                              "the default user. Are you sure your configuration is correct?")
-        if len(args) == 3:
-            return _login(args[1])
-        return wire.error("ERR wrong number of arguments for 'auth' command")
+    def auth(self, session: Session, args: list[bytes]) -> bytes:
+        """AUTH <password> or AUTH <user> <password> (Redis 6 ACL form)."""
+        if len(args) > 3:
+            return wire.error("ERR wrong number of arguments for 'auth' command")
+        user = args[1] if len(args) == 3 else None
+        return self._login(session, user, args[-1]) or wire.OK
 
     def hello(self, session: Session, args: list[bytes]) -> bytes:
-        """RESP2 only: HELLO 3 is -NOPROTO, so a client falls back (or is told to use RESP2)."""
+        """HELLO [2|3 [AUTH user password] [SETNAME name]]: switches the connection's protocol
+        and answers the server's map, as Redis 7 does (src/networking.c helloCommand)."""
+        version, user, password, name = session.protocol, None, None, None
         if len(args) > 1:
             version = wire.parse_integer(args[1])
             if version is None:
                 return wire.error("ERR Protocol version is not an integer or out of range")
-            if version != 2:
-                return wire.error("NOPROTO unsupported protocol version; redis-proxy speaks RESP2 "
-                                  "(redis-py: protocol=2)")
+            if version not in (wire.RESP2, wire.RESP3):
+                return wire.error("NOPROTO unsupported protocol version")
             options = args[2:]
             while options:
                 option = options[0].lower()
                 if option == b"auth" and len(options) >= 3:
-                    refused = _login(options[1])
-                    if refused != wire.OK:
-                        return refused
-                    options = options[3:]
+                    user, password, options = options[1], options[2], options[3:]
                 elif option == b"setname" and len(options) >= 2:
-                    session.name, options = options[1], options[2:]
+                    name, options = options[1], options[2:]
                 else:
                     return wire.error(f"ERR Syntax error in HELLO option '{_shown(options[0])}'")
-        # Redis's HELLO map, flattened into an array for RESP2 (src/networking.c helloCommand).
-        return wire.array([wire.bulk(b"server"), wire.bulk(b"redis"),
-                           wire.bulk(b"version"), wire.bulk(REDIS_VERSION.encode()),
-                           wire.bulk(b"proto"), wire.integer(2),
-                           wire.bulk(b"id"), wire.integer(session.client_id),
-                           wire.bulk(b"mode"), wire.bulk(b"standalone"),
-                           wire.bulk(b"role"), wire.bulk(b"master"),
-                           wire.bulk(b"modules"), wire.EMPTY_ARRAY])
+        # Nothing changes unless the credentials (when given) are accepted.
+        if password is not None and (refused := self._login(session, user, password)):
+            return refused
+        if not session.authenticated:
+            return NOAUTH_HELLO
+        if name is not None:
+            if refused := _bad_name(name):
+                return refused
+            session.name = name or None
+        session.protocol = version
+        resp = session.protocol
+        return wire.mapping([
+            (wire.bulk(b"server"), wire.bulk(b"redis")),
+            (wire.bulk(b"version"), wire.bulk(REDIS_VERSION.encode())),
+            (wire.bulk(b"proto"), wire.integer(resp)),
+            (wire.bulk(b"id"), wire.integer(session.client_id)),
+            (wire.bulk(b"mode"), wire.bulk(b"standalone")),
+            (wire.bulk(b"role"), wire.bulk(b"master")),
+            (wire.bulk(b"modules"), wire.EMPTY_ARRAY)], resp)
+
+    def _login(self, session: Session, user: bytes | None, password: bytes) -> bytes | None:
+        """None when the credentials are accepted (the session is then authenticated), else
+        the error reply; a failed attempt leaves the session as it was, as in Redis."""
+        if self.authenticator.enabled:
+            # The tokens are not tied to users: any user name goes with a valid token, so
+            # clients that always send one (redis-py sends `default`) can present it. Bytes
+            # that are not ASCII never match a token; latin-1 decodes any bytes without error.
+            if self.authenticator.accepts(password.decode("latin-1")):
+                session.authenticated = True
+                return None
+            log.info("RESP AUTH refused for client %d from %s: not a configured token",
+                     session.client_id, session.peer)  # never the token itself
+            return WRONGPASS
+        # No tokens: as a Redis whose only user is `default`, with no password.
+        if user is None:
+            return wire.error("ERR AUTH <password> called without any password configured for "
+                              "the default user. Are you sure your configuration is correct?")
+        return WRONGPASS if user != b"default" else None
 
     def client(self, session: Session, args: list[bytes]) -> bytes:
         sub = args[1].lower()
         if sub == b"id" and len(args) == 2:
             return wire.integer(session.client_id)
         if sub == b"getname" and len(args) == 2:
-            return wire.bulk(session.name)
+            return wire.bulk(session.name, session.protocol)
         if sub == b"setname" and len(args) == 3:
-            if any(c <= 0x20 or c >= 0x7F for c in args[2]):
-                return wire.error("ERR Client names cannot contain spaces, newlines or special "
-                                  "characters.")
+            if refused := _bad_name(args[2]):
+                return refused
             session.name = args[2] or None
             return wire.OK
         if sub == b"setinfo" and len(args) == 4:
@@ -191,20 +241,21 @@ class RespCommands:
 
     # ----- introspection -------------------------------------------------------------------
 
-    def command(self, _session: Session, args: list[bytes]) -> bytes:
+    def command(self, session: Session, args: list[bytes]) -> bytes:
         sub = args[1].lower() if len(args) > 1 else b""
+        resp = session.protocol
         if not sub:
-            return wire.array([_command_info(c) for c in COMMANDS.values()])
+            return wire.array([_command_info(c, resp) for c in COMMANDS.values()])
         if sub == b"count":
             return wire.integer(len(COMMANDS))
         if sub == b"docs":
-            return wire.EMPTY_ARRAY  # redis-cli then falls back to its built-in help
+            return wire.mapping([], resp)  # redis-cli then falls back to its built-in help
         if sub == b"info":
             found = [COMMANDS.get(a.decode("latin-1").lower()) for a in args[2:]]
-            return wire.array([_command_info(c) if c else wire.NULL for c in found])
+            return wire.array([_command_info(c, resp) if c else wire.null(resp) for c in found])
         return wire.error(f"ERR unknown subcommand '{_shown(args[1])}'. Try COMMAND HELP.")
 
-    def config(self, _session: Session, args: list[bytes]) -> bytes:
+    def config(self, session: Session, args: list[bytes]) -> bytes:
         """CONFIG GET only, for tools that ask at start (redis-benchmark asks for save and
         appendonly): the proxy persists nothing. CONFIG SET is a write."""
         if args[1].lower() != b"get":
@@ -212,9 +263,9 @@ class RespCommands:
                               "only CONFIG GET is answered")
         known = {b"save": b"", b"appendonly": b"no", b"databases": b"1"}
         pairs = [(p.lower(), known[p.lower()]) for p in args[2:] if p.lower() in known]
-        return wire.array([wire.bulk(x) for pair in pairs for x in pair])
+        return wire.mapping([(wire.bulk(k), wire.bulk(v)) for k, v in pairs], session.protocol)
 
-    def info(self, _session: Session, args: list[bytes]) -> bytes:
+    def info(self, session: Session, args: list[bytes]) -> bytes:
         sections = self.info_sections()
         wanted = {a.decode("latin-1").lower() for a in args[1:]}
         if not wanted or wanted & {"all", "everything", "default"}:
@@ -224,7 +275,8 @@ class RespCommands:
             if title in wanted:
                 lines = [f"# {title.capitalize()}"] + [f"{k}:{v}" for k, v in fields.items()]
                 parts.append("\r\n".join(lines) + "\r\n")
-        return wire.bulk("\r\n".join(parts).encode())
+        # Verbatim text in RESP3, as Redis 7 sends it; redis-py and redis-cli read both.
+        return wire.verbatim("\r\n".join(parts).encode(), session.protocol)
 
     def info_sections(self) -> dict[str, dict[str, Any]]:
         uptime = int(self.clock() - self.started)
@@ -251,10 +303,11 @@ def _relayed(exc: redis.ResponseError) -> str:
     return text if code.isupper() and code.isalpha() else f"ERR {text}"
 
 
-def _login(user: bytes) -> bytes:
-    if user != b"default":
-        return wire.error("WRONGPASS invalid username-password pair or user is disabled.")
-    return wire.OK
+def _bad_name(name: bytes) -> bytes | None:
+    """The error for a client name Redis refuses (CLIENT SETNAME, HELLO SETNAME), else None."""
+    if any(c <= 0x20 or c >= 0x7F for c in name):
+        return wire.error("ERR Client names cannot contain spaces, newlines or special characters.")
+    return None
 
 
 def _shown(arg: bytes) -> str:
@@ -262,26 +315,30 @@ def _shown(arg: bytes) -> str:
     return arg[:128].decode("utf-8", "replace")
 
 
-def _command_info(command: Command) -> bytes:
-    """COMMAND's per-command reply (name, arity, flags, first key, last key, step, ...)."""
+def _command_info(command: Command, resp: int) -> bytes:
+    """COMMAND's per-command reply (name, arity, flags, first key, last key, step, ACL
+    categories, tips, key specs, subcommands); Redis 7 sends the flags and the last four as
+    sets."""
     keys = {"get": (1, 1, 1), "mget": (1, -1, 1), "exists": (1, -1, 1)}.get(command.name, (0, 0, 0))
+    empty = wire.members([], resp)
     return wire.array([wire.bulk(command.name.encode()), wire.integer(command.arity),
-                       wire.array([wire.simple(f) for f in command.flags]),
-                       *[wire.integer(k) for k in keys],
-                       wire.EMPTY_ARRAY, wire.EMPTY_ARRAY, wire.EMPTY_ARRAY, wire.EMPTY_ARRAY])
+                       wire.members([wire.simple(f) for f in command.flags], resp),
+                       *[wire.integer(k) for k in keys], empty, empty, empty, empty])
 
 
-_CONNECTION = ("fast", "no-auth")
+# Redis flags only AUTH, HELLO and QUIT no-auth: all a client may send before it authenticates.
+_NO_AUTH = ("fast", "no-auth")
+_CONNECTION = ("fast",)
 COMMANDS: dict[str, Command] = {c.name: c for c in [
     Command("get", 2, RespCommands.get),
     Command("mget", -2, RespCommands.mget),
     Command("exists", -2, RespCommands.exists),
     Command("ping", -1, RespCommands.ping, _CONNECTION),
     Command("echo", 2, RespCommands.echo, _CONNECTION),
-    Command("quit", -1, RespCommands.quit, _CONNECTION),
+    Command("quit", -1, RespCommands.quit, _NO_AUTH),
     Command("select", 2, RespCommands.select, _CONNECTION),
-    Command("auth", -2, RespCommands.auth, _CONNECTION),
-    Command("hello", -1, RespCommands.hello, _CONNECTION),
+    Command("auth", -2, RespCommands.auth, _NO_AUTH),
+    Command("hello", -1, RespCommands.hello, _NO_AUTH),
     Command("client", -2, RespCommands.client, _CONNECTION),
     Command("command", -1, RespCommands.command, ("loading", "stale")),
     Command("config", -2, RespCommands.config, ("admin", "loading")),

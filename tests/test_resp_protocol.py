@@ -103,6 +103,29 @@ def test_encoders():
     assert wire.simple("OK") == wire.OK
 
 
+def test_resp3_encoders():
+    assert wire.null(3) == wire.bulk(None, 3) == b"_\r\n"
+    assert wire.bulk(b"x", 3) == wire.bulk(b"x") == b"$1\r\nx\r\n"  # strings are the same
+    assert wire.array([wire.bulk(None, 3)]) == b"*1\r\n_\r\n"
+    pairs = [(wire.bulk(b"proto"), wire.integer(3)), (wire.bulk(b"m"), wire.EMPTY_ARRAY)]
+    assert wire.mapping(pairs, 3) == b"%2\r\n$5\r\nproto\r\n:3\r\n$1\r\nm\r\n*0\r\n"
+    assert wire.mapping([], 3) == b"%0\r\n"
+    assert wire.members([wire.simple("fast")], 3) == b"~1\r\n+fast\r\n"
+    assert wire.members([], 3) == b"~0\r\n"
+    # The length counts the "txt:" prefix (RESP3 spec: verbatim strings).
+    assert wire.verbatim(b"# Server\r\na:1\r\n", 3) == b"=19\r\ntxt:# Server\r\na:1\r\n\r\n"
+    assert wire.verbatim(b"", 3) == b"=4\r\ntxt:\r\n"
+
+
+def test_the_same_replies_in_resp2():
+    assert wire.null(2) == wire.bulk(None, 2) == wire.NULL == b"$-1\r\n"
+    pairs = [(wire.bulk(b"save"), wire.bulk(b""))]
+    assert wire.mapping(pairs) == wire.mapping(pairs, 2) == b"*2\r\n$4\r\nsave\r\n$0\r\n\r\n"
+    assert wire.mapping([], 2) == wire.EMPTY_ARRAY
+    assert wire.members([wire.simple("fast")], 2) == b"*1\r\n+fast\r\n"
+    assert wire.verbatim(b"a:1\r\n", 2) == b"$5\r\na:1\r\n\r\n"
+
+
 @settings(max_examples=200, deadline=None)
 @given(data=st.binary(max_size=512), cuts=st.lists(st.integers(0, 512), max_size=8))
 def test_arbitrary_bytes_only_ever_raise_the_protocol_error(data, cuts):
