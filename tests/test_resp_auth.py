@@ -6,13 +6,13 @@ import subprocess
 
 import pytest
 import redis
-from test_resp import REDIS_CLI, connect, read_exactly, read_until_closed
 
 import app
 from auth import Authenticator
 from load_env import load_settings
 from redis_launcher import free_port
 from resp_protocol import command
+from test_resp import REDIS_CLI, connect, read_exactly, read_until_closed
 
 TOKEN = "resp-token-0123456789abcdef"
 OTHER = "second-token-fedcba9876543210"
