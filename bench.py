@@ -17,7 +17,8 @@ from urllib.parse import quote
 import redis
 
 from freshness import Policy
-from http_server import make_server
+import http_server
+import resp_server
 from local_cache import LocalCache
 from redis_connection import make_client
 from redis_launcher import RedisServer
@@ -52,9 +53,11 @@ def _proxy(redis_url: str, capacity: int, invalidation: str, upstream_port: int)
     fetcher = Fetcher(policy=UpstreamPolicy(allow_private=True, allowed_ports=(upstream_port,)))
     proxy = RedisProxy(make_client(redis_url), fetcher, LocalCache(capacity=capacity),
                        policy=Policy(ttl=3600), invalidation=invalidation)
-    server = make_server("127.0.0.1", 0, proxy, max_parallel=64)
-    _serve(server)
-    return proxy, server
+    servers = [http_server.make_server("127.0.0.1", 0, proxy, max_parallel=64),
+               resp_server.make_server("127.0.0.1", 0, proxy, max_parallel=64)]
+    for server in servers:
+        _serve(server)
+    return proxy, servers
 
 
 def wrk(url: str, seconds: int, connections: int) -> float | None:
@@ -70,7 +73,8 @@ def wrk(url: str, seconds: int, connections: int) -> float | None:
 
 
 def redis_benchmark(port: int, requests: int, connections: int) -> float | None:
-    """GET requests/s that redis-benchmark measured against `port`, or None without it."""
+    """GET requests/s that redis-benchmark measured against `port`, or None without it.
+    Every request reads the one key `key:__rand_int__` (-r is not given), so an L1 holds it."""
     if not shutil.which("redis-benchmark"):
         return None
     done = subprocess.run(["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", "get",
@@ -98,14 +102,20 @@ def main(argv: list[str] | None = None) -> int:
     with RedisServer() as store:
         client = redis.Redis.from_url(store.url)
         client.set("bench", BODY)
-        with_l1, with_l1_server = _proxy(store.url, 1024, "tracking", origin.server_address[1])
-        no_l1, no_l1_server = _proxy(store.url, 0, "ttl", origin.server_address[1])
-        base = f"http://127.0.0.1:{with_l1_server.server_address[1]}"
-        base_no_l1 = f"http://127.0.0.1:{no_l1_server.server_address[1]}"
+        client.set("key:__rand_int__", BODY)  # the key redis-benchmark -t get reads without -r
+        with_l1, (with_l1_http, with_l1_resp) = _proxy(store.url, 1024, "tracking",
+                                                       origin.server_address[1])
+        no_l1, (no_l1_http, no_l1_resp) = _proxy(store.url, 0, "ttl", origin.server_address[1])
+        base = f"http://127.0.0.1:{with_l1_http.server_address[1]}"
+        base_no_l1 = f"http://127.0.0.1:{no_l1_http.server_address[1]}"
         url_path = f"/?url={quote(upstream_url, safe='')}&key=bench"
         with_l1.redis_get(upstream_url, key="bench")  # warm: the runs below are all hits
         results["redis-benchmark GET, Redis itself"] = redis_benchmark(
             store.port, 100_000, args.connections)
+        results["RESP GET, L1 hit"] = redis_benchmark(with_l1_resp.server_address[1], 50_000,
+                                                      args.connections)
+        results["RESP GET, no L1 (Redis GET)"] = redis_benchmark(no_l1_resp.server_address[1],
+                                                                 50_000, args.connections)
         results["GET /health (HTTP floor, Redis PING)"] = wrk(base + "/health", args.seconds,
                                                               args.connections)
         results["GET /get/<key>, L1 hit"] = wrk(base + "/get/bench", args.seconds, args.connections)
@@ -114,9 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         results["GET /?url=&key=, L1 hit"] = wrk(base + url_path, args.seconds, args.connections)
         results["GET /?url=&key=, no L1 (Redis hit)"] = wrk(base_no_l1 + url_path, args.seconds,
                                                             args.connections)
-        for server, proxy in ((with_l1_server, with_l1), (no_l1_server, no_l1)):
-            server.shutdown()
-            server.server_close()
+        for proxy, servers in ((with_l1, (with_l1_http, with_l1_resp)),
+                               (no_l1, (no_l1_http, no_l1_resp))):
+            for server in servers:
+                server.shutdown()
+                server.server_close()
             proxy.close()
         client.close()
     origin.shutdown()
