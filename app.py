@@ -68,6 +68,7 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
             servers[0].server_close()  # nothing is served unless every front end could bind
             raise
         log.info("RESP on redis://%s:%d", settings.http_host, servers[1].port)
+        servers[0].metrics.watch("resp", servers[1])
         warn_if_resp_exposed(settings.http_host, settings.resp_port, authenticator.enabled)
     for server in servers:
         threading.Thread(target=server.serve_forever, name=type(server).__name__, daemon=True).start()

@@ -16,9 +16,9 @@ from urllib.parse import quote
 
 import redis
 
-from freshness import Policy
 import http_server
 import resp_server
+from freshness import Policy
 from local_cache import LocalCache
 from redis_connection import make_client
 from redis_launcher import RedisServer

@@ -36,6 +36,8 @@ from http_syntax import (
     valid_header_line,
     valid_request_line,
 )
+from metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from metrics import Metrics
 from rate_limit import RateLimiter
 from redis_proxy import CacheResult, RedisProxy
 
@@ -117,14 +119,16 @@ class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], proxy: RedisProxy, *, max_clients: int = 1024,
                  max_parallel: int = 4, header_timeout: float = 10.0,
                  keepalive_timeout: float = 15.0, authenticator: Authenticator | None = None,
-                 rate_limiter: RateLimiter | None = None):
+                 rate_limiter: RateLimiter | None = None, metrics: Metrics | None = None):
         self.proxy = proxy
+        self.metrics = metrics or Metrics(proxy)
         self.authenticator = authenticator or Authenticator()  # no tokens: open
         self.rate_limiter = rate_limiter  # None: no limit
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
         self.init_limits(max_clients, max_parallel)
         super().__init__(address, ProxyHandler)
+        self.metrics.watch("http", self)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks up the FQDN, which can wait on DNS; the port is enough.
@@ -266,6 +270,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
     # ----- routing -----------------------------------------------------------------------------
 
     def dispatch(self) -> None:
+        started = time.perf_counter()
+        self._status = 0
         try:
             path, _, query = origin_form(self.path).partition("?")
             self.server.admit(path, self.client_address[0], self.headers)
@@ -280,6 +286,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         except Exception:
             log.exception("unhandled error for %s %r", self.command, self.path)
             self._reply_error(ProxyError())
+        self.server.metrics.observe("http", self._status, started)
 
     def route(self, path: str, query: str) -> None:
         if path.startswith("/get/"):
@@ -291,6 +298,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self._only("GET", "HEAD")
             report = self.server.proxy.health_report()
             self._reply_json(200 if report["redis"] == "ok" else 503, report)
+        elif path == "/metrics":
+            self._only("GET", "HEAD")
+            self._reply(200, self.server.metrics.render(), {"Content-Type": METRICS_CONTENT_TYPE})
         else:
             raise NotFound()
 
@@ -357,6 +367,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     def _reply(self, status: int, body: bytes, headers: dict[str, str]) -> None:
         """Status line, headers and body in one send (piecemeal writes stall on delayed ACKs)."""
+        self._status = status
         try:
             phrase = HTTPStatus(status).phrase
         except ValueError:
