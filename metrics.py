@@ -21,12 +21,13 @@ class Metrics:
     the hit path pays for one counter and one histogram observation."""
 
     def __init__(self, proxy: Any):
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry()
         self.requests = Counter("redis_proxy_requests", "Requests answered, by front end and status",
                                 ["front", "status"], registry=self.registry)
         self.latency = Histogram("redis_proxy_request_duration_seconds",
                                  "Time from a request's headers to its answer", ["front"],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._collector = _ProxyCollector(proxy)
         self.registry.register(self._collector)
 
@@ -35,8 +36,12 @@ class Metrics:
         self._collector.servers[front] = server
 
     def observe(self, front: str, status: int, started: float) -> None:
-        self.requests.labels(front, str(status)).inc()
-        self.latency.labels(front).observe(time.perf_counter() - started)
+        children = self._children.get((front, status))
+        if children is None:  # .labels() costs a lock and a dict build: look it up once
+            children = self._children[(front, status)] = (
+                self.requests.labels(front, str(status)), self.latency.labels(front))
+        children[0].inc()
+        children[1].observe(time.perf_counter() - started)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
