@@ -85,6 +85,9 @@ def run(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"redis-proxy: bad setting {problem}\n")
         return 2
     warn_if_exposed(settings.http_host, authenticator.enabled)
+    if settings.http_workers > 1:
+        log.warning("HTTP_WORKERS=%d: pre-forked workers are not implemented yet; serving from "
+                    "one process", settings.http_workers)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
