@@ -65,8 +65,8 @@ class Policy:
         for name in ("s-maxage", "max-age"):  # s-maxage wins for a shared cache
             if name in directives:
                 seconds = _seconds(directives[name])
-                if seconds is not None:
-                    return min(self.ttl, seconds)
+                # §4.2.1: invalid freshness information is best taken as already stale.
+                return 0.0 if seconds is None else min(self.ttl, seconds)
         if "expires" in headers:
             expires = _http_date(headers.get("expires"))
             if expires is None:
@@ -74,6 +74,22 @@ class Policy:
             date = _http_date(headers.get("date")) or now
             return min(self.ttl, max(0.0, expires - date))
         return self.ttl
+
+    def may_serve_stale(self, headers: Mapping[str, str]) -> bool:
+        """Whether a stored response may be served stale at all: not when it says no-cache,
+        must-revalidate, proxy-revalidate or s-maxage (RFC 9111 §4.2.4, §5.2.2.2, .4, .8, .10)."""
+        if not self.respect_cache_control:
+            return True
+        directives = parse_cache_control(headers.get("cache-control"))
+        return not any(name in directives for name in
+                       ("no-cache", "must-revalidate", "proxy-revalidate", "s-maxage"))
+
+    @staticmethod
+    def initial_age(headers: Mapping[str, str]) -> float:
+        """Seconds the response had already spent in caches upstream: its `Age` (RFC 9111
+        §4.2.3, corrected_age_value without response_delay). `Date` is not used: origin clocks
+        drift, and a skewed one would age every response."""
+        return _seconds(headers.get("age")) or 0.0
 
     def validators(self, headers: Mapping[str, str]) -> dict[str, str]:
         """Headers for a conditional request revalidating a stored response (RFC 9110 §13.1)."""

@@ -69,9 +69,11 @@ class Invalidator:
             try:
                 connection = self._subscribe()
             except redis.ResponseError as exc:
+                self._drop_connection()
                 self._fall_back_to_ttl(exc)
                 return
             except (*UNREACHABLE, redis.RedisError) as exc:
+                self._drop_connection()
                 log.debug("invalidation connection not ready: %s", exc)
                 self._stop.wait(self.retry_interval)
                 continue
@@ -100,6 +102,11 @@ class Invalidator:
         self.on_keys(None)
         self.client_id = client_id
         self.pool.redirect_to = client_id
+        # CLIENT ID can be allowed where CLIENT TRACKING is not (Redis 5, a narrow ACL): arm
+        # one data connection now, so a refusal turns into TTL mode rather than failed reads.
+        self.pool.release(self.pool.get_connection())
+        if self.pool.tracking_refused is not None:
+            raise self.pool.tracking_refused
         self.mode = TRACKING
         self.armed.set()
         self.on_armed()
@@ -129,6 +136,11 @@ class Invalidator:
         self.pool.redirect_to = None
         self.on_lost()
         connection.disconnect()
+
+    def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.disconnect()
 
     def _fall_back_to_ttl(self, exc: BaseException) -> None:
         self.mode = TTL_ONLY

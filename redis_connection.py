@@ -90,6 +90,9 @@ class TrackingConnectionPool(redis.BlockingConnectionPool):
     """
 
     redirect_to: int | None = None
+    # Set when the server refused CLIENT TRACKING (Redis < 6, an ACL without it): tracking is
+    # then off for good and connections are handed out untracked.
+    tracking_refused: redis.ResponseError | None = None
 
     def get_connection(self, *args, **options):  # type: ignore[no-untyped-def]
         connection = super().get_connection(*args, **options)
@@ -101,6 +104,9 @@ class TrackingConnectionPool(redis.BlockingConnectionPool):
                 else:
                     connection.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", target, "NOLOOP")
                 connection.read_response()
+            except redis.ResponseError as exc:  # the reply was read: the connection is clean
+                self.tracking_refused = exc
+                self.redirect_to = target = None
             except BaseException:
                 self.release(connection)
                 raise

@@ -15,10 +15,18 @@ import redis
 import cache_entry
 import cache_keys
 from cache_entry import Entry
-from errors import BadGateway, BadRequest, GatewayTimeout, KeyNotFound, ProxyError, StoreUnavailable
+from errors import (
+    BadGateway,
+    BadRequest,
+    GatewayTimeout,
+    KeyNotFound,
+    ProxyError,
+    ServiceUnavailable,
+    StoreUnavailable,
+)
 from fetch_lock import FetchLock
 from freshness import Policy
-from invalidation import TTL_ONLY, Invalidator
+from invalidation import TRACKING, TTL_ONLY, Invalidator
 from local_cache import MISSING, LocalCache
 from redis_connection import RedisHealth, TrackingConnectionPool
 from single_flight import SingleFlight
@@ -86,7 +94,10 @@ class RedisProxy:
         self.flights = SingleFlight()
         # Parsing is pure: remember recent results (errors are raised again, never remembered).
         self._parse_cached = functools.lru_cache(maxsize=4096)(self._parse)
-        self.fetch_lock = FetchLock(client, self.health, hold=fetcher.timeout)
+        # The owner's section is the fetch plus a re-read and the store, each up to one socket
+        # timeout: the lock must not expire before the store.
+        socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout") or 0.5
+        self.fetch_lock = FetchLock(client, self.health, hold=fetcher.timeout + 2 * socket_timeout)
         self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self._refreshing: set[str] = set()  # keys with a background refresh running
@@ -130,6 +141,7 @@ class RedisProxy:
         self._on_close.clear()
         self.fetcher.close()
         self.client.close()
+        self.client.connection_pool.disconnect()  # a client given a pool does not close it
 
     # ----- set-up ----------------------------------------------------------------------------
 
@@ -186,24 +198,30 @@ class RedisProxy:
             self._count("hits_redis")
             self.local.set(l1_key, stored, stored.remaining(now), epoch=epoch)
             return self._from_entry(stored, now, HIT)
-        if stored is not None and 0 < -stored.remaining(now) <= self.stale_while_revalidate:
+        if (stored is not None and 0 < -stored.remaining(now) <= self.stale_while_revalidate
+                and self.policy.may_serve_stale(stored.headers)):
             # RFC 5861 §3: answer with the stale copy now and refresh it once, in the background.
             self._count("hits_stale")
             self._refresh_in_background(request, stored)
             return self._from_entry(stored, now, STALE, detail="stale-while-revalidate")
         self._count("misses")
+        # Keyed by URL as well: two URLs given one explicit key must never share a fetch.
         result, _shared = self.flights.do(
-            request.redis_key, lambda: self._coalesced_forward(request, stored, redis_up),
+            (request.redis_key, request.canonical),
+            lambda: self._coalesced_forward(request, stored, redis_up),
             wait_timeout=self.fetcher.timeout)
         return result
 
     def _coalesced_forward(self, request: UrlRequest, stale: Entry | None,
                            redis_up: bool) -> CacheResult:
         """One upstream fetch per entry across every proxy process sharing this Redis."""
-        token = self.fetch_lock.acquire(request.redis_key) if redis_up else ""
+        # One lock per key and URL: a fetch of another URL under the same explicit key
+        # neither waits for this one nor is taken for it.
+        lock = f"{request.redis_key}\x00{cache_keys.url_digest(request.canonical)[:16]}"
+        token = self.fetch_lock.acquire(lock) if redis_up else ""
         if token is None:
             self._count("coalesced_waits")
-            found = self.fetch_lock.wait(request.redis_key,
+            found = self.fetch_lock.wait(lock,
                                          lambda: self._fresh_stored(request, stale))
             if found is not None:
                 return found
@@ -217,7 +235,7 @@ class RedisProxy:
                     return found
             return self._forward(request, stale, redis_up)
         finally:
-            self.fetch_lock.release(request.redis_key, token)
+            self.fetch_lock.release(lock, token)
 
     def _fresh_stored(self, request: UrlRequest, stale: Entry | None) -> CacheResult | None:
         """A fresh entry another process has stored since `stale` (or since nothing)."""
@@ -241,7 +259,7 @@ class RedisProxy:
             try:
                 # Another request or process may have refreshed it since `stale` was read.
                 if self._fresh_stored(request, stale) is None:
-                    self.flights.do(request.redis_key,
+                    self.flights.do((request.redis_key, request.canonical),
                                     lambda: self._coalesced_forward(request, stale, True))
             except ProxyError as exc:
                 log.info("background refresh of %s failed: %s", request.target, exc.detail)
@@ -262,8 +280,10 @@ class RedisProxy:
         if local is not MISSING and local.remaining(now) > 0:
             self._count("hits_l1")
             return self._from_entry(local, now, HIT)
-        stored, _up = self._read_entry(redis_key)
+        stored, redis_up = self._read_entry(redis_key)
         if stored is None:
+            if not redis_up:
+                raise StoreUnavailable()  # not "not cached": Redis could not be asked
             raise KeyNotFound()
         self._count("hits_redis")
         return self._from_entry(stored, now, HIT if stored.remaining(now) > 0 else STALE)
@@ -312,45 +332,61 @@ class RedisProxy:
         self._count("upstream_fetches")
         now = self.clock()
         if response.status == 304 and stale is not None:
-            # RFC 9111 §4.3.4: freshen the stored response with the 304's headers.
+            # RFC 9111 §4.3.4: freshen the stored response with the 304's headers, then take
+            # its freshness from the result (a 304 often carries only the ETag).
             headers = {**stale.headers, **cache_entry.kept_headers(response.headers)}
-            entry = dataclasses.replace(stale, fetched_at=now, headers=headers,
-                                        fresh_for=self.policy.lifetime(response.headers, now))
-            stored = self._store(request.redis_key, entry, redis_up)
+            entry = dataclasses.replace(stale, headers=headers,
+                                        fetched_at=now - self.policy.initial_age(response.headers),
+                                        fresh_for=self.policy.lifetime(headers, now))
+            stored = False
+            if self.policy.storable(stale.status, headers):
+                stored = self._store(request.redis_key, entry, redis_up)
             return dataclasses.replace(self._from_entry(entry, now, HIT, forward="stale"),
                                        upstream_status=304, stored=stored)
         if response.status >= 500 and self._may_serve_stale(stale):
             return self._from_entry(stale, now, STALE, detail="stale-if-error")  # type: ignore[arg-type]
         headers = cache_entry.kept_headers(response.headers)
         entry = Entry(status=response.status, body=response.body, url=request.canonical,
-                      fetched_at=now, fresh_for=self.policy.lifetime(response.headers, now),
-                      headers=headers)
+                      fetched_at=now - self.policy.initial_age(response.headers),
+                      fresh_for=self.policy.lifetime(response.headers, now), headers=headers)
         stored = False
         if self.policy.storable(response.status, response.headers):
             stored = self._store(request.redis_key, entry, redis_up)
         return CacheResult(response.status, response.body, headers,
-                           MISS if redis_up else BYPASS, 0, forward="stale" if stale else "miss",
+                           MISS if redis_up else BYPASS, int(entry.age(now)),
+                           forward="stale" if stale else "miss",
                            upstream_status=response.status, stored=stored)
 
     def _may_serve_stale(self, stale: Entry | None) -> bool:
+        """stale-if-error: within STALE_IF_ERROR past freshness, unless the entry forbids it."""
         return (stale is not None and self.stale_if_error > 0
-                and -stale.remaining(self.clock()) <= self.stale_if_error)
+                and -stale.remaining(self.clock()) <= self.stale_if_error
+                and self.policy.may_serve_stale(stale.headers))
 
     def _store(self, redis_key: str, entry: Entry, redis_up: bool) -> bool:
-        """One atomic write with a TTL (SETEX semantics): freshness plus the stale window."""
-        keep_for = entry.fresh_for + self.stale_ttl
+        """One atomic write with a TTL (SETEX semantics): freshness left plus the stale window."""
+        fresh_left = entry.remaining(self.clock())
+        keep_for = fresh_left + self.stale_ttl
         if keep_for <= 0 or not redis_up:
             return False
         epoch = self.local.epoch
+        value, ttl = cache_entry.encode(entry), max(1, math.ceil(keep_for))
         try:
-            self.health.call(lambda: self.client.set(redis_key, cache_entry.encode(entry),
-                                                     ex=max(1, math.ceil(keep_for))))
+            if self._tracking:
+                # A write ends Redis's tracking of the key for this connection, so read it back
+                # on the same connection (not in MULTI: that does not re-track): the L1 copy
+                # must hear of a purge or a replacement by another proxy.
+                pipe = self.client.pipeline(transaction=False)
+                pipe.set(redis_key, value, ex=ttl).exists(redis_key)
+                self.health.call(pipe.execute)
+            else:
+                self.health.call(lambda: self.client.set(redis_key, value, ex=ttl))
         except StoreUnavailable:
             return False
         except redis.RedisError as exc:  # OOM command not allowed, READONLY, ...
             self._store_error(exc)
             return False
-        self.local.set(("u", redis_key), entry, entry.fresh_for, epoch=epoch)
+        self.local.set(("u", redis_key), entry, fresh_left, epoch=epoch)
         return True
 
     def _from_entry(self, entry: Entry, now: float, cache: str, forward: str = "",
@@ -408,7 +444,10 @@ class RedisProxy:
         try:
             return self.health.call(fn)
         except redis.ResponseError as exc:
-            raise BadRequest(f"redis refused the read: {exc}", error="wrong type") from exc
+            if str(exc).startswith("WRONGTYPE"):
+                raise BadRequest(f"redis refused the read: {exc}", error="wrong type") from exc
+            raise ServiceUnavailable(f"redis refused the command: {exc}",
+                                     error="redis refused") from exc
 
     # ----- health and stats ----------------------------------------------------------------
 
@@ -418,6 +457,10 @@ class RedisProxy:
             self.health.mark_down(ConnectionError("PING failed"))
         return {"status": "ok" if redis_ok else "degraded", "redis": "ok" if redis_ok else "down",
                 "l1_invalidation": self.l1_invalidation}
+
+    @property
+    def _tracking(self) -> bool:
+        return self.invalidator is not None and self.invalidator.mode == TRACKING
 
     @property
     def l1_invalidation(self) -> str:

@@ -114,7 +114,7 @@ def test_lock_is_released_by_its_owner_after_a_failed_fetch(upstream, make_proxy
     url = upstream.serve("/fails", b"", status=500)
     proxy = make_proxy()
     assert request(proxy.port, q(url, "f")).status == 500
-    assert r.exists("rp:f\x00lock") == 0 and r.exists("rp:f") == 0
+    assert list(r.scan_iter("rp:f*")) == []  # neither the entry nor its lock key
 
 
 @pytest.mark.parametrize("cache_control", ["no-store", "private", "private, max-age=60"])
@@ -294,3 +294,72 @@ def test_upstream_reset_mid_body_is_502_and_not_stored(upstream, make_proxy, r):
     proxy = make_proxy()
     assert request(proxy.port, q(url, "reset")).status == 502
     assert r.exists("rp:reset") == 0
+
+
+# ----- found in review: regressions pinned -----------------------------------------------------
+
+def test_two_urls_under_one_key_never_share_a_fetch(upstream, make_proxy):
+    url_a, gate = gated(upstream, "/pa", b"BODY OF A")
+    url_b = upstream.serve("/pb", b"BODY OF B")
+    proxy = make_proxy(server_options={"max_parallel": 8})
+    responses, _sent, threads = fire(proxy.port, q(url_a, "shared"), 1)
+    wait_until(lambda: upstream.hits["/pa"] == 1)  # A's fetch is in flight, held at the gate
+    got = request(proxy.port, q(url_b, "shared"))
+    gate.set()
+    threads[0].join(10)
+    assert (got.body, upstream.hits["/pb"]) == (b"BODY OF B", 1)
+    assert responses == [(200, b"BODY OF A")]
+
+
+def test_an_entry_this_proxy_stored_follows_a_purge_by_another(upstream, make_proxy):
+    url = upstream.serve("/own", b"stored by first")
+    path = q(url, "own")
+    first, second = make_proxy(), make_proxy()
+    assert request(first.port, path).headers["X-Cache"] == "MISS"  # first stores it, L1 too
+    assert request(first.port, path).headers["X-Cache"] == "HIT"
+    assert request(second.port, "/?key=own", method="DELETE").json() == {"purged": 1}
+    wait_until(lambda: request(first.port, path).headers["X-Cache"] == "MISS", timeout=0.5,
+               interval=0.005)
+
+
+def test_a_304_keeps_the_stored_max_age(upstream, make_proxy, r):
+    def route(handler):
+        if handler.headers.get("If-None-Match") == '"v"':
+            handler.reply(304, b"", {"ETag": '"v"'})  # a 304 with the validator alone
+        else:
+            handler.reply(200, b"ten seconds", {"ETag": '"v"', "Cache-Control": "max-age=10"})
+
+    url = upstream.route("/r304", route)
+    now = [1_000_000.0]
+    proxy = make_proxy(ttl=3600, stale_ttl=60, clock=lambda: now[0])
+    request(proxy.port, q(url, "r304"))
+    now[0] += 20
+    again = request(proxy.port, q(url, "r304"))
+    assert again.headers["Cache-Status"].endswith("ttl=10")
+    assert 10 <= r.ttl("rp:r304") <= 70  # max-age 10 + the stale window, not CACHE_TTL
+
+
+@pytest.mark.parametrize("cache_control", ["max-age=1, must-revalidate", "max-age=1, proxy-revalidate",
+                                           "s-maxage=1", "no-cache"])
+def test_entries_that_forbid_stale_serving_are_not_served_stale(upstream, make_proxy, cache_control):
+    url = upstream.serve("/strict", b"strict", headers={"Cache-Control": cache_control})
+    now = [1_000_000.0]
+    proxy = make_proxy(stale_ttl=300, stale_if_error=300, stale_while_revalidate=300,
+                       clock=lambda: now[0])
+    request(proxy.port, q(url, "strict"))
+    now[0] += 5
+    upstream.serve("/strict", b"broken", status=503)
+    got = request(proxy.port, q(url, "strict"))
+    assert (got.status, got.headers["X-Cache"]) == (503, "MISS")  # RFC 9111 §4.2.4
+
+
+def test_upstream_age_counts_against_freshness(upstream, make_proxy):
+    url = upstream.serve("/aged", b"from a cdn", headers={"Cache-Control": "max-age=60", "Age": "50"})
+    now = [1_000_000.0]
+    proxy = make_proxy(clock=lambda: now[0])
+    first = request(proxy.port, q(url, "aged"))
+    assert first.headers["Age"] == "50"
+    now[0] += 5
+    assert request(proxy.port, q(url, "aged")).headers["Age"] == "55"
+    now[0] += 10  # 65 s old: stale
+    assert request(proxy.port, q(url, "aged")).headers["X-Cache"] == "MISS"

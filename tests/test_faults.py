@@ -101,3 +101,10 @@ def test_full_redis_still_serves_and_counts_the_store_error(own_redis, upstream,
     assert proxy.proxy.stats["store_errors"] == 3
     assert caplog.text.count("redis refused a write") == 1  # once per interval, not per request
     assert "maxmemory" in caplog.text
+
+
+def test_key_lookup_with_redis_down_is_503_not_404(own_redis, make_proxy):
+    proxy = make_proxy(own_redis.url, capacity=0)
+    own_redis.stop()
+    got = request(proxy.port, "/?key=anything")
+    assert (got.status, got.json()["error"]) == (503, "redis unavailable")
