@@ -337,3 +337,41 @@ def test_get_instance_is_one_object_across_threads(redis_url, monkeypatch):
     finally:
         RedisProxy.reset_instance()
     assert RedisProxy._instance is None
+
+
+def test_trickling_headers_hit_the_total_deadline(upstream, make_proxy, r):
+    stop = threading.Event()
+
+    def trickle(handler):
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        handler.wfile.flush()
+        for _ in range(1000):  # one header byte every 50 ms: each read is quick, the whole is not
+            if stop.wait(0.05):
+                return
+            handler.wfile.write(b"x")
+            handler.wfile.flush()
+        handler.close_connection = True
+
+    url = upstream.route("/slowheaders", trickle)
+    proxy = make_proxy(timeout=0.5)
+    try:
+        got = request(proxy.port, q(url, "sh"))
+    finally:
+        stop.set()
+    # Without the deadline this request would outlast the client's own 10 s timeout.
+    assert got.status == 504, got
+    assert r.exists("rp:sh") == 0
+
+
+@pytest.mark.parametrize("status_line, extra", [
+    (b"HTTP/1.1 103 Early Hints", b""), (b"HTTP/1.1 999 Odd", b""),
+    (b"HTTP/1.1 302 Found", b"Location: http://[::1\r\n")])
+def test_unusable_upstream_answers_are_502(upstream, make_proxy, r, status_line, extra):
+    def odd(handler):
+        handler.wfile.write(status_line + b"\r\n" + extra + b"Content-Length: 0\r\n\r\n")
+        handler.close_connection = True
+
+    url = upstream.route("/odd", odd)
+    got = request(make_proxy().port, q(url, "odd"))
+    assert got.status == 502 and got.json()["detail"], got
+    assert r.exists("rp:odd") == 0

@@ -1,9 +1,12 @@
 """The upstream fetcher: the one place that opens outbound HTTP connections."""
 
+import contextlib
+import contextvars
 import functools
 import logging
 import socket
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -93,6 +96,36 @@ class _CheckedConnectionMixin:
         return sock
 
 
+# The total deadline of the fetch in progress on this thread (Fetcher._request sets it).
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("upstream_deadline",
+                                                                         default=None)
+
+
+def _cut(conn: Any) -> None:
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class _DeadlinePoolMixin:
+    """Bounds the status line and headers by the fetch's total deadline. urllib3 applies its
+    read timeout to each recv, so an origin trickling a header byte at a time would otherwise
+    hold the request (and a MAX_PARALLEL slot) for ever; at the deadline the socket is shut."""
+
+    def _make_request(self, conn: Any, *args: Any, **kwargs: Any) -> Any:
+        deadline = _deadline.get()
+        if deadline is None:
+            return super()._make_request(conn, *args, **kwargs)  # type: ignore[misc]
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), _cut, (conn,))
+        timer.daemon = True
+        timer.start()
+        try:
+            return super()._make_request(conn, *args, **kwargs)  # type: ignore[misc]
+        finally:
+            timer.cancel()
+
+
 class PolicyAdapter(HTTPAdapter):
     """requests' adapter whose connections resolve and connect through the policy."""
 
@@ -109,9 +142,9 @@ class PolicyAdapter(HTTPAdapter):
         https_cls = type("CheckedHTTPSConnection", (_CheckedConnectionMixin, HTTPSConnection),
                          bound)
         self.poolmanager.pool_classes_by_scheme = {
-            "http": type("CheckedHTTPConnectionPool", (HTTPConnectionPool,),
+            "http": type("CheckedHTTPConnectionPool", (_DeadlinePoolMixin, HTTPConnectionPool),
                          {"ConnectionCls": http_cls}),
-            "https": type("CheckedHTTPSConnectionPool", (HTTPSConnectionPool,),
+            "https": type("CheckedHTTPSConnectionPool", (_DeadlinePoolMixin, HTTPSConnectionPool),
                           {"ConnectionCls": https_cls}),
         }
 
@@ -168,10 +201,17 @@ class Fetcher:
                     raise
                 raise BadGateway(f"upstream redirected to an unusable url: {exc.detail}") from exc
             response = self._request(url, headers, deadline)
+            if not 200 <= response.status_code <= 599:
+                # A 1xx relayed as final, or 999, would break the client's framing.
+                response.close()
+                raise BadGateway(f"upstream answered with status {response.status_code}")
             location = response.headers.get("Location")
             if response.status_code in REDIRECT_STATUSES and location:
                 response.close()
-                url = urljoin(url, location)
+                try:
+                    url = urljoin(url, location)
+                except ValueError as exc:
+                    raise BadGateway(f"upstream redirected to an unusable url: {exc}") from exc
                 continue
             with response:
                 body = self._read_body(response, deadline)
@@ -181,13 +221,20 @@ class Fetcher:
     def _request(self, url: str, headers: Mapping[str, str] | None,
                  deadline: float) -> requests.Response:
         remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise GatewayTimeout(f"upstream did not answer within {self.timeout:g} s")
+        token = _deadline.set(deadline)
         try:
             return self.session.get(url, headers=dict(headers or {}), stream=True,
                                     allow_redirects=False, timeout=(remaining, remaining))
         except requests.Timeout as exc:
             raise GatewayTimeout(f"upstream did not answer within {self.timeout:g} s") from exc
-        except requests.RequestException as exc:
+        except (requests.RequestException, ValueError) as exc:
+            if time.monotonic() >= deadline:  # the deadline shut the socket mid-headers
+                raise GatewayTimeout(f"upstream did not answer within {self.timeout:g} s") from exc
             raise BadGateway(f"upstream unreachable: {_reason(exc)}") from exc
+        finally:
+            _deadline.reset(token)
 
     def _read_body(self, response: requests.Response, deadline: float) -> bytes:
         declared = response.headers.get("Content-Length", "")
