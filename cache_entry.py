@@ -1,9 +1,11 @@
 """The stored entry: a small versioned header, then the body bytes exactly as received."""
 
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 
+_UNSAFE = re.compile(r"[\r\n\x00]")
 MAGIC = b"RPE1"  # redis-proxy entry, format 1
 _LENGTH = struct.Struct(">I")
 
@@ -52,8 +54,17 @@ def decode(raw: bytes) -> Entry | None:
     (length,) = _LENGTH.unpack_from(raw, len(MAGIC))
     try:
         meta = json.loads(raw[start:start + length])
-        return Entry(status=int(meta["status"]), body=raw[start + length:], url=str(meta["url"]),
-                     fetched_at=float(meta["fetched_at"]), fresh_for=float(meta["fresh_for"]),
-                     headers=dict(meta.get("headers") or {}))
-    except (ValueError, KeyError, TypeError):
+        headers = dict(meta.get("headers") or {})
+        entry = Entry(status=int(meta["status"]), body=raw[start + length:], url=str(meta["url"]),
+                      fetched_at=float(meta["fetched_at"]), fresh_for=float(meta["fresh_for"]),
+                      headers=headers)
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
+    # Anyone who can write this Redis can write an entry: replay only the headers this format
+    # stores, as text with no CR, LF or NUL (which would split the response), and a status a
+    # client can be given.
+    if not 200 <= entry.status <= 599 or any(
+            name not in KEPT_HEADERS or not isinstance(value, str) or _UNSAFE.search(value)
+            for name, value in headers.items()):
+        return None
+    return entry

@@ -105,16 +105,24 @@ def parse_query(raw: bytes) -> dict[str, str]:
     return fields
 
 
+_REJECT_BODY = error_body("too many clients", "the proxy is at MAX_CLIENTS connections; retry shortly")
+_REJECT = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+           b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+           % (len(_REJECT_BODY), _REJECT_BODY))
+# Routes answered outside MAX_PARALLEL, so a busy proxy can still say how it is.
+UNMETERED_ROUTES = frozenset({"/health", "/metrics"})
+# A client must read a large answer at least this fast (bytes/s), or the send times out.
+MIN_SEND_RATE = 64 * 1024
+_UNSAFE_HEADER_VALUE = re.compile(r"[\r\n\x00]")
+
+
 class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
     """Holds the proxy, the limits and the access checks; handlers stay thin."""
 
     daemon_threads = True
     block_on_close = False
     request_queue_size = 1024  # the default 5 overflows under 64 connections (CONTRACT §8)
-    reject_bytes = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: 87\r\n\r\n"
-                    + error_body("too many clients",
-                                 "the proxy is at MAX_CLIENTS connections; retry shortly").ljust(87))
+    reject_bytes = _REJECT
 
     def __init__(self, address: tuple[str, int], proxy: RedisProxy, *, max_clients: int = 1024,
                  max_parallel: int = 4, header_timeout: float = 10.0,
@@ -185,6 +193,15 @@ class ProxyHandler(BaseHTTPRequestHandler):
             log.debug("connection from %s ended: %s", self.client_address[0], exc)
 
     def handle_one_request(self) -> None:
+        """One request; its reply is built while processing and sent at the end, outside
+        MAX_PARALLEL, so a client slow to read holds its own connection and nothing else."""
+        self._pending: bytes | None = None
+        try:
+            self._handle_one_request()
+        finally:
+            self._send()
+
+    def _handle_one_request(self) -> None:
         self.close_connection = True
         self.command = self.request_version = ""
         self.requestline = ""
@@ -275,16 +292,20 @@ class ProxyHandler(BaseHTTPRequestHandler):
         try:
             path, _, query = origin_form(self.path).partition("?")
             self.server.admit(path, self.client_address[0], self.headers)
-            with self.server.parallel:
-                if self.command not in ALLOWED_METHODS:
-                    raise MethodNotAllowed(f"{self.command} is not supported; use "
-                                           + ", ".join(ALLOWED_METHODS),
-                                           headers={"Allow": ", ".join(ALLOWED_METHODS)})
+            if self.command not in ALLOWED_METHODS:
+                raise MethodNotAllowed(f"{self.command} is not supported; use "
+                                       + ", ".join(ALLOWED_METHODS),
+                                       headers={"Allow": ", ".join(ALLOWED_METHODS)})
+            if path in UNMETERED_ROUTES:
                 self.route(path, query)
+            else:
+                with self.server.parallel:
+                    self.route(path, query)
         except ProxyError as exc:
             self._reply_error(exc)
         except Exception:
-            log.exception("unhandled error for %s %r", self.command, self.path)
+            # The path only: a query may carry an upstream URL with credentials in it.
+            log.exception("unhandled error for %s %s", self.command, self.path.partition("?")[0])
             self._reply_error(ProxyError())
         self.server.metrics.observe("http", self._status, started)
 
@@ -374,14 +395,31 @@ class ProxyHandler(BaseHTTPRequestHandler):
             phrase = "Unknown"
         lines = [f"HTTP/1.1 {status} {phrase}", f"Date: {_dates.now()}",
                  f"Server: {self.server_version}", f"Content-Length: {len(body)}"]
-        lines.extend(f"{name}: {value}" for name, value in headers.items())
+        # A CR or LF in a value (from a stored entry someone else wrote) would split the reply.
+        lines.extend(f"{name}: {value}" for name, value in headers.items()
+                     if not _UNSAFE_HEADER_VALUE.search(value))
         if self.close_connection:
             lines.append("Connection: close")
+        elif self.request_version == "HTTP/1.0":
+            lines.append("Connection: keep-alive")  # RFC 9112 §9.3: 1.0 keeps alive only if told
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
-        self.connection.sendall(head if self.command == "HEAD" else head + body)
+        self._pending = head if self.command == "HEAD" else head + body
         if access_log.isEnabledFor(logging.DEBUG):  # per-request lines cost throughput
             access_log.debug('%s "%s" %s %s', self.client_address[0], self.requestline, status,
                             len(body))
+
+    def _send(self) -> None:
+        """Send the reply in one write, with a deadline scaled to its size. A failed or partial
+        send ends the connection: nothing more may be written on a broken framing."""
+        data, self._pending = self._pending, None
+        if data is None:
+            return
+        try:
+            self.connection.settimeout(max(self.server.keepalive_timeout, len(data) / MIN_SEND_RATE))
+            self.connection.sendall(data)
+        except OSError:
+            self.close_connection = True
+            raise  # handle() ends the connection with a debug line
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s " + format, self.client_address[0], *args)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from resp_protocol import command
-from servers import wait_until
+from servers import request, wait_until
 
 
 class Gauge:
@@ -198,3 +198,42 @@ def test_resp_a_partial_command_must_complete_within_the_header_timeout(make_res
         sock.sendall(b"*2\r\n$3\r\nGET\r\n$1")  # and nothing more: a slowloris
         assert read_until_closed(sock) == b""
     wait_until(lambda: resp.thread.server.active_connections == 0)
+
+
+# ----- found in review: a slow reader holds its own connection, nothing else ------------------
+
+def test_a_client_that_does_not_read_holds_no_processing_slot(make_proxy, r):
+    r.set("big", b"x" * (8 * 1024 * 1024))
+    r.set("small", b"s")
+    proxy = make_proxy(server_options={"max_parallel": 1})
+    stalled = socket.create_connection(("127.0.0.1", proxy.port))
+    try:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.sendall(b"GET /get/big HTTP/1.1\r\nHost: t\r\n\r\n")  # and never reads
+        wait_until(lambda: proxy.proxy.stats["reads_redis"] >= 1)
+        # With the reply sent under MAX_PARALLEL=1 this would wait for the send to time out.
+        got = request(proxy.port, "/get/small", timeout=5)
+        assert (got.status, got.body) == (200, b"s")
+    finally:
+        stalled.close()
+
+
+def test_the_503_over_max_clients_is_well_framed_json():
+    import json
+
+    from http_server import ProxyHTTPServer
+    head, _, body = ProxyHTTPServer.reject_bytes.partition(b"\r\n\r\n")
+    length = int([line for line in head.split(b"\r\n") if line.startswith(b"Content-Length")][0]
+                 .split(b":")[1])
+    assert length == len(body) and json.loads(body)["error"] == "too many clients"
+
+
+def test_http_1_0_keep_alive_is_confirmed(make_proxy):
+    proxy = make_proxy()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        for _ in range(2):  # the second request proves the connection was kept
+            sock.sendall(b"GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            reply = b""
+            while b"}" not in reply:
+                reply += sock.recv(4096)
+            assert b"Connection: keep-alive\r\n" in reply and b" 200 " in reply

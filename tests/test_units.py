@@ -99,3 +99,15 @@ def test_a_key_bound_to_another_url_is_refetched_never_served():
     got = proxy.fetch("http://example.com/b", key="k")
     assert (got.cache, got.body) == (MISS, b"other")
     assert cache_entry.decode(client.get("rp:k")).url == "http://example.com/b"
+
+
+@pytest.mark.parametrize("headers", [{"content-type": "text/html\r\nSet-Cookie: pwn=1"},
+                                     {"content-length": "0"}, {"etag": "a\x00b"}, {"etag": 5}])
+def test_an_entry_with_headers_this_format_never_writes_is_not_an_entry(headers):
+    entry = Entry(status=200, body=b"x", url="http://a/", fetched_at=0, fresh_for=1, headers=headers)
+    assert cache_entry.decode(cache_entry.encode(entry)) is None
+
+
+def test_an_entry_with_a_status_no_client_can_be_given_is_not_an_entry():
+    entry = Entry(status=103, body=b"", url="http://a/", fetched_at=0, fresh_for=1)
+    assert cache_entry.decode(cache_entry.encode(entry)) is None
