@@ -22,7 +22,7 @@ http_start: $(STAMP)
 	@mkdir -p run && REDIS_URL=$${REDIS_URL:-$$(cat run/redis.url 2>/dev/null)} nohup $(PY) http_server.py >> run/http.log 2>&1 & echo $$! > run/http.pid && echo "http server pid $$(cat run/http.pid), log in run/http.log"
 
 shutdown:
-	@for f in run/http.pid run/redis.pid; do [ -f $$f ] && p=$$(cat $$f) && kill $$p 2>/dev/null && for i in $$(seq 50); do kill -0 $$p 2>/dev/null || break; sleep 0.1; done; rm -f $$f; done; rm -f run/redis.url; echo stopped
+	@for f in run/http.pid run/redis.pid; do [ -f $$f ] && p=$$(cat $$f) && grep -qa -e http_server.py -e redis-server /proc/$$p/cmdline 2>/dev/null && kill $$p && for i in $$(seq 50); do kill -0 $$p 2>/dev/null || break; sleep 0.1; done; rm -f $$f; done; rm -f run/redis.url; echo stopped
 
 bench: $(STAMP)
 	$(PY) bench.py

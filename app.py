@@ -69,6 +69,8 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
             raise
         log.info("RESP on redis://%s:%d", settings.http_host, servers[1].port)
         servers[0].metrics.watch("resp", servers[1])
+        # MAX_PARALLEL bounds the whole process: both front ends draw on one semaphore.
+        servers[1].parallel = servers[0].parallel
         warn_if_resp_exposed(settings.http_host, settings.resp_port, authenticator.enabled)
     for server in servers:
         threading.Thread(target=server.serve_forever, name=type(server).__name__, daemon=True).start()
@@ -78,7 +80,11 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
 def run(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
-        logger.configure(settings.log_level, settings.log_format, settings.log_file or None)
+        try:
+            logger.configure(settings.log_level, settings.log_format, settings.log_file or None)
+        except OSError as exc:
+            raise ConfigError([f"LOG_FILE={settings.log_file!r}: expected a file that can be "
+                               f"opened for appending ({exc.strerror})"]) from exc
         authenticator = authenticator_of(settings)  # reads AUTH_TOKENS_FILE; may warn
     except ConfigError as exc:
         for problem in exc.problems:

@@ -40,5 +40,8 @@ def configure(level: str = "INFO", fmt: str = "text", file: str | None = None) -
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # urllib3 logs every new connection at DEBUG; keep it to warnings unless asked.
+    # urllib3 logs every new connection at DEBUG; keep it to warnings unless asked. Its
+    # connection logger warns, with a traceback, of every malformed upstream header: an
+    # origin could flood the log (the fetch itself reports what matters).
     logging.getLogger("urllib3").setLevel(max(root.level, logging.WARNING))
+    logging.getLogger("urllib3.connection").setLevel(logging.ERROR)

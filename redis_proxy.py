@@ -262,9 +262,9 @@ class RedisProxy:
                     self.flights.do((request.redis_key, request.canonical),
                                     lambda: self._coalesced_forward(request, stale, True))
             except ProxyError as exc:
-                log.info("background refresh of %s failed: %s", request.target, exc.detail)
+                log.info("background refresh of %s failed: %s", request.redis_key, exc.detail)
             except Exception:  # noqa: BLE001 - a background thread must log, not die silently
-                log.exception("background refresh of %s failed", request.target)
+                log.exception("background refresh of %s failed", request.redis_key)
             finally:
                 with self._stats_lock:
                     self._refreshing.discard(request.redis_key)

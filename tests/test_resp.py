@@ -449,6 +449,9 @@ def test_start_front_ends_serves_resp_beside_http_unless_resp_port_is_0(make_pro
         assert c.get("k") == b"hello"
         c.close()
         assert request(servers[0].port, "/get/k").body == b"hello"
+        assert servers[0].parallel is servers[1].parallel  # MAX_PARALLEL is per process
+        assert "redis_proxy_connections{front=\"resp\"}" in request(servers[0].port,
+                                                                    "/metrics").body.decode()
     finally:
         for server in servers:
             server.shutdown()

@@ -88,3 +88,12 @@ def test_allowed_hosts_accepts_names_patterns_and_unicode():
     s = load_settings({"UPSTREAM_ALLOWED_HOSTS": "api.example.com, *.example.org,bücher.example"},
                       env_file=None)
     assert s.upstream_allowed_hosts == ("api.example.com", "*.example.org", "bücher.example")
+
+
+def test_an_unusable_log_file_is_a_bad_setting_not_a_traceback(tmp_path):
+    env = {**os.environ, "LOG_FILE": str(tmp_path / "no" / "such" / "dir.log"), "RESP_PORT": "0"}
+    done = subprocess.run([sys.executable, "http_server.py"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "LOG_FILE=" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
