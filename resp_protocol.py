@@ -9,7 +9,15 @@ and, for what a server accepts and refuses, Redis's own `processMultibulkBuffer`
 import re
 
 MAX_ARRAY = 1024 * 1024  # elements in one command; Redis 6 refuses more (7 allows INT_MAX)
-MAX_BULK = 512 * 1024 * 1024  # proto-max-bulk-len, Redis's default
+# One argument. Redis's proto-max-bulk-len is 512 MB because SET takes values; this read-only
+# proxy's arguments are keys (and PING/ECHO messages), so 1 MiB is ample and bounds what one
+# argument can make a connection buffer.
+MAX_BULK = 1024 * 1024
+# Before AUTH (when tokens are configured), Redis accepts at most 10 arguments of 16 KB each
+# (src/networking.c processMultibulkBuffer, authRequired): enough for AUTH and HELLO, and a
+# client without a token cannot make the server buffer more.
+UNAUTH_MAX_ARRAY = 10
+UNAUTH_MAX_BULK = 16384
 MAX_INLINE = 64 * 1024  # PROTO_INLINE_MAX_SIZE: also bounds the *<n> and $<n> lines
 
 # Redis's string2ll: an optional '-', no '+', no spaces, no leading zeros.
@@ -27,6 +35,8 @@ class RespParser:
     bytes arguments, never empty) or None until more bytes are needed.
 
     State survives between feeds, so a command may arrive in any number of pieces.
+    While `authenticated` is False the unauthenticated limits apply; the server sets it before
+    each `next_command()`, so an AUTH lifts them from the very next command of a pipeline.
     """
 
     def __init__(self, max_array: int = MAX_ARRAY, max_bulk: int = MAX_BULK,
@@ -34,6 +44,7 @@ class RespParser:
         self.max_array = max_array
         self.max_bulk = max_bulk
         self.max_inline = max_inline
+        self.authenticated = True
         self._buffer = bytearray()
         self._pos = 0
         self._args: list[bytes] | None = None  # the array being read
@@ -98,6 +109,8 @@ class RespParser:
         count = parse_integer(line[1:])
         if count is None or count > self.max_array:
             raise ProtocolError("invalid multibulk length")
+        if count > UNAUTH_MAX_ARRAY and not self.authenticated:
+            raise ProtocolError("unauthenticated multibulk length")
         self._args = []
         self._remaining = max(count, 0)
         self._bulk = -1
@@ -117,6 +130,9 @@ class RespParser:
             # A request argument is never null: Redis refuses $-1 as it refuses any negative.
             if length is None or length < 0 or length > self.max_bulk:
                 raise ProtocolError("invalid bulk length")
+            # Refused at the $ line, so an announced bulk is never buffered.
+            if length > UNAUTH_MAX_BULK and not self.authenticated:
+                raise ProtocolError("unauthenticated bulk length")
             self._bulk = length
         end = self._pos + self._bulk
         if len(self._buffer) < end + 2:

@@ -3,7 +3,10 @@ RESP3 on a connection that asks for it with HELLO 3).
 
 One thread per connection, as the HTTP front end; the parser and the command table live in
 resp_protocol.py and resp_commands.py. Pipelined commands that arrive together are answered
-together, in one send.
+together, in one send, until their replies pass SEND_BATCH: then what is pending goes out before
+the next command runs, so a pipelining client that does not read stalls its own commands
+instead of piling replies up in the proxy (Redis bounds the same thing with its client output
+buffer limits).
 """
 
 import logging
@@ -23,6 +26,10 @@ log = logging.getLogger(__name__)
 
 RECV_SIZE = 64 * 1024
 LINGER = 1.0  # seconds to drain a refused client's input so the close is a FIN, not a RST
+SEND_BATCH = 64 * 1024  # replies pending past this are sent before the next command runs
+# A send may take KEEPALIVE_TIMEOUT plus the time to read its bytes at this rate (about a
+# 0.5 Mbit/s link); a client that reads slower, or not at all, is disconnected.
+MIN_SEND_RATE = 64 * 1024
 
 
 class RespServer(ThreadingLimitedServer):
@@ -92,35 +99,55 @@ class RespHandler(socketserver.BaseRequestHandler):
                 if not received:
                     return
                 self.parser.feed(view[:received])
-                replies, close = self._run_commands()
-                if replies:
-                    self.request.sendall(b"".join(replies))
-                if close:
+                if self._run_commands():
                     self._linger()
                     return
         except (TimeoutError, ConnectionError, OSError) as exc:
+            # Also a send that failed or timed out: nothing more is written to this client.
             log.debug("RESP connection from %s ended: %s", self.client_address[0], exc)
 
-    def _run_commands(self) -> tuple[list[bytes], bool]:
-        """Every complete command received so far, in order; whether to close afterwards."""
-        server, session = self.server, self.session
+    def _run_commands(self) -> bool:
+        """Runs every complete command received so far, in order, and sends their replies;
+        returns whether to close afterwards."""
+        server, session, parser = self.server, self.session, self.parser
         replies: list[bytes] = []
+        pending = answered = 0
         close = False
         try:
-            while (args := self.parser.next_command()) is not None:
+            while True:
+                parser.authenticated = session.authenticated  # AUTH lifts the limits at once
+                if (args := parser.next_command()) is None:
+                    break
                 with server.parallel:
-                    replies.append(server.commands.execute(session, args))
+                    reply = server.commands.execute(session, args)
+                replies.append(reply)
+                pending += len(reply)
+                answered += 1
                 if session.closing:
                     close = True
                     break
+                if pending >= SEND_BATCH:
+                    self._send(replies)
+                    replies, pending = [], 0
         except ProtocolError as exc:
             # Redis logs these at its verbose level: one client's garbage is not an operator's concern.
             log.debug("RESP protocol error from %s: %s", self.client_address[0], exc)
             replies.append(wire.error(f"ERR Protocol error: {exc}"))
+            answered += 1
             close = True
-        self._set_deadline(bool(replies))
-        server.count(commands=len(replies))
-        return replies, close
+        finally:
+            server.count(commands=answered)
+        if replies:
+            self._send(replies)
+        self._set_deadline(answered > 0)
+        return close
+
+    def _send(self, replies: list[bytes]) -> None:
+        """One sendall for the replies, within a deadline scaled to their size (Python's
+        sendall timeout bounds the whole call, not each write). Raises on timeout or failure."""
+        data = replies[0] if len(replies) == 1 else b"".join(replies)
+        self.request.settimeout(self.server.keepalive_timeout + len(data) / MIN_SEND_RATE)
+        self.request.sendall(data)
 
     def _set_deadline(self, progressed: bool) -> None:
         """Idle between commands: KEEPALIVE_TIMEOUT per read. Part of a command received: the

@@ -221,3 +221,56 @@ def test_a_public_resp_port_without_tokens_is_warned_about(caplog, host, auth_on
     caplog.set_level(logging.WARNING)
     assert app.warn_if_resp_exposed(host, 6380, auth_on) is warns
     assert ("RESP_PORT=6380" in caplog.text) is warns
+
+
+# ----- before AUTH, Redis's limits: 10 arguments, 16 KB each (src/networking.c) ----------------
+
+UNAUTH_MBULK = b"-ERR Protocol error: unauthenticated multibulk length\r\n"
+UNAUTH_BULK = b"-ERR Protocol error: unauthenticated bulk length\r\n"
+
+
+@pytest.fixture
+def guarded_512mb(make_resp_proxy, r):
+    """Tokens and Redis's own 512 MB bulk limit: only the unauthenticated limit can stop a bulk."""
+    r.set("k", b"hello")
+    return make_resp_proxy(resp_options={"authenticator": Authenticator([TOKEN]),
+                                         "max_bulk": 512 * 1024 * 1024})
+
+
+def test_an_unauthenticated_large_bulk_is_refused_at_its_header(guarded_512mb):
+    with connect(guarded_512mb.port) as sock:
+        # 200 MB announced and none of it sent: the refusal comes from the $ line alone.
+        sock.sendall(b"*2\r\n$4\r\nECHO\r\n$209715200\r\n")
+        assert read_until_closed(sock) == UNAUTH_BULK
+    with connect(guarded_512mb.port) as sock:
+        sock.sendall(b"*2\r\n$4\r\nAUTH\r\n$16385\r\n")
+        assert read_until_closed(sock) == UNAUTH_BULK
+    talk(guarded_512mb.port, [(command(b"GET", b"k"), NOAUTH)])  # others are still served
+
+
+@pytest.mark.parametrize("sent, reply", [
+    (b"*11\r\n", UNAUTH_MBULK),
+    (command(b"MGET", *[b"k"] * 10), UNAUTH_MBULK),
+    (b"*2000000\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),  # Redis's order
+    (b"*1\r\n$1048577\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),  # over 1 MiB
+])
+def test_unauthenticated_oversized_commands_are_refused_as_redis_does(guarded, sent, reply):
+    with connect(guarded.port) as sock:
+        sock.sendall(command(b"PING") + sent)
+        assert read_until_closed(sock) == NOAUTH + reply
+
+
+def test_at_the_unauthenticated_limits_a_command_is_read(guarded):
+    talk(guarded.port, [
+        (command(b"MGET", *[b"x" * 16384] * 9), NOAUTH),  # 10 arguments of up to 16384 bytes
+        (command(b"AUTH", TOKEN.encode()), OK),
+    ])
+
+
+def test_after_auth_the_normal_limits_apply_from_the_next_command_of_a_pipeline(guarded):
+    big_key = b"x" * 100_000
+    talk(guarded.port, [
+        (command(b"AUTH", TOKEN.encode()) + command(b"MGET", *[b"k"] * 20)
+         + command(b"GET", big_key), OK + b"*20\r\n" + b"$5\r\nhello\r\n" * 20 + b"$-1\r\n"),
+        (command(b"ECHO", b"e" * 1024 * 1024), b"$1048576\r\n" + b"e" * 1024 * 1024 + b"\r\n"),
+    ])

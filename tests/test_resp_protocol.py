@@ -94,6 +94,40 @@ def test_limits_are_configurable():
         parse_all(wire.command(b"MGET", b"a", b"b"), RespParser(max_array=2))
 
 
+def test_before_authentication_redis_limits_apply_at_the_header():
+    parser = RespParser()
+    parser.authenticated = False
+    assert parse_all(wire.command(*[b"x" * 16384] * 10), parser) == [[b"x" * 16384] * 10]
+    with pytest.raises(ProtocolError, match="^unauthenticated multibulk length$"):
+        parse_all(b"*11\r\n", parser)
+    parser = RespParser()
+    parser.authenticated = False
+    with pytest.raises(ProtocolError, match="^unauthenticated bulk length$"):
+        parse_all(b"*2\r\n$4\r\nECHO\r\n$16385\r\n", parser)  # no body needed
+    # The general limits come first, as in Redis.
+    unauthenticated = RespParser(max_array=20, max_bulk=20000)
+    unauthenticated.authenticated = False
+    with pytest.raises(ProtocolError, match="^invalid multibulk length$"):
+        parse_all(b"*21\r\n", unauthenticated)
+    with pytest.raises(ProtocolError, match="^invalid bulk length$"):
+        parse_all(b"*1\r\n$20001\r\n", unauthenticated)
+
+
+def test_authentication_lifts_the_limits_for_the_next_command():
+    parser = RespParser()
+    parser.authenticated = False
+    parser.feed(wire.command(b"AUTH", b"t") + wire.command(b"MGET", *[b"k"] * 11))
+    assert parser.next_command() == [b"AUTH", b"t"]
+    parser.authenticated = True
+    assert parser.next_command() == [b"MGET"] + [b"k"] * 11
+
+
+def test_the_default_bulk_limit_is_1_mib():
+    assert parse_all(wire.command(b"GET", b"k" * 1024 * 1024)) == [[b"GET", b"k" * 1024 * 1024]]
+    with pytest.raises(ProtocolError, match="^invalid bulk length$"):
+        parse_all(b"*2\r\n$3\r\nGET\r\n$1048577\r\n")
+
+
 def test_encoders():
     assert wire.bulk(b"a\r\n") == b"$3\r\na\r\n\r\n"
     assert wire.bulk(None) == b"$-1\r\n"
