@@ -430,6 +430,12 @@ def cache_status(result: CacheResult) -> str:
     parts = ["redis-proxy"]
     if result.cache == "HIT" and not result.forward:
         parts.append("hit")
+    elif result.cache == "STALE" and result.detail == "stale-if-error":
+        # Forwarded, and upstream failed: the stale copy stood in (RFC 9211 §2.2: not a hit).
+        parts.append("fwd=stale")
+        if result.upstream_status:
+            parts.append(f"fwd-status={result.upstream_status}")
+        parts.append("detail=stale-if-error")
     elif result.cache == "STALE":
         parts += ["hit", f"detail={result.detail or 'stale'}"]
     elif result.cache == "BYPASS":

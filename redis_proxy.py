@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 HIT, MISS, STALE, BYPASS = "HIT", "MISS", "STALE", "BYPASS"
 STORE_ERROR_LOG_INTERVAL = 10.0
+MAX_REFRESHES = 8  # background stale-while-revalidate refreshes running at once
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,7 +252,9 @@ class RedisProxy:
 
     def _refresh_in_background(self, request: UrlRequest, stale: Entry) -> None:
         with self._stats_lock:
-            if request.redis_key in self._refreshing:
+            # One refresh per key, and a few at once: the stale copy is served either way, and
+            # a burst of keys going stale must not become a burst of threads and fetches.
+            if request.redis_key in self._refreshing or len(self._refreshing) >= MAX_REFRESHES:
                 return
             self._refreshing.add(request.redis_key)
 
@@ -344,7 +347,9 @@ class RedisProxy:
             return dataclasses.replace(self._from_entry(entry, now, HIT, forward="stale"),
                                        upstream_status=304, stored=stored)
         if response.status >= 500 and self._may_serve_stale(stale):
-            return self._from_entry(stale, now, STALE, detail="stale-if-error")  # type: ignore[arg-type]
+            return dataclasses.replace(  # type: ignore[arg-type]
+                self._from_entry(stale, now, STALE, detail="stale-if-error"),  # type: ignore[arg-type]
+                upstream_status=response.status)
         headers = cache_entry.kept_headers(response.headers)
         entry = Entry(status=response.status, body=response.body, url=request.canonical,
                       fetched_at=now - self.policy.initial_age(response.headers),

@@ -213,7 +213,7 @@ def test_stale_copy_served_when_upstream_is_down(upstream, make_proxy):
     now[0] += 10
     got = request(proxy.port, q(url, "sie"))
     assert (got.status, got.body, got.headers["X-Cache"]) == (200, b"last good copy", "STALE")
-    assert "detail=stale-if-error; ttl=-" in got.headers["Cache-Status"]
+    assert "fwd=stale; fwd-status=503; detail=stale-if-error; ttl=-" in got.headers["Cache-Status"]
     upstream.stop()  # the origin gone entirely: connection refused
     got = request(proxy.port, q(url, "sie"))
     assert (got.status, got.headers["X-Cache"]) == (200, "STALE")
