@@ -3,6 +3,7 @@
 import ipaddress
 import logging
 import signal
+import socket
 import sys
 import threading
 from types import FrameType
@@ -12,6 +13,7 @@ import redis
 import logger
 from auth import Authenticator, authenticator_of
 from errors import ConfigError, LauncherError
+from http_front import adopt_listener
 from load_env import Settings, load_settings
 from rate_limit import rate_limiter_of
 from redis_proxy import RedisProxy
@@ -48,25 +50,32 @@ def warn_if_resp_exposed(host: str, port: int, auth_enabled: bool) -> bool:
 
 
 def start_front_ends(settings: Settings, proxy: RedisProxy,
-                     authenticator: Authenticator | None = None) -> list:
-    """Bind every configured front end and serve each in its own thread."""
+                     authenticator: Authenticator | None = None,
+                     listeners: list[socket.socket] | None = None) -> list:
+    """Bind every configured front end (or take `listeners`, bound already by the parent of
+    pre-forked workers) and serve each in its own thread."""
     import http_server
     import resp_server
     authenticator = authenticator or authenticator_of(settings)  # one set of tokens for both
     limits = dict(max_clients=settings.max_clients, max_parallel=settings.max_parallel,
                   header_timeout=settings.header_timeout,
                   keepalive_timeout=settings.keepalive_timeout)
-    servers = [http_server.make_server(settings.http_host, settings.http_port, proxy, **limits,
-                                       authenticator=authenticator,
+    servers = [http_server.make_server(settings.http_host, 0 if listeners else settings.http_port,
+                                       proxy, **limits, authenticator=authenticator,
                                        rate_limiter=rate_limiter_of(settings))]
+    if listeners:
+        adopt_listener(servers[0], listeners[0])
     log.info("HTTP on http://%s:%d", settings.http_host, servers[0].port)
     if settings.resp_port:
         try:
-            servers.append(resp_server.make_server(settings.http_host, settings.resp_port, proxy,
+            servers.append(resp_server.make_server(settings.http_host,
+                                                   0 if listeners else settings.resp_port, proxy,
                                                    **limits, authenticator=authenticator))
         except OSError:
             servers[0].server_close()  # nothing is served unless every front end could bind
             raise
+        if listeners:
+            adopt_listener(servers[1], listeners[1])
         log.info("RESP on redis://%s:%d", settings.http_host, servers[1].port)
         servers[0].metrics.watch("resp", servers[1])
         # MAX_PARALLEL bounds the whole process: both front ends draw on one semaphore.
@@ -92,8 +101,19 @@ def run(argv: list[str] | None = None) -> int:
         return 2
     warn_if_exposed(settings.http_host, authenticator.enabled)
     if settings.http_workers > 1:
-        log.warning("HTTP_WORKERS=%d: pre-forked workers are not implemented yet; serving from "
-                    "one process", settings.http_workers)
+        import workers
+        try:
+            return workers.supervise(settings, lambda s, listeners: serve(s, authenticator,
+                                                                          listeners))
+        except (LauncherError, OSError) as exc:
+            log.error("cannot start: %s", exc)
+            return 1
+    return serve(settings, authenticator)
+
+
+def serve(settings: Settings, authenticator: Authenticator,
+          listeners: list[socket.socket] | None = None) -> int:
+    """One serving process: the proxy and its front ends until SIGINT or SIGTERM."""
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -105,7 +125,7 @@ def run(argv: list[str] | None = None) -> int:
     servers = []
     try:
         proxy = RedisProxy.get_instance(settings)
-        servers = start_front_ends(settings, proxy, authenticator)
+        servers = start_front_ends(settings, proxy, authenticator, listeners)
         while not stop.wait(3600):
             pass
     except (LauncherError, OSError, ValueError, redis.RedisError) as exc:

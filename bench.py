@@ -6,11 +6,15 @@ Figures are printed as a table with ratios, never asserted: they depend on the m
 
 import argparse
 import json
+import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote
 
@@ -21,7 +25,7 @@ import resp_server
 from freshness import Policy
 from local_cache import LocalCache
 from redis_connection import make_client
-from redis_launcher import RedisServer
+from redis_launcher import RedisServer, free_port
 from redis_proxy import RedisProxy
 from upstream import Fetcher
 from upstream_policy import UpstreamPolicy
@@ -58,6 +62,25 @@ def _proxy(redis_url: str, capacity: int, invalidation: str, upstream_port: int)
     for server in servers:
         _serve(server)
     return proxy, servers
+
+
+def _workers(redis_url: str, count: int) -> tuple[subprocess.Popen, int]:
+    """The proxy as `make run` starts it, with `count` pre-forked workers, on `redis_url`."""
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": redis_url, "HTTP_PORT": str(port), "RESP_PORT": "0",
+           "HTTP_WORKERS": str(count), "LOG_LEVEL": "warning"}
+    process = subprocess.Popen([sys.executable, "http_server.py"], env=env,
+                               cwd=os.path.dirname(os.path.abspath(__file__)),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process, port
+        except OSError:
+            time.sleep(0.05)  # polling for readiness, bounded by the deadline
+    process.kill()
+    raise RuntimeError("the worker processes did not start within 20 s")
 
 
 def wrk(url: str, seconds: int, connections: int) -> float | None:
@@ -124,6 +147,15 @@ def main(argv: list[str] | None = None) -> int:
         results["GET /?url=&key=, L1 hit"] = wrk(base + url_path, args.seconds, args.connections)
         results["GET /?url=&key=, no L1 (Redis hit)"] = wrk(base_no_l1 + url_path, args.seconds,
                                                             args.connections)
+        for count in (1, 2):
+            process, port = _workers(store.url, count)
+            try:
+                wrk(f"http://127.0.0.1:{port}/get/bench", 1, args.connections)  # warm the L1s
+                results[f"GET /get/<key>, L1 hit, own process, HTTP_WORKERS={count}"] = wrk(
+                    f"http://127.0.0.1:{port}/get/bench", args.seconds, args.connections)
+            finally:
+                process.send_signal(signal.SIGTERM)
+                process.wait(15)
         for proxy, servers in ((with_l1, (with_l1_http, with_l1_resp)),
                                (no_l1, (no_l1_http, no_l1_resp))):
             for server in servers:
@@ -138,11 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results, indent=2))
         return 0
     reference = results.get("redis-benchmark GET, Redis itself")
-    print(f"{'path':45} {'requests/s':>12} {'vs Redis':>9}")
+    print(f"{'path':58} {'requests/s':>12} {'vs Redis':>9}")
     for name, value in results.items():
         shown = "n/a (tool absent)" if value is None else f"{value:12,.0f}"
         ratio = f"{value / reference:9.3f}" if value and reference else ""
-        print(f"{name:45} {shown:>12} {ratio}")
+        print(f"{name:58} {shown:>12} {ratio}")
     return 0
 
 

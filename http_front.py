@@ -33,6 +33,19 @@ class DeadlineReader(io.RawIOBase):
         return self.sock.recv_into(buffer)
 
 
+def adopt_listener(server: socketserver.TCPServer, sock: socket.socket) -> None:
+    """Make `server` accept on `sock`, bound and listening already (pre-forked workers all
+    accept on the parent's socket; the kernel gives each connection to one of them)."""
+    server.socket.close()
+    # Every worker wakes for a new connection and one wins it: the others' accept must fail
+    # at once (BlockingIOError, which socketserver ignores) rather than block the serve loop.
+    sock.setblocking(False)
+    server.socket = sock
+    server.server_address = sock.getsockname()
+    if hasattr(server, "server_port"):
+        server.server_port = server.server_address[1]  # type: ignore[attr-defined]
+
+
 class LimitedServerMixIn:
     """At most `max_clients` connections at once (the next one gets `reject_bytes` and is closed
     at once, never queued), and at most `max_parallel` requests processed at once."""

@@ -41,8 +41,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    # Runs in the child before exec: if this process dies (even by SIGKILL), so does Redis.
+def die_with_parent() -> None:
+    """In a child (before exec, or a forked worker): if the parent dies, even by SIGKILL,
+    the child gets SIGTERM, so no embedded Redis or worker outlives the proxy."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -90,7 +91,7 @@ class RedisServer:
         self.process = subprocess.Popen(
             self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, start_new_session=True,
-            preexec_fn=_die_with_parent if self.tie_to_parent else None)
+            preexec_fn=die_with_parent if self.tie_to_parent else None)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -1,0 +1,95 @@
+"""HTTP_WORKERS > 1: pre-forked workers share the ports, the Redis and the cache; a dead worker
+is replaced; SIGINT stops them all, and the Redis the parent started."""
+
+import os
+import signal
+import subprocess
+import sys
+from urllib.parse import quote
+
+import psutil
+import pytest
+import redis
+
+from redis_launcher import free_port
+from servers import request, wait_until
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _refused(port: int) -> bool:
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return True
+    return False
+
+
+@pytest.fixture
+def workers(upstream, tmp_path):
+    """The proxy started as a user would, with two workers and its own embedded Redis."""
+    port, resp_port = free_port(), free_port()
+    log_file = tmp_path / "workers.log"
+    env = {**os.environ, "HTTP_WORKERS": "2", "HTTP_PORT": str(port), "RESP_PORT": str(resp_port),
+           "LOG_FILE": str(log_file), "UPSTREAM_ALLOW_PRIVATE": "true",
+           "UPSTREAM_ALLOWED_PORTS": str(upstream.port), "REDIS_URL": "", "REDIS_HOST": ""}
+    process = subprocess.Popen([sys.executable, "http_server.py"], cwd=ROOT, env=env,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    parent = psutil.Process(process.pid)
+
+    def python_children() -> list[psutil.Process]:
+        found = []
+        for child in parent.children():
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE and "redis-server" not in " ".join(
+                        child.cmdline()):
+                    found.append(child)
+            except psutil.Error:  # gone, or a zombie not yet reaped
+                pass
+        return found
+
+    wait_until(lambda: len(python_children()) == 2 and not _refused(port), timeout=20,
+               interval=0.05)
+    yield process, port, resp_port, log_file, python_children
+    if process.poll() is None:
+        process.kill()
+        process.wait(10)
+    process.stderr.close()
+
+
+def test_workers_share_the_port_the_cache_and_the_fetches(workers, upstream):
+    process, port, resp_port, log_file, python_children = workers
+    url = upstream.serve("/w", b"served by a worker")
+    path = f"/?url={quote(url, safe='')}&key=w"
+    bodies = [request(port, path).body for _ in range(20)]
+    assert bodies == [b"served by a worker"] * 20
+    assert upstream.hits["/w"] == 1  # the other worker found it in the shared Redis
+    client = redis.Redis(port=resp_port, protocol=2)  # RESP is served by the workers too
+    assert client.get("nothing") is None and client.ping()
+    client.close()
+    assert log_file.read_text().count("RESP on redis://") == 2
+
+
+def test_a_dead_worker_is_replaced(workers):
+    process, port, _resp_port, log_file, python_children = workers
+    victim = python_children()[0].pid
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: len(python_children()) == 2 and victim not in
+               [c.pid for c in python_children()], timeout=10, interval=0.05)
+    wait_until(lambda: request(port, "/health").status == 200, timeout=10, interval=0.05)
+    assert f"worker {victim} exited" in log_file.read_text()
+
+
+def test_sigint_stops_every_worker_and_the_embedded_redis(workers):
+    process, port, _resp_port, log_file, python_children = workers
+    family = [c.pid for c in psutil.Process(process.pid).children()]
+    assert len(family) == 3  # two workers and redis-server
+    process.send_signal(signal.SIGINT)
+    assert process.wait(15) == 0
+    assert "Traceback" not in process.stderr.read().decode() + log_file.read_text()
+    assert log_file.read_text().rstrip().endswith("stopped")
+    wait_until(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
+                               for pid in family), timeout=10)
+    assert _refused(port)

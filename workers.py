@@ -1,0 +1,109 @@
+"""HTTP_WORKERS > 1: pre-forked worker processes accepting on listening sockets bound once.
+
+One Python process is bound by the GIL; workers spread the requests over the cores. The
+parent binds the sockets and starts the embedded Redis (when none is configured), then forks
+the workers, which inherit the sockets (the kernel hands each connection to one of them) and
+each build their own RedisProxy: their L1s stay coherent through Redis's invalidation
+messages and their misses coalesce through the fetch lock in Redis. The parent only
+supervises: it starts a new worker when one dies and stops them all on SIGINT or SIGTERM.
+"""
+
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+from load_env import Settings
+from redis_launcher import RedisServer, die_with_parent
+
+log = logging.getLogger("redis_proxy.workers")
+
+RESTART_BACKOFF = 1.0  # a worker that dies this soon after its start is restarted this much later
+
+
+def bind_listeners(settings: Settings) -> list[socket.socket]:
+    """The HTTP socket (and RESP's when RESP_PORT is set), bound and listening."""
+    ports = [settings.http_port] + ([settings.resp_port] if settings.resp_port else [])
+    listeners: list[socket.socket] = []
+    try:
+        for port in ports:
+            family = socket.getaddrinfo(settings.http_host, port, type=socket.SOCK_STREAM)[0][0]
+            listeners.append(socket.create_server((settings.http_host, port), family=family,
+                                                  backlog=1024))
+    except BaseException:
+        for listener in listeners:
+            listener.close()
+        raise
+    return listeners
+
+
+def supervise(settings: Settings, serve: Callable[[Settings, list[socket.socket]], int]) -> int:
+    """Run `serve(settings, listeners)` in `settings.http_workers` forked processes until a
+    signal stops them; returns the exit status of the whole."""
+    embedded = None
+    if not settings.redis_configured:
+        # One Redis for all the workers, started here so that it outlives any one of them.
+        embedded = RedisServer().start()
+        log.info("no REDIS_URL or REDIS_HOST set: started an embedded redis-server at %s",
+                 embedded.url)
+        settings = dataclasses.replace(settings, redis_url=embedded.url)
+    listeners = bind_listeners(settings)
+    log.info("HTTP on http://%s:%d with %d workers", settings.http_host,
+             listeners[0].getsockname()[1], settings.http_workers)
+    children: dict[int, float] = {}  # pid -> start time
+    stopping = False
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker: serve, then leave without running the parent's cleanup
+            code = 1
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                die_with_parent()
+                code = serve(settings, listeners)
+            except BaseException:  # noqa: BLE001 - a worker must report, then exit
+                log.exception("worker %d failed", os.getpid())
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children[pid] = time.monotonic()
+        log.info("worker %d started", pid)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if not stopping:
+            log.info("received %s, stopping %d workers", signal.Signals(signum).name, len(children))
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        for _ in range(settings.http_workers):
+            spawn()
+        while children:
+            pid, status = os.wait()
+            started = children.pop(pid, None)
+            if started is None or stopping:
+                continue
+            log.warning("worker %d exited (status %d); starting another", pid,
+                        os.waitstatus_to_exitcode(status))
+            if time.monotonic() - started < RESTART_BACKOFF:
+                time.sleep(RESTART_BACKOFF)  # a worker that cannot start must not spin the CPU
+            if not stopping:
+                spawn()
+    finally:
+        for listener in listeners:
+            listener.close()
+        if embedded is not None:
+            embedded.cleanup()
+    log.info("stopped")
+    return 0
