@@ -150,6 +150,15 @@ def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
         return b"".join(chunks)
 
 
+def refused(port: int) -> bool:
+    """Whether nothing accepts connections on 127.0.0.1:`port` any more."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return True
+    return False
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
     """Poll `predicate` until it returns something truthy, at most `timeout` seconds."""
     deadline = time.monotonic() + timeout

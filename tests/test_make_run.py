@@ -4,26 +4,19 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 from urllib.parse import quote
 
 import pytest
 
 from redis_launcher import free_port
-from servers import request, wait_until
+from servers import refused, request, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
 
-def _refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except OSError:
-        return True
-    return False
 
 
 def test_make_run_serves_and_stops_cleanly_on_sigint(upstream, tmp_path):
@@ -39,7 +32,7 @@ def test_make_run_serves_and_stops_cleanly_on_sigint(upstream, tmp_path):
                                start_new_session=True)
     try:
         # HTTP_PORT from the environment wins over the .env file's 8080.
-        wait_until(lambda: not _refused(port), timeout=30, interval=0.1)
+        wait_until(lambda: not refused(port), timeout=30, interval=0.1)
         path = f"/?url={quote(url, safe='')}&key=run"
         first, second = request(port, path), request(port, path)
         assert (first.headers["X-Cache"], second.headers["X-Cache"]) == ("MISS", "HIT")
@@ -49,7 +42,7 @@ def test_make_run_serves_and_stops_cleanly_on_sigint(upstream, tmp_path):
                              log_file.read_text())
         assert embedded, log_file.read_text()
         redis_port = int(embedded.group(1))
-        assert not _refused(redis_port)
+        assert not refused(redis_port)
     finally:
         os.killpg(process.pid, signal.SIGINT)
         try:
@@ -65,5 +58,5 @@ def test_make_run_serves_and_stops_cleanly_on_sigint(upstream, tmp_path):
     assert "Traceback" not in stderr and "Traceback" not in log_file.read_text()
     assert "received SIGINT, stopping" in log_file.read_text()
     assert log_file.read_text().rstrip().endswith("stopped")
-    assert _refused(port)
-    wait_until(lambda: _refused(redis_port), timeout=5)  # the Redis it started is gone too
+    assert refused(port)
+    wait_until(lambda: refused(redis_port), timeout=5)  # the Redis it started is gone too

@@ -12,18 +12,11 @@ import pytest
 import redis
 
 from redis_launcher import free_port
-from servers import request, wait_until
+from servers import refused, request, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _refused(port: int) -> bool:
-    import socket
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except OSError:
-        return True
-    return False
 
 
 @pytest.fixture
@@ -50,7 +43,7 @@ def workers(upstream, tmp_path):
                 pass
         return found
 
-    wait_until(lambda: len(python_children()) == 2 and not _refused(port), timeout=20,
+    wait_until(lambda: len(python_children()) == 2 and not refused(port), timeout=20,
                interval=0.05)
     yield process, port, resp_port, log_file, python_children
     if process.poll() is None:
@@ -92,4 +85,4 @@ def test_sigint_stops_every_worker_and_the_embedded_redis(workers):
     assert log_file.read_text().rstrip().endswith("stopped")
     wait_until(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
                                for pid in family), timeout=10)
-    assert _refused(port)
+    assert refused(port)
