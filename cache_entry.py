@@ -1,6 +1,7 @@
 """The stored entry: a small versioned header, then the body bytes exactly as received."""
 
 import json
+import math
 import re
 import struct
 from dataclasses import dataclass, field
@@ -63,7 +64,9 @@ def decode(raw: bytes) -> Entry | None:
     # Anyone who can write this Redis can write an entry: replay only the headers this format
     # stores, as text with no CR, LF or NUL (which would split the response), and a status a
     # client can be given.
-    if not 200 <= entry.status <= 599 or any(
+    if not 200 <= entry.status <= 599 or not all(
+            math.isfinite(number) and 0 <= number < 1e11 for number in (entry.fetched_at, entry.fresh_for)
+    ) or any(
             name not in KEPT_HEADERS or not isinstance(value, str) or _UNSAFE.search(value)
             for name, value in headers.items()):
         return None

@@ -113,6 +113,7 @@ _REJECT = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\
 UNMETERED_ROUTES = frozenset({"/health", "/metrics"})
 # A client must read a large answer at least this fast (bytes/s), or the send times out.
 MIN_SEND_RATE = 64 * 1024
+SMALL_REPLY = 64 * 1024  # up to this, headers and body go out in one write
 _UNSAFE_HEADER_VALUE = re.compile(r"[\r\n\x00]")
 
 
@@ -195,7 +196,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
     def handle_one_request(self) -> None:
         """One request; its reply is built while processing and sent at the end, outside
         MAX_PARALLEL, so a client slow to read holds its own connection and nothing else."""
-        self._pending: bytes | None = None
+        self._pending: tuple[bytes, bytes] | None = None
         try:
             self._handle_one_request()
         finally:
@@ -403,7 +404,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         elif self.request_version == "HTTP/1.0":
             lines.append("Connection: keep-alive")  # RFC 9112 §9.3: 1.0 keeps alive only if told
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
-        self._pending = head if self.command == "HEAD" else head + body
+        self._pending = (head, b"" if self.command == "HEAD" else body)
         if access_log.isEnabledFor(logging.DEBUG):  # per-request lines cost throughput
             access_log.debug('%s "%s" %s %s', self.client_address[0], self.requestline, status,
                             len(body))
@@ -411,12 +412,22 @@ class ProxyHandler(BaseHTTPRequestHandler):
     def _send(self) -> None:
         """Send the reply in one write, with a deadline scaled to its size. A failed or partial
         send ends the connection: nothing more may be written on a broken framing."""
-        data, self._pending = self._pending, None
-        if data is None:
+        pending, self._pending = self._pending, None
+        if pending is None:
             return
+        head, body = pending
+        deadline = time.monotonic() + max(self.server.keepalive_timeout,
+                                          (len(head) + len(body)) / MIN_SEND_RATE)
         try:
-            self.connection.settimeout(max(self.server.keepalive_timeout, len(data) / MIN_SEND_RATE))
-            self.connection.sendall(data)
+            if len(body) <= SMALL_REPLY:
+                self.connection.settimeout(deadline - time.monotonic())
+                self.connection.sendall(head + body)
+            else:
+                # A large body is not copied behind its headers: an L1 hit shares the cached
+                # bytes while a slow client takes them. TCP_NODELAY sends both writes at once.
+                for part in (head, body):
+                    self.connection.settimeout(max(0.001, deadline - time.monotonic()))
+                    self.connection.sendall(part)
         except OSError:
             self.close_connection = True
             raise  # handle() ends the connection with a debug line

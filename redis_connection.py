@@ -1,9 +1,11 @@
 """Connections to the backing Redis: the client factory, URL masking, and availability tracking."""
 
 import logging
+import math
 import re
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -143,6 +145,11 @@ def check_at_start(client: redis.Redis, label: str) -> bool:
     return False
 
 
+def pool_exhausted(exc: BaseException) -> bool:
+    """BlockingConnectionPool found no free connection within its timeout."""
+    return isinstance(exc, redis.ConnectionError) and "No connection available" in str(exc)
+
+
 class RedisHealth:
     """Tracks whether Redis answers. After a failure the request path stops asking Redis and a
     background thread PINGs every `probe_interval` seconds until it answers again."""
@@ -156,6 +163,9 @@ class RedisHealth:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._prober: threading.Thread | None = None
+        self._check_lock = threading.Lock()
+        self._checked_at = -math.inf
+        self._last_check = True
         self.failures = 0
 
     @property
@@ -168,6 +178,12 @@ class RedisHealth:
             raise StoreUnavailable()
         try:
             return fn()
+        except redis.ConnectionError as exc:
+            if pool_exhausted(exc):  # busy, not down: Redis answers, our pool is all in use
+                raise StoreUnavailable("every connection to Redis is busy; retry shortly",
+                                       error="redis busy") from exc
+            self.mark_down(exc)
+            raise StoreUnavailable() from exc
         except UNREACHABLE as exc:
             self.mark_down(exc)
             raise StoreUnavailable() from exc
@@ -189,6 +205,27 @@ class RedisHealth:
             return False
         except redis.RedisError:
             return False
+
+    def check(self, max_age: float = 0.5) -> bool:
+        """Whether Redis answers, by a PING at most every `max_age` seconds: /health is open to
+        anyone, and a PING per request would let a flood of it drain the pool. A PING that
+        fails for want of a free connection says nothing about Redis: the last answer stands."""
+        now = time.monotonic()
+        if now - self._checked_at < max_age or not self._check_lock.acquire(blocking=False):
+            return self._up and self._last_check
+        try:
+            try:
+                ok = bool(self.client.ping())
+            except redis.ConnectionError as exc:
+                ok = self._last_check if pool_exhausted(exc) else False
+            except (*UNREACHABLE, redis.RedisError):
+                ok = False
+            self._last_check, self._checked_at = ok, time.monotonic()
+            if not ok:
+                self.mark_down(ConnectionError("PING failed"))
+            return self._up and ok
+        finally:
+            self._check_lock.release()
 
     def _probe(self) -> None:
         while not self._stop.wait(self.probe_interval):

@@ -457,9 +457,7 @@ class RedisProxy:
     # ----- health and stats ----------------------------------------------------------------
 
     def health_report(self) -> dict[str, Any]:
-        redis_ok = self.health.up and self.health.ping()
-        if not redis_ok and self.health.up:
-            self.health.mark_down(ConnectionError("PING failed"))
+        redis_ok = self.health.check()
         return {"status": "ok" if redis_ok else "degraded", "redis": "ok" if redis_ok else "down",
                 "l1_invalidation": self.l1_invalidation}
 

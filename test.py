@@ -375,3 +375,27 @@ def test_unusable_upstream_answers_are_502(upstream, make_proxy, r, status_line,
     got = request(make_proxy().port, q(url, "odd"))
     assert got.status == 502 and got.json()["detail"], got
     assert r.exists("rp:odd") == 0
+
+
+def test_a_redirect_body_is_never_read(upstream, make_proxy):
+    stop = threading.Event()
+    upstream.serve("/landing", b"landed")
+
+    def trickling_redirect(handler):
+        handler.send_response(302)
+        handler.send_header("Location", "/landing")
+        handler.send_header("Content-Length", "100000")
+        handler.end_headers()
+        for _ in range(1000):  # a body that would take 50 s, and is 10x the cap
+            if stop.wait(0.05):
+                return
+            handler.wfile.write(b"x" * 100)
+            handler.wfile.flush()
+
+    url = upstream.route("/redirect", trickling_redirect)
+    proxy = make_proxy(timeout=2, max_bytes=10_000)
+    try:
+        got = request(proxy.port, q(url, "rd"))
+    finally:
+        stop.set()
+    assert (got.status, got.body) == (200, b"landed")

@@ -101,11 +101,25 @@ _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("upstre
                                                                          default=None)
 
 
-def _cut(conn: Any) -> None:
-    sock = getattr(conn, "sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+class _Cutter:
+    """Shuts a connection's socket at the deadline, unless the request finished first (the
+    connection may be back in the pool, serving another request, by the time a timer fires)."""
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+        self.done = False
+        self.lock = threading.Lock()
+
+    def cut(self) -> None:
+        with self.lock:
+            sock = None if self.done else getattr(self.conn, "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def finish(self) -> None:
+        with self.lock:
+            self.done = True
 
 
 class _DeadlinePoolMixin:
@@ -117,12 +131,14 @@ class _DeadlinePoolMixin:
         deadline = _deadline.get()
         if deadline is None:
             return super()._make_request(conn, *args, **kwargs)  # type: ignore[misc]
-        timer = threading.Timer(max(0.0, deadline - time.monotonic()), _cut, (conn,))
+        cutter = _Cutter(conn)
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), cutter.cut)
         timer.daemon = True
         timer.start()
         try:
             return super()._make_request(conn, *args, **kwargs)  # type: ignore[misc]
         finally:
+            cutter.finish()
             timer.cancel()
 
 
@@ -153,6 +169,15 @@ class PolicyAdapter(HTTPAdapter):
         raise Forbidden("fetching through a forward proxy is not supported by the upstream policy")
 
 
+class _NoRedirectSession(requests.Session):
+    """Even with allow_redirects=False, requests reads a redirect's whole body (to 'consume the
+    socket') with no cap and only the per-read timeout; Fetcher.fetch follows Location itself,
+    so requests is told there is never a redirect to resolve."""
+
+    def get_redirect_target(self, resp: requests.Response) -> None:
+        return None
+
+
 class Fetcher:
     """GET a URL with a total deadline, a body cap and at most `max_redirects` checked hops."""
 
@@ -170,7 +195,7 @@ class Fetcher:
             lambda url: self.policy.check_url(url, resolve=False))
 
     def _new_session(self, pool_size: int) -> requests.Session:
-        session = requests.Session()
+        session = _NoRedirectSession()
         session.trust_env = False  # never route through proxies from the environment
         adapter = PolicyAdapter(self.policy, pool_connections=pool_size, pool_maxsize=pool_size,
                                 max_retries=0)

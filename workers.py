@@ -21,6 +21,7 @@ from redis_launcher import RedisServer, die_with_parent
 
 log = logging.getLogger("redis_proxy.workers")
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 RESTART_BACKOFF = 1.0  # a worker that dies this soon after its start is restarted this much later
 
 
@@ -43,27 +44,43 @@ def bind_listeners(settings: Settings) -> list[socket.socket]:
 def supervise(settings: Settings, serve: Callable[[Settings, list[socket.socket]], int]) -> int:
     """Run `serve(settings, listeners)` in `settings.http_workers` forked processes until a
     signal stops them; returns the exit status of the whole."""
+    listeners = bind_listeners(settings)  # first: a port in use fails before anything starts
     embedded = None
     if not settings.redis_configured:
         # One Redis for all the workers, started here so that it outlives any one of them.
-        embedded = RedisServer().start()
+        try:
+            embedded = RedisServer().start()
+        except BaseException:
+            for listener in listeners:
+                listener.close()
+            raise
         log.info("no REDIS_URL or REDIS_HOST set: started an embedded redis-server at %s",
                  embedded.url)
         settings = dataclasses.replace(settings, redis_url=embedded.url)
-    listeners = bind_listeners(settings)
     log.info("HTTP on http://%s:%d with %d workers", settings.http_host,
              listeners[0].getsockname()[1], settings.http_workers)
     children: dict[int, float] = {}  # pid -> start time
+    parent = os.getpid()
     stopping = False
 
     def spawn() -> None:
-        pid = os.fork()
+        # Signals wait while forking: the parent's handler must not run before the new pid is
+        # registered (it would not be told to stop), nor in the child before its own handlers.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            raise
         if pid == 0:  # the worker: serve, then leave without running the parent's cleanup
             code = 1
             try:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 die_with_parent()
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a pending one ends it
+                if os.getppid() != parent:  # the parent died before PDEATHSIG was armed
+                    return
                 code = serve(settings, listeners)
             except BaseException:  # noqa: BLE001 - a worker must report, then exit
                 log.exception("worker %d failed", os.getpid())
@@ -71,6 +88,7 @@ def supervise(settings: Settings, serve: Callable[[Settings, list[socket.socket]
                 logging.shutdown()
                 os._exit(code)
         children[pid] = time.monotonic()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         log.info("worker %d started", pid)
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -88,7 +106,8 @@ def supervise(settings: Settings, serve: Callable[[Settings, list[socket.socket]
     signal.signal(signal.SIGTERM, on_signal)
     try:
         for _ in range(settings.http_workers):
-            spawn()
+            if not stopping:
+                spawn()
         while children:
             pid, status = os.wait()
             started = children.pop(pid, None)

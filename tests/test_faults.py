@@ -108,3 +108,23 @@ def test_key_lookup_with_redis_down_is_503_not_404(own_redis, make_proxy):
     own_redis.stop()
     got = request(proxy.port, "/?key=anything")
     assert (got.status, got.json()["error"]) == (503, "redis unavailable")
+
+
+def test_a_busy_pool_is_not_taken_for_redis_down(make_proxy, r):
+    """Every pooled connection in use (a flood of /health, say) is 'busy', not 'down': Redis
+    is not marked down, so the proxy does not fall back to BYPASS and 503s for everyone."""
+    from errors import StoreUnavailable
+    r.set("k", b"v")
+    proxy = make_proxy(capacity=0).proxy
+    pool = proxy.client.connection_pool
+    held = [pool.get_connection() for _ in range(pool.max_connections)]
+    try:
+        with pytest.raises(StoreUnavailable) as caught:
+            proxy.get_value(b"k")  # waits the pool's timeout for a free connection, in vain
+        assert caught.value.error == "redis busy"
+        assert proxy.health.up is True
+    finally:
+        for connection in held:
+            pool.release(connection)
+    assert proxy.get_value(b"k") == b"v"
+    assert proxy.health_report()["redis"] == "ok"

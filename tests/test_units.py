@@ -108,6 +108,15 @@ def test_an_entry_with_headers_this_format_never_writes_is_not_an_entry(headers)
     assert cache_entry.decode(cache_entry.encode(entry)) is None
 
 
+@pytest.mark.parametrize("field, value", [("fresh_for", float("inf")), ("fresh_for", float("nan")),
+                                          ("fetched_at", float("-inf")), ("fresh_for", 1e300),
+                                          ("fresh_for", -5.0)])
+def test_an_entry_with_numbers_out_of_range_is_not_an_entry(field, value):
+    fields = {"status": 200, "body": b"x", "url": "http://a/", "fetched_at": 0.0, "fresh_for": 1.0}
+    entry = Entry(**{**fields, field: value})
+    assert cache_entry.decode(cache_entry.encode(entry)) is None
+
+
 def test_an_entry_with_a_status_no_client_can_be_given_is_not_an_entry():
     entry = Entry(status=103, body=b"", url="http://a/", fetched_at=0, fresh_for=1)
     assert cache_entry.decode(cache_entry.encode(entry)) is None

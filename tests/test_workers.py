@@ -86,3 +86,37 @@ def test_sigint_stops_every_worker_and_the_embedded_redis(workers):
     wait_until(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
                                for pid in family), timeout=10)
     assert refused(port)
+
+
+RACE = """
+import os, signal, sys, threading
+sys.path.insert(0, {root!r})
+import workers
+from load_env import load_settings
+
+real_fork = os.fork
+def fork_then_stop():  # a stop request lands just as the first worker is forked
+    pid = real_fork()
+    if pid:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return pid
+os.fork = fork_then_stop
+
+def serve(settings, listeners):
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait(30)
+    return 0
+
+settings = load_settings({{"HTTP_WORKERS": "3", "HTTP_PORT": "0", "RESP_PORT": "0",
+                           "REDIS_URL": "redis://127.0.0.1:1/0"}}, env_file=None)
+sys.exit(workers.supervise(settings, serve))
+"""
+
+
+def test_a_stop_during_the_fork_stops_the_worker_and_forks_no_more():
+    done = subprocess.run([sys.executable, "-c", RACE.format(root=ROOT)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=20)
+    # Without the signal mask the first worker is never told to stop and the parent waits on
+    # it (30 s here): the run above would time out.
+    assert done.returncode == 0, done.stderr
