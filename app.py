@@ -57,7 +57,9 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
     import http_server
     import resp_server
     authenticator = authenticator or authenticator_of(settings)  # one set of tokens for both
+    # MAX_PARALLEL bounds the whole process: both front ends draw on one semaphore.
     limits = dict(max_clients=settings.max_clients, max_parallel=settings.max_parallel,
+                  parallel=threading.Semaphore(settings.max_parallel),
                   header_timeout=settings.header_timeout,
                   keepalive_timeout=settings.keepalive_timeout)
     servers = [http_server.make_server(settings.http_host, 0 if listeners else settings.http_port,
@@ -78,8 +80,6 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
             adopt_listener(servers[1], listeners[1])
         log.info("RESP on redis://%s:%d", settings.http_host, servers[1].port)
         servers[0].metrics.watch("resp", servers[1])
-        # MAX_PARALLEL bounds the whole process: both front ends draw on one semaphore.
-        servers[1].parallel = servers[0].parallel
         warn_if_resp_exposed(settings.http_host, settings.resp_port, authenticator.enabled)
     for server in servers:
         threading.Thread(target=server.serve_forever, name=type(server).__name__, daemon=True).start()

@@ -167,14 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     origin.server_close()
 
     if args.json:
-        print(json.dumps(results, indent=2))
+        sys.stdout.write(json.dumps(results, indent=2) + "\n")  # the command's output
         return 0
     reference = results.get("redis-benchmark GET, Redis itself")
-    print(f"{'path':58} {'requests/s':>12} {'vs Redis':>9}")
+    lines = [f"{'path':58} {'requests/s':>12} {'vs Redis':>9}"]
     for name, value in results.items():
         shown = "n/a (tool absent)" if value is None else f"{value:12,.0f}"
         ratio = f"{value / reference:9.3f}" if value and reference else ""
-        print(f"{name:58} {shown:>12} {ratio}")
+        lines.append(f"{name:58} {shown:>12} {ratio}")
+    sys.stdout.write("\n".join(lines) + "\n")  # the report is the command's output, not a log
     return 0
 
 

@@ -53,11 +53,14 @@ class LimitedServerMixIn:
     max_clients = 1024
     reject_bytes = b""
 
-    def init_limits(self, max_clients: int, max_parallel: int) -> None:
+    def init_limits(self, max_clients: int, max_parallel: int,
+                    parallel: threading.Semaphore | None = None) -> None:
+        """`parallel`: a semaphore shared with other front ends (MAX_PARALLEL is per process);
+        else one of `max_parallel` slots for this server alone."""
         self.max_clients = max_clients
         self.client_slots = threading.BoundedSemaphore(max_clients)
         # threading.Semaphore wakes waiters in arrival order, so MAX_PARALLEL=1 is FIFO.
-        self.parallel = threading.Semaphore(max_parallel)
+        self.parallel = parallel or threading.Semaphore(max_parallel)
         self.active_connections = 0
         self.rejected_connections = 0
         self._count_lock = threading.Lock()

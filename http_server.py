@@ -11,6 +11,7 @@ import re
 import socket
 import socketserver
 import sys
+import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -128,14 +129,15 @@ class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], proxy: RedisProxy, *, max_clients: int = 1024,
                  max_parallel: int = 4, header_timeout: float = 10.0,
                  keepalive_timeout: float = 15.0, authenticator: Authenticator | None = None,
-                 rate_limiter: RateLimiter | None = None, metrics: Metrics | None = None):
+                 rate_limiter: RateLimiter | None = None, metrics: Metrics | None = None,
+                 parallel: threading.Semaphore | None = None):
         self.proxy = proxy
         self.metrics = metrics or Metrics(proxy)
         self.authenticator = authenticator or Authenticator()  # no tokens: open
         self.rate_limiter = rate_limiter  # None: no limit
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
-        self.init_limits(max_clients, max_parallel)
+        self.init_limits(max_clients, max_parallel, parallel)
         super().__init__(address, ProxyHandler)
         self.metrics.watch("http", self)
 

@@ -12,6 +12,7 @@ buffer limits).
 import logging
 import socket
 import socketserver
+import threading
 import time
 from typing import Any
 
@@ -41,7 +42,8 @@ class RespServer(ThreadingLimitedServer):
     def __init__(self, address: tuple[str, int], proxy: RedisProxy, *, max_clients: int = 1024,
                  max_parallel: int = 4, header_timeout: float = 10.0,
                  keepalive_timeout: float = 15.0, max_array: int = wire.MAX_ARRAY,
-                 max_bulk: int = wire.MAX_BULK, authenticator: Authenticator | None = None):
+                 max_bulk: int = wire.MAX_BULK, authenticator: Authenticator | None = None,
+                 parallel: threading.Semaphore | None = None):
         self.proxy = proxy
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
@@ -51,7 +53,7 @@ class RespServer(ThreadingLimitedServer):
         self.commands = RespCommands(proxy, info_extra=self._info, authenticator=authenticator)
         self.connections_received = 0
         self.commands_processed = 0
-        self.init_limits(max_clients, max_parallel)
+        self.init_limits(max_clients, max_parallel, parallel)
         super().__init__(address, RespHandler)
 
     @property
