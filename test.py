@@ -5,7 +5,6 @@ import threading
 from urllib.parse import quote
 
 import pytest
-import redis
 
 from redis_proxy import RedisProxy
 from servers import raw_exchange, request, wait_until
@@ -303,18 +302,18 @@ def test_config_set_applies_maxmemory_and_policy(make_proxy, r):
     proxy.configure_memory(0, "noeviction")
 
 
-def test_refused_config_set_is_a_warning_not_a_crash(make_proxy, caplog):
-    class Refusing:
-        def config_set(self, *args):
-            raise redis.ResponseError("unknown command 'CONFIG'")
-
-    proxy = make_proxy().proxy
-    real, proxy.client = proxy.client, Refusing()
-    try:
-        assert proxy.configure_memory(1, "allkeys-lru") is False
-    finally:
-        proxy.client = real
-    assert "could not apply maxmemory" in caplog.text
+def test_refused_config_set_is_a_warning_not_a_crash(make_proxy, upstream, caplog):
+    from redis_launcher import RedisServer
+    # A managed Redis refuses CONFIG: here a real one with the command renamed away.
+    with RedisServer(unix_socket=True, extra_args=("--rename-command", "CONFIG", "")) as managed:
+        proxy = make_proxy(managed.url)
+        assert proxy.proxy.configure_memory(1024 * 1024, "allkeys-lru") is False
+        assert "could not apply maxmemory" in caplog.text
+        url = upstream.serve("/managed", b"still serving")
+        assert request(proxy.port, q(url, "m")).body == b"still serving"
+        assert request(proxy.port, q(url, "m")).headers["X-Cache"] == "HIT"
+        proxy.thread.stop()
+        proxy.proxy.close()
 
 
 def test_get_instance_is_one_object_across_threads(redis_url, monkeypatch):
