@@ -1,0 +1,1 @@
+"""`make bench`: throughput of both roles and both front ends (python -m bench)."""

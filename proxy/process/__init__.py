@@ -1,0 +1,1 @@
+"""The serving process: signals and the serve loop, exposure warnings, pre-forked workers."""
