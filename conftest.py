@@ -9,15 +9,15 @@ import redis
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "tests"))
 
-from freshness import Policy  # noqa: E402
 from http_server import make_server  # noqa: E402
-from local_cache import LocalCache  # noqa: E402
-from redis_connection import make_client  # noqa: E402
-from redis_launcher import RedisServer  # noqa: E402
+from proxy.cache.freshness import Policy  # noqa: E402
+from proxy.cache.local_cache import LocalCache  # noqa: E402
+from proxy.store.connection import make_client  # noqa: E402
+from proxy.store.launcher import RedisServer  # noqa: E402
+from proxy.upstream.fetcher import Fetcher  # noqa: E402
+from proxy.upstream.policy import UpstreamPolicy  # noqa: E402
 from redis_proxy import RedisProxy  # noqa: E402
 from servers import ServerThread, Upstream  # noqa: E402
-from upstream import Fetcher  # noqa: E402
-from upstream_policy import UpstreamPolicy  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +99,7 @@ def make_proxy(redis_url):
 @pytest.fixture
 def make_resp_proxy(make_proxy):
     """Like make_proxy, plus the same proxy served over RESP on port 0 (`.port` is RESP's)."""
-    import resp_server
+    from proxy.resp import server as resp_server
     started = []
 
     def build(*args, resp_options: dict | None = None, **options) -> ProxyUnderTest:

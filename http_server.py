@@ -18,8 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from auth import Authenticator
-from errors import (
+from proxy.errors import (
     BadRequest,
     HeadersTooLarge,
     KeyNotFound,
@@ -28,8 +27,12 @@ from errors import (
     ProxyError,
     URITooLong,
 )
-from http_front import DeadlineReader, LimitedServerMixIn
-from http_syntax import (
+from proxy.serving.auth import Authenticator
+from proxy.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from proxy.serving.metrics import Metrics
+from proxy.serving.rate_limit import RateLimiter
+from proxy.serving.sockets import DeadlineReader, LimitedServerMixIn
+from proxy.serving.syntax import (
     body_framing_error,
     has_body,
     host_error,
@@ -37,9 +40,6 @@ from http_syntax import (
     valid_header_line,
     valid_request_line,
 )
-from metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from metrics import Metrics
-from rate_limit import RateLimiter
 from redis_proxy import CacheResult, RedisProxy
 
 log = logging.getLogger(__name__)
@@ -470,7 +470,7 @@ def make_server(host: str, port: int, proxy: RedisProxy, **options: Any) -> Prox
 
 def main(argv: list[str] | None = None) -> int:
     """Wire settings, logging, Redis and the front ends; serve until Ctrl-C or SIGTERM."""
-    from app import run
+    from http_server import run
     return run(argv)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from dotenv import dotenv_values
 
-from errors import ConfigError
+from proxy.errors import ConfigError
 
 EVICTION_POLICIES = (
     "noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random",

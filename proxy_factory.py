@@ -3,14 +3,14 @@
 import logging
 from typing import Any
 
-from freshness import Policy
 from load_env import Settings, load_settings
-from local_cache import LocalCache
-from redis_connection import check_at_start, make_client, mask_url
-from redis_launcher import RedisServer
+from proxy.cache.freshness import Policy
+from proxy.cache.local_cache import LocalCache
+from proxy.store.connection import check_at_start, make_client, mask_url
+from proxy.store.launcher import RedisServer
+from proxy.upstream.fetcher import Fetcher
+from proxy.upstream.policy import UpstreamPolicy
 from redis_proxy import RedisProxy
-from upstream import Fetcher
-from upstream_policy import UpstreamPolicy
 
 log = logging.getLogger(__name__)
 

@@ -303,7 +303,7 @@ def test_config_set_applies_maxmemory_and_policy(make_proxy, r):
 
 
 def test_refused_config_set_is_a_warning_not_a_crash(make_proxy, upstream, caplog):
-    from redis_launcher import RedisServer
+    from proxy.store.launcher import RedisServer
     # A managed Redis refuses CONFIG: here a real one with the command renamed away.
     with RedisServer(unix_socket=True, extra_args=("--rename-command", "CONFIG", "")) as managed:
         proxy = make_proxy(managed.url)

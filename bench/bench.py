@@ -21,14 +21,14 @@ from urllib.parse import quote
 import redis
 
 import http_server
-import resp_server
-from freshness import Policy
-from local_cache import LocalCache
-from redis_connection import make_client
-from redis_launcher import RedisServer, free_port
+from proxy.cache.freshness import Policy
+from proxy.cache.local_cache import LocalCache
+from proxy.resp import server as resp_server
+from proxy.store.connection import make_client
+from proxy.store.launcher import RedisServer, free_port
+from proxy.upstream.fetcher import Fetcher
+from proxy.upstream.policy import UpstreamPolicy
 from redis_proxy import RedisProxy
-from upstream import Fetcher
-from upstream_policy import UpstreamPolicy
 
 BODY = b"x" * 1024
 

@@ -6,11 +6,12 @@ from urllib.parse import quote
 
 import pytest
 
-import auth
-from app import warn_if_exposed
-from auth import Authenticator, authenticator_of, read_tokens_file
-from errors import ConfigError, Unauthorized
+from http_server import authenticator_of
 from load_env import load_settings
+from proxy.errors import ConfigError, Unauthorized
+from proxy.process.serve import warn_if_exposed
+from proxy.serving import auth
+from proxy.serving.auth import Authenticator, read_tokens_file
 from servers import request
 
 TOKEN = "first-token-0123456789abcdef"

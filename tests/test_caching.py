@@ -9,8 +9,8 @@ from urllib.parse import quote
 
 import pytest
 
-from freshness import Policy
-from redis_launcher import free_port
+from proxy.cache.freshness import Policy
+from proxy.store.launcher import free_port
 from servers import request, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,7 +8,7 @@ from urllib.parse import quote
 import pytest
 import redis
 
-from redis_launcher import RedisServer
+from proxy.store.launcher import RedisServer
 from servers import request, wait_until
 
 
@@ -113,7 +113,7 @@ def test_key_lookup_with_redis_down_is_503_not_404(own_redis, make_proxy):
 def test_a_busy_pool_is_not_taken_for_redis_down(make_proxy, r):
     """Every pooled connection in use (a flood of /health, say) is 'busy', not 'down': Redis
     is not marked down, so the proxy does not fall back to BYPASS and 503s for everyone."""
-    from errors import StoreUnavailable
+    from proxy.errors import StoreUnavailable
     r.set("k", b"v")
     proxy = make_proxy(capacity=0).proxy
     pool = proxy.client.connection_pool

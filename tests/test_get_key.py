@@ -7,7 +7,7 @@ from urllib.parse import quote
 import pytest
 import redis
 
-from redis_launcher import RedisServer
+from proxy.store.launcher import RedisServer
 from servers import request
 
 

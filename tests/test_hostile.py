@@ -10,14 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from auth import Authenticator
 from http_server import make_server
-from local_cache import LocalCache
-from redis_connection import make_client
+from proxy.cache.local_cache import LocalCache
+from proxy.serving.auth import Authenticator
+from proxy.store.connection import make_client
+from proxy.upstream.fetcher import Fetcher
+from proxy.upstream.policy import UpstreamPolicy
 from redis_proxy import RedisProxy
 from servers import ServerThread, request
-from upstream import Fetcher
-from upstream_policy import UpstreamPolicy
 
 TOKEN = "hostile-test-token-0123456789abcdef"
 GOOD_HEADERS = f"Host: proxy\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n"

@@ -6,8 +6,8 @@ import threading
 import pytest
 import redis
 
-from local_cache import MISSING, LocalCache
-from redis_launcher import RedisServer
+from proxy.cache.local_cache import MISSING, LocalCache
+from proxy.store.launcher import RedisServer
 from servers import request, wait_until
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from resp_protocol import command
+from proxy.resp.protocol import command
 from servers import request, wait_until
 
 

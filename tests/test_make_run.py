@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
-from redis_launcher import free_port
+from proxy.store.launcher import free_port
 from servers import refused, request, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

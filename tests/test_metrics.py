@@ -6,7 +6,7 @@ from urllib.parse import quote
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from auth import Authenticator
+from proxy.serving.auth import Authenticator
 from servers import request, wait_until
 
 TOKEN = "metrics-test-token-0123456789abcdef"

@@ -7,11 +7,12 @@ import sys
 
 import pytest
 
-from auth import Authenticator
-from errors import ConfigError, TooManyRequests
+from http_server import rate_limiter_of
 from load_env import load_settings
-from rate_limit import ClientAddress, RateLimiter, bucket_key, rate_limiter_of
-from redis_launcher import free_port
+from proxy.errors import ConfigError, TooManyRequests
+from proxy.serving.auth import Authenticator
+from proxy.serving.rate_limit import ClientAddress, RateLimiter, bucket_key
+from proxy.store.launcher import free_port
 from servers import request, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,9 +17,9 @@ import redis
 
 from http_server import make_server
 from load_env import load_settings
-from proxy_factory import build_proxy
-from redis_connection import mask_url
-from redis_launcher import RedisServer, free_port
+from proxy.store.connection import mask_url
+from proxy.store.launcher import RedisServer, free_port
+from redis_proxy import build_proxy  # FIXME: moved, see WARN
 from servers import ServerThread, request, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -291,7 +291,7 @@ def test_a_tls_failure_is_one_clear_line_and_health_503(tls_redis, caplog, ca, c
 
 
 def test_tls_files_with_a_plain_url_are_refused_at_start(tmp_path):
-    from errors import ConfigError
+    from proxy.errors import ConfigError
     ca = tmp_path / "ca.crt"
     ca.write_text("x")
     with pytest.raises(ConfigError) as caught:
@@ -304,7 +304,7 @@ def test_tls_files_with_a_plain_url_are_refused_at_start(tmp_path):
 
 
 def test_redis_host_with_tls_files_builds_a_rediss_url(tmp_path):
-    from proxy_factory import redis_url_of
+    from redis_proxy import redis_url_of
     ca = tmp_path / "ca.crt"
     ca.write_text("x")
     settings = load_settings({"REDIS_HOST": "::1", "REDIS_PORT": "6390", "REDIS_TLS_CA": str(ca)}, env_file=None)

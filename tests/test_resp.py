@@ -11,8 +11,8 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from redis_launcher import RedisServer
-from resp_protocol import command
+from proxy.resp.protocol import command
+from proxy.store.launcher import RedisServer
 from servers import wait_until
 
 
@@ -432,9 +432,9 @@ def test_redis_benchmark_get_completes_without_errors(resp, r):
 # ----- wiring ----------------------------------------------------------------------------------
 
 def test_start_front_ends_serves_resp_beside_http_unless_resp_port_is_0(make_proxy, r, caplog):
-    import app
     from load_env import load_settings
-    from redis_launcher import free_port
+    from proxy.process import serve as app
+    from proxy.store.launcher import free_port
     from servers import request
     r.set("k", b"hello")
     proxy = make_proxy().proxy

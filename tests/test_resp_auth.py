@@ -7,11 +7,11 @@ import subprocess
 import pytest
 import redis
 
-import app
-from auth import Authenticator
 from load_env import load_settings
-from redis_launcher import free_port
-from resp_protocol import command
+from proxy.process import serve as app
+from proxy.resp.protocol import command
+from proxy.serving.auth import Authenticator
+from proxy.store.launcher import free_port
 from test_resp import REDIS_CLI, connect, read_exactly, read_until_closed
 
 TOKEN = "resp-token-0123456789abcdef"

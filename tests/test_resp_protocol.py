@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import resp_protocol as wire
-from resp_protocol import ProtocolError, RespParser, split_args
+from proxy.resp import protocol as wire
+from proxy.resp.protocol import ProtocolError, RespParser, split_args
 
 
 def parse_all(data: bytes, parser: RespParser | None = None) -> list[list[bytes]]:

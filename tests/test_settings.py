@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from errors import ConfigError
 from load_env import load_settings
+from proxy.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,8 +12,8 @@ from urllib.parse import quote
 import pytest
 
 from net_guard import FakeDNS, is_loopback_literal, loopback_only, rebinding  # noqa: F401
+from proxy.upstream.policy import DEFAULT_PORTS, UpstreamPolicy
 from servers import Upstream, UpstreamHandler, request
-from upstream_policy import DEFAULT_PORTS, UpstreamPolicy
 
 PUBLIC_V4 = "93.184.216.34"
 

@@ -4,13 +4,13 @@ store/read decisions over fakeredis (the end-to-end suite proves them against a 
 import fakeredis
 import pytest
 
-import cache_entry
-import cache_keys
-from cache_entry import Entry
-from errors import BadRequest
-from freshness import Policy
+from proxy.cache import entry as cache_entry
+from proxy.cache import keys as cache_keys
+from proxy.cache.entry import Entry
+from proxy.cache.freshness import Policy
+from proxy.errors import BadRequest
+from proxy.upstream.fetcher import UpstreamResponse
 from redis_proxy import HIT, MISS, RedisProxy
-from upstream import UpstreamResponse
 
 
 class FakeFetcher:

@@ -9,11 +9,11 @@ import threading
 
 import pytest
 
-from errors import BadGateway, BadRequest, Forbidden
 from net_guard import FakeDNS, OffLoopback, loopback_only, network_guard, rebinding  # noqa: F401
+from proxy.errors import BadGateway, BadRequest, Forbidden
+from proxy.upstream.fetcher import Fetcher
+from proxy.upstream.policy import UpstreamPolicy, refused_block
 from servers import Upstream
-from upstream import Fetcher
-from upstream_policy import UpstreamPolicy, refused_block
 
 PUBLIC_V4 = "93.184.216.34"
 

@@ -11,7 +11,7 @@ import psutil
 import pytest
 import redis
 
-from redis_launcher import free_port
+from proxy.store.launcher import free_port
 from servers import refused, request, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,7 +91,7 @@ def test_sigint_stops_every_worker_and_the_embedded_redis(workers):
 RACE = """
 import os, signal, sys, threading
 sys.path.insert(0, {root!r})
-import workers
+from proxy.process import workers
 from load_env import load_settings
 
 real_fork = os.fork

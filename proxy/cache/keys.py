@@ -5,7 +5,7 @@ import json
 import math
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from errors import BadRequest, URITooLong
+from proxy.errors import BadRequest, URITooLong
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_PARAMS_BYTES = 8192

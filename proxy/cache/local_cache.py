@@ -7,7 +7,7 @@ from typing import Any
 
 from cachetools import TLRUCache
 
-from single_flight import SingleFlight
+from proxy.cache.single_flight import SingleFlight
 
 MISSING: Any = object()
 

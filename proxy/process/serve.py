@@ -11,11 +11,11 @@ from types import FrameType
 import redis
 
 import logger
-from auth import Authenticator, authenticator_of
-from errors import ConfigError, LauncherError
-from http_front import adopt_listener
+from http_server import authenticator_of, rate_limiter_of
 from load_env import Settings, load_settings
-from rate_limit import rate_limiter_of
+from proxy.errors import ConfigError, LauncherError
+from proxy.serving.auth import Authenticator
+from proxy.serving.sockets import adopt_listener
 from redis_proxy import RedisProxy
 
 log = logging.getLogger("redis_proxy")
@@ -55,7 +55,7 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
     """Bind every configured front end (or take `listeners`, bound already by the parent of
     pre-forked workers) and serve each in its own thread."""
     import http_server
-    import resp_server
+    from proxy.resp import server as resp_server
     authenticator = authenticator or authenticator_of(settings)  # one set of tokens for both
     # MAX_PARALLEL bounds the whole process: both front ends draw on one semaphore.
     limits = dict(max_clients=settings.max_clients, max_parallel=settings.max_parallel,
@@ -101,7 +101,7 @@ def run(argv: list[str] | None = None) -> int:
         return 2
     warn_if_exposed(settings.http_host, authenticator.enabled)
     if settings.http_workers > 1:
-        import workers
+        from proxy.process import workers
         try:
             return workers.supervise(settings, lambda s, listeners: serve(s, authenticator,
                                                                           listeners))

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from load_env import Settings
-from redis_launcher import RedisServer, die_with_parent
+from proxy.store.launcher import RedisServer, die_with_parent
 
 log = logging.getLogger("redis_proxy.workers")
 

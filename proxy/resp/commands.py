@@ -18,9 +18,9 @@ from typing import Any
 
 import redis
 
-import resp_protocol as wire
-from auth import Authenticator
-from errors import ProxyError, StoreUnavailable
+from proxy.errors import ProxyError, StoreUnavailable
+from proxy.resp import protocol as wire
+from proxy.serving.auth import Authenticator
 from redis_proxy import RedisProxy
 
 log = logging.getLogger(__name__)

@@ -16,12 +16,12 @@ import threading
 import time
 from typing import Any
 
-import resp_protocol as wire
-from auth import Authenticator
-from http_front import DeadlineReader, ThreadingLimitedServer
+from proxy.resp import protocol as wire
+from proxy.resp.commands import RespCommands
+from proxy.resp.protocol import ProtocolError, RespParser
+from proxy.serving.auth import Authenticator
+from proxy.serving.sockets import DeadlineReader, ThreadingLimitedServer
 from redis_proxy import RedisProxy
-from resp_commands import RespCommands
-from resp_protocol import ProtocolError, RespParser
 
 log = logging.getLogger(__name__)
 

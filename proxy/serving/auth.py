@@ -6,8 +6,8 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 
-from errors import ConfigError, Unauthorized
 from load_env import Settings
+from proxy.errors import ConfigError, Unauthorized
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 from cachetools import TTLCache
 
-from errors import TooManyRequests
 from load_env import Settings
+from proxy.errors import TooManyRequests
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

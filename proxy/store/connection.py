@@ -14,7 +14,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoPermissionError
 from redis.retry import Retry
 
-from errors import StoreUnavailable
+from proxy.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import TypeVar
 
 import redis
 
-from errors import StoreUnavailable
-from redis_connection import RedisHealth
+from proxy.errors import StoreUnavailable
+from proxy.store.connection import RedisHealth
 
 log = logging.getLogger(__name__)
 

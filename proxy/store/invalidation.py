@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import redis
 
-from redis_connection import UNREACHABLE, TrackingConnectionPool
+from proxy.store.connection import UNREACHABLE, TrackingConnectionPool
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import time
 
-from errors import LauncherError
+from proxy.errors import LauncherError
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NameResolutionError, NewConnectionError
 from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
-from errors import BadGateway, BadRequest, Forbidden, GatewayTimeout, PayloadTooLarge
-from upstream_policy import UpstreamPolicy
+from proxy.errors import BadGateway, BadRequest, Forbidden, GatewayTimeout, PayloadTooLarge
+from proxy.upstream.policy import UpstreamPolicy
 
 log = logging.getLogger(__name__)
 

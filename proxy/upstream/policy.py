@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import idna
 
-from errors import BadRequest, Forbidden
+from proxy.errors import BadRequest, Forbidden
 
 log = logging.getLogger(__name__)
 
