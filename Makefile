@@ -16,7 +16,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 redis_start: $(STAMP)
-	@mkdir -p run && $(PY) redis_launcher.py run/redis.pid run/redis.url $${REDIS_PORT:-6379}
+	@mkdir -p run && $(PY) -m proxy.store.launcher run/redis.pid run/redis.url $${REDIS_PORT:-6379}
 
 http_start: $(STAMP)
 	@mkdir -p run && REDIS_URL=$${REDIS_URL:-$$(cat run/redis.url 2>/dev/null)} nohup $(PY) http_server.py >> run/http.log 2>&1 & echo $$! > run/http.pid && echo "http server pid $$(cat run/http.pid), log in run/http.log"
@@ -25,7 +25,7 @@ shutdown:
 	@for f in run/http.pid run/redis.pid; do [ -f $$f ] && p=$$(cat $$f) && grep -qa -e http_server.py -e redis-server /proc/$$p/cmdline 2>/dev/null && kill $$p && for i in $$(seq 50); do kill -0 $$p 2>/dev/null || break; sleep 0.1; done; rm -f $$f; done; rm -f run/redis.url; echo stopped
 
 bench: $(STAMP)
-	$(PY) bench.py
+	$(PY) -m bench
 
 lint: $(STAMP)
 	$(PY) -m pip install -q ruff==0.14.4 && $(VENV)/bin/ruff check .

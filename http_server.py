@@ -18,20 +18,27 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+import logger
+from load_env import Settings, load_settings
 from proxy.errors import (
     BadRequest,
+    ConfigError,
     HeadersTooLarge,
     KeyNotFound,
+    LauncherError,
     MethodNotAllowed,
     NotFound,
     ProxyError,
     URITooLong,
 )
-from proxy.serving.auth import Authenticator
+from proxy.process import workers
+from proxy.process.serve import serve, warn_if_exposed, warn_if_resp_exposed
+from proxy.resp import server as resp_server
+from proxy.serving.auth import Authenticator, tokens_of
 from proxy.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.serving.metrics import Metrics
 from proxy.serving.rate_limit import RateLimiter
-from proxy.serving.sockets import DeadlineReader, LimitedServerMixIn
+from proxy.serving.sockets import DeadlineReader, LimitedServerMixIn, adopt_listener
 from proxy.serving.syntax import (
     body_framing_error,
     has_body,
@@ -468,9 +475,94 @@ def make_server(host: str, port: int, proxy: RedisProxy, **options: Any) -> Prox
     return ProxyHTTPServer((host, port), proxy, **options)
 
 
+# ----- the wiring: the one place that reads settings ------------------------------------------
+
+process_log = logging.getLogger("redis_proxy")  # its lines keep this name under `python http_server.py`
+
+
+def authenticator_of(settings: Settings) -> Authenticator:
+    """The authenticator the settings describe (open when no tokens are set)."""
+    return Authenticator(tokens_of(settings.auth_tokens, settings.auth_tokens_file),
+                         metrics_require_auth=settings.metrics_require_auth)
+
+
+def rate_limiter_of(settings: Settings) -> RateLimiter | None:
+    """The limiter the settings describe, or None when RATE_LIMIT is not set."""
+    if settings.rate_limit is None:
+        return None
+    return RateLimiter(settings.rate_limit, settings.rate_limit_burst,
+                       trusted_proxies=settings.trusted_proxies)
+
+
+def start_front_ends(settings: Settings, proxy: RedisProxy,
+                     authenticator: Authenticator | None = None,
+                     listeners: list[socket.socket] | None = None) -> list:
+    """Bind every configured front end (or take `listeners`, bound already by the parent of
+    pre-forked workers) and serve each in its own thread."""
+    authenticator = authenticator or authenticator_of(settings)  # one set of tokens for both
+    # MAX_PARALLEL bounds the whole process: both front ends draw on one semaphore.
+    limits = dict(max_clients=settings.max_clients, max_parallel=settings.max_parallel,
+                  parallel=threading.Semaphore(settings.max_parallel),
+                  header_timeout=settings.header_timeout,
+                  keepalive_timeout=settings.keepalive_timeout)
+    servers = [make_server(settings.http_host, 0 if listeners else settings.http_port,
+                           proxy, **limits, authenticator=authenticator,
+                           rate_limiter=rate_limiter_of(settings))]
+    if listeners:
+        adopt_listener(servers[0], listeners[0])
+    process_log.info("HTTP on http://%s:%d", settings.http_host, servers[0].port)
+    if settings.resp_port:
+        try:
+            servers.append(resp_server.make_server(settings.http_host,
+                                                   0 if listeners else settings.resp_port, proxy,
+                                                   **limits, authenticator=authenticator))
+        except OSError:
+            servers[0].server_close()  # nothing is served unless every front end could bind
+            raise
+        if listeners:
+            adopt_listener(servers[1], listeners[1])
+        process_log.info("RESP on redis://%s:%d", settings.http_host, servers[1].port)
+        servers[0].metrics.watch("resp", servers[1])
+        warn_if_resp_exposed(settings.http_host, settings.resp_port, authenticator.enabled)
+    for server in servers:
+        threading.Thread(target=server.serve_forever, name=type(server).__name__, daemon=True).start()
+    return servers
+
+
+def serve_process(settings: Settings, authenticator: Authenticator,
+                  listeners: list[socket.socket] | None = None) -> int:
+    """One serving process: the proxy and its front ends until SIGINT or SIGTERM."""
+    return serve(lambda: start_front_ends(settings, RedisProxy.get_instance(settings),
+                                          authenticator, listeners),
+                 RedisProxy.reset_instance)
+
+
+def run(argv: list[str] | None = None) -> int:
+    try:
+        settings = load_settings()
+        try:
+            logger.configure(settings.log_level, settings.log_format, settings.log_file or None)
+        except OSError as exc:
+            raise ConfigError([f"LOG_FILE={settings.log_file!r}: expected a file that can be "
+                               f"opened for appending ({exc.strerror})"]) from exc
+        authenticator = authenticator_of(settings)  # reads AUTH_TOKENS_FILE; may warn
+    except ConfigError as exc:
+        for problem in exc.problems:
+            sys.stderr.write(f"redis-proxy: bad setting {problem}\n")
+        return 2
+    warn_if_exposed(settings.http_host, authenticator.enabled)
+    if settings.http_workers > 1:
+        try:
+            return workers.supervise(settings, lambda s, listeners: serve_process(s, authenticator,
+                                                                                  listeners))
+        except (LauncherError, OSError) as exc:
+            process_log.error("cannot start: %s", exc)
+            return 1
+    return serve_process(settings, authenticator)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Wire settings, logging, Redis and the front ends; serve until Ctrl-C or SIGTERM."""
-    from http_server import run
     return run(argv)
 
 

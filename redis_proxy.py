@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import json
 import logging
 import math
 import threading
@@ -12,6 +13,7 @@ from typing import Any, ClassVar
 
 import redis
 
+from load_env import Settings, load_settings
 from proxy.cache import entry as cache_entry
 from proxy.cache import keys as cache_keys
 from proxy.cache.entry import Entry
@@ -27,10 +29,18 @@ from proxy.errors import (
     ServiceUnavailable,
     StoreUnavailable,
 )
-from proxy.store.connection import RedisHealth, TrackingConnectionPool
+from proxy.store.connection import (
+    RedisHealth,
+    TrackingConnectionPool,
+    check_at_start,
+    make_client,
+    mask_url,
+)
 from proxy.store.fetch_lock import FetchLock
 from proxy.store.invalidation import TRACKING, TTL_ONLY, Invalidator
+from proxy.store.launcher import RedisServer
 from proxy.upstream.fetcher import Fetcher
+from proxy.upstream.policy import UpstreamPolicy
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +125,11 @@ class RedisProxy:
     # ----- the process-wide instance -------------------------------------------------------
 
     @classmethod
-    def get_instance(cls, settings: Any = None) -> "RedisProxy":
+    def get_instance(cls, settings: Settings | None = None) -> "RedisProxy":
         """The one RedisProxy of this process, built from settings on first use."""
         with cls._instance_lock:
             if cls._instance is None:
-                from redis_proxy import build_proxy  # FIXME: moved, see WARN
-                cls._instance = build_proxy(settings)
+                cls._instance = cls.from_settings(settings or load_settings())
             return cls._instance
 
     @classmethod
@@ -495,13 +504,60 @@ class RedisProxy:
     def _on_redis_recover(self) -> None:
         self.local.clear()  # writes missed while Redis was away are not known to L1
 
+    # ----- built from settings ---------------------------------------------------------------
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> "RedisProxy":
+        """The proxy `settings` describe, starting an embedded redis-server when none is
+        configured (closed with the proxy)."""
+        on_close = []
+        if settings.redis_configured:
+            url = redis_url_of(settings)
+        else:
+            embedded = RedisServer().start()
+            on_close.append(embedded.cleanup)
+            url = embedded.url
+            log.info("no REDIS_URL or REDIS_HOST set: started an embedded redis-server at %s", url)
+        client = make_client(url, socket_timeout=settings.redis_socket_timeout,
+                             max_connections=settings.redis_max_connections,
+                             password=settings.redis_password or None, tls_ca=settings.redis_tls_ca,
+                             tls_cert=settings.redis_tls_cert, tls_key=settings.redis_tls_key)
+        fetcher = Fetcher(timeout=settings.upstream_timeout, max_bytes=settings.upstream_max_bytes,
+                          policy=UpstreamPolicy(allowed_hosts=settings.upstream_allowed_hosts,
+                                                allowed_ports=settings.upstream_allowed_ports,
+                                                allow_private=settings.upstream_allow_private))
+        local = LocalCache(capacity=settings.cache_capacity, max_bytes=settings.cache_max_bytes,
+                           ttl=settings.cache_ttl)
+        policy = Policy(ttl=settings.cache_ttl, store_statuses=settings.cache_store_statuses,
+                        store_set_cookie=settings.cache_store_set_cookie,
+                        respect_cache_control=settings.respect_cache_control)
+        proxy = cls(client, fetcher, local, ttl=settings.cache_ttl,
+                    stale_ttl=settings.cache_stale_ttl, stale_if_error=settings.stale_if_error,
+                    prefix=settings.cache_prefix, policy=policy,
+                    max_url_bytes=settings.max_url_bytes, max_key_bytes=settings.max_key_bytes,
+                    stale_while_revalidate=settings.stale_while_revalidate,
+                    invalidation=settings.l1_invalidation,
+                    redis_label=mask_url(url), on_close=on_close, **overrides)
+        if check_at_start(client, mask_url(url)):
+            proxy.configure_memory(settings.redis_maxmemory, settings.redis_eviction_policy)
+        return proxy
+
 
 def _json(params: Any) -> str:
-    import json
     try:
         return json.dumps(params)
     except (TypeError, ValueError) as exc:
         raise BadRequest("params must be JSON-serialisable", error="bad params") from exc
+
+
+def redis_url_of(settings: Settings) -> str:
+    """REDIS_URL, else one built from REDIS_HOST/PORT/DB (TLS when TLS files are given). The
+    password stays out of it: it goes to the client apart, so it can never be logged."""
+    if settings.redis_url:
+        return settings.redis_url
+    host = f"[{settings.redis_host}]" if ":" in settings.redis_host else settings.redis_host
+    tls = settings.redis_tls_ca or settings.redis_tls_cert
+    return f"{'rediss' if tls else 'redis'}://{host}:{settings.redis_port}/{settings.redis_db}"
 
 
 __all__ = ["RedisProxy", "CacheResult", "ProxyError", "HIT", "MISS", "STALE", "BYPASS"]

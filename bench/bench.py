@@ -70,7 +70,7 @@ def _workers(redis_url: str, count: int) -> tuple[subprocess.Popen, int]:
     env = {**os.environ, "REDIS_URL": redis_url, "HTTP_PORT": str(port), "RESP_PORT": "0",
            "HTTP_WORKERS": str(count), "LOG_LEVEL": "warning"}
     process = subprocess.Popen([sys.executable, "http_server.py"], env=env,
-                               cwd=os.path.dirname(os.path.abspath(__file__)),
+                               cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

@@ -17,9 +17,10 @@ import redis
 
 from http_server import make_server
 from load_env import load_settings
+from proxy.errors import ConfigError
 from proxy.store.connection import mask_url
 from proxy.store.launcher import RedisServer, free_port
-from redis_proxy import build_proxy  # FIXME: moved, see WARN
+from redis_proxy import RedisProxy, redis_url_of
 from servers import ServerThread, request, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,7 +95,7 @@ def test_redis_password_setting_goes_with_redis_host(protected_redis, admin, cap
     caplog.set_level(logging.DEBUG)
     settings = load_settings({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(protected_redis.port),
                               "REDIS_PASSWORD": PASSWORD, "REDIS_MAXMEMORY": "64mb"}, env_file=None)
-    proxy = build_proxy(settings)
+    proxy = RedisProxy.from_settings(settings)
     try:
         assert proxy.health_report()["redis"] == "ok"
         assert admin.config_get("maxmemory") == {"maxmemory": str(64 * 1024 * 1024)}
@@ -110,7 +111,7 @@ def test_a_wrong_password_is_one_clear_line_and_health_503(protected_redis, admi
     caplog.set_level(logging.DEBUG)
     redis_url = (url_for(protected_redis, user, password) if user or password
                  else f"redis://127.0.0.1:{protected_redis.port}/0")
-    proxy = build_proxy(load_settings({"REDIS_URL": redis_url}, env_file=None))
+    proxy = RedisProxy.from_settings(load_settings({"REDIS_URL": redis_url}, env_file=None))
     server = ServerThread(make_server("127.0.0.1", 0, proxy)).start()
     try:
         health = request(server.port, "/health")
@@ -255,8 +256,8 @@ def _tls_settings(server: TlsRedisServer, ca: str = "ca", client_cert: bool = Tr
 def test_rediss_with_ca_and_client_certificate_works(tls_redis, upstream, caplog):
     caplog.set_level(logging.DEBUG)
     page = upstream.serve("/t", b"over tls")
-    proxy = build_proxy(_tls_settings(tls_redis, UPSTREAM_ALLOW_PRIVATE="true",
-                                      UPSTREAM_ALLOWED_PORTS=str(upstream.port)))
+    proxy = RedisProxy.from_settings(_tls_settings(tls_redis, UPSTREAM_ALLOW_PRIVATE="true",
+                                                   UPSTREAM_ALLOWED_PORTS=str(upstream.port)))
     server = ServerThread(make_server("127.0.0.1", 0, proxy)).start()
     try:
         assert request(server.port, "/health").json() == {"status": "ok", "redis": "ok", "l1_invalidation": "tracking"}
@@ -275,7 +276,7 @@ def test_rediss_with_ca_and_client_certificate_works(tls_redis, upstream, caplog
 def test_a_tls_failure_is_one_clear_line_and_health_503(tls_redis, caplog, ca, client_cert):
     """A server certificate from an unknown CA, or no client certificate where one is required."""
     caplog.set_level(logging.DEBUG)
-    proxy = build_proxy(_tls_settings(tls_redis, ca=ca, client_cert=client_cert))
+    proxy = RedisProxy.from_settings(_tls_settings(tls_redis, ca=ca, client_cert=client_cert))
     server = ServerThread(make_server("127.0.0.1", 0, proxy)).start()
     try:
         health = request(server.port, "/health")
@@ -291,7 +292,6 @@ def test_a_tls_failure_is_one_clear_line_and_health_503(tls_redis, caplog, ca, c
 
 
 def test_tls_files_with_a_plain_url_are_refused_at_start(tmp_path):
-    from proxy.errors import ConfigError
     ca = tmp_path / "ca.crt"
     ca.write_text("x")
     with pytest.raises(ConfigError) as caught:
@@ -304,7 +304,6 @@ def test_tls_files_with_a_plain_url_are_refused_at_start(tmp_path):
 
 
 def test_redis_host_with_tls_files_builds_a_rediss_url(tmp_path):
-    from redis_proxy import redis_url_of
     ca = tmp_path / "ca.crt"
     ca.write_text("x")
     settings = load_settings({"REDIS_HOST": "::1", "REDIS_PORT": "6390", "REDIS_TLS_CA": str(ca)}, env_file=None)

@@ -11,9 +11,11 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from http_server import start_front_ends
+from load_env import load_settings
 from proxy.resp.protocol import command
-from proxy.store.launcher import RedisServer
-from servers import wait_until
+from proxy.store.launcher import RedisServer, free_port
+from servers import request, wait_until
 
 
 def _tool(name: str) -> str | None:
@@ -432,16 +434,12 @@ def test_redis_benchmark_get_completes_without_errors(resp, r):
 # ----- wiring ----------------------------------------------------------------------------------
 
 def test_start_front_ends_serves_resp_beside_http_unless_resp_port_is_0(make_proxy, r, caplog):
-    from load_env import load_settings
-    from proxy.process import serve as app
-    from proxy.store.launcher import free_port
-    from servers import request
     r.set("k", b"hello")
     proxy = make_proxy().proxy
     resp_port = free_port()
     settings = load_settings({"HTTP_PORT": "0", "RESP_PORT": str(resp_port)}, env_file=None)
     caplog.set_level("INFO", logger="redis_proxy")
-    servers = app.start_front_ends(settings, proxy)
+    servers = start_front_ends(settings, proxy)
     try:
         assert [type(s).__name__ for s in servers] == ["ProxyHTTPServer", "RespServer"]
         assert f"RESP on redis://127.0.0.1:{resp_port}" in caplog.text
@@ -456,8 +454,8 @@ def test_start_front_ends_serves_resp_beside_http_unless_resp_port_is_0(make_pro
         for server in servers:
             server.shutdown()
             server.server_close()
-    off = app.start_front_ends(load_settings({"HTTP_PORT": "0", "RESP_PORT": "0"}, env_file=None),
-                               proxy)
+    off = start_front_ends(load_settings({"HTTP_PORT": "0", "RESP_PORT": "0"}, env_file=None),
+                           proxy)
     assert [type(s).__name__ for s in off] == ["ProxyHTTPServer"]
     off[0].shutdown()
     off[0].server_close()

@@ -7,11 +7,13 @@ import subprocess
 import pytest
 import redis
 
+from http_server import start_front_ends
 from load_env import load_settings
-from proxy.process import serve as app
+from proxy.process.serve import warn_if_resp_exposed
 from proxy.resp.protocol import command
 from proxy.serving.auth import Authenticator
 from proxy.store.launcher import free_port
+from servers import request
 from test_resp import REDIS_CLI, connect, read_exactly, read_until_closed
 
 TOKEN = "resp-token-0123456789abcdef"
@@ -195,13 +197,12 @@ def test_without_tokens_auth_is_as_before(make_resp_proxy, r):
 # ----- wiring -----------------------------------------------------------------------------------
 
 def test_start_front_ends_gives_resp_the_http_tokens(make_proxy, r):
-    from servers import request
     r.set("k", b"hello")
     proxy = make_proxy().proxy
     resp_port = free_port()
     settings = load_settings({"HTTP_PORT": "0", "RESP_PORT": str(resp_port), "AUTH_TOKENS": TOKEN},
                              env_file=None)
-    servers = app.start_front_ends(settings, proxy)
+    servers = start_front_ends(settings, proxy)
     try:
         talk(resp_port, [(command(b"GET", b"k"), NOAUTH), (command(b"AUTH", TOKEN.encode()), OK),
                          (command(b"GET", b"k"), b"$5\r\nhello\r\n")])
@@ -219,7 +220,7 @@ def test_start_front_ends_gives_resp_the_http_tokens(make_proxy, r):
     ("0.0.0.0", False, True), ("192.168.1.10", False, True), ("0.0.0.0", True, False)])
 def test_a_public_resp_port_without_tokens_is_warned_about(caplog, host, auth_on, warns):
     caplog.set_level(logging.WARNING)
-    assert app.warn_if_resp_exposed(host, 6380, auth_on) is warns
+    assert warn_if_resp_exposed(host, 6380, auth_on) is warns
     assert ("RESP_PORT=6380" in caplog.text) is warns
 
 

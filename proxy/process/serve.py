@@ -1,22 +1,17 @@
-"""Process wiring: settings, logging, the proxy and its front ends, and a clean stop."""
+"""The serving process: the serve loop with a clean stop on SIGINT or SIGTERM, and the
+warnings for a port exposed with no tokens. It knows no front end: the wiring passes callables."""
 
 import ipaddress
 import logging
 import signal
-import socket
-import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
+from typing import Protocol
 
 import redis
 
-import logger
-from http_server import authenticator_of, rate_limiter_of
-from load_env import Settings, load_settings
-from proxy.errors import ConfigError, LauncherError
-from proxy.serving.auth import Authenticator
-from proxy.serving.sockets import adopt_listener
-from redis_proxy import RedisProxy
+from proxy.errors import LauncherError
 
 log = logging.getLogger("redis_proxy")
 
@@ -49,71 +44,17 @@ def warn_if_resp_exposed(host: str, port: int, auth_enabled: bool) -> bool:
     return True
 
 
-def start_front_ends(settings: Settings, proxy: RedisProxy,
-                     authenticator: Authenticator | None = None,
-                     listeners: list[socket.socket] | None = None) -> list:
-    """Bind every configured front end (or take `listeners`, bound already by the parent of
-    pre-forked workers) and serve each in its own thread."""
-    import http_server
-    from proxy.resp import server as resp_server
-    authenticator = authenticator or authenticator_of(settings)  # one set of tokens for both
-    # MAX_PARALLEL bounds the whole process: both front ends draw on one semaphore.
-    limits = dict(max_clients=settings.max_clients, max_parallel=settings.max_parallel,
-                  parallel=threading.Semaphore(settings.max_parallel),
-                  header_timeout=settings.header_timeout,
-                  keepalive_timeout=settings.keepalive_timeout)
-    servers = [http_server.make_server(settings.http_host, 0 if listeners else settings.http_port,
-                                       proxy, **limits, authenticator=authenticator,
-                                       rate_limiter=rate_limiter_of(settings))]
-    if listeners:
-        adopt_listener(servers[0], listeners[0])
-    log.info("HTTP on http://%s:%d", settings.http_host, servers[0].port)
-    if settings.resp_port:
-        try:
-            servers.append(resp_server.make_server(settings.http_host,
-                                                   0 if listeners else settings.resp_port, proxy,
-                                                   **limits, authenticator=authenticator))
-        except OSError:
-            servers[0].server_close()  # nothing is served unless every front end could bind
-            raise
-        if listeners:
-            adopt_listener(servers[1], listeners[1])
-        log.info("RESP on redis://%s:%d", settings.http_host, servers[1].port)
-        servers[0].metrics.watch("resp", servers[1])
-        warn_if_resp_exposed(settings.http_host, settings.resp_port, authenticator.enabled)
-    for server in servers:
-        threading.Thread(target=server.serve_forever, name=type(server).__name__, daemon=True).start()
-    return servers
+class Server(Protocol):
+    """What the loop stops: a socketserver-style front end, started already."""
+
+    def shutdown(self) -> None: ...
+
+    def server_close(self) -> None: ...
 
 
-def run(argv: list[str] | None = None) -> int:
-    try:
-        settings = load_settings()
-        try:
-            logger.configure(settings.log_level, settings.log_format, settings.log_file or None)
-        except OSError as exc:
-            raise ConfigError([f"LOG_FILE={settings.log_file!r}: expected a file that can be "
-                               f"opened for appending ({exc.strerror})"]) from exc
-        authenticator = authenticator_of(settings)  # reads AUTH_TOKENS_FILE; may warn
-    except ConfigError as exc:
-        for problem in exc.problems:
-            sys.stderr.write(f"redis-proxy: bad setting {problem}\n")
-        return 2
-    warn_if_exposed(settings.http_host, authenticator.enabled)
-    if settings.http_workers > 1:
-        from proxy.process import workers
-        try:
-            return workers.supervise(settings, lambda s, listeners: serve(s, authenticator,
-                                                                          listeners))
-        except (LauncherError, OSError) as exc:
-            log.error("cannot start: %s", exc)
-            return 1
-    return serve(settings, authenticator)
-
-
-def serve(settings: Settings, authenticator: Authenticator,
-          listeners: list[socket.socket] | None = None) -> int:
-    """One serving process: the proxy and its front ends until SIGINT or SIGTERM."""
+def serve(start: Callable[[], list[Server]], close: Callable[[], None]) -> int:
+    """One serving process: `start()` binds and starts the front ends, which serve until SIGINT
+    or SIGTERM; then they are shut down and `close()` releases the rest (the proxy)."""
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -122,10 +63,9 @@ def serve(settings: Settings, authenticator: Authenticator,
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    servers = []
+    servers: list[Server] = []
     try:
-        proxy = RedisProxy.get_instance(settings)
-        servers = start_front_ends(settings, proxy, authenticator, listeners)
+        servers = start()
         while not stop.wait(3600):
             pass
     except (LauncherError, OSError, ValueError, redis.RedisError) as exc:
@@ -137,6 +77,6 @@ def serve(settings: Settings, authenticator: Authenticator,
         for server in servers:
             server.shutdown()
             server.server_close()
-        RedisProxy.reset_instance()
+        close()
     log.info("stopped")
     return 0

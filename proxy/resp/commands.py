@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 
+from proxy import __version__
 from proxy.errors import ProxyError, StoreUnavailable
 from proxy.resp import protocol as wire
 from proxy.serving.auth import Authenticator
@@ -26,7 +27,7 @@ from redis_proxy import RedisProxy
 log = logging.getLogger(__name__)
 
 REDIS_VERSION = "7.0.0"  # the Redis API level this front end speaks (for clients that check)
-PROXY_VERSION = "0.1.0"
+PROXY_VERSION = __version__
 
 # Commands that change data or the server: refused by name, so the reply says why.
 WRITE_COMMANDS = frozenset("""

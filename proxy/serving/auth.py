@@ -6,7 +6,6 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 
-from load_env import Settings
 from proxy.errors import ConfigError, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -82,10 +81,9 @@ class Authenticator:
         return found
 
 
-def tokens_of(settings: Settings) -> list[str]:
+def tokens_of(configured: Iterable[str], path: str) -> list[str]:
     """AUTH_TOKENS and AUTH_TOKENS_FILE together; ConfigError (exit 2) on an unusable set."""
-    tokens = list(settings.auth_tokens)
-    path = settings.auth_tokens_file
+    tokens = list(configured)
     problems = []
     if path:
         try:
@@ -110,7 +108,3 @@ def tokens_of(settings: Settings) -> list[str]:
                     "(for example: openssl rand -hex 32)", short, SHORT_TOKEN)
     return tokens
 
-
-def authenticator_of(settings: Settings) -> Authenticator:
-    """The authenticator the settings describe (open when no tokens are set)."""
-    return Authenticator(tokens_of(settings), metrics_require_auth=settings.metrics_require_auth)

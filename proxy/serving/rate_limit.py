@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterable, Sequence
 
 from cachetools import TTLCache
 
-from load_env import Settings
 from proxy.errors import TooManyRequests
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -118,10 +117,3 @@ class RateLimiter:
         with self._lock:
             return len(self._buckets)
 
-
-def rate_limiter_of(settings: Settings) -> RateLimiter | None:
-    """The limiter the settings describe, or None when RATE_LIMIT is not set."""
-    if settings.rate_limit is None:
-        return None
-    return RateLimiter(settings.rate_limit, settings.rate_limit_burst,
-                       trusted_proxies=settings.trusted_proxies)

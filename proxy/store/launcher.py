@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -145,11 +146,10 @@ class RedisServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python redis_launcher.py PIDFILE URLFILE [PORT]`: a detached server for `make redis_start`."""
-    import sys
+    """`python -m proxy.store.launcher PIDFILE URLFILE [PORT]`: a detached server for `make redis_start`."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) < 2:
-        sys.stderr.write("usage: redis_launcher.py PIDFILE URLFILE [PORT]\n")
+        sys.stderr.write("usage: python -m proxy.store.launcher PIDFILE URLFILE [PORT]\n")
         return 2
     port = int(args[2]) if len(args) > 2 else None
     try:

@@ -20,6 +20,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NameResolutionError, NewConnectionError
 from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
+from proxy import __version__
 from proxy.errors import BadGateway, BadRequest, Forbidden, GatewayTimeout, PayloadTooLarge
 from proxy.upstream.policy import UpstreamPolicy
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CHUNK = 64 * 1024
-USER_AGENT = "redis-proxy/1.0"
+USER_AGENT = f"redis-proxy/{__version__}"
 
 
 @dataclass(frozen=True)
