@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "tests"))
 from http_server import make_server  # noqa: E402
 from proxy.cache.freshness import Policy  # noqa: E402
 from proxy.cache.local_cache import LocalCache  # noqa: E402
+from proxy.resp import server as resp_server  # noqa: E402
 from proxy.store.connection import make_client  # noqa: E402
 from proxy.store.launcher import RedisServer  # noqa: E402
 from proxy.upstream.fetcher import Fetcher  # noqa: E402
@@ -27,12 +28,23 @@ def redis_server():
         yield server
 
 
+# What a proxy built from settings sets on its Redis at start (RedisProxy.configure_memory).
+SHARED_CONFIG = ("maxmemory", "maxmemory-policy")
+
+
 @pytest.fixture
 def redis_url(redis_server):
+    """The session's Redis, emptied; its CONFIG is put back afterwards, whatever the test (or a
+    proxy process it started) set, so that no test sees another's memory limit."""
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
-    client.close()
-    return redis_server.url
+    before = {name: client.config_get(name)[name] for name in SHARED_CONFIG}
+    try:
+        yield redis_server.url
+    finally:
+        for name, value in before.items():
+            client.config_set(name, value)
+        client.close()
 
 
 @pytest.fixture
@@ -99,7 +111,6 @@ def make_proxy(redis_url):
 @pytest.fixture
 def make_resp_proxy(make_proxy):
     """Like make_proxy, plus the same proxy served over RESP on port 0 (`.port` is RESP's)."""
-    from proxy.resp import server as resp_server
     started = []
 
     def build(*args, resp_options: dict | None = None, **options) -> ProxyUnderTest:

@@ -1,22 +1,15 @@
 """End-to-end suite of the URL read-through cache: real Redis, real upstream, proxy on port 0."""
 
-import json
+import http.client
+import socket
 import threading
-from urllib.parse import quote
 
 import pytest
 
+from load_env import load_settings
+from proxy.store.launcher import RedisServer
 from redis_proxy import RedisProxy
-from servers import raw_exchange, request, wait_until
-
-
-def q(url: str, key: str | None = None, params: dict | None = None) -> str:
-    path = "/?url=" + quote(url, safe="")
-    if key is not None:
-        path += "&key=" + quote(key, safe="")
-    if params is not None:
-        path += "&params=" + quote(json.dumps(params), safe="")
-    return path
+from servers import q, raw_exchange, request, wait_until
 
 
 def test_miss_then_hit_reaches_upstream_once(upstream, make_proxy):
@@ -93,12 +86,21 @@ def test_params_reach_upstream_and_derive_one_key(upstream, make_proxy, r):
     assert [k for k in r.scan_iter("rp:*")] and len(list(r.scan_iter("rp:*"))) == 1
 
 
-def test_derived_key_ignores_host_case_and_default_port(upstream, make_proxy):
-    url = upstream.serve("/case", b"c")
+def test_derived_key_ignores_scheme_and_host_case_default_port_and_query_order(upstream, make_proxy):
+    upstream.serve("/case", b"c")
     proxy = make_proxy()
-    request(proxy.port, q(url + "?b=2&a=1"))
-    same = url.replace("127.0.0.1", "127.0.0.1").replace("http://", "HTTP://") + "?a=1&b=2"
-    assert request(proxy.port, q(same)).headers["X-Cache"] == "HIT"
+    first = request(proxy.port, q(f"http://localhost:{upstream.port}/case?b=2&a=1"))
+    again = request(proxy.port, q(f"HTTP://LocalHost:{upstream.port}/case?a=1&b=2"))
+    assert (first.headers["X-Cache"], again.headers["X-Cache"], again.body) == ("MISS", "HIT", b"c")
+    assert upstream.hits["/case"] == 1
+    # The default port is dropped from the key too (no upstream listens on 80 or 443 here, so
+    # the keys are compared as derived); any other port is kept.
+    def key(url: str) -> str:
+        return proxy.proxy.parse(url).redis_key
+
+    assert key("http://Example.COM:80/p?b=2&a=1") == key("HTTP://example.com/p?a=1&b=2")
+    assert key("https://example.com:443/p") == key("HTTPS://EXAMPLE.COM/p")
+    assert key("http://example.com:8080/p") != key("http://example.com/p")
 
 
 def test_key_bound_to_another_url_is_a_miss_never_the_other_body(upstream, make_proxy, r):
@@ -143,7 +145,6 @@ def test_upstream_error_status_is_relayed_and_not_stored(upstream, make_proxy, r
 
 
 def test_upstream_down_is_502(make_proxy):
-    import socket
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -268,7 +269,6 @@ def test_head_has_the_headers_and_no_body(upstream, make_proxy):
 
 
 def test_keep_alive_serves_many_requests_on_one_connection(upstream, make_proxy):
-    import http.client
     url = upstream.serve("/ka", b"kept alive")
     proxy = make_proxy()
     conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
@@ -295,15 +295,18 @@ def test_health_reports_redis(make_proxy):
 
 
 def test_config_set_applies_maxmemory_and_policy(make_proxy, r):
+    before = {**r.config_get("maxmemory"), **r.config_get("maxmemory-policy")}
     proxy = make_proxy().proxy
-    assert proxy.configure_memory(32 * 1024 * 1024, "allkeys-lfu") is True
-    assert r.config_get("maxmemory") == {"maxmemory": str(32 * 1024 * 1024)}
-    assert r.config_get("maxmemory-policy") == {"maxmemory-policy": "allkeys-lfu"}
-    proxy.configure_memory(0, "noeviction")
+    try:
+        assert proxy.configure_memory(32 * 1024 * 1024, "allkeys-lfu") is True
+        assert r.config_get("maxmemory") == {"maxmemory": str(32 * 1024 * 1024)}
+        assert r.config_get("maxmemory-policy") == {"maxmemory-policy": "allkeys-lfu"}
+    finally:  # the session's Redis is shared: put its limits back even when an assert failed
+        r.config_set("maxmemory", before["maxmemory"])
+        r.config_set("maxmemory-policy", before["maxmemory-policy"])
 
 
 def test_refused_config_set_is_a_warning_not_a_crash(make_proxy, upstream, caplog):
-    from proxy.store.launcher import RedisServer
     # A managed Redis refuses CONFIG: here a real one with the command renamed away.
     with RedisServer(unix_socket=True, extra_args=("--rename-command", "CONFIG", "")) as managed:
         proxy = make_proxy(managed.url)
@@ -317,7 +320,6 @@ def test_refused_config_set_is_a_warning_not_a_crash(make_proxy, upstream, caplo
 
 
 def test_get_instance_is_one_object_across_threads(redis_url, monkeypatch):
-    from load_env import load_settings
     settings = load_settings({"REDIS_URL": redis_url, "RESP_PORT": "0"}, env_file=None)
     RedisProxy.reset_instance()
     seen, barrier = [], threading.Barrier(16)

@@ -1,17 +1,26 @@
-"""Real servers for the tests: a counting upstream, and the proxy on port 0 in a thread."""
+"""Real servers for the tests: a counting upstream, the proxy on port 0 in a thread or as a
+process of its own, and the query strings the URL role takes."""
 
 import collections
 import http.client
 import json
+import os
+import signal
 import socket
+import socketserver
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import quote
 
 Route = Callable[["UpstreamHandler"], None]
 POLL_INTERVAL = 0.05
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
+PROXY_COMMAND = (sys.executable, "http_server.py")  # what `make run` runs, from ROOT
 
 
 class UpstreamHandler(BaseHTTPRequestHandler):
@@ -61,7 +70,6 @@ class Upstream(ThreadingHTTPServer):
         self.thread = threading.Thread(target=self.serve_forever, args=(POLL_INTERVAL,), daemon=True)
 
     def server_bind(self) -> None:
-        import socketserver
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
 
@@ -169,3 +177,47 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: flo
         if time.monotonic() >= deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+def q(url: str, key: str | None = None, params: str | dict | None = None) -> str:
+    """The URL role's request target: `/?url=U[&key=K][&params=P]`, each value percent-encoded;
+    `params` as given when a string (it may be invalid on purpose), else as JSON."""
+    path = "/?url=" + quote(url, safe="")
+    if key is not None:
+        path += "&key=" + quote(key, safe="")
+    if params is not None:
+        path += "&params=" + quote(params if isinstance(params, str) else json.dumps(params), safe="")
+    return path
+
+
+def start_proxy(env: Mapping[str, str], *, stdout: int = subprocess.DEVNULL,
+                stderr: int = subprocess.DEVNULL) -> subprocess.Popen:
+    """The proxy as a process of its own, started as `make run` starts it, with `env` over this
+    environment. Stop it with stop_proxy()."""
+    return subprocess.Popen(PROXY_COMMAND, cwd=ROOT, env={**os.environ, **env},
+                            stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+
+
+def run_proxy(env: Mapping[str, str], timeout: float = 30) -> subprocess.CompletedProcess:
+    """The proxy process run to its end (one that exits by itself, as on a bad setting), its
+    output captured as text."""
+    return subprocess.run(PROXY_COMMAND, cwd=ROOT, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def stop_proxy(process: subprocess.Popen, timeout: float = 15) -> tuple[int, str]:
+    """SIGTERM, as a service manager stops it; its exit status and what it wrote to the pipes it
+    was given. Killed (and TimeoutExpired raised) when it does not stop in time."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        code = process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+    output = ""
+    for pipe in (process.stdout, process.stderr):
+        if pipe is not None:
+            output += pipe.read().decode()
+            pipe.close()
+    return code, output

@@ -6,6 +6,7 @@ MAX_PARALLEL semaphore is wrapped so the test sees who is queued behind it.
 """
 
 import http.client
+import json
 import socket
 import threading
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from http_server import ProxyHTTPServer
 from proxy.resp.protocol import command
 from servers import request, wait_until
 
@@ -219,9 +221,7 @@ def test_a_client_that_does_not_read_holds_no_processing_slot(make_proxy, r):
 
 
 def test_the_503_over_max_clients_is_well_framed_json():
-    import json
 
-    from http_server import ProxyHTTPServer
     head, _, body = ProxyHTTPServer.reject_bytes.partition(b"\r\n\r\n")
     length = int([line for line in head.split(b"\r\n") if line.startswith(b"Content-Length")][0]
                  .split(b":")[1])

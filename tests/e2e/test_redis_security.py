@@ -5,11 +5,9 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
-import sys
 from urllib.parse import quote
 
 import pytest
@@ -21,15 +19,10 @@ from proxy.errors import ConfigError
 from proxy.store.connection import mask_url
 from proxy.store.launcher import RedisServer, free_port
 from redis_proxy import RedisProxy, redis_url_of
-from servers import ServerThread, request, wait_until
+from servers import ServerThread, q, request, start_proxy, stop_proxy, wait_until
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PASSWORD = "pw-" + secrets.token_hex(12)  # distinctive, so any leak is found by a plain search
 ACL_USER = "proxyuser"
-
-
-def q(url: str, key: str) -> str:
-    return f"/?url={quote(url, safe='')}&key={key}"
 
 
 @pytest.mark.parametrize("url,masked", [
@@ -131,24 +124,9 @@ def test_a_wrong_password_is_one_clear_line_and_health_503(protected_redis, admi
 
 
 def _run_proxy(env_extra: dict[str, str], log_file, http_port: int) -> subprocess.Popen:
-    env = {**os.environ, "HTTP_PORT": str(http_port), "RESP_PORT": "0", "LOG_LEVEL": "debug",
-           "LOG_FILE": str(log_file), **env_extra}
-    return subprocess.Popen([sys.executable, "http_server.py"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def _stop(process: subprocess.Popen) -> tuple[int, str]:
-    process.send_signal(signal.SIGTERM)
-    try:
-        code = process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise
-    output = process.stdout.read().decode() + process.stderr.read().decode()
-    process.stdout.close()
-    process.stderr.close()
-    return code, output
+    return start_proxy({"HTTP_PORT": str(http_port), "RESP_PORT": "0", "LOG_LEVEL": "debug",
+                        "LOG_FILE": str(log_file), **env_extra},
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def test_the_process_never_logs_the_password(protected_redis, admin, upstream, tmp_path):
@@ -167,7 +145,7 @@ def test_the_process_never_logs_the_password(protected_redis, admin, upstream, t
             fetched = request(port, q(page, "p"))
             assert (fetched.status, fetched.body) == (200, b"page")  # BYPASS when Redis refuses us
         finally:
-            code, output = _stop(process)
+            code, output = stop_proxy(process)
         log = log_file.read_text()
         assert code == 0, output
         assert "Traceback" not in log + output

@@ -17,7 +17,7 @@ from proxy.store.connection import make_client
 from proxy.upstream.fetcher import Fetcher
 from proxy.upstream.policy import UpstreamPolicy
 from redis_proxy import RedisProxy
-from servers import ServerThread, request
+from servers import ServerThread, q, request
 
 TOKEN = "hostile-test-token-0123456789abcdef"
 GOOD_HEADERS = f"Host: proxy\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n"
@@ -72,15 +72,6 @@ def req(target: str | bytes, headers: str = GOOD_HEADERS, method: bytes = b"GET"
 def auth_headers(authorization: str | None) -> str:
     line = "" if authorization is None else f"Authorization: {authorization}\r\n"
     return f"Host: proxy\r\n{line}Connection: close\r\n"
-
-
-def q(url: str, key: str | None = None, params: str | None = None) -> str:
-    path = "/?url=" + quote(url, safe="")
-    if key is not None:
-        path += "&key=" + quote(key, safe="")
-    if params is not None:
-        path += "&params=" + quote(params, safe="")
-    return path
 
 
 EVIL = "http://127.0.0.1:{up}/evil"  # served by the upstream: a request that got through counts

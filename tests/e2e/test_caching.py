@@ -1,23 +1,15 @@
 """Shared-cache semantics (issue 5): coalescing, Cache-Control, revalidation, stale, purge."""
 
 import http.client
-import os
-import subprocess
-import sys
+import socket
+import struct
 import threading
-from urllib.parse import quote
 
 import pytest
 
 from proxy.cache.freshness import Policy
 from proxy.store.launcher import free_port
-from servers import request, wait_until
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def q(url: str, key: str | None = None) -> str:
-    return "/?url=" + quote(url, safe="") + (f"&key={key}" if key else "")
+from servers import q, request, start_proxy, wait_until
 
 
 def gated(upstream, path: str, body: bytes, headers: dict | None = None):
@@ -72,12 +64,9 @@ def test_100_concurrent_requests_for_one_cold_url_make_one_fetch(upstream, make_
 
 def _start_proxy_process(redis_url: str, upstream_port: int, tmp_path, name: str):
     port = free_port()
-    env = {**os.environ, "REDIS_URL": redis_url, "HTTP_PORT": str(port), "RESP_PORT": "0",
-           "UPSTREAM_ALLOW_PRIVATE": "true", "UPSTREAM_ALLOWED_PORTS": str(upstream_port),
-           "MAX_PARALLEL": "64", "LOG_FILE": str(tmp_path / f"{name}.log")}
-    process = subprocess.Popen([sys.executable, "http_server.py"], cwd=ROOT, env=env,
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = start_proxy({"REDIS_URL": redis_url, "HTTP_PORT": str(port), "RESP_PORT": "0",
+                           "UPSTREAM_ALLOW_PRIVATE": "true", "UPSTREAM_ALLOWED_PORTS": str(upstream_port),
+                           "MAX_PARALLEL": "64", "LOG_FILE": str(tmp_path / f"{name}.log")})
 
     def ready():
         try:
@@ -276,8 +265,6 @@ def test_truncated_upstream_body_is_502_and_not_stored(upstream, make_proxy, r):
 
 
 def test_upstream_reset_mid_body_is_502_and_not_stored(upstream, make_proxy, r):
-    import socket
-    import struct
 
     def reset(handler):
         handler.send_response(200)

@@ -3,13 +3,13 @@
 import os
 import signal
 import time
-from urllib.parse import quote
 
 import pytest
 import redis
 
+from proxy.errors import StoreUnavailable
 from proxy.store.launcher import RedisServer
-from servers import request, wait_until
+from servers import q, request, wait_until
 
 
 @pytest.fixture
@@ -20,10 +20,6 @@ def own_redis():
     if server.process and server.process.poll() is None:
         os.kill(server.pid, signal.SIGCONT)
     server.cleanup()
-
-
-def q(url: str, key: str) -> str:
-    return f"/?url={quote(url, safe='')}&key={key}"
 
 
 def test_redis_restart_is_survived_without_restarting_the_proxy(own_redis, upstream, make_proxy):
@@ -113,7 +109,6 @@ def test_key_lookup_with_redis_down_is_503_not_404(own_redis, make_proxy):
 def test_a_busy_pool_is_not_taken_for_redis_down(make_proxy, r):
     """Every pooled connection in use (a flood of /health, say) is 'busy', not 'down': Redis
     is not marked down, so the proxy does not fall back to BYPASS and 503s for everyone."""
-    from proxy.errors import StoreUnavailable
     r.set("k", b"v")
     proxy = make_proxy(capacity=0).proxy
     pool = proxy.client.connection_pool

@@ -7,13 +7,12 @@ import collections
 import socket
 import threading
 from http.server import ThreadingHTTPServer
-from urllib.parse import quote
 
 import pytest
 
 from net_guard import FakeDNS, is_loopback_literal, loopback_only, rebinding  # noqa: F401
 from proxy.upstream.policy import DEFAULT_PORTS, UpstreamPolicy
-from servers import Upstream, UpstreamHandler, request
+from servers import Upstream, UpstreamHandler, q, request
 
 PUBLIC_V4 = "93.184.216.34"
 
@@ -70,10 +69,6 @@ def site(make_proxy):
                                 policy=policy, proxy=proxy))
     for server in (internal, good, stray):
         server.stop()
-
-
-def q(url: str, key: str | None = None) -> str:
-    return "/?url=" + quote(url, safe="") + (f"&key={quote(key)}" if key else "")
 
 
 def assert_refused(got, status: int, reason: str) -> None:

@@ -79,7 +79,7 @@ def test_small_pipelined_replies_still_go_out_in_one_send(make_resp_proxy, r, se
 
 
 def test_a_client_that_pipelines_and_never_reads_is_disconnected(make_resp_proxy, r, sends, caplog):
-    caplog.set_level(logging.DEBUG, logger="resp_server")
+    caplog.set_level(logging.DEBUG, logger="proxy.resp.server")
     value = b"v" * 16_000
     r.set("v", value)
     r.set("k", b"hello")

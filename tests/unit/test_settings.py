@@ -1,15 +1,12 @@
 """Settings: parsing, the environment over .env, and a clean exit 2 on bad values."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 
 from load_env import load_settings
 from proxy.errors import ConfigError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from servers import run_proxy
 
 
 def test_defaults_without_any_configuration():
@@ -70,9 +67,7 @@ def test_the_environment_is_never_mutated(tmp_path):
 @pytest.mark.parametrize("name, value", [("HTTP_PORT", "http"), ("CACHE_TTL", "0"),
                                          ("REDIS_EVICTION_POLICY", "lru"), ("REDIS_URL", "mysql://x")])
 def test_a_bad_setting_stops_the_server_with_exit_2_and_one_line(name, value):
-    env = {**os.environ, name: value, "RESP_PORT": "0"}
-    done = subprocess.run([sys.executable, "http_server.py"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=30)
+    done = run_proxy({name: value, "RESP_PORT": "0"})
     assert done.returncode == 2
     assert name in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
@@ -91,9 +86,7 @@ def test_allowed_hosts_accepts_names_patterns_and_unicode():
 
 
 def test_an_unusable_log_file_is_a_bad_setting_not_a_traceback(tmp_path):
-    env = {**os.environ, "LOG_FILE": str(tmp_path / "no" / "such" / "dir.log"), "RESP_PORT": "0"}
-    done = subprocess.run([sys.executable, "http_server.py"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=30)
+    done = run_proxy({"LOG_FILE": str(tmp_path / "no" / "such" / "dir.log"), "RESP_PORT": "0"})
     assert done.returncode == 2
     assert "LOG_FILE=" in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

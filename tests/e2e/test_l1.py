@@ -1,7 +1,9 @@
 """L1 in front of Redis (issue 3): LRU, TTL, byte bound, single flight, and coherence through
 Redis's server-assisted invalidation. Redis reads are counted with INFO commandstats."""
 
+import random
 import threading
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -65,7 +67,6 @@ def test_the_byte_bound_evicts_and_refuses_values_larger_than_it():
 
 
 def test_byte_accounting_stays_exact_under_random_operations():
-    import random
     rng, clock = random.Random(7), FakeClock()
     cache = LocalCache(capacity=8, max_bytes=200, ttl=5, timer=clock)
     for _ in range(3000):
@@ -166,7 +167,6 @@ def test_flushall_empties_l1(make_proxy, r):
 
 
 def test_url_entries_follow_a_purge_made_by_another_proxy(upstream, make_proxy):
-    from urllib.parse import quote
     url = upstream.serve("/shared", b"one copy")
     path = f"/?url={quote(url, safe='')}&key=shared"
     first, second = make_proxy(), make_proxy()

@@ -12,11 +12,7 @@ import pytest
 import redis
 
 from proxy.store.launcher import free_port
-from servers import refused, request, wait_until
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
+from servers import ROOT, refused, request, start_proxy, wait_until
 
 
 @pytest.fixture
@@ -24,12 +20,10 @@ def workers(upstream, tmp_path):
     """The proxy started as a user would, with two workers and its own embedded Redis."""
     port, resp_port = free_port(), free_port()
     log_file = tmp_path / "workers.log"
-    env = {**os.environ, "HTTP_WORKERS": "2", "HTTP_PORT": str(port), "RESP_PORT": str(resp_port),
-           "LOG_FILE": str(log_file), "UPSTREAM_ALLOW_PRIVATE": "true",
-           "UPSTREAM_ALLOWED_PORTS": str(upstream.port), "REDIS_URL": "", "REDIS_HOST": ""}
-    process = subprocess.Popen([sys.executable, "http_server.py"], cwd=ROOT, env=env,
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
+    process = start_proxy({"HTTP_WORKERS": "2", "HTTP_PORT": str(port), "RESP_PORT": str(resp_port),
+                           "LOG_FILE": str(log_file), "UPSTREAM_ALLOW_PRIVATE": "true",
+                           "UPSTREAM_ALLOWED_PORTS": str(upstream.port), "REDIS_URL": "", "REDIS_HOST": ""},
+                          stderr=subprocess.PIPE)
     parent = psutil.Process(process.pid)
 
     def python_children() -> list[psutil.Process]:

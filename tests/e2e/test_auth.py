@@ -2,7 +2,6 @@
 
 import hmac
 import logging
-from urllib.parse import quote
 
 import pytest
 
@@ -12,7 +11,7 @@ from proxy.errors import ConfigError, Unauthorized
 from proxy.process.serve import warn_if_exposed
 from proxy.serving import auth
 from proxy.serving.auth import Authenticator, read_tokens_file
-from servers import request
+from servers import q, request
 
 TOKEN = "first-token-0123456789abcdef"
 OTHER = "second-token-fedcba9876543210"
@@ -20,10 +19,6 @@ OTHER = "second-token-fedcba9876543210"
 
 def bearer(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-def q(url: str, key: str) -> str:
-    return f"/?url={quote(url, safe='')}&key={key}"
 
 
 # ----- the authenticator alone ---------------------------------------------------------------

@@ -1,9 +1,6 @@
 """Rate limiting (CONTRACT §4, §6): token buckets per client, a fake clock, bounded memory."""
 
-import os
-import signal
 import subprocess
-import sys
 
 import pytest
 
@@ -13,9 +10,7 @@ from proxy.errors import ConfigError, TooManyRequests
 from proxy.serving.auth import Authenticator
 from proxy.serving.rate_limit import ClientAddress, RateLimiter, bucket_key
 from proxy.store.launcher import free_port
-from servers import request, wait_until
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from servers import request, start_proxy, stop_proxy, wait_until
 
 
 class Clock:
@@ -193,11 +188,9 @@ def test_the_app_wires_tokens_file_and_rate_limit(tmp_path, redis_url, r):
     tokens = tmp_path / "tokens"
     tokens.write_text("# ops\napp-token-0123456789abcdef\n")
     port = free_port()
-    env = {**os.environ, "HTTP_PORT": str(port), "RESP_PORT": "0", "REDIS_URL": redis_url,
-           "AUTH_TOKENS_FILE": str(tokens), "RATE_LIMIT": "0.01", "RATE_LIMIT_BURST": "2",
-           "LOG_FILE": str(tmp_path / "log")}
-    process = subprocess.Popen([sys.executable, "http_server.py"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = start_proxy({"HTTP_PORT": str(port), "RESP_PORT": "0", "REDIS_URL": redis_url,
+                           "AUTH_TOKENS_FILE": str(tokens), "RATE_LIMIT": "0.01", "RATE_LIMIT_BURST": "2",
+                           "LOG_FILE": str(tmp_path / "log")}, stderr=subprocess.PIPE)
     try:
         wait_until(lambda: (tmp_path / "log").exists() and "HTTP on" in (tmp_path / "log").read_text(),
                    timeout=20, interval=0.05)
@@ -206,8 +199,5 @@ def test_the_app_wires_tokens_file_and_rate_limit(tmp_path, redis_url, r):
         assert request(port, "/get/k").status == 401
         assert [request(port, "/get/k", headers=bearer).status for _ in range(3)] == [200, 200, 429]
     finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=15)
-    stderr = process.stderr.read().decode()
-    process.stderr.close()
+        code, stderr = stop_proxy(process)
     assert code == 0, stderr

@@ -5,14 +5,11 @@ import re
 import shutil
 import signal
 import subprocess
-from urllib.parse import quote
 
 import pytest
 
 from proxy.store.launcher import free_port
-from servers import refused, request, wait_until
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from servers import ROOT, q, refused, request, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
@@ -33,7 +30,7 @@ def test_make_run_serves_and_stops_cleanly_on_sigint(upstream, tmp_path):
     try:
         # HTTP_PORT from the environment wins over the .env file's 8080.
         wait_until(lambda: not refused(port), timeout=30, interval=0.1)
-        path = f"/?url={quote(url, safe='')}&key=run"
+        path = q(url, "run")
         first, second = request(port, path), request(port, path)
         assert (first.headers["X-Cache"], second.headers["X-Cache"]) == ("MISS", "HIT")
         assert first.body == second.body == b"served by make run"
