@@ -34,6 +34,12 @@ class Forbidden(ProxyError):
     status, error = 403, "forbidden"
 
 
+class UnrecordedSource(Forbidden):
+    """A cached entry that records too little of how it was fetched for the policy to judge it."""
+
+    error = "url refused"
+
+
 class NotFound(ProxyError):
     status, error = 404, "resource not found"
     detail = "see the README for the routes: /?url=, /?key=, /get/<key>, /health, /metrics"

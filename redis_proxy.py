@@ -18,11 +18,13 @@ from cache_entry import Entry
 from errors import (
     BadGateway,
     BadRequest,
+    Forbidden,
     GatewayTimeout,
     KeyNotFound,
     ProxyError,
     ServiceUnavailable,
     StoreUnavailable,
+    UnrecordedSource,
 )
 from fetch_lock import FetchLock
 from freshness import Policy
@@ -77,7 +79,8 @@ class RedisProxy:
                  prefix: str = "rp:", policy: Policy | None = None, max_url_bytes: int = 8192,
                  max_key_bytes: int = 1024, clock: Callable[[], float] = time.time,
                  stale_while_revalidate: float = 0.0, invalidation: str = "ttl",
-                 redis_label: str = "", on_close: Iterable[Callable[[], None]] = ()):
+                 redis_label: str = "", on_close: Iterable[Callable[[], None]] = (),
+                 get_allow_cache_prefix: bool = False):
         self.client = client
         self.fetcher = fetcher
         self.local = local_cache if local_cache is not None else LocalCache(capacity=0)
@@ -85,6 +88,7 @@ class RedisProxy:
         self.stale_ttl = stale_ttl
         self.stale_if_error = stale_if_error
         self.prefix = prefix
+        self.get_allow_cache_prefix = get_allow_cache_prefix
         self.policy = policy or Policy(ttl=ttl)
         self.max_url_bytes = max_url_bytes
         self.max_key_bytes = max_key_bytes
@@ -188,13 +192,16 @@ class RedisProxy:
         now = self.clock()
         l1_key = ("u", request.redis_key)
         local = self.local.get(l1_key)
-        if local is not MISSING and local.url == request.canonical and local.remaining(now) > 0:
+        if (local is not MISSING and local.url == request.canonical and local.remaining(now) > 0
+                and self._admitted(local)):
             self._count("hits_l1")
             return self._from_entry(local, now, HIT)
         epoch = self.local.epoch
         stored, redis_up = self._read_entry(request.redis_key)
-        if stored is not None and stored.url != request.canonical:
-            stored = None  # the key names another URL's entry: a miss, never its body
+        if stored is not None and (stored.url != request.canonical or not self._admitted(stored)):
+            # The key names another URL's entry, or one that records too little for this
+            # policy to judge: a miss, never its body (fetched again, through the policy).
+            stored = None
         if stored is not None and stored.remaining(now) > 0:
             self._count("hits_redis")
             self.local.set(l1_key, stored, stored.remaining(now), epoch=epoch)
@@ -247,6 +254,10 @@ class RedisProxy:
             return None
         if stale is not None and entry.fetched_at <= stale.fetched_at:
             return None
+        try:
+            self.fetcher.check_source(entry.url, entry.via)
+        except Forbidden:
+            return None  # stored by a looser proxy: our own fetch asks the policy, which answers
         self.local.set(("u", request.redis_key), entry, entry.remaining(now), epoch=epoch)
         return self._from_entry(entry, now, HIT)
 
@@ -281,6 +292,7 @@ class RedisProxy:
         now = self.clock()
         local = self.local.get(("u", redis_key))
         if local is not MISSING and local.remaining(now) > 0:
+            self.fetcher.check_source(local.url, local.via)
             self._count("hits_l1")
             return self._from_entry(local, now, HIT)
         stored, redis_up = self._read_entry(redis_key)
@@ -288,6 +300,8 @@ class RedisProxy:
             if not redis_up:
                 raise StoreUnavailable()  # not "not cached": Redis could not be asked
             raise KeyNotFound()
+        # Whoever stored it, it is served only if this proxy's policy would have fetched it.
+        self.fetcher.check_source(stored.url, stored.via)
         self._count("hits_redis")
         return self._from_entry(stored, now, HIT if stored.remaining(now) > 0 else STALE)
 
@@ -311,6 +325,16 @@ class RedisProxy:
         """Whether an entry is stored under the explicit key `key`."""
         cache_keys.check_key(key, self.max_key_bytes)
         return bool(self.health.call(lambda: self.client.exists(self.prefix + key)))
+
+    def _admitted(self, entry: Entry) -> bool:
+        """Whether this proxy's upstream policy admits `entry` as its fetch recorded it (URL,
+        hops, addresses connected to): Forbidden when the policy refuses it, as a fetch would
+        be; False when the entry records too little to judge, so it is fetched again."""
+        try:
+            self.fetcher.check_source(entry.url, entry.via)
+        except UnrecordedSource:
+            return False
+        return True
 
     def _read_entry(self, redis_key: str) -> tuple[Entry | None, bool]:
         try:
@@ -338,7 +362,10 @@ class RedisProxy:
             # RFC 9111 §4.3.4: freshen the stored response with the 304's headers, then take
             # its freshness from the result (a 304 often carries only the ETag).
             headers = {**stale.headers, **cache_entry.kept_headers(response.headers)}
-            entry = dataclasses.replace(stale, headers=headers,
+            # The body is the stored one: it keeps its record, plus the hops of this revalidation.
+            via = None if stale.via is None or response.hops is None \
+                else tuple(dict.fromkeys(stale.via + response.hops))
+            entry = dataclasses.replace(stale, headers=headers, via=via,
                                         fetched_at=now - self.policy.initial_age(response.headers),
                                         fresh_for=self.policy.lifetime(headers, now))
             stored = False
@@ -353,7 +380,8 @@ class RedisProxy:
         headers = cache_entry.kept_headers(response.headers)
         entry = Entry(status=response.status, body=response.body, url=request.canonical,
                       fetched_at=now - self.policy.initial_age(response.headers),
-                      fresh_for=self.policy.lifetime(response.headers, now), headers=headers)
+                      fresh_for=self.policy.lifetime(response.headers, now), headers=headers,
+                      via=response.hops)
         stored = False
         if self.policy.storable(response.status, response.headers):
             stored = self._store(request.redis_key, entry, redis_up)
@@ -404,6 +432,7 @@ class RedisProxy:
     def get_value(self, key: bytes | str) -> bytes | None:
         """The value of a backing-Redis key through L1; None when it does not exist."""
         raw_key = key.encode() if isinstance(key, str) else key
+        self._check_readable([raw_key])
         cached = self.local.get(("g", raw_key))
         if cached is not MISSING:
             self._count("hits_l1")
@@ -413,6 +442,7 @@ class RedisProxy:
     def get_values(self, keys: list[bytes | str]) -> list[bytes | None]:
         """MGET through L1: hits from memory, the misses in one Redis round trip."""
         raw_keys = [k.encode() if isinstance(k, str) else k for k in keys]
+        self._check_readable(raw_keys)
         values: list[bytes | None] = []
         missing: list[int] = []
         for i, key in enumerate(raw_keys):
@@ -435,11 +465,27 @@ class RedisProxy:
     def exists(self, keys: list[bytes | str]) -> int:
         """EXISTS: how many of `keys` exist in the backing Redis (L1 hits count without a trip)."""
         raw_keys = [k.encode() if isinstance(k, str) else k for k in keys]
+        self._check_readable(raw_keys)
         unknown = [k for k in raw_keys if self.local.get(("g", k)) is MISSING]
         found = len(raw_keys) - len(unknown)
         if unknown:
             found += int(self._redis_call(lambda: self.client.exists(*unknown)))
         return found
+
+    def _check_readable(self, keys: list[bytes]) -> None:
+        """The read-proxy role does not read the URL cache's keys (its entries and their lock
+        keys) unless GET_ALLOW_CACHE_PREFIX: there no upstream policy would be applied to them.
+        One such key refuses the whole command, as a Redis ACL key pattern does."""
+        if self.get_allow_cache_prefix:
+            return
+        prefix = self.prefix.encode()
+        for key in keys:
+            if key.startswith(prefix):
+                raise Forbidden(
+                    f"keys under {self.prefix!r} (CACHE_PREFIX) hold the URL cache's entries and "
+                    f"are not read here: read an entry with /?key=<name without {self.prefix!r}>, "
+                    "which applies the upstream policy (GET_ALLOW_CACHE_PREFIX=true lifts this)",
+                    error="key refused")
 
     def _redis_value(self, key: bytes) -> bytes | None:
         self._count("reads_redis")

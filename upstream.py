@@ -37,6 +37,9 @@ class UpstreamResponse:
     body: bytes
     url: str  # after redirects
     fetched_at: float = field(default_factory=time.time)
+    # Each hop's URL and the address it connected to (None if one was not seen): what admitted
+    # the response, for a proxy with a stricter policy to check before serving it from the cache.
+    hops: tuple[tuple[str, str], ...] | None = None
 
 
 def open_socket(addresses: Sequence[str], port: int, timeout: Any,
@@ -77,6 +80,7 @@ class _CheckedConnectionMixin:
     timeout: Any
     source_address: tuple[str, int] | None
     socket_options: Sequence[tuple[int, int, Any]] | None
+    peer_address: str = ""  # the checked address this connection's socket went to
 
     def _new_conn(self) -> socket.socket:
         try:
@@ -92,6 +96,7 @@ class _CheckedConnectionMixin:
         except OSError as exc:
             raise NewConnectionError(  # type: ignore[arg-type]
                 self, f"Failed to establish a new connection: {exc}") from exc
+        self.peer_address = str(sock.getpeername()[0])
         sys.audit("http.client.connect", self, self.host, self.port)
         return sock
 
@@ -99,6 +104,9 @@ class _CheckedConnectionMixin:
 # The total deadline of the fetch in progress on this thread (Fetcher._request sets it).
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("upstream_deadline",
                                                                          default=None)
+# The addresses the fetch in progress on this thread has sent requests to, one per request.
+_peers: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("upstream_peers",
+                                                                          default=None)
 
 
 class _Cutter:
@@ -142,6 +150,18 @@ class _DeadlinePoolMixin:
             timer.cancel()
 
 
+class _PeerRecordingPoolMixin:
+    """Notes the address each request went to, whether its connection is new or reused from
+    the pool (only a new one passes through _new_conn)."""
+
+    def _make_request(self, conn: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super()._make_request(conn, *args, **kwargs)  # type: ignore[misc]
+        peers = _peers.get()
+        if peers is not None and getattr(conn, "peer_address", ""):
+            peers.append(conn.peer_address)
+        return response
+
+
 class PolicyAdapter(HTTPAdapter):
     """requests' adapter whose connections resolve and connect through the policy."""
 
@@ -158,9 +178,11 @@ class PolicyAdapter(HTTPAdapter):
         https_cls = type("CheckedHTTPSConnection", (_CheckedConnectionMixin, HTTPSConnection),
                          bound)
         self.poolmanager.pool_classes_by_scheme = {
-            "http": type("CheckedHTTPConnectionPool", (_DeadlinePoolMixin, HTTPConnectionPool),
+            "http": type("CheckedHTTPConnectionPool",
+                         (_PeerRecordingPoolMixin, _DeadlinePoolMixin, HTTPConnectionPool),
                          {"ConnectionCls": http_cls}),
-            "https": type("CheckedHTTPSConnectionPool", (_DeadlinePoolMixin, HTTPSConnectionPool),
+            "https": type("CheckedHTTPSConnectionPool",
+                          (_PeerRecordingPoolMixin, _DeadlinePoolMixin, HTTPSConnectionPool),
                           {"ConnectionCls": https_cls}),
         }
 
@@ -193,6 +215,7 @@ class Fetcher:
         # one raises, is never remembered, and is counted each time).
         self._checked = functools.lru_cache(maxsize=4096)(
             lambda url: self.policy.check_url(url, resolve=False))
+        self._sources = functools.lru_cache(maxsize=4096)(self.policy.check_source)
 
     def _new_session(self, pool_size: int) -> requests.Session:
         session = _NoRedirectSession()
@@ -215,9 +238,14 @@ class Fetcher:
         the cache, so an entry stored under a looser policy is not served under a stricter one."""
         self._checked(url)
 
+    def check_source(self, url: str, hops: tuple[tuple[str, str], ...] | None) -> None:
+        """The policy for a cached response, by what its fetch recorded (UpstreamPolicy.check_source)."""
+        self._sources(url, hops)
+
     def fetch(self, url: str, headers: Mapping[str, str] | None = None) -> UpstreamResponse:
         """Fetch `url`; raise BadGateway, GatewayTimeout, PayloadTooLarge or Forbidden."""
         deadline = time.monotonic() + self.timeout
+        hops: list[tuple[str, str]] | None = []
         for hop in range(self.max_redirects + 1):
             try:
                 url = self.policy.check_url(url)  # every hop: a redirect is a new request
@@ -225,7 +253,13 @@ class Fetcher:
                 if hop == 0:
                     raise
                 raise BadGateway(f"upstream redirected to an unusable url: {exc.detail}") from exc
-            response = self._request(url, headers, deadline)
+            peers: list[str] = []
+            token = _peers.set(peers)
+            try:
+                response = self._request(url, headers, deadline)
+            finally:
+                _peers.reset(token)
+            hops = hops + [(url, peers[-1])] if hops is not None and peers else None
             if not 200 <= response.status_code <= 599:
                 # A 1xx relayed as final, or 999, would break the client's framing.
                 response.close()
@@ -240,7 +274,8 @@ class Fetcher:
                 continue
             with response:
                 body = self._read_body(response, deadline)
-            return UpstreamResponse(response.status_code, response.headers, body, url)
+            return UpstreamResponse(response.status_code, response.headers, body, url,
+                                    hops=tuple(hops) if hops is not None else None)
         raise BadGateway(f"upstream redirected more than {self.max_redirects} times")
 
     def _request(self, url: str, headers: Mapping[str, str] | None,

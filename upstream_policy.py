@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import idna
 
-from errors import BadRequest, Forbidden
+from errors import BadRequest, Forbidden, UnrecordedSource
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +193,25 @@ class UpstreamPolicy:
             netloc += f":{port}"
         return urlunsplit((scheme, netloc, parts.path, parts.query, ""))
 
+    def check_source(self, url: str, hops: tuple[tuple[str, str], ...] | None) -> None:
+        """Forbidden unless this policy would have fetched a cached response as it was fetched:
+        its URL, and each hop's URL and the address that hop connected to. No DNS: a name is
+        judged by the address recorded when it was fetched. `hops` None (an entry that recorded
+        none) passes on its URL alone only where the address check is lifted or the host is an
+        address; otherwise UnrecordedSource."""
+        self.check_url(url, resolve=False)
+        if hops is None:
+            host = urlsplit(url).hostname or ""
+            if not self.allow_private and not _is_ip(host):
+                self._refuse("unrecorded", f"the cached entry of {host!r} does not record the "
+                             "address it was fetched from (stored by an earlier version); "
+                             "request it with url= to fetch it again under this policy",
+                             UnrecordedSource)
+            return
+        for hop_url, address in hops:
+            self.check_url(hop_url, resolve=False)
+            self.check_address(address, host=urlsplit(hop_url).hostname or "")
+
     def check_connect(self, host: str, port: int) -> list[str]:
         """Resolve `host` and check every address; the caller connects only to these."""
         dns_name = self._check_host(host.strip("[]"), port)
@@ -237,11 +256,11 @@ class UpstreamPolicy:
                          "addresses are fetched")
         return host + "." if raw.endswith(".") and not _is_ipv4(host) else host
 
-    def _refuse(self, reason: str, detail: str) -> None:
+    def _refuse(self, reason: str, detail: str, error_class: type[Forbidden] = Forbidden) -> None:
         with self._lock:
             self.refusals[reason] += 1
         log.info("upstream refused (%s): %s", reason, detail)
-        raise Forbidden(detail, error="url refused")
+        raise error_class(detail, error="url refused")
 
 
 def _is_ip(host: str) -> bool:
