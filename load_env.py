@@ -173,6 +173,7 @@ class Settings:
     cache_capacity: int = _setting("CACHE_CAPACITY", _integer(0), 1024)
     cache_max_bytes: int = _setting("CACHE_MAX_BYTES", _size, 64 * 1024**2)
     cache_prefix: str = _setting("CACHE_PREFIX", _text, "rp:")
+    get_allow_cache_prefix: bool = _setting("GET_ALLOW_CACHE_PREFIX", _boolean, False)
     l1_invalidation: str = _setting("L1_INVALIDATION", _choice("tracking", "ttl"), "tracking")
     max_clients: int = _setting("MAX_CLIENTS", _integer(1), 1024)
     max_parallel: int = _setting("MAX_PARALLEL", _integer(1), 2 * (os.cpu_count() or 1))

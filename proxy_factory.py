@@ -55,7 +55,8 @@ def build_proxy(settings: Settings | None = None, **overrides: Any) -> RedisProx
                        max_url_bytes=settings.max_url_bytes, max_key_bytes=settings.max_key_bytes,
                        stale_while_revalidate=settings.stale_while_revalidate,
                        invalidation=settings.l1_invalidation,
-                       redis_label=mask_url(url), on_close=on_close, **overrides)
+                       redis_label=mask_url(url), on_close=on_close,
+                       get_allow_cache_prefix=settings.get_allow_cache_prefix, **overrides)
     if check_at_start(client, mask_url(url)):
         proxy.configure_memory(settings.redis_maxmemory, settings.redis_eviction_policy)
     return proxy

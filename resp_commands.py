@@ -20,7 +20,7 @@ import redis
 
 import resp_protocol as wire
 from auth import Authenticator
-from errors import ProxyError, StoreUnavailable
+from errors import Forbidden, ProxyError, StoreUnavailable
 from redis_proxy import RedisProxy
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,8 @@ class RespCommands:
             return command.run(self, session, args)
         except StoreUnavailable as exc:
             return wire.error(f"ERR redis unavailable: {exc.detail}")
+        except Forbidden as exc:
+            return wire.error(f"NOPERM {exc.detail}")  # Redis's code for a key an ACL refuses
         except ProxyError as exc:
             if isinstance(exc.__cause__, redis.ResponseError):
                 return wire.error(_relayed(exc.__cause__))  # e.g. WRONGTYPE for GET of a list
