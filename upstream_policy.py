@@ -203,10 +203,11 @@ class UpstreamPolicy:
         if hops is None:
             host = urlsplit(url).hostname or ""
             if not self.allow_private and not _is_ip(host):
-                self._refuse("unrecorded", f"the cached entry of {host!r} does not record the "
-                             "address it was fetched from (stored by an earlier version); "
-                             "request it with url= to fetch it again under this policy",
-                             UnrecordedSource)
+                # Not counted as a refusal: through url= it is a miss, fetched again.
+                raise UnrecordedSource(f"the cached entry of {host!r} does not record the address "
+                                       "it was fetched from (stored by an earlier version); "
+                                       "request it with url= to fetch it again under this policy",
+                                       error="url refused")
             return
         for hop_url, address in hops:
             self.check_url(hop_url, resolve=False)
@@ -256,11 +257,11 @@ class UpstreamPolicy:
                          "addresses are fetched")
         return host + "." if raw.endswith(".") and not _is_ipv4(host) else host
 
-    def _refuse(self, reason: str, detail: str, error_class: type[Forbidden] = Forbidden) -> None:
+    def _refuse(self, reason: str, detail: str) -> None:
         with self._lock:
             self.refusals[reason] += 1
         log.info("upstream refused (%s): %s", reason, detail)
-        raise error_class(detail, error="url refused")
+        raise Forbidden(detail, error="url refused")
 
 
 def _is_ip(host: str) -> bool:

@@ -60,7 +60,8 @@ def test_strict_proxy_refuses_what_a_permissive_one_stored_and_the_permissive_on
         (f"http://localhost:{port}/x", "lx", "'localhost' is loopback"),
         (f"http://127.0.0.1:{port}/y", "ly", "127.0.0.1 is in 127.0.0.0/8"),
         (f"http://internal.test:{port}/z", "iz",
-         "127.0.0.1 is in 127.0.0.0/8 (loopback, RFC 1122) (internal.test resolves to it)"),
+         "address refused: 127.0.0.1 is in 127.0.0.0/8 (loopback, RFC 1122) "
+         "(internal.test resolves to it); "),
     ]
     for url, key, _reason in entries:
         for stored_key in (key, None):  # under the explicit key and under the derived one
@@ -151,6 +152,30 @@ def test_a_version_1_entry_of_a_name_is_not_served_by_a_strict_proxy(pair, upstr
     assert_url_refused(request(pair.strict.port, q(url, "old")), "internal.test resolves to it")
     assert pair.dns.asked == ["internal.test"] and upstream.hits["/z"] == 0
     assert r.get("rp:old").endswith(b"old body")
+    assert pair.strict.proxy.fetcher.policy.refusal_counts() == {"address": 1}
+
+
+class PublicStandIn(UpstreamPolicy):
+    """The strict policy, except that `public.test` (loopback in the fake DNS) counts as a
+    public name: how a test stands in for a public origin without leaving loopback."""
+
+    def check_address(self, address: str, host: str = "") -> None:
+        if host.rstrip(".") != "public.test":
+            super().check_address(address, host)
+
+
+def test_a_version_1_entry_of_a_name_is_fetched_again_and_replaced_by_url(make_proxy, upstream, r):
+    dns = FakeDNS({"public.test": ["127.0.0.1"]})
+    strict = make_proxy(upstream_policy=PublicStandIn(allowed_ports=(upstream.port,), resolver=dns))
+    upstream.serve("/z", b"new body")
+    url = f"http://public.test:{upstream.port}/z"
+    write_version_1_entry(r, "old", url, b"old body")
+    got = request(strict.port, q(url, "old"))
+    assert (got.status, got.body, got.headers["X-Cache"]) == (200, b"new body", "MISS")
+    assert upstream.hits["/z"] == 1
+    assert cache_entry.decode(r.get("rp:old")).via == ((url, "127.0.0.1"),)
+    got = request(strict.port, q(key="old"))
+    assert (got.status, got.body, got.headers["X-Cache"]) == (200, b"new body", "HIT")
 
 
 def test_a_version_1_entry_is_read_where_the_policy_can_judge_it(pair, upstream, r):
