@@ -12,6 +12,7 @@ from errors import BadRequest, URITooLong
 DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_PARAMS_BYTES = 8192
 MAX_PARAMS_ITEMS = 256
+KEY_RULE = 2  # the derivation of keys from URLs (README, Key rules); a new rule, a new number
 
 Pairs = list[tuple[str, str]]
 
@@ -154,9 +155,11 @@ def canonical_url(url: str, params: Pairs = ()) -> str:  # type: ignore[assignme
 
 
 def url_digest(canonical: str) -> str:
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    # The rule's number goes into the hash: entries derived by the first rule (which decoded
+    # the query and so merged URLs sent differently) are misses under this one, never hits.
+    return hashlib.sha256(f"{KEY_RULE} {canonical}".encode()).hexdigest()
 
 
 def redis_key(prefix: str, key: str | None, canonical: str) -> str:
-    """`prefix + key` for an explicit key, else `prefix + sha256(canonical url)`."""
+    """`prefix + key` for an explicit key, else `prefix + sha256("2 " + canonical url)`."""
     return prefix + (key if key is not None else url_digest(canonical))
