@@ -178,7 +178,7 @@ class RedisProxy:
         target = cache_keys.target_url(url, pairs)
         if len(target.encode()) > self.max_url_bytes:
             cache_keys.check_url(target, self.max_url_bytes)
-        canonical = cache_keys.canonical_url(url, pairs)
+        canonical = cache_keys.canonical_url(target)  # the key is what is actually fetched
         return UrlRequest(target, canonical, cache_keys.redis_key(self.prefix, key, canonical))
 
     def redis_get(self, url: str, key: str | None = None, params: Any = None) -> bytes:
