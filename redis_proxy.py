@@ -425,11 +425,12 @@ class RedisProxy:
         if missing:
             self._count("reads_redis", len(missing))
             epoch = self.local.epoch
-            fetched = self._redis_call(lambda: self.client.mget([raw_keys[i] for i in missing]))
-            for i, value in zip(missing, fetched, strict=True):
+            wanted = [raw_keys[i] for i in missing]
+            fetched, pttls = self._read_with_pttls(lambda pipe: pipe.mget(wanted), wanted)
+            for i, value, pttl in zip(missing, fetched, pttls, strict=True):
                 values[i] = value
                 if value is not None:
-                    self.local.set(("g", raw_keys[i]), value, epoch=epoch)
+                    self.local.set(("g", raw_keys[i]), value, _l1_ttl(pttl), epoch=epoch)
         return values
 
     def exists(self, keys: list[bytes | str]) -> int:
@@ -441,9 +442,29 @@ class RedisProxy:
             found += int(self._redis_call(lambda: self.client.exists(*unknown)))
         return found
 
-    def _redis_value(self, key: bytes) -> bytes | None:
+    def _redis_value(self, key: bytes) -> tuple[bytes | None, float | None]:
+        """The value and how long L1 may keep it: never past the key's own expiry in Redis."""
         self._count("reads_redis")
-        return self._redis_call(lambda: self.client.get(key))
+        value, (pttl,) = self._read_with_pttls(lambda pipe: pipe.get(key), [key])
+        return value, _l1_ttl(pttl)
+
+    def _read_with_pttls(self, read: Callable[[Any], Any], keys: list[bytes]) -> tuple[Any, list[int]]:
+        """`read(pipeline)`'s reply and the PTTL of each key, in one round trip. A plain pipeline,
+        not MULTI: Redis does not track reads inside MULTI for L1 invalidation. A write landing
+        between the replies is told to L1 by tracking; with L1_INVALIDATION=ttl it is the stale
+        window that mode has anyway."""
+        def call() -> tuple[Any, list[int]]:
+            pipe = self.client.pipeline(transaction=False)
+            read(pipe)
+            for key in keys:
+                pipe.pttl(key)
+            replies = pipe.execute(raise_on_error=False)
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply  # as the command gave it (WRONGTYPE ...), not annotated
+            return replies[0], replies[1:]
+
+        return self._redis_call(call)
 
     def _redis_call(self, fn: Callable[[], Any]) -> Any:
         try:
@@ -494,6 +515,14 @@ class RedisProxy:
 
     def _on_redis_recover(self) -> None:
         self.local.clear()  # writes missed while Redis was away are not known to L1
+
+
+def _l1_ttl(pttl: int) -> float | None:
+    """L1 life of a value whose key has `pttl` ms left in Redis: -1 (no expiry) is L1's own TTL,
+    -2 (gone since the read) is none."""
+    if pttl == -1:
+        return None
+    return max(0, pttl) / 1000
 
 
 def _json(params: Any) -> str:
