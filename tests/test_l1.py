@@ -132,19 +132,20 @@ def test_a_flush_drops_every_fill_in_flight(flush):
     assert (cache.get("a"), cache.get("b")) == (MISSING, MISSING)
 
 
-def test_a_fill_older_than_the_forgotten_invalidations_is_dropped(monkeypatch):
-    import local_cache
-    monkeypatch.setattr(local_cache, "RECENT_INVALIDATIONS", 2)
+def test_a_fill_older_than_the_forgotten_invalidations_is_dropped():
+    from local_cache import RECENT_INVALIDATIONS
+    assert RECENT_INVALIDATIONS == 4096  # what the README states
     cache = LocalCache(capacity=10)
     fill = cache.epoch
-    for key in ("x", "y", "z"):  # x is forgotten: it might have been "b"
-        cache.pop(key)
-    cache.set("b", b"b", epoch=fill)
-    assert cache.get("b") is MISSING
-    fill = cache.epoch
-    cache.pop("w")  # remembered one by one: another key's fill is kept
+    for n in range(RECENT_INVALIDATIONS):  # all remembered one by one: "b" was not among them
+        cache.pop(n)
     cache.set("b", b"b", epoch=fill)
     assert cache.get("b") == b"b"
+    fill = cache.epoch
+    for n in range(RECENT_INVALIDATIONS + 1):  # one forgotten: it might have been "c"
+        cache.pop(("other", n))
+    cache.set("c", b"c", epoch=fill)
+    assert cache.get("c") is MISSING
 
 
 def test_a_suspended_cache_serves_but_takes_nothing_new():
