@@ -28,8 +28,9 @@ from errors import (
 )
 from fetch_lock import FetchLock
 from freshness import Policy
-from invalidation import TRACKING, TTL_ONLY, Invalidator
+from invalidation import TTL_ONLY, Invalidator
 from local_cache import MISSING, LocalCache
+from purge_marker import PurgeMarkers, Start
 from redis_connection import RedisHealth, TrackingConnectionPool
 from single_flight import SingleFlight
 from upstream import Fetcher
@@ -103,6 +104,8 @@ class RedisProxy:
         # timeout: the lock must not expire before the store.
         socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout") or 0.5
         self.fetch_lock = FetchLock(client, self.health, hold=fetcher.timeout + 2 * socket_timeout)
+        # A purge's marker outlives any fetch that could have begun before it (see PurgeMarkers).
+        self.purge_markers = PurgeMarkers(client, self.health, prefix, lifetime=2 * self.fetch_lock.hold)
         self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self._refreshing: set[str] = set()  # keys with a background refresh running
@@ -316,7 +319,8 @@ class RedisProxy:
         else:
             raise BadRequest("give key=<name> or url=<absolute URL> to purge", error="missing key")
         self.local.pop(("u", redis_key))
-        removed = int(self._redis_call(lambda: self.client.delete(redis_key)))
+        # The marker makes a fetch that was in flight refuse to store its older answer.
+        removed = self._redis_call(lambda: self.purge_markers.purge([redis_key]))
         self.local.pop(("u", redis_key))  # a read that raced the delete may have refilled it
         self._count("purges")
         return removed
@@ -349,6 +353,10 @@ class RedisProxy:
     def _forward(self, request: UrlRequest, stale: Entry | None, redis_up: bool) -> CacheResult:
         """Ask upstream (conditionally when a stale copy has validators) and store the answer."""
         conditional = self.policy.validators(stale.headers) if stale else {}
+        # Where L1 and the purge markers stand before upstream is asked: a purge from here on
+        # means this answer is older than the purge, and it is neither stored nor kept in L1.
+        epoch = self.local.epoch
+        start = self.purge_markers.start() if redis_up else None
         try:
             response = self.fetcher.fetch(request.target, conditional)
         except (BadGateway, GatewayTimeout):
@@ -370,7 +378,7 @@ class RedisProxy:
                                         fresh_for=self.policy.lifetime(headers, now))
             stored = False
             if self.policy.storable(stale.status, headers):
-                stored = self._store(request.redis_key, entry, redis_up)
+                stored = self._store(request.redis_key, entry, start, epoch)
             return dataclasses.replace(self._from_entry(entry, now, HIT, forward="stale"),
                                        upstream_status=304, stored=stored)
         if response.status >= 500 and self._may_serve_stale(stale):
@@ -384,7 +392,7 @@ class RedisProxy:
                       via=response.hops)
         stored = False
         if self.policy.storable(response.status, response.headers):
-            stored = self._store(request.redis_key, entry, redis_up)
+            stored = self._store(request.redis_key, entry, start, epoch)
         return CacheResult(response.status, response.body, headers,
                            MISS if redis_up else BYPASS, int(entry.age(now)),
                            forward="stale" if stale else "miss",
@@ -396,24 +404,21 @@ class RedisProxy:
                 and -stale.remaining(self.clock()) <= self.stale_if_error
                 and self.policy.may_serve_stale(stale.headers))
 
-    def _store(self, redis_key: str, entry: Entry, redis_up: bool) -> bool:
-        """One atomic write with a TTL (SETEX semantics): freshness left plus the stale window."""
+    def _store(self, redis_key: str, entry: Entry, start: Start | None, epoch: int) -> bool:
+        """One atomic write with a TTL (SETEX semantics): freshness left plus the stale window.
+        Refused when the entry was purged since `start` (None: Redis was not reachable then);
+        the L1 copy is kept unless the entry was invalidated since `epoch`."""
         fresh_left = entry.remaining(self.clock())
         keep_for = fresh_left + self.stale_ttl
-        if keep_for <= 0 or not redis_up:
+        if keep_for <= 0 or start is None:
             return False
-        epoch = self.local.epoch
         value, ttl = cache_entry.encode(entry), max(1, math.ceil(keep_for))
         try:
-            if self._tracking:
-                # A write ends Redis's tracking of the key for this connection, so read it back
-                # on the same connection (not in MULTI: that does not re-track): the L1 copy
-                # must hear of a purge or a replacement by another proxy.
-                pipe = self.client.pipeline(transaction=False)
-                pipe.set(redis_key, value, ex=ttl).exists(redis_key)
-                self.health.call(pipe.execute)
-            else:
-                self.health.call(lambda: self.client.set(redis_key, value, ex=ttl))
+            # The script reads the key back after the write (a write ends Redis's tracking of
+            # it), so the L1 copy hears of a purge or a replacement by another proxy.
+            if not self.purge_markers.store(redis_key, value, ttl, start):
+                self._count("stores_refused")
+                return False
         except StoreUnavailable:
             return False
         except redis.RedisError as exc:  # OOM command not allowed, READONLY, ...
@@ -455,11 +460,12 @@ class RedisProxy:
         if missing:
             self._count("reads_redis", len(missing))
             epoch = self.local.epoch
-            fetched = self._redis_call(lambda: self.client.mget([raw_keys[i] for i in missing]))
-            for i, value in zip(missing, fetched, strict=True):
+            wanted = [raw_keys[i] for i in missing]
+            fetched, pttls = self._read_with_pttls(lambda pipe: pipe.mget(wanted), wanted)
+            for i, value, pttl in zip(missing, fetched, pttls, strict=True):
                 values[i] = value
                 if value is not None:
-                    self.local.set(("g", raw_keys[i]), value, epoch=epoch)
+                    self.local.set(("g", raw_keys[i]), value, _l1_ttl(pttl), epoch=epoch)
         return values
 
     def exists(self, keys: list[bytes | str]) -> int:
@@ -487,9 +493,29 @@ class RedisProxy:
                     "which applies the upstream policy (GET_ALLOW_CACHE_PREFIX=true lifts this)",
                     error="key refused")
 
-    def _redis_value(self, key: bytes) -> bytes | None:
+    def _redis_value(self, key: bytes) -> tuple[bytes | None, float | None]:
+        """The value and how long L1 may keep it: never past the key's own expiry in Redis."""
         self._count("reads_redis")
-        return self._redis_call(lambda: self.client.get(key))
+        value, (pttl,) = self._read_with_pttls(lambda pipe: pipe.get(key), [key])
+        return value, _l1_ttl(pttl)
+
+    def _read_with_pttls(self, read: Callable[[Any], Any], keys: list[bytes]) -> tuple[Any, list[int]]:
+        """`read(pipeline)`'s reply and the PTTL of each key, in one round trip. A plain pipeline,
+        not MULTI: Redis does not track reads inside MULTI for L1 invalidation. A write landing
+        between the replies is told to L1 by tracking; with L1_INVALIDATION=ttl it is the stale
+        window that mode has anyway."""
+        def call() -> tuple[Any, list[int]]:
+            pipe = self.client.pipeline(transaction=False)
+            read(pipe)
+            for key in keys:
+                pipe.pttl(key)
+            replies = pipe.execute(raise_on_error=False)
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply  # as the command gave it (WRONGTYPE ...), not annotated
+            return replies[0], replies[1:]
+
+        return self._redis_call(call)
 
     def _redis_call(self, fn: Callable[[], Any]) -> Any:
         try:
@@ -506,10 +532,6 @@ class RedisProxy:
         redis_ok = self.health.check()
         return {"status": "ok" if redis_ok else "degraded", "redis": "ok" if redis_ok else "down",
                 "l1_invalidation": self.l1_invalidation}
-
-    @property
-    def _tracking(self) -> bool:
-        return self.invalidator is not None and self.invalidator.mode == TRACKING
 
     @property
     def l1_invalidation(self) -> str:
@@ -540,6 +562,14 @@ class RedisProxy:
 
     def _on_redis_recover(self) -> None:
         self.local.clear()  # writes missed while Redis was away are not known to L1
+
+
+def _l1_ttl(pttl: int) -> float | None:
+    """L1 life of a value whose key has `pttl` ms left in Redis: -1 (no expiry) is L1's own TTL,
+    -2 (gone since the read) is none."""
+    if pttl == -1:
+        return None
+    return max(0, pttl) / 1000
 
 
 def _json(params: Any) -> str:
