@@ -3,6 +3,7 @@
 import contextlib
 import contextvars
 import functools
+import http.cookiejar
 import logging
 import socket
 import sys
@@ -169,6 +170,26 @@ class PolicyAdapter(HTTPAdapter):
         raise Forbidden("fetching through a forward proxy is not supported by the upstream policy")
 
 
+class _RefuseAllCookies(http.cookiejar.CookiePolicy):
+    """No cookie is kept, so none is ever sent upstream: one session serves every client, and a
+    cookie one upstream set in answer to one client's URL would otherwise go out with every
+    later request to its domain (any port, any client, redirects too) and grow without bound."""
+
+    netscape, rfc2965, hide_cookie2 = True, False, True
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+    def domain_return_ok(self, domain: str, request: Any) -> bool:
+        return False
+
+    def path_return_ok(self, path: str, request: Any) -> bool:
+        return False
+
+
 class _NoRedirectSession(requests.Session):
     """Even with allow_redirects=False, requests reads a redirect's whole body (to 'consume the
     socket') with no cap and only the per-read timeout; Fetcher.fetch follows Location itself,
@@ -197,6 +218,7 @@ class Fetcher:
     def _new_session(self, pool_size: int) -> requests.Session:
         session = _NoRedirectSession()
         session.trust_env = False  # never route through proxies from the environment
+        session.cookies.set_policy(_RefuseAllCookies())
         adapter = PolicyAdapter(self.policy, pool_connections=pool_size, pool_maxsize=pool_size,
                                 max_retries=0)
         session.mount("http://", adapter)
