@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -22,7 +22,7 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError, NameResolutionErr
 from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
 from errors import BadGateway, BadRequest, Forbidden, GatewayTimeout, PayloadTooLarge
-from upstream_policy import UpstreamPolicy
+from upstream_policy import SCHEMES, UpstreamPolicy
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,19 @@ def open_socket(addresses: Sequence[str], port: int, timeout: Any,
     raise error or OSError(f"no address to connect to on port {port}")
 
 
+# The addresses Fetcher.fetch resolved and checked for the hop in progress on this thread:
+# (name, port, addresses). A new connection to that name and port goes to these, unresolved.
+_pinned: contextvars.ContextVar[tuple[str, int, list[str]] | None] = contextvars.ContextVar(
+    "upstream_pinned_addresses", default=None)
+
+
 class _CheckedConnectionMixin:
-    """Replaces urllib3 2.x's HTTPConnection._new_conn: the policy resolves the host, checks
-    every address, and the socket goes to one of those very addresses, so a name cannot
+    """Replaces urllib3 2.x's HTTPConnection._new_conn: the socket goes to one of the addresses
+    the policy resolved and checked for this hop (Fetcher.fetch pins them), so a name cannot
     resolve to a public address at check time and to an internal one at connect time (DNS
-    rebinding). `host` stays the name: the Host header, TLS SNI and certificate verification
-    (HTTPSConnection.connect) still use it."""
+    rebinding), and it is looked up once per hop, not again here. Outside Fetcher.fetch the
+    policy resolves and checks here. `host` stays the name: the Host header, TLS SNI and
+    certificate verification (HTTPSConnection.connect) still use it."""
 
     policy: UpstreamPolicy
     _dns_host: str
@@ -80,10 +87,14 @@ class _CheckedConnectionMixin:
     socket_options: Sequence[tuple[int, int, Any]] | None
 
     def _new_conn(self) -> socket.socket:
-        try:
-            addresses = self.policy.check_connect(self._dns_host, self.port)
-        except socket.gaierror as exc:
-            raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]
+        pinned = _pinned.get()
+        if pinned is not None and pinned[:2] == (self._dns_host.strip("[]"), self.port):
+            addresses = pinned[2]
+        else:
+            try:
+                addresses = self.policy.check_connect(self._dns_host, self.port)
+            except socket.gaierror as exc:
+                raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]
         try:
             sock = open_socket(addresses, self.port, self.timeout, self.source_address,
                                self.socket_options)
@@ -242,12 +253,14 @@ class Fetcher:
         deadline = time.monotonic() + self.timeout
         for hop in range(self.max_redirects + 1):
             try:
-                url = self.policy.check_url(url)  # every hop: a redirect is a new request
+                # Every hop: a redirect is a new request. The name is looked up once, below.
+                url = self.policy.check_url(url, resolve=False)
             except BadRequest as exc:
                 if hop == 0:
                     raise
                 raise BadGateway(f"upstream redirected to an unusable url: {exc.detail}") from exc
-            response = self._request(url, headers, deadline)
+            pinned = self._resolve(url, deadline)
+            response = self._request(url, headers, deadline, pinned)
             if not 200 <= response.status_code <= 599:
                 # A 1xx relayed as final, or 999, would break the client's framing.
                 response.close()
@@ -265,12 +278,28 @@ class Fetcher:
             return UpstreamResponse(response.status_code, response.headers, body, url)
         raise BadGateway(f"upstream redirected more than {self.max_redirects} times")
 
-    def _request(self, url: str, headers: Mapping[str, str] | None,
-                 deadline: float) -> requests.Response:
+    def _resolve(self, url: str, deadline: float) -> tuple[str, int, list[str]]:
+        """The hop's one name lookup, bounded by the fetch's deadline, and the policy's check of
+        every address: (name, port, addresses) for the connection to use."""
+        parts = urlsplit(url)  # already checked and rebuilt by the policy
+        host, port = parts.hostname or "", parts.port or SCHEMES[parts.scheme]
+        try:
+            addresses = self.policy.check_connect(host, port,
+                                                  timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError as exc:
+            raise GatewayTimeout(f"upstream name {host!r} was not resolved within "
+                                 f"{self.timeout:g} s") from exc
+        except OSError as exc:
+            raise BadGateway(f"upstream unreachable: {_reason(exc)}") from exc
+        return host, port, addresses
+
+    def _request(self, url: str, headers: Mapping[str, str] | None, deadline: float,
+                 pinned: tuple[str, int, list[str]] | None = None) -> requests.Response:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise GatewayTimeout(f"upstream did not answer within {self.timeout:g} s")
         token = _deadline.set(deadline)
+        pin_token = _pinned.set(pinned)
         try:
             return self.session.get(url, headers=dict(headers or {}), stream=True,
                                     allow_redirects=False, timeout=(remaining, remaining))
@@ -281,6 +310,7 @@ class Fetcher:
                 raise GatewayTimeout(f"upstream did not answer within {self.timeout:g} s") from exc
             raise BadGateway(f"upstream unreachable: {_reason(exc)}") from exc
         finally:
+            _pinned.reset(pin_token)
             _deadline.reset(token)
 
     def _read_body(self, response: requests.Response, deadline: float) -> bytes:
