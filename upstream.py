@@ -3,6 +3,7 @@
 import contextlib
 import contextvars
 import functools
+import http.cookiejar
 import logging
 import socket
 import sys
@@ -11,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -21,7 +22,7 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError, NameResolutionErr
 from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
 from errors import BadGateway, BadRequest, Forbidden, GatewayTimeout, PayloadTooLarge
-from upstream_policy import UpstreamPolicy
+from upstream_policy import SCHEMES, UpstreamPolicy
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +67,19 @@ def open_socket(addresses: Sequence[str], port: int, timeout: Any,
     raise error or OSError(f"no address to connect to on port {port}")
 
 
+# The addresses Fetcher.fetch resolved and checked for the hop in progress on this thread:
+# (name, port, addresses). A new connection to that name and port goes to these, unresolved.
+_pinned: contextvars.ContextVar[tuple[str, int, list[str]] | None] = contextvars.ContextVar(
+    "upstream_pinned_addresses", default=None)
+
+
 class _CheckedConnectionMixin:
-    """Replaces urllib3 2.x's HTTPConnection._new_conn: the policy resolves the host, checks
-    every address, and the socket goes to one of those very addresses, so a name cannot
+    """Replaces urllib3 2.x's HTTPConnection._new_conn: the socket goes to one of the addresses
+    the policy resolved and checked for this hop (Fetcher.fetch pins them), so a name cannot
     resolve to a public address at check time and to an internal one at connect time (DNS
-    rebinding). `host` stays the name: the Host header, TLS SNI and certificate verification
-    (HTTPSConnection.connect) still use it."""
+    rebinding), and it is looked up once per hop, not again here. Outside Fetcher.fetch the
+    policy resolves and checks here. `host` stays the name: the Host header, TLS SNI and
+    certificate verification (HTTPSConnection.connect) still use it."""
 
     policy: UpstreamPolicy
     _dns_host: str
@@ -83,10 +91,14 @@ class _CheckedConnectionMixin:
     peer_address: str = ""  # the checked address this connection's socket went to
 
     def _new_conn(self) -> socket.socket:
-        try:
-            addresses = self.policy.check_connect(self._dns_host, self.port)
-        except socket.gaierror as exc:
-            raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]
+        pinned = _pinned.get()
+        if pinned is not None and pinned[:2] == (self._dns_host.strip("[]"), self.port):
+            addresses = pinned[2]
+        else:
+            try:
+                addresses = self.policy.check_connect(self._dns_host, self.port)
+            except socket.gaierror as exc:
+                raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]
         try:
             sock = open_socket(addresses, self.port, self.timeout, self.source_address,
                                self.socket_options)
@@ -191,6 +203,26 @@ class PolicyAdapter(HTTPAdapter):
         raise Forbidden("fetching through a forward proxy is not supported by the upstream policy")
 
 
+class _RefuseAllCookies(http.cookiejar.CookiePolicy):
+    """No cookie is kept, so none is ever sent upstream: one session serves every client, and a
+    cookie one upstream set in answer to one client's URL would otherwise go out with every
+    later request to its domain (any port, any client, redirects too) and grow without bound."""
+
+    netscape, rfc2965, hide_cookie2 = True, False, True
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+    def domain_return_ok(self, domain: str, request: Any) -> bool:
+        return False
+
+    def path_return_ok(self, path: str, request: Any) -> bool:
+        return False
+
+
 class _NoRedirectSession(requests.Session):
     """Even with allow_redirects=False, requests reads a redirect's whole body (to 'consume the
     socket') with no cap and only the per-read timeout; Fetcher.fetch follows Location itself,
@@ -220,6 +252,7 @@ class Fetcher:
     def _new_session(self, pool_size: int) -> requests.Session:
         session = _NoRedirectSession()
         session.trust_env = False  # never route through proxies from the environment
+        session.cookies.set_policy(_RefuseAllCookies())
         adapter = PolicyAdapter(self.policy, pool_connections=pool_size, pool_maxsize=pool_size,
                                 max_retries=0)
         session.mount("http://", adapter)
@@ -248,15 +281,17 @@ class Fetcher:
         hops: list[tuple[str, str]] | None = []
         for hop in range(self.max_redirects + 1):
             try:
-                url = self.policy.check_url(url)  # every hop: a redirect is a new request
+                # Every hop: a redirect is a new request. The name is looked up once, below.
+                url = self.policy.check_url(url, resolve=False)
             except BadRequest as exc:
                 if hop == 0:
                     raise
                 raise BadGateway(f"upstream redirected to an unusable url: {exc.detail}") from exc
+            pinned = self._resolve(url, deadline)
             peers: list[str] = []
             token = _peers.set(peers)
             try:
-                response = self._request(url, headers, deadline)
+                response = self._request(url, headers, deadline, pinned)
             finally:
                 _peers.reset(token)
             hops = hops + [(url, peers[-1])] if hops is not None and peers else None
@@ -278,12 +313,28 @@ class Fetcher:
                                     hops=tuple(hops) if hops is not None else None)
         raise BadGateway(f"upstream redirected more than {self.max_redirects} times")
 
-    def _request(self, url: str, headers: Mapping[str, str] | None,
-                 deadline: float) -> requests.Response:
+    def _resolve(self, url: str, deadline: float) -> tuple[str, int, list[str]]:
+        """The hop's one name lookup, bounded by the fetch's deadline, and the policy's check of
+        every address: (name, port, addresses) for the connection to use."""
+        parts = urlsplit(url)  # already checked and rebuilt by the policy
+        host, port = parts.hostname or "", parts.port or SCHEMES[parts.scheme]
+        try:
+            addresses = self.policy.check_connect(host, port,
+                                                  timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError as exc:
+            raise GatewayTimeout(f"upstream name {host!r} was not resolved within "
+                                 f"{self.timeout:g} s") from exc
+        except OSError as exc:
+            raise BadGateway(f"upstream unreachable: {_reason(exc)}") from exc
+        return host, port, addresses
+
+    def _request(self, url: str, headers: Mapping[str, str] | None, deadline: float,
+                 pinned: tuple[str, int, list[str]] | None = None) -> requests.Response:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise GatewayTimeout(f"upstream did not answer within {self.timeout:g} s")
         token = _deadline.set(deadline)
+        pin_token = _pinned.set(pinned)
         try:
             return self.session.get(url, headers=dict(headers or {}), stream=True,
                                     allow_redirects=False, timeout=(remaining, remaining))
@@ -294,6 +345,7 @@ class Fetcher:
                 raise GatewayTimeout(f"upstream did not answer within {self.timeout:g} s") from exc
             raise BadGateway(f"upstream unreachable: {_reason(exc)}") from exc
         finally:
+            _pinned.reset(pin_token)
             _deadline.reset(token)
 
     def _read_body(self, response: requests.Response, deadline: float) -> bytes:
