@@ -271,6 +271,7 @@ class ClusterTracking:
                 if key not in self._invalidators:
                     inv = Invalidator(node.redis_connection.connection_pool, on_keys=self.on_keys,
                                       on_lost=self.local.suspend, on_armed=self._armed)
+                    inv.node = node.name
                     self._invalidators[key] = (node.name, inv)
                     started.append((node.name, inv))
         for name, inv in gone:
@@ -330,8 +331,11 @@ class ClusterHealth(RedisHealth):
                         exc, NODE_ERROR_LOG_INTERVAL)
 
     def ping(self) -> bool:
+        """Whether every primary answers PING, each asked directly (not through the slot map)."""
         try:
-            return bool(self.client.ping())
+            primaries = self.client.get_primaries()
+            return bool(primaries) and all(self.client.get_redis_connection(node).ping()
+                                           for node in primaries)
         except NODE_UNAVAILABLE:
             return False
 
@@ -340,7 +344,7 @@ class ClusterHealth(RedisHealth):
         if now - self._checked_at < max_age or not self._check_lock.acquire(blocking=False):
             return self._last_check
         try:
-            ok = self.ping()  # RedisCluster sends PING to every node
+            ok = self.ping()
             self._last_check, self._checked_at = ok, time.monotonic()
             return ok
         finally:

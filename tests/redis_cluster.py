@@ -4,9 +4,11 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 
 import redis
 
+from errors import LauncherError
 from redis_launcher import RedisServer
 
 CLUSTER_NODE_ARGS = (
@@ -22,6 +24,19 @@ def tools_missing() -> str:
     missing = [name for name in ("redis-server", "redis-cli") if not shutil.which(name)]
     return f"{' and '.join(missing)} not on PATH (Debian: apt-get install redis-server redis-tools)" \
         if missing else ""
+
+
+def start_on_free_port(make: Callable[[], RedisServer], attempts: int = 3) -> RedisServer:
+    """Start a server; another process may take the free port first: then try another one."""
+    for attempt in range(attempts):
+        server = make()
+        try:
+            return server.start()
+        except LauncherError:
+            server.cleanup()
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _poll(predicate, timeout: float, what: str, interval: float = 0.05):
@@ -53,7 +68,8 @@ class Cluster:
     """`primaries` cluster-enabled redis-servers, joined by `redis-cli --cluster create`."""
 
     def __init__(self, primaries: int = 3):
-        self.nodes = [RedisServer(extra_args=CLUSTER_NODE_ARGS) for _ in range(primaries)]
+        self.primaries = primaries
+        self.nodes: list[RedisServer] = []
 
     @property
     def seeds(self) -> tuple[str, ...]:
@@ -61,8 +77,8 @@ class Cluster:
 
     def start(self) -> "Cluster":
         try:
-            for node in self.nodes:
-                node.start()
+            for _ in range(self.primaries):
+                self.nodes.append(start_on_free_port(lambda: RedisServer(extra_args=CLUSTER_NODE_ARGS)))
             subprocess.run(["redis-cli", "--cluster", "create", *self.seeds, "--cluster-yes"],
                            check=True, capture_output=True, timeout=30)
             for node in self.nodes:
@@ -135,19 +151,18 @@ class SentinelSetup:
     MASTER = "proxymaster"
 
     def __init__(self):
-        self.primary = RedisServer()
+        self.primary: RedisServer | None = None
         self.replica: RedisServer | None = None
         self.sentinel: SentinelServer | None = None
 
     def start(self) -> "SentinelSetup":
         try:
-            self.primary.start()
-            self.replica = RedisServer(extra_args=("--replicaof", "127.0.0.1", str(self.primary.port)))
-            self.replica.start()
+            self.primary = primary = start_on_free_port(RedisServer)
+            self.replica = start_on_free_port(
+                lambda: RedisServer(extra_args=("--replicaof", "127.0.0.1", str(primary.port))))
             _poll(lambda: _info_field(self.replica, "replication", "master_link_status") == "up",
                   20, "the replica in sync")
-            self.sentinel = SentinelServer(self.MASTER, self.primary.port)
-            self.sentinel.start()
+            self.sentinel = start_on_free_port(lambda: SentinelServer(self.MASTER, primary.port))
             # The sentinel must have found the replica, or it has nothing to promote.
             _poll(self._sentinel_sees_replica, 20, "the sentinel seeing the replica")
         except BaseException:

@@ -44,6 +44,10 @@ def test_killed_primary_fails_only_its_own_keys_with_503(upstream, serve):
         rc.close()
         proxy, port = serve(REDIS_CLUSTER_NODES=",".join(cluster.seeds))
         dead_key, live_keys = keys[0], keys[1:]
+        dead_port = cluster.nodes[0].port
+        # The URL role's entry key is CACHE_PREFIX + key: find one whose entry lives on the dead node.
+        page_key = next(k for k in (f"page{i}" for i in range(1000))
+                        if cluster.node_of(f"rp:{k}").port == dead_port)
         cluster.nodes[0].stop()
         url = upstream.serve("/page", b"from upstream")
         for _ in range(3):  # before and after the cluster marks the node failed
@@ -55,7 +59,7 @@ def test_killed_primary_fails_only_its_own_keys_with_503(upstream, serve):
                 live = request(port, f"/get/{key}")
                 assert (live.status, live.body) == (200, f"value {key}".encode())
             # The URL role for an entry on the dead node is answered from upstream, not stored.
-            page = request(port, f"/?url={quote(url, safe='')}&key={dead_key}")
+            page = request(port, f"/?url={quote(url, safe='')}&key={page_key}")
             assert (page.status, page.body, page.headers["X-Cache"]) == (200, b"from upstream", "BYPASS")
         assert request(port, "/health").json()["redis"] == "down"
     finally:
