@@ -114,6 +114,19 @@ def _networks(raw: str) -> tuple[str, ...]:
 _networks.expected = "a comma-separated list of IP addresses or CIDR networks"  # type: ignore[attr-defined]
 
 
+def _addresses(raw: str) -> tuple[str, ...]:
+    """`host:port` seeds (Redis Cluster nodes, Sentinels); an IPv6 host goes in brackets."""
+    words = _words(raw)
+    for word in words:
+        match = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^\s:/@\[\]]+):(\d+)", word)
+        if not match or not 1 <= int(match.group(2)) <= 65535:
+            raise ValueError
+    return words
+
+
+_addresses.expected = "a comma-separated list of host:port (port 1 to 65535)"  # type: ignore[attr-defined]
+
+
 def _statuses(raw: str) -> frozenset[int]:
     """`2xx,404` -> every status from 200 to 299, and 404."""
     statuses: set[int] = set()
@@ -166,6 +179,9 @@ class Settings:
     redis_maxmemory: int = _setting("REDIS_MAXMEMORY", _size, 256 * 1024**2)
     redis_eviction_policy: str = _setting("REDIS_EVICTION_POLICY", _choice(*EVICTION_POLICIES),
                                           "allkeys-lru")
+    redis_cluster_nodes: tuple[str, ...] = _setting("REDIS_CLUSTER_NODES", _addresses, ())
+    redis_sentinels: tuple[str, ...] = _setting("REDIS_SENTINELS", _addresses, ())
+    redis_sentinel_master: str = _setting("REDIS_SENTINEL_MASTER", _text, "")
     http_host: str = _setting("HTTP_HOST", _text, "127.0.0.1")
     http_port: int = _setting("HTTP_PORT", _integer(0, 65535), 8080)
     resp_port: int = _setting("RESP_PORT", _integer(0, 65535), 6380)
@@ -208,7 +224,8 @@ class Settings:
     @property
     def redis_configured(self) -> bool:
         """CONTRACT §3: Redis counts as configured when REDIS_URL or REDIS_HOST is set."""
-        return bool(self.redis_url or self.redis_host)
+        return bool(self.redis_url or self.redis_host or self.redis_cluster_nodes
+                    or self.redis_sentinels)
 
     @property
     def stored_ttl(self) -> float:
@@ -225,6 +242,18 @@ def _cross_checks(settings: Settings) -> list[str]:
         problems.append("REDIS_URL: expected a redis://, rediss:// or unix:// URL")
     if settings.auth_tokens_file and not os.path.isfile(settings.auth_tokens_file):
         problems.append(f"AUTH_TOKENS_FILE={settings.auth_tokens_file!r}: expected a readable file")
+    stores = [name for name, value in (("REDIS_URL or REDIS_HOST", settings.redis_url or settings.redis_host),
+                                       ("REDIS_CLUSTER_NODES", settings.redis_cluster_nodes),
+                                       ("REDIS_SENTINELS", settings.redis_sentinels)) if value]
+    if len(stores) > 1:
+        problems.append(f"{' and '.join(stores)}: expected only one way to reach Redis "
+                        "(a URL, a cluster or Sentinel)")
+    if settings.redis_sentinels and not settings.redis_sentinel_master.strip():
+        problems.append("REDIS_SENTINELS is set: expected REDIS_SENTINEL_MASTER, the name the "
+                        "sentinels monitor the primary under")
+    if settings.redis_sentinel_master.strip() and not settings.redis_sentinels:
+        problems.append("REDIS_SENTINEL_MASTER is set: expected REDIS_SENTINELS (host:port of the "
+                        "sentinels) as well")
     for name in ("REDIS_TLS_CA", "REDIS_TLS_CERT", "REDIS_TLS_KEY"):
         path = getattr(settings, name.lower())
         if path and not os.path.isfile(path):
@@ -233,6 +262,9 @@ def _cross_checks(settings: Settings) -> list[str]:
     if tls_files and settings.redis_url and not settings.redis_url.startswith("rediss://"):
         # Otherwise the files would be ignored and the connection silently left in clear text.
         problems.append("REDIS_TLS_CA/CERT/KEY are set: expected a rediss:// REDIS_URL")
+    if tls_files and settings.redis_sentinels:
+        problems.append("REDIS_TLS_CA/CERT/KEY are set: TLS through Sentinel is not supported; "
+                        "use REDIS_URL or REDIS_CLUSTER_NODES")
     if bool(settings.redis_tls_cert) != bool(settings.redis_tls_key):
         problems.append("REDIS_TLS_CERT and REDIS_TLS_KEY: expected both (a client certificate "
                         "and its key) or neither")

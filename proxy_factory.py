@@ -3,12 +3,16 @@
 import logging
 from typing import Any
 
+import redis
+from redis.exceptions import RedisClusterException
+
 from freshness import Policy
 from load_env import Settings, load_settings
 from local_cache import LocalCache
 from redis_connection import check_at_start, make_client, mask_url
 from redis_launcher import RedisServer
 from redis_proxy import RedisProxy
+from redis_topology import make_cluster_client, make_sentinel_client
 from upstream import Fetcher
 from upstream_policy import UpstreamPolicy
 
@@ -25,21 +29,46 @@ def redis_url_of(settings: Settings) -> str:
     return f"{'rediss' if tls else 'redis'}://{host}:{settings.redis_port}/{settings.redis_db}"
 
 
+def scaled_out_client(settings: Settings) -> tuple[Any, str]:
+    """The client of a Redis Cluster (REDIS_CLUSTER_NODES) or of Sentinel's primary
+    (REDIS_SENTINELS), and the label logs and /health show for it."""
+    options = dict(socket_timeout=settings.redis_socket_timeout,
+                   max_connections=settings.redis_max_connections,
+                   password=settings.redis_password or None)
+    if settings.redis_cluster_nodes:
+        label = "redis-cluster://" + ",".join(settings.redis_cluster_nodes)
+        log.info("store: Redis Cluster, seeds %s", ",".join(settings.redis_cluster_nodes))
+        try:
+            return make_cluster_client(settings.redis_cluster_nodes, tls_ca=settings.redis_tls_ca,
+                                       tls_cert=settings.redis_tls_cert,
+                                       tls_key=settings.redis_tls_key, **options), label
+        except RedisClusterException as exc:  # not a RedisError: say it as one, for main()
+            raise redis.ConnectionError(f"no Redis Cluster at {label}: {exc}") from exc
+    label = f"redis-sentinel://{','.join(settings.redis_sentinels)}/{settings.redis_sentinel_master}"
+    log.info("store: the primary of %r through Sentinel at %s", settings.redis_sentinel_master,
+             ",".join(settings.redis_sentinels))
+    return make_sentinel_client(settings.redis_sentinels, settings.redis_sentinel_master,
+                                **options), label
+
+
 def build_proxy(settings: Settings | None = None, **overrides: Any) -> RedisProxy:
     """The proxy for `settings`, starting an embedded redis-server when none is configured."""
     settings = settings or load_settings()
     on_close = []
-    if settings.redis_configured:
-        url = redis_url_of(settings)
+    if settings.redis_cluster_nodes or settings.redis_sentinels:
+        client, url = scaled_out_client(settings)
     else:
-        embedded = RedisServer().start()
-        on_close.append(embedded.cleanup)
-        url = embedded.url
-        log.info("no REDIS_URL or REDIS_HOST set: started an embedded redis-server at %s", url)
-    client = make_client(url, socket_timeout=settings.redis_socket_timeout,
-                         max_connections=settings.redis_max_connections,
-                         password=settings.redis_password or None, tls_ca=settings.redis_tls_ca,
-                         tls_cert=settings.redis_tls_cert, tls_key=settings.redis_tls_key)
+        if settings.redis_configured:
+            url = redis_url_of(settings)
+        else:
+            embedded = RedisServer().start()
+            on_close.append(embedded.cleanup)
+            url = embedded.url
+            log.info("no REDIS_URL or REDIS_HOST set: started an embedded redis-server at %s", url)
+        client = make_client(url, socket_timeout=settings.redis_socket_timeout,
+                             max_connections=settings.redis_max_connections,
+                             password=settings.redis_password or None, tls_ca=settings.redis_tls_ca,
+                             tls_cert=settings.redis_tls_cert, tls_key=settings.redis_tls_key)
     fetcher = Fetcher(timeout=settings.upstream_timeout, max_bytes=settings.upstream_max_bytes,
                       policy=UpstreamPolicy(allowed_hosts=settings.upstream_allowed_hosts,
                                             allowed_ports=settings.upstream_allowed_ports,

@@ -95,7 +95,9 @@ class RedisProxy:
         self.max_key_bytes = max_key_bytes
         self.clock = clock
         self.redis_label = redis_label
-        self.health = RedisHealth(client, on_recover=self._on_redis_recover)
+        # A cluster client brings its own per-node health (redis_topology.ClusterHealth).
+        health_class = getattr(client, "health_class", RedisHealth)
+        self.health = health_class(client, on_recover=self._on_redis_recover)
         self.stale_while_revalidate = stale_while_revalidate
         self.flights = SingleFlight()
         # Parsing is pure: remember recent results (errors are raised again, never remembered).
@@ -111,9 +113,12 @@ class RedisProxy:
         self._refreshing: set[str] = set()  # keys with a background refresh running
         self._store_error_logged_at = -math.inf
         self._on_close = list(on_close)
-        self.invalidator: Invalidator | None = None
+        self.invalidator: Invalidator | Any = None
         pool = client.connection_pool
-        if invalidation == "tracking" and isinstance(pool, TrackingConnectionPool):
+        if invalidation == "tracking" and hasattr(client, "start_tracking"):
+            # A cluster: one invalidation listener per node (redis_topology.ClusterTracking).
+            self.invalidator = client.start_tracking(self.local, on_keys=self._invalidate)
+        elif invalidation == "tracking" and isinstance(pool, TrackingConnectionPool):
             # L1 takes nothing until Redis tracks what this process reads (CONTRACT §4, issue 3).
             self.local.suspend()
             self.invalidator = Invalidator(pool, on_keys=self._invalidate, on_lost=self.local.suspend,
@@ -155,6 +160,8 @@ class RedisProxy:
 
     def configure_memory(self, maxmemory: int, policy: str) -> bool:
         """CONFIG SET maxmemory and maxmemory-policy; a refusal is a warning, not a crash."""
+        if hasattr(self.client, "configure_memory"):  # a cluster: every primary, each warned
+            return self.client.configure_memory(maxmemory, policy)
         try:
             self.client.config_set("maxmemory", maxmemory)
             self.client.config_set("maxmemory-policy", policy)
