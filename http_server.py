@@ -166,9 +166,10 @@ class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
 
     def admit(self, path: str, peer: str, headers: http.client.HTTPMessage) -> None:
         """CONTRACT §4: authentication first, then the rate limit; raises what refuses."""
-        self.authenticator.check(path, headers.get_all("Authorization") or [])
+        forwarded_for = headers.get_all("X-Forwarded-For") or []
+        self.authenticator.check(path, headers.get_all("Authorization") or [], peer, forwarded_for)
         if self.rate_limiter is not None:
-            self.rate_limiter.check(peer, headers.get_all("X-Forwarded-For") or [])
+            self.rate_limiter.check(peer, forwarded_for)
 
 
 class ProxyHandler(BaseHTTPRequestHandler):
