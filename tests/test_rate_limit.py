@@ -15,7 +15,7 @@ from rate_limit import ClientAddress, RateLimiter, bucket_key, rate_limiter_of
 from redis_launcher import free_port
 from resp_protocol import command
 from servers import ServerThread, request, wait_until
-from test_resp import connect, read_exactly
+from test_resp import connect, read_exactly, read_until_closed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -245,6 +245,8 @@ def test_resp_connection_set_up_is_not_counted(both_front_ends, r):
         talk(sock, command(b"CLIENT", b"SETINFO", b"LIB-NAME", b"x") + command(b"CLIENT", b"ID")
              + command(b"AUTH", b"default", b"x") + command(b"HELLO", b"2"),
              b"+OK\r\n:1\r\n+OK\r\n*14\r\n")
+        sock.sendall(command(b"QUIT"))  # after the rest of HELLO's map
+        assert read_until_closed(sock).endswith(b"$7\r\nmodules\r\n*0\r\n+OK\r\n")
 
 
 def test_resp_clients_have_budgets_of_their_own(both_front_ends, r):
