@@ -62,9 +62,11 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
                   parallel=threading.Semaphore(settings.max_parallel),
                   header_timeout=settings.header_timeout,
                   keepalive_timeout=settings.keepalive_timeout)
+    # One rate limiter for both front ends: a client's RATE_LIMIT is one budget.
+    rate_limiter = rate_limiter_of(settings)
     servers = [http_server.make_server(settings.http_host, 0 if listeners else settings.http_port,
                                        proxy, **limits, authenticator=authenticator,
-                                       rate_limiter=rate_limiter_of(settings))]
+                                       rate_limiter=rate_limiter)]
     if listeners:
         adopt_listener(servers[0], listeners[0])
     log.info("HTTP on http://%s:%d", settings.http_host, servers[0].port)
@@ -72,7 +74,8 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
         try:
             servers.append(resp_server.make_server(settings.http_host,
                                                    0 if listeners else settings.resp_port, proxy,
-                                                   **limits, authenticator=authenticator))
+                                                   **limits, authenticator=authenticator,
+                                                   rate_limiter=rate_limiter))
         except OSError:
             servers[0].server_close()  # nothing is served unless every front end could bind
             raise

@@ -33,7 +33,9 @@ from http_syntax import (
     body_framing_error,
     has_body,
     host_error,
+    line_size,
     origin_form,
+    parse_fields,
     valid_header_line,
     valid_request_line,
 )
@@ -46,8 +48,10 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("redis_proxy.access")
 
 ALLOWED_METHODS = ("GET", "HEAD", "DELETE")
-MAX_REQUEST_LINE = 65536
-MAX_HEADER_LINE = 8190
+# The head's limits, each "at most", in bytes of a line without its CRLF (line_size): a request
+# line of 64 KiB, and 100 header lines of 8 KiB each and 32 KiB together.
+MAX_REQUEST_LINE = 64 * 1024
+MAX_HEADER_LINE = 8 * 1024
 MAX_HEADER_BYTES = 32 * 1024
 MAX_HEADERS = 100
 QUERY_FIELDS = ("url", "key", "params")
@@ -162,9 +166,10 @@ class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
 
     def admit(self, path: str, peer: str, headers: http.client.HTTPMessage) -> None:
         """CONTRACT §4: authentication first, then the rate limit; raises what refuses."""
-        self.authenticator.check(path, headers.get_all("Authorization") or [])
+        forwarded_for = headers.get_all("X-Forwarded-For") or []
+        self.authenticator.check(path, headers.get_all("Authorization") or [], peer, forwarded_for)
         if self.rate_limiter is not None:
-            self.rate_limiter.check(peer, headers.get_all("X-Forwarded-For") or [])
+            self.rate_limiter.check(peer, forwarded_for)
 
 
 class ProxyHandler(BaseHTTPRequestHandler):
@@ -219,13 +224,14 @@ class ProxyHandler(BaseHTTPRequestHandler):
             if not self.rfile.peek(1):
                 return
             self._reader.deadline = time.monotonic() + header_timeout
-        self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
+        # One byte over the limit and its CRLF: enough to tell a line that is too long.
+        self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 2)
         if self.raw_requestline in (b"\r\n", b"\n"):
             # RFC 9112 §2.2: ignore at least one empty line before a request-line.
-            self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
+            self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 2)
         if not self.raw_requestline:
             return
-        if len(self.raw_requestline) > MAX_REQUEST_LINE:
+        if line_size(self.raw_requestline) > MAX_REQUEST_LINE:
             self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
             return
         if not valid_request_line(self.raw_requestline):
@@ -236,13 +242,22 @@ class ProxyHandler(BaseHTTPRequestHandler):
         if header_block is None:
             return
         self._reader.deadline = None
-        real_rfile, self.rfile = self.rfile, io.BufferedReader(io.BytesIO(header_block))  # type: ignore[assignment]
+        # The stdlib parses the request line; the headers it would count wrong (parse_fields).
+        real_rfile, self.rfile = self.rfile, io.BufferedReader(io.BytesIO(b"\r\n"))  # type: ignore[assignment]
         try:
             parsed = self.parse_request()
         finally:
             self.rfile = real_rfile
         if not parsed:
             return
+        self.headers = parse_fields(header_block)
+        # parse_request's reading of Connection, now that there are headers to read it from.
+        # (Its Expect: 100-continue answer is not needed: request bodies are never read.)
+        connection = self.headers.get("Connection", "").lower()
+        if connection == "close":
+            self.close_connection = True
+        elif connection == "keep-alive":
+            self.close_connection = False
         if self.request_version not in ("HTTP/1.0", "HTTP/1.1"):
             self.send_error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED)
             return
@@ -258,18 +273,20 @@ class ProxyHandler(BaseHTTPRequestHandler):
         """The header lines up to the blank one, bounded in line length, count and bytes."""
         lines, total = [], 0
         while True:
-            line = self.rfile.readline(MAX_HEADER_LINE + 1)
+            line = self.rfile.readline(MAX_HEADER_LINE + 2)
             if not line:
                 return None  # the client went away mid-headers
-            total += len(line)
-            if len(line) > MAX_HEADER_LINE or total > MAX_HEADER_BYTES or len(lines) > MAX_HEADERS:
-                self._reply_error(HeadersTooLarge(
-                    f"request headers are limited to {MAX_HEADERS} lines of {MAX_HEADER_LINE} "
-                    f"bytes and {MAX_HEADER_BYTES} bytes in all"), close=True)
-                return None
             if line in (b"\r\n", b"\n"):
                 lines.append(line)
                 return b"".join(lines)
+            size = line_size(line)
+            total += size
+            if size > MAX_HEADER_LINE or total > MAX_HEADER_BYTES or len(lines) == MAX_HEADERS:
+                self._reply_error(HeadersTooLarge(
+                    f"request headers are limited to {MAX_HEADERS} lines of at most "
+                    f"{MAX_HEADER_LINE} bytes, {MAX_HEADER_BYTES} bytes in all (not counting "
+                    "line ends)"), close=True)
+                return None
             if not valid_header_line(line):
                 self.send_error(HTTPStatus.BAD_REQUEST, "malformed header line: 'Name: value', "
                                 "no space before the colon, no folding, no control bytes")

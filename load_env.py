@@ -217,6 +217,7 @@ class Settings:
     metrics_require_auth: bool = _setting("METRICS_REQUIRE_AUTH", _boolean, False)
     rate_limit: float | None = _setting("RATE_LIMIT", _optional_seconds, None)
     rate_limit_burst: int | None = _setting("RATE_LIMIT_BURST", _integer(1), None)
+    auth_fail_limit: int = _setting("AUTH_FAIL_LIMIT", _integer(0), 10)
     log_level: str = _setting("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info")
     log_format: str = _setting("LOG_FORMAT", _choice("text", "json"), "text")
     log_file: str = _setting("LOG_FILE", _text, "")
