@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -59,6 +60,11 @@ def test_flags_override_the_environment_and_the_env_file(tmp_path):
     assert settings.log_level == "debug"  # no flag: .env still counts
 
 
+def test_an_empty_flag_value_means_the_default_over_the_environment():
+    options = parse(["--http-port", ""])
+    assert load_settings({"HTTP_PORT": "9100"}, env_file=None, overrides=options.overrides).http_port == 8080
+
+
 @pytest.mark.parametrize("argv, name, value", [
     (["-p", "81"], "HTTP_PORT", "81"), (["--port", "82"], "HTTP_PORT", "82"),
     (["--http-port", "83"], "HTTP_PORT", "83"), (["--host", "::1"], "HTTP_HOST", "::1"),
@@ -95,7 +101,7 @@ SECRETS = {"REDIS_URL": "redis://app:url-secret-9f2@127.0.0.1:6399/0", "REDIS_PA
 
 def test_check_config_prints_the_effective_configuration_with_secrets_masked():
     done = run_cli("--check-config", "--port", "9300", "--cache-stale-ttl", "20", env=SECRETS)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0 and done.stderr == "", done.stderr
     lines = done.stdout.splitlines()
     for line in ("REDIS_URL=redis://app:***@127.0.0.1:6399/0", "REDIS_PASSWORD=***", "AUTH_TOKENS=***",
                  "HTTP_PORT=9300", "CACHE_STALE_TTL=20", "STALE_IF_ERROR=20", "REDIS_HOST=",
@@ -113,6 +119,25 @@ def test_check_config_prints_every_problem_and_exits_2():
     assert done.stderr.splitlines() == [
         "redis-proxy: bad setting HTTP_PORT='http' (from the command line): expected an integer from 0 to 65535",
         "redis-proxy: bad setting CACHE_TTL='0': expected a positive number of seconds"]
+
+
+@pytest.mark.parametrize("flag, name", [("--log-file", "LOG_FILE"), ("--auth-tokens-file", "AUTH_TOKENS_FILE"),
+                                        ("--redis-tls-ca", "REDIS_TLS_CA")])
+def test_check_config_refuses_files_that_cannot_be_used(tmp_path, flag, name):
+    path = str(tmp_path / "no" / "such" / "file")
+    done = run_cli("--check-config", flag, path, "--redis-url", "rediss://127.0.0.1:1/0")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith(f"redis-proxy: bad setting {name}={path!r}: expected a ")
+    assert not (tmp_path / "no").exists()  # checked, not created
+
+
+def test_make_run_passes_args_as_flags():
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    done = subprocess.run(["make", "--no-print-directory", "run", "ARGS=--check-config --port 9412"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "\nHTTP_PORT=9412\n" in done.stdout
 
 
 def test_check_config_refuses_an_explicit_conflict_only():
