@@ -92,8 +92,9 @@ def log_file_problem(path: str) -> str | None:
     """LOG_FILE checked without creating it: a file, or a folder, that can be written."""
     if not path:
         return None
-    target = path if os.path.exists(path) else (os.path.dirname(os.path.abspath(path)))
-    if os.path.isdir(path) or not os.path.isdir(os.path.dirname(os.path.abspath(path))) \
-            or not os.access(target, os.W_OK):
-        return f"LOG_FILE={path!r}: expected a file that can be opened for appending"
-    return None
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(path):
+        usable = os.path.isfile(path) and os.access(path, os.W_OK)
+    else:
+        usable = os.path.isdir(folder) and os.access(folder, os.W_OK)
+    return None if usable else f"LOG_FILE={path!r}: expected a file that can be opened for appending"
