@@ -10,9 +10,11 @@ from types import FrameType
 
 import redis
 
+import command_line
 import logger
+import workers
 from auth import Authenticator, authenticator_of
-from errors import ConfigError, LauncherError
+from errors import ConfigError, LauncherError, ListenError
 from http_front import adopt_listener
 from load_env import Settings, load_settings
 from rate_limit import rate_limiter_of
@@ -90,8 +92,11 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
 
 
 def run(argv: list[str] | None = None) -> int:
+    options = command_line.parse(argv)  # --help, and a flag argparse cannot take, exit here
     try:
-        settings = load_settings()
+        settings = load_settings(overrides=options.overrides)
+        if options.check_config:
+            return check_config(settings)
         try:
             logger.configure(settings.log_level, settings.log_format, settings.log_file or None)
         except OSError as exc:
@@ -104,14 +109,24 @@ def run(argv: list[str] | None = None) -> int:
         return 2
     warn_if_exposed(settings.http_host, authenticator.enabled)
     if settings.http_workers > 1:
-        import workers
         try:
             return workers.supervise(settings, lambda s, listeners: serve(s, authenticator,
                                                                           listeners))
-        except (LauncherError, OSError) as exc:
+        except (LauncherError, ListenError, OSError) as exc:
             log.error("cannot start: %s", exc)
             return 1
     return serve(settings, authenticator)
+
+
+def check_config(settings: Settings) -> int:
+    """--check-config: what run() would refuse, refused the same way (ConfigError); else the
+    effective configuration on stdout, secrets masked. Nothing is bound, started or written."""
+    problem = command_line.log_file_problem(settings.log_file)
+    if problem:
+        raise ConfigError([problem])
+    authenticator_of(settings)  # reads AUTH_TOKENS_FILE
+    sys.stdout.write(command_line.describe(settings))
+    return 0
 
 
 def serve(settings: Settings, authenticator: Authenticator,
@@ -126,12 +141,16 @@ def serve(settings: Settings, authenticator: Authenticator,
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     servers = []
+    bound_here = listeners is None
     try:
+        if listeners is None:
+            # First: a port in use stops the start before an embedded Redis is started.
+            listeners = workers.bind_listeners(settings)
         proxy = RedisProxy.get_instance(settings)
         servers = start_front_ends(settings, proxy, authenticator, listeners)
         while not stop.wait(3600):
             pass
-    except (LauncherError, OSError, ValueError, redis.RedisError) as exc:
+    except (LauncherError, ListenError, OSError, ValueError, redis.RedisError) as exc:
         # Messages only: redis-py's name the host and port, never the password; a traceback
         # could show a source line holding the URL.
         log.error("cannot start: %s", exc)
@@ -140,6 +159,9 @@ def serve(settings: Settings, authenticator: Authenticator,
         for server in servers:
             server.shutdown()
             server.server_close()
+        if bound_here and not servers:
+            for listener in listeners or []:
+                listener.close()
         RedisProxy.reset_instance()
     log.info("stopped")
     return 0

@@ -99,3 +99,7 @@ class ConfigError(Exception):
 
 class LauncherError(Exception):
     """An embedded redis-server could not be found or started."""
+
+
+class ListenError(Exception):
+    """A front end's port could not be bound; the message names the port and its setting."""
