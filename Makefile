@@ -4,13 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 
-.PHONY: run test redis_start http_start shutdown lint bench clean
+.PHONY: run test redis_start http_start shutdown lint bench docs clean
 
 $(STAMP): requirements.txt
 	rm -f $(VENV)/.installed-* && $(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q --disable-pip-version-check -r requirements.txt && touch $@
 
 run: $(STAMP)
-	exec $(PY) http_server.py
+	exec $(PY) http_server.py $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest
@@ -26,6 +26,9 @@ shutdown:
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+docs: $(STAMP)
+	$(PY) -m proxy.process.settings_docs
 
 lint: $(STAMP)
 	$(PY) -m pip install -q ruff==0.14.4 && $(VENV)/bin/ruff check .

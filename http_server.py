@@ -26,12 +26,13 @@ from proxy.errors import (
     HeadersTooLarge,
     KeyNotFound,
     LauncherError,
+    ListenError,
     MethodNotAllowed,
     NotFound,
     ProxyError,
     URITooLong,
 )
-from proxy.process import workers
+from proxy.process import command_line, workers
 from proxy.process.serve import serve, warn_if_exposed, warn_if_resp_exposed
 from proxy.resp import server as resp_server
 from proxy.serving.auth import Authenticator, tokens_of
@@ -43,7 +44,9 @@ from proxy.serving.syntax import (
     body_framing_error,
     has_body,
     host_error,
+    line_size,
     origin_form,
+    parse_fields,
     valid_header_line,
     valid_request_line,
 )
@@ -53,8 +56,10 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("redis_proxy.access")
 
 ALLOWED_METHODS = ("GET", "HEAD", "DELETE")
-MAX_REQUEST_LINE = 65536
-MAX_HEADER_LINE = 8190
+# The head's limits, each "at most", in bytes of a line without its CRLF (line_size): a request
+# line of 64 KiB, and 100 header lines of 8 KiB each and 32 KiB together.
+MAX_REQUEST_LINE = 64 * 1024
+MAX_HEADER_LINE = 8 * 1024
 MAX_HEADER_BYTES = 32 * 1024
 MAX_HEADERS = 100
 QUERY_FIELDS = ("url", "key", "params")
@@ -169,9 +174,10 @@ class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
 
     def admit(self, path: str, peer: str, headers: http.client.HTTPMessage) -> None:
         """CONTRACT §4: authentication first, then the rate limit; raises what refuses."""
-        self.authenticator.check(path, headers.get_all("Authorization") or [])
+        forwarded_for = headers.get_all("X-Forwarded-For") or []
+        self.authenticator.check(path, headers.get_all("Authorization") or [], peer, forwarded_for)
         if self.rate_limiter is not None:
-            self.rate_limiter.check(peer, headers.get_all("X-Forwarded-For") or [])
+            self.rate_limiter.check(peer, forwarded_for)
 
 
 class ProxyHandler(BaseHTTPRequestHandler):
@@ -226,13 +232,14 @@ class ProxyHandler(BaseHTTPRequestHandler):
             if not self.rfile.peek(1):
                 return
             self._reader.deadline = time.monotonic() + header_timeout
-        self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
+        # One byte over the limit and its CRLF: enough to tell a line that is too long.
+        self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 2)
         if self.raw_requestline in (b"\r\n", b"\n"):
             # RFC 9112 §2.2: ignore at least one empty line before a request-line.
-            self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
+            self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 2)
         if not self.raw_requestline:
             return
-        if len(self.raw_requestline) > MAX_REQUEST_LINE:
+        if line_size(self.raw_requestline) > MAX_REQUEST_LINE:
             self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
             return
         if not valid_request_line(self.raw_requestline):
@@ -243,13 +250,22 @@ class ProxyHandler(BaseHTTPRequestHandler):
         if header_block is None:
             return
         self._reader.deadline = None
-        real_rfile, self.rfile = self.rfile, io.BufferedReader(io.BytesIO(header_block))  # type: ignore[assignment]
+        # The stdlib parses the request line; the headers it would count wrong (parse_fields).
+        real_rfile, self.rfile = self.rfile, io.BufferedReader(io.BytesIO(b"\r\n"))  # type: ignore[assignment]
         try:
             parsed = self.parse_request()
         finally:
             self.rfile = real_rfile
         if not parsed:
             return
+        self.headers = parse_fields(header_block)
+        # parse_request's reading of Connection, now that there are headers to read it from.
+        # (Its Expect: 100-continue answer is not needed: request bodies are never read.)
+        connection = self.headers.get("Connection", "").lower()
+        if connection == "close":
+            self.close_connection = True
+        elif connection == "keep-alive":
+            self.close_connection = False
         if self.request_version not in ("HTTP/1.0", "HTTP/1.1"):
             self.send_error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED)
             return
@@ -265,18 +281,20 @@ class ProxyHandler(BaseHTTPRequestHandler):
         """The header lines up to the blank one, bounded in line length, count and bytes."""
         lines, total = [], 0
         while True:
-            line = self.rfile.readline(MAX_HEADER_LINE + 1)
+            line = self.rfile.readline(MAX_HEADER_LINE + 2)
             if not line:
                 return None  # the client went away mid-headers
-            total += len(line)
-            if len(line) > MAX_HEADER_LINE or total > MAX_HEADER_BYTES or len(lines) > MAX_HEADERS:
-                self._reply_error(HeadersTooLarge(
-                    f"request headers are limited to {MAX_HEADERS} lines of {MAX_HEADER_LINE} "
-                    f"bytes and {MAX_HEADER_BYTES} bytes in all"), close=True)
-                return None
             if line in (b"\r\n", b"\n"):
                 lines.append(line)
                 return b"".join(lines)
+            size = line_size(line)
+            total += size
+            if size > MAX_HEADER_LINE or total > MAX_HEADER_BYTES or len(lines) == MAX_HEADERS:
+                self._reply_error(HeadersTooLarge(
+                    f"request headers are limited to {MAX_HEADERS} lines of at most "
+                    f"{MAX_HEADER_LINE} bytes, {MAX_HEADER_BYTES} bytes in all (not counting "
+                    "line ends)"), close=True)
+                return None
             if not valid_header_line(line):
                 self.send_error(HTTPStatus.BAD_REQUEST, "malformed header line: 'Name: value', "
                                 "no space before the colon, no folding, no control bytes")
@@ -483,7 +501,8 @@ process_log = logging.getLogger("redis_proxy")  # its lines keep this name under
 def authenticator_of(settings: Settings) -> Authenticator:
     """The authenticator the settings describe (open when no tokens are set)."""
     return Authenticator(tokens_of(settings.auth_tokens, settings.auth_tokens_file),
-                         metrics_require_auth=settings.metrics_require_auth)
+                         metrics_require_auth=settings.metrics_require_auth,
+                         fail_limiter=auth_fail_limiter_of(settings))
 
 
 def rate_limiter_of(settings: Settings) -> RateLimiter | None:
@@ -491,6 +510,15 @@ def rate_limiter_of(settings: Settings) -> RateLimiter | None:
     if settings.rate_limit is None:
         return None
     return RateLimiter(settings.rate_limit, settings.rate_limit_burst,
+                       trusted_proxies=settings.trusted_proxies)
+
+
+def auth_fail_limiter_of(settings: Settings) -> RateLimiter | None:
+    """AUTH_FAIL_LIMIT failed authentications per client per minute, all of them at once if
+    need be (the burst), then one every 60/limit seconds; None when it is 0 (off)."""
+    if not settings.auth_fail_limit:
+        return None
+    return RateLimiter(settings.auth_fail_limit / 60.0, settings.auth_fail_limit,
                        trusted_proxies=settings.trusted_proxies)
 
 
@@ -505,9 +533,11 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
                   parallel=threading.Semaphore(settings.max_parallel),
                   header_timeout=settings.header_timeout,
                   keepalive_timeout=settings.keepalive_timeout)
+    # One rate limiter for both front ends: a client's RATE_LIMIT is one budget.
+    rate_limiter = rate_limiter_of(settings)
     servers = [make_server(settings.http_host, 0 if listeners else settings.http_port,
                            proxy, **limits, authenticator=authenticator,
-                           rate_limiter=rate_limiter_of(settings))]
+                           rate_limiter=rate_limiter)]
     if listeners:
         adopt_listener(servers[0], listeners[0])
     process_log.info("HTTP on http://%s:%d", settings.http_host, servers[0].port)
@@ -515,7 +545,8 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
         try:
             servers.append(resp_server.make_server(settings.http_host,
                                                    0 if listeners else settings.resp_port, proxy,
-                                                   **limits, authenticator=authenticator))
+                                                   **limits, authenticator=authenticator,
+                                                   rate_limiter=rate_limiter))
         except OSError:
             servers[0].server_close()  # nothing is served unless every front end could bind
             raise
@@ -531,15 +562,41 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
 
 def serve_process(settings: Settings, authenticator: Authenticator,
                   listeners: list[socket.socket] | None = None) -> int:
-    """One serving process: the proxy and its front ends until SIGINT or SIGTERM."""
-    return serve(lambda: start_front_ends(settings, RedisProxy.get_instance(settings),
-                                          authenticator, listeners),
-                 RedisProxy.reset_instance)
+    """One serving process: the proxy and its front ends until SIGINT or SIGTERM. The ports
+    are bound first, so a port in use stops the start before an embedded Redis is started."""
+    bound: list[socket.socket] = []
+
+    def start() -> list[Any]:
+        if listeners is None:
+            bound.extend(workers.bind_listeners(settings))
+        return start_front_ends(settings, RedisProxy.get_instance(settings), authenticator,
+                                listeners if listeners is not None else bound)
+
+    def close() -> None:
+        for listener in bound:
+            listener.close()  # adopted by a server (closed already) or never used
+        RedisProxy.reset_instance()
+
+    return serve(start, close)
+
+
+def check_config(settings: Settings) -> int:
+    """--check-config: what run() would refuse, refused the same way (ConfigError); else the
+    effective configuration on stdout, secrets masked. Nothing is bound, started or written."""
+    problem = command_line.log_file_problem(settings.log_file)
+    if problem:
+        raise ConfigError([problem])
+    authenticator_of(settings)  # reads AUTH_TOKENS_FILE
+    sys.stdout.write(command_line.describe(settings))
+    return 0
 
 
 def run(argv: list[str] | None = None) -> int:
+    options = command_line.parse(argv)  # --help, and a flag argparse cannot take, exit here
     try:
-        settings = load_settings()
+        settings = load_settings(overrides=options.overrides)
+        if options.check_config:
+            return check_config(settings)
         try:
             logger.configure(settings.log_level, settings.log_format, settings.log_file or None)
         except OSError as exc:
@@ -555,7 +612,7 @@ def run(argv: list[str] | None = None) -> int:
         try:
             return workers.supervise(settings, lambda s, listeners: serve_process(s, authenticator,
                                                                                   listeners))
-        except (LauncherError, OSError) as exc:
+        except (LauncherError, ListenError, OSError) as exc:
             process_log.error("cannot start: %s", exc)
             return 1
     return serve_process(settings, authenticator)

@@ -52,6 +52,16 @@ def _size(raw: str) -> int:
 _size.expected = "a size in bytes, optionally with a Redis unit (64mb, 512kb, 1gb)"  # type: ignore[attr-defined]
 
 
+def _show_size(value: int) -> str:
+    for unit in ("gb", "mb", "kb"):
+        if value and value % _SIZE_UNITS[unit] == 0:
+            return f"{value // _SIZE_UNITS[unit]}{unit}"
+    return str(value)
+
+
+_size.show = _show_size  # type: ignore[attr-defined]
+
+
 def _boolean(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -114,6 +124,19 @@ def _networks(raw: str) -> tuple[str, ...]:
 _networks.expected = "a comma-separated list of IP addresses or CIDR networks"  # type: ignore[attr-defined]
 
 
+def _addresses(raw: str) -> tuple[str, ...]:
+    """`host:port` seeds (Redis Cluster nodes, Sentinels); an IPv6 host goes in brackets."""
+    words = _words(raw)
+    for word in words:
+        match = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^\s:/@\[\]]+):(\d+)", word)
+        if not match or not 1 <= int(match.group(2)) <= 65535:
+            raise ValueError
+    return words
+
+
+_addresses.expected = "a comma-separated list of host:port (port 1 to 65535)"  # type: ignore[attr-defined]
+
+
 def _statuses(raw: str) -> frozenset[int]:
     """`2xx,404` -> every status from 200 to 299, and 404."""
     statuses: set[int] = set()
@@ -131,6 +154,18 @@ def _statuses(raw: str) -> frozenset[int]:
 _statuses.expected = "a comma-separated list of statuses or classes, like 2xx,404"  # type: ignore[attr-defined]
 
 
+def _show_statuses(statuses: frozenset[int]) -> str:
+    words, rest = [], set(statuses)
+    for base in range(100, 600, 100):
+        if set(range(base, base + 100)) <= rest:
+            words.append(f"{base // 100}xx")
+            rest -= set(range(base, base + 100))
+    return ",".join(words + [str(status) for status in sorted(rest)])
+
+
+_statuses.show = _show_statuses  # type: ignore[attr-defined]
+
+
 def _text(raw: str) -> str:
     return raw
 
@@ -145,69 +180,173 @@ def _optional_seconds(raw: str) -> float | None:
 _optional_seconds.expected = "a positive number of requests per second"  # type: ignore[attr-defined]
 
 
-def _setting(env: str, parse: Callable[[str], Any], default: Any) -> Any:
-    return dataclasses.field(default=default, metadata={"env": env, "parse": parse})
+# Groups of the settings table, in the order the docs, `.env` and `--help` list them: key -> the
+# heading, and one line on the group as a whole.
+GROUPS = {
+    "redis": ("Backing Redis", "leave REDIS_URL and REDIS_HOST empty to start an embedded redis-server"),
+    "front": ("Front ends", "where the proxy listens and how many clients it serves at once"),
+    "caching": ("Caching", "how long entries live in Redis and in the local L1 cache"),
+    "upstream": ("Upstream", "which URLs may be fetched, and the limits on a fetch"),
+    "security": ("Security", "tokens, trusted reverse proxies and rate limits"),
+    "logging": ("Logging", "where the log goes and how much of it"),
+}
+
+
+def _setting(env: str, parse: Callable[[str], Any], default: Any, group: str = "", meaning: str = "",
+             **extra: Any) -> Any:
+    """One row of the settings table. `meaning` is one line (Markdown backticks allowed) for
+    the README, docs/CONFIGURATION.md, `.env` and `--help`; `extra`: `flags` (short aliases of
+    the command line), `shown` (the default as the docs state it, when the value alone would
+    mislead), `derive` (the default computed from the other settings when this one is unset),
+    `secret` (masked by --check-config)."""
+    return dataclasses.field(default=default, metadata={"env": env, "parse": parse, "group": group,
+                                                        "meaning": meaning, **extra})
+
+
+def _stale_if_error_default(settings: "Settings") -> float:
+    # A default must not conflict with a setting the user chose: 300, or the stale window if less.
+    return min(300.0, settings.cache_stale_ttl)
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Every tunable of the proxy; see the README's configuration table."""
+    """Every tunable of the proxy; the table that docs/CONFIGURATION.md is generated from."""
 
-    redis_url: str = _setting("REDIS_URL", _text, "")
-    redis_host: str = _setting("REDIS_HOST", _text, "")
-    redis_port: int = _setting("REDIS_PORT", _integer(1, 65535), 6379)
-    redis_db: int = _setting("REDIS_DB", _integer(0), 0)
-    redis_password: str = _setting("REDIS_PASSWORD", _text, "")
-    redis_socket_timeout: float = _setting("REDIS_SOCKET_TIMEOUT", _seconds(True), 0.5)
-    redis_tls_ca: str = _setting("REDIS_TLS_CA", _text, "")
-    redis_tls_cert: str = _setting("REDIS_TLS_CERT", _text, "")
-    redis_tls_key: str = _setting("REDIS_TLS_KEY", _text, "")
-    redis_max_connections: int = _setting("REDIS_MAX_CONNECTIONS", _integer(1), 64)
-    redis_maxmemory: int = _setting("REDIS_MAXMEMORY", _size, 256 * 1024**2)
+    redis_url: str = _setting("REDIS_URL", _text, "", "redis",
+                              "backing Redis (`redis://`, `rediss://`, `unix://`, with user and password); "
+                              "empty with `REDIS_HOST` empty = embedded", flags=("-r",))
+    redis_host: str = _setting("REDIS_HOST", _text, "", "redis",
+                               "Redis host when there is no `REDIS_URL`; empty with `REDIS_URL` empty = embedded")
+    redis_port: int = _setting("REDIS_PORT", _integer(1, 65535), 6379, "redis",
+                               "Redis port with `REDIS_HOST`")
+    redis_db: int = _setting("REDIS_DB", _integer(0), 0, "redis", "Redis database number with `REDIS_HOST`")
+    redis_password: str = _setting("REDIS_PASSWORD", _text, "", "redis",
+                                   "Redis password, given to the client apart from the URL; never logged",
+                                   secret=True)
+    redis_socket_timeout: float = _setting("REDIS_SOCKET_TIMEOUT", _seconds(True), 0.5, "redis",
+                                           "bound on one Redis call (connect and read)")
+    redis_tls_ca: str = _setting("REDIS_TLS_CA", _text, "", "redis", "CA certificate file for `rediss://`")
+    redis_tls_cert: str = _setting("REDIS_TLS_CERT", _text, "", "redis",
+                                   "client certificate file for `rediss://` (with `REDIS_TLS_KEY`)")
+    redis_tls_key: str = _setting("REDIS_TLS_KEY", _text, "", "redis", "the client certificate's key file")
+    redis_max_connections: int = _setting("REDIS_MAX_CONNECTIONS", _integer(1), 64, "redis",
+                                          "connection pool size; a burst waits for a connection")
+    redis_maxmemory: int = _setting("REDIS_MAXMEMORY", _size, 256 * 1024**2, "redis",
+                                    "`maxmemory`, applied with `CONFIG SET` at start (on every primary of a "
+                                     "cluster); a refusal is a warning")
     redis_eviction_policy: str = _setting("REDIS_EVICTION_POLICY", _choice(*EVICTION_POLICIES),
-                                          "allkeys-lru")
-    http_host: str = _setting("HTTP_HOST", _text, "127.0.0.1")
-    http_port: int = _setting("HTTP_PORT", _integer(0, 65535), 8080)
-    resp_port: int = _setting("RESP_PORT", _integer(0, 65535), 6380)
-    cache_ttl: float = _setting("CACHE_TTL", _seconds(True), 3600.0)
-    cache_capacity: int = _setting("CACHE_CAPACITY", _integer(0), 1024)
-    cache_max_bytes: int = _setting("CACHE_MAX_BYTES", _size, 64 * 1024**2)
-    cache_prefix: str = _setting("CACHE_PREFIX", _text, "rp:")
-    l1_invalidation: str = _setting("L1_INVALIDATION", _choice("tracking", "ttl"), "tracking")
-    max_clients: int = _setting("MAX_CLIENTS", _integer(1), 1024)
-    max_parallel: int = _setting("MAX_PARALLEL", _integer(1), 2 * (os.cpu_count() or 1))
-    upstream_timeout: float = _setting("UPSTREAM_TIMEOUT", _seconds(True), 10.0)
-    upstream_max_bytes: int = _setting("UPSTREAM_MAX_BYTES", _size, 10 * 1024**2)
-    upstream_allowed_hosts: tuple[str, ...] = _setting("UPSTREAM_ALLOWED_HOSTS", _hosts, ())
+                                          "allkeys-lru", "redis",
+                                          "`maxmemory-policy`, applied with `CONFIG SET` at start; a "
+                                          "refusal is a warning")
+    redis_cluster_nodes: tuple[str, ...] = _setting("REDIS_CLUSTER_NODES", _addresses, (), "redis",
+                                                    "seed nodes of a Redis Cluster (`host:port,...`), "
+                                                    "instead of `REDIS_URL`")
+    redis_sentinels: tuple[str, ...] = _setting("REDIS_SENTINELS", _addresses, (), "redis",
+                                                "Sentinel addresses (`host:port,...`), instead of "
+                                                "`REDIS_URL`; with `REDIS_SENTINEL_MASTER`")
+    redis_sentinel_master: str = _setting("REDIS_SENTINEL_MASTER", _text, "", "redis",
+                                          "the name the sentinels monitor the primary under")
+    http_host: str = _setting("HTTP_HOST", _text, "127.0.0.1", "front",
+                              "listen address of the HTTP and RESP ports", flags=("--host",))
+    http_port: int = _setting("HTTP_PORT", _integer(0, 65535), 8080, "front", "HTTP listen port",
+                              flags=("-p", "--port"))
+    resp_port: int = _setting("RESP_PORT", _integer(0, 65535), 6380, "front",
+                              "Redis-protocol (RESP) listen port; 0 = off")
+    cache_ttl: float = _setting("CACHE_TTL", _seconds(True), 3600.0, "caching",
+                                "freshness of an entry at most, and the L1 expiry")
+    cache_capacity: int = _setting("CACHE_CAPACITY", _integer(0), 1024, "caching",
+                                   "L1 bound in keys (least recently used beyond it); 0 = no L1")
+    cache_max_bytes: int = _setting("CACHE_MAX_BYTES", _size, 64 * 1024**2, "caching",
+                                    "L1 bound in bytes of values")
+    cache_prefix: str = _setting("CACHE_PREFIX", _text, "rp:", "caching",
+                                 "Redis key prefix of URL entries: key K is stored as `rp:K`")
+    get_allow_cache_prefix: bool = _setting("GET_ALLOW_CACHE_PREFIX", _boolean, False, "security",
+                                            "let `/get/<key>` and RESP read keys under `CACHE_PREFIX` "
+                                            "(the URL cache's entries, with no upstream policy applied)")
+    l1_invalidation: str = _setting("L1_INVALIDATION", _choice("tracking", "ttl"), "tracking", "caching",
+                                    "`tracking`: L1 follows Redis's invalidation messages; `ttl`: L1 "
+                                    "entries expire by `CACHE_TTL` only (a `/get/` or RESP value sooner, "
+                                    "with its key's own TTL in Redis)")
+    max_clients: int = _setting("MAX_CLIENTS", _integer(1), 1024, "front",
+                                "concurrent connections per front end; one more gets 503 at once")
+    max_parallel: int = _setting("MAX_PARALLEL", _integer(1), 2 * (os.cpu_count() or 1), "front",
+                                 "requests processed at once, HTTP and RESP together (`/health` and "
+                                 "`/metrics` are not counted); 1 = one at a time, in arrival order",
+                                 shown="2 × cores")
+    upstream_timeout: float = _setting("UPSTREAM_TIMEOUT", _seconds(True), 10.0, "upstream",
+                                       "total deadline of one fetch, redirects and body included; no retries")
+    upstream_max_bytes: int = _setting("UPSTREAM_MAX_BYTES", _size, 10 * 1024**2, "upstream",
+                                       "upstream body cap; a larger body is 413 and not stored")
+    upstream_allowed_hosts: tuple[str, ...] = _setting("UPSTREAM_ALLOWED_HOSTS", _hosts, (), "upstream",
+                                                       "exact names or `*.suffix` (`*.example.com` does not "
+                                                       "match `example.com`); empty = any public host")
     upstream_allowed_ports: tuple[int, ...] = _setting("UPSTREAM_ALLOWED_PORTS", _ports,
-                                                       (80, 443, 8080, 8443))
-    upstream_allow_private: bool = _setting("UPSTREAM_ALLOW_PRIVATE", _boolean, False)
-    max_url_bytes: int = _setting("MAX_URL_BYTES", _integer(1), 8192)
-    max_key_bytes: int = _setting("MAX_KEY_BYTES", _integer(1), 1024)
-    header_timeout: float = _setting("HEADER_TIMEOUT", _seconds(True), 10.0)
-    keepalive_timeout: float = _setting("KEEPALIVE_TIMEOUT", _seconds(True), 15.0)
+                                                       (80, 443, 8080, 8443), "upstream", "upstream ports")
+    upstream_allow_private: bool = _setting("UPSTREAM_ALLOW_PRIVATE", _boolean, False, "upstream",
+                                            "allow loopback and private upstream addresses (internal "
+                                            "deployments, tests)")
+    max_url_bytes: int = _setting("MAX_URL_BYTES", _integer(1), 8192, "upstream",
+                                  "longest `url` accepted; a longer one is 414")
+    max_key_bytes: int = _setting("MAX_KEY_BYTES", _integer(1), 1024, "upstream",
+                                  "longest `key` accepted; a longer one is 400")
+    header_timeout: float = _setting("HEADER_TIMEOUT", _seconds(True), 10.0, "front",
+                                     "total time to receive a request's headers")
+    keepalive_timeout: float = _setting("KEEPALIVE_TIMEOUT", _seconds(True), 15.0, "front",
+                                        "idle time before a kept-alive connection is closed")
     cache_store_statuses: frozenset[int] = _setting("CACHE_STORE_STATUSES", _statuses,
-                                                    frozenset(range(200, 300)))
-    cache_store_set_cookie: bool = _setting("CACHE_STORE_SET_COOKIE", _boolean, False)
-    respect_cache_control: bool = _setting("RESPECT_CACHE_CONTROL", _boolean, True)
-    cache_stale_ttl: float = _setting("CACHE_STALE_TTL", _seconds(False), 300.0)
-    stale_if_error: float = _setting("STALE_IF_ERROR", _seconds(False), 300.0)
-    stale_while_revalidate: float = _setting("STALE_WHILE_REVALIDATE", _seconds(False), 0.0)
-    http_workers: int = _setting("HTTP_WORKERS", _integer(1), 1)
-    trusted_proxies: tuple[str, ...] = _setting("TRUSTED_PROXIES", _networks, ())
-    auth_tokens: tuple[str, ...] = _setting("AUTH_TOKENS", _words, ())
-    auth_tokens_file: str = _setting("AUTH_TOKENS_FILE", _text, "")
-    metrics_require_auth: bool = _setting("METRICS_REQUIRE_AUTH", _boolean, False)
-    rate_limit: float | None = _setting("RATE_LIMIT", _optional_seconds, None)
-    rate_limit_burst: int | None = _setting("RATE_LIMIT_BURST", _integer(1), None)
-    log_level: str = _setting("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info")
-    log_format: str = _setting("LOG_FORMAT", _choice("text", "json"), "text")
-    log_file: str = _setting("LOG_FILE", _text, "")
+                                                    frozenset(range(200, 300)), "caching",
+                                                    "upstream statuses that are stored (`2xx,404`)")
+    cache_store_set_cookie: bool = _setting("CACHE_STORE_SET_COOKIE", _boolean, False, "caching",
+                                            "store responses that set cookies")
+    respect_cache_control: bool = _setting("RESPECT_CACHE_CONTROL", _boolean, True, "caching",
+                                           "honour the upstream's `Cache-Control` / `Expires`")
+    cache_stale_ttl: float = _setting("CACHE_STALE_TTL", _seconds(False), 300.0, "caching",
+                                      "seconds an entry stays in Redis past its freshness (revalidation, "
+                                      "stale serving)")
+    stale_if_error: float = _setting("STALE_IF_ERROR", _seconds(False), 300.0, "caching",
+                                     "seconds past freshness a stale copy may be served when upstream "
+                                     "fails; at most `CACHE_STALE_TTL`",
+                                     derive=_stale_if_error_default,
+                                     shown="300, or `CACHE_STALE_TTL` when less")
+    stale_while_revalidate: float = _setting("STALE_WHILE_REVALIDATE", _seconds(False), 0.0, "caching",
+                                             "seconds past freshness a stale copy is served at once while "
+                                             "one background refresh runs; 0 = off")
+    http_workers: int = _setting("HTTP_WORKERS", _integer(1), 1, "front",
+                                 "pre-forked worker processes sharing the HTTP and RESP ports",
+                                 flags=("-w", "--workers"))
+    trusted_proxies: tuple[str, ...] = _setting("TRUSTED_PROXIES", _networks, (), "security",
+                                                "addresses or CIDR networks of reverse proxies whose "
+                                                "`X-Forwarded-For` is believed")
+    auth_tokens: tuple[str, ...] = _setting("AUTH_TOKENS", _words, (), "security",
+                                            "bearer tokens for HTTP (`Authorization: Bearer`) and RESP "
+                                            "(`AUTH`), comma-separated; none here or in the file = open",
+                                            secret=True)
+    auth_tokens_file: str = _setting("AUTH_TOKENS_FILE", _text, "", "security",
+                                     "a file of tokens, one per line (`#` comments allowed)")
+    metrics_require_auth: bool = _setting("METRICS_REQUIRE_AUTH", _boolean, False, "security",
+                                          "`/metrics` needs a token too (when tokens are set)")
+    rate_limit: float | None = _setting("RATE_LIMIT", _optional_seconds, None, "security",
+                                        "requests (HTTP) and commands (RESP) per second per client address "
+                                        "(decimals allowed); "
+                                        "empty = no limit", shown="off")
+    rate_limit_burst: int | None = _setting("RATE_LIMIT_BURST", _integer(1), None, "security",
+                                            "requests a client may make at once beyond its rate",
+                                            shown="2 × rate")
+    auth_fail_limit: int = _setting("AUTH_FAIL_LIMIT", _integer(0), 10, "security",
+                                    "failed authentications per client per minute (HTTP and RESP "
+                                    "together) before it is refused with 429 / an error; 0 = off")
+    log_level: str = _setting("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "logging",
+                              "how much is logged; per-request access lines are logged at `debug`",
+                              flags=("-l",))
+    log_format: str = _setting("LOG_FORMAT", _choice("text", "json"), "text", "logging",
+                               "`text`, or `json` with one object a line")
+    log_file: str = _setting("LOG_FILE", _text, "", "logging", "a file the log is appended to; empty = stderr")
 
     @property
     def redis_configured(self) -> bool:
         """CONTRACT §3: Redis counts as configured when REDIS_URL or REDIS_HOST is set."""
-        return bool(self.redis_url or self.redis_host)
+        return bool(self.redis_url or self.redis_host or self.redis_cluster_nodes
+                    or self.redis_sentinels)
 
     @property
     def stored_ttl(self) -> float:
@@ -224,6 +363,18 @@ def _cross_checks(settings: Settings) -> list[str]:
         problems.append("REDIS_URL: expected a redis://, rediss:// or unix:// URL")
     if settings.auth_tokens_file and not os.path.isfile(settings.auth_tokens_file):
         problems.append(f"AUTH_TOKENS_FILE={settings.auth_tokens_file!r}: expected a readable file")
+    stores = [name for name, value in (("REDIS_URL or REDIS_HOST", settings.redis_url or settings.redis_host),
+                                       ("REDIS_CLUSTER_NODES", settings.redis_cluster_nodes),
+                                       ("REDIS_SENTINELS", settings.redis_sentinels)) if value]
+    if len(stores) > 1:
+        problems.append(f"{' and '.join(stores)}: expected only one way to reach Redis "
+                        "(a URL, a cluster or Sentinel)")
+    if settings.redis_sentinels and not settings.redis_sentinel_master.strip():
+        problems.append("REDIS_SENTINELS is set: expected REDIS_SENTINEL_MASTER, the name the "
+                        "sentinels monitor the primary under")
+    if settings.redis_sentinel_master.strip() and not settings.redis_sentinels:
+        problems.append("REDIS_SENTINEL_MASTER is set: expected REDIS_SENTINELS (host:port of the "
+                        "sentinels) as well")
     for name in ("REDIS_TLS_CA", "REDIS_TLS_CERT", "REDIS_TLS_KEY"):
         path = getattr(settings, name.lower())
         if path and not os.path.isfile(path):
@@ -232,16 +383,22 @@ def _cross_checks(settings: Settings) -> list[str]:
     if tls_files and settings.redis_url and not settings.redis_url.startswith("rediss://"):
         # Otherwise the files would be ignored and the connection silently left in clear text.
         problems.append("REDIS_TLS_CA/CERT/KEY are set: expected a rediss:// REDIS_URL")
+    if tls_files and settings.redis_sentinels:
+        problems.append("REDIS_TLS_CA/CERT/KEY are set: TLS through Sentinel is not supported; "
+                        "use REDIS_URL or REDIS_CLUSTER_NODES")
     if bool(settings.redis_tls_cert) != bool(settings.redis_tls_key):
         problems.append("REDIS_TLS_CERT and REDIS_TLS_KEY: expected both (a client certificate "
                         "and its key) or neither")
     return problems
 
 
-def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None = ".env") -> Settings:
-    """Read every setting, the environment over `env_file`; raise ConfigError naming each bad one."""
+def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None = ".env",
+                  overrides: Mapping[str, str] | None = None) -> Settings:
+    """Read every setting: `overrides` (the command line's flags, by variable name) over the
+    environment over `env_file`; raise ConfigError naming each bad one."""
     values: dict[str, str | None] = dict(dotenv_values(env_file)) if env_file and os.path.exists(env_file) else {}
     values.update(os.environ if environ is None else environ)
+    values.update(overrides or {})
     problems: list[str] = []
     kwargs: dict[str, Any] = {}
     for field in dataclasses.fields(Settings):
@@ -254,11 +411,50 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         except ValueError:
             # The value of a secret is never echoed back.
             shown = "<hidden>" if "PASSWORD" in name or "TOKEN" in name else repr(raw)
-            problems.append(f"{name}={shown}: expected {parse.expected}")
+            source = " (from the command line)" if overrides and name in overrides else ""
+            problems.append(f"{name}={shown}{source}: expected {parse.expected}")
     settings = Settings(**kwargs) if not problems else None
     if settings is not None:
+        derived = {field.name: field.metadata["derive"](settings) for field in dataclasses.fields(Settings)
+                   if "derive" in field.metadata and field.name not in kwargs}
+        settings = dataclasses.replace(settings, **derived)
         problems.extend(_cross_checks(settings))
     if problems:
         raise ConfigError(problems)
     assert settings is not None
     return settings
+
+
+# ----- the table, read back: the command line and the generated docs ------------------------
+
+
+def flag_of(field: dataclasses.Field) -> str:
+    """The long command-line flag of a setting: HTTP_PORT -> --http-port."""
+    return "--" + field.metadata["env"].lower().replace("_", "-")
+
+
+def fields_by_group() -> list[tuple[str, list[dataclasses.Field]]]:
+    """The settings in GROUPS order, each group's in table order."""
+    fields = dataclasses.fields(Settings)
+    return [(group, [field for field in fields if field.metadata["group"] == group]) for group in GROUPS]
+
+
+def show_value(field: dataclasses.Field, value: Any) -> str:
+    """A setting's value written as its variable would be set (the reverse of its parser)."""
+    show = getattr(field.metadata["parse"], "show", None)
+    if value is None:
+        return ""
+    if show is not None:
+        return show(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple | list):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def default_text(field: dataclasses.Field) -> str:
+    """The default as the docs state it ("empty" when it is the empty value)."""
+    return field.metadata.get("shown") or show_value(field, field.default) or "empty"

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from load_env import Settings, load_settings
 from proxy.cache import entry as cache_entry
@@ -23,11 +24,13 @@ from proxy.cache.single_flight import SingleFlight
 from proxy.errors import (
     BadGateway,
     BadRequest,
+    Forbidden,
     GatewayTimeout,
     KeyNotFound,
     ProxyError,
     ServiceUnavailable,
     StoreUnavailable,
+    UnrecordedSource,
 )
 from proxy.store.connection import (
     RedisHealth,
@@ -37,8 +40,10 @@ from proxy.store.connection import (
     mask_url,
 )
 from proxy.store.fetch_lock import FetchLock
-from proxy.store.invalidation import TRACKING, TTL_ONLY, Invalidator
+from proxy.store.invalidation import TTL_ONLY, Invalidator
 from proxy.store.launcher import RedisServer
+from proxy.store.purge_marker import PurgeMarkers, Start
+from proxy.store.topology import make_cluster_client, make_sentinel_client
 from proxy.upstream.fetcher import Fetcher
 from proxy.upstream.policy import UpstreamPolicy
 
@@ -87,7 +92,8 @@ class RedisProxy:
                  prefix: str = "rp:", policy: Policy | None = None, max_url_bytes: int = 8192,
                  max_key_bytes: int = 1024, clock: Callable[[], float] = time.time,
                  stale_while_revalidate: float = 0.0, invalidation: str = "ttl",
-                 redis_label: str = "", on_close: Iterable[Callable[[], None]] = ()):
+                 redis_label: str = "", on_close: Iterable[Callable[[], None]] = (),
+                 get_allow_cache_prefix: bool = False):
         self.client = client
         self.fetcher = fetcher
         self.local = local_cache if local_cache is not None else LocalCache(capacity=0)
@@ -95,12 +101,15 @@ class RedisProxy:
         self.stale_ttl = stale_ttl
         self.stale_if_error = stale_if_error
         self.prefix = prefix
+        self.get_allow_cache_prefix = get_allow_cache_prefix
         self.policy = policy or Policy(ttl=ttl)
         self.max_url_bytes = max_url_bytes
         self.max_key_bytes = max_key_bytes
         self.clock = clock
         self.redis_label = redis_label
-        self.health = RedisHealth(client, on_recover=self._on_redis_recover)
+        # A cluster client brings its own per-node health (redis_topology.ClusterHealth).
+        health_class = getattr(client, "health_class", RedisHealth)
+        self.health = health_class(client, on_recover=self._on_redis_recover)
         self.stale_while_revalidate = stale_while_revalidate
         self.flights = SingleFlight()
         # Parsing is pure: remember recent results (errors are raised again, never remembered).
@@ -109,14 +118,19 @@ class RedisProxy:
         # timeout: the lock must not expire before the store.
         socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout") or 0.5
         self.fetch_lock = FetchLock(client, self.health, hold=fetcher.timeout + 2 * socket_timeout)
+        # A purge's marker outlives any fetch that could have begun before it (see PurgeMarkers).
+        self.purge_markers = PurgeMarkers(client, self.health, prefix, lifetime=2 * self.fetch_lock.hold)
         self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self._refreshing: set[str] = set()  # keys with a background refresh running
         self._store_error_logged_at = -math.inf
         self._on_close = list(on_close)
-        self.invalidator: Invalidator | None = None
+        self.invalidator: Invalidator | Any = None
         pool = client.connection_pool
-        if invalidation == "tracking" and isinstance(pool, TrackingConnectionPool):
+        if invalidation == "tracking" and hasattr(client, "start_tracking"):
+            # A cluster: one invalidation listener per node (redis_topology.ClusterTracking).
+            self.invalidator = client.start_tracking(self.local, on_keys=self._invalidate)
+        elif invalidation == "tracking" and isinstance(pool, TrackingConnectionPool):
             # L1 takes nothing until Redis tracks what this process reads (CONTRACT §4, issue 3).
             self.local.suspend()
             self.invalidator = Invalidator(pool, on_keys=self._invalidate, on_lost=self.local.suspend,
@@ -157,6 +171,8 @@ class RedisProxy:
 
     def configure_memory(self, maxmemory: int, policy: str) -> bool:
         """CONFIG SET maxmemory and maxmemory-policy; a refusal is a warning, not a crash."""
+        if hasattr(self.client, "configure_memory"):  # a cluster: every primary, each warned
+            return self.client.configure_memory(maxmemory, policy)
         try:
             self.client.config_set("maxmemory", maxmemory)
             self.client.config_set("maxmemory-policy", policy)
@@ -183,7 +199,7 @@ class RedisProxy:
         target = cache_keys.target_url(url, pairs)
         if len(target.encode()) > self.max_url_bytes:
             cache_keys.check_url(target, self.max_url_bytes)
-        canonical = cache_keys.canonical_url(url, pairs)
+        canonical = cache_keys.canonical_url(target)  # the key is what is actually fetched
         return UrlRequest(target, canonical, cache_keys.redis_key(self.prefix, key, canonical))
 
     def redis_get(self, url: str, key: str | None = None, params: Any = None) -> bytes:
@@ -197,13 +213,16 @@ class RedisProxy:
         now = self.clock()
         l1_key = ("u", request.redis_key)
         local = self.local.get(l1_key)
-        if local is not MISSING and local.url == request.canonical and local.remaining(now) > 0:
+        if (local is not MISSING and local.url == request.canonical and local.remaining(now) > 0
+                and self._admitted(local)):
             self._count("hits_l1")
             return self._from_entry(local, now, HIT)
         epoch = self.local.epoch
         stored, redis_up = self._read_entry(request.redis_key)
-        if stored is not None and stored.url != request.canonical:
-            stored = None  # the key names another URL's entry: a miss, never its body
+        if stored is not None and (stored.url != request.canonical or not self._admitted(stored)):
+            # The key names another URL's entry, or one that records too little for this
+            # policy to judge: a miss, never its body (fetched again, through the policy).
+            stored = None
         if stored is not None and stored.remaining(now) > 0:
             self._count("hits_redis")
             self.local.set(l1_key, stored, stored.remaining(now), epoch=epoch)
@@ -256,6 +275,10 @@ class RedisProxy:
             return None
         if stale is not None and entry.fetched_at <= stale.fetched_at:
             return None
+        try:
+            self.fetcher.check_source(entry.url, entry.via)
+        except Forbidden:
+            return None  # stored by a looser proxy: our own fetch asks the policy, which answers
         self.local.set(("u", request.redis_key), entry, entry.remaining(now), epoch=epoch)
         return self._from_entry(entry, now, HIT)
 
@@ -290,6 +313,7 @@ class RedisProxy:
         now = self.clock()
         local = self.local.get(("u", redis_key))
         if local is not MISSING and local.remaining(now) > 0:
+            self.fetcher.check_source(local.url, local.via)
             self._count("hits_l1")
             return self._from_entry(local, now, HIT)
         stored, redis_up = self._read_entry(redis_key)
@@ -297,6 +321,8 @@ class RedisProxy:
             if not redis_up:
                 raise StoreUnavailable()  # not "not cached": Redis could not be asked
             raise KeyNotFound()
+        # Whoever stored it, it is served only if this proxy's policy would have fetched it.
+        self.fetcher.check_source(stored.url, stored.via)
         self._count("hits_redis")
         return self._from_entry(stored, now, HIT if stored.remaining(now) > 0 else STALE)
 
@@ -311,7 +337,8 @@ class RedisProxy:
         else:
             raise BadRequest("give key=<name> or url=<absolute URL> to purge", error="missing key")
         self.local.pop(("u", redis_key))
-        removed = int(self._redis_call(lambda: self.client.delete(redis_key)))
+        # The marker makes a fetch that was in flight refuse to store its older answer.
+        removed = self._redis_call(lambda: self.purge_markers.purge([redis_key]))
         self.local.pop(("u", redis_key))  # a read that raced the delete may have refilled it
         self._count("purges")
         return removed
@@ -320,6 +347,16 @@ class RedisProxy:
         """Whether an entry is stored under the explicit key `key`."""
         cache_keys.check_key(key, self.max_key_bytes)
         return bool(self.health.call(lambda: self.client.exists(self.prefix + key)))
+
+    def _admitted(self, entry: Entry) -> bool:
+        """Whether this proxy's upstream policy admits `entry` as its fetch recorded it (URL,
+        hops, addresses connected to): Forbidden when the policy refuses it, as a fetch would
+        be; False when the entry records too little to judge, so it is fetched again."""
+        try:
+            self.fetcher.check_source(entry.url, entry.via)
+        except UnrecordedSource:
+            return False
+        return True
 
     def _read_entry(self, redis_key: str) -> tuple[Entry | None, bool]:
         try:
@@ -334,6 +371,10 @@ class RedisProxy:
     def _forward(self, request: UrlRequest, stale: Entry | None, redis_up: bool) -> CacheResult:
         """Ask upstream (conditionally when a stale copy has validators) and store the answer."""
         conditional = self.policy.validators(stale.headers) if stale else {}
+        # Where L1 and the purge markers stand before upstream is asked: a purge from here on
+        # means this answer is older than the purge, and it is neither stored nor kept in L1.
+        epoch = self.local.epoch
+        start = self.purge_markers.start() if redis_up else None
         try:
             response = self.fetcher.fetch(request.target, conditional)
         except (BadGateway, GatewayTimeout):
@@ -347,12 +388,15 @@ class RedisProxy:
             # RFC 9111 §4.3.4: freshen the stored response with the 304's headers, then take
             # its freshness from the result (a 304 often carries only the ETag).
             headers = {**stale.headers, **cache_entry.kept_headers(response.headers)}
-            entry = dataclasses.replace(stale, headers=headers,
+            # The body is the stored one: it keeps its record, plus the hops of this revalidation.
+            via = None if stale.via is None or response.hops is None \
+                else tuple(dict.fromkeys(stale.via + response.hops))
+            entry = dataclasses.replace(stale, headers=headers, via=via,
                                         fetched_at=now - self.policy.initial_age(response.headers),
                                         fresh_for=self.policy.lifetime(headers, now))
             stored = False
             if self.policy.storable(stale.status, headers):
-                stored = self._store(request.redis_key, entry, redis_up)
+                stored = self._store(request.redis_key, entry, start, epoch)
             return dataclasses.replace(self._from_entry(entry, now, HIT, forward="stale"),
                                        upstream_status=304, stored=stored)
         if response.status >= 500 and self._may_serve_stale(stale):
@@ -362,10 +406,11 @@ class RedisProxy:
         headers = cache_entry.kept_headers(response.headers)
         entry = Entry(status=response.status, body=response.body, url=request.canonical,
                       fetched_at=now - self.policy.initial_age(response.headers),
-                      fresh_for=self.policy.lifetime(response.headers, now), headers=headers)
+                      fresh_for=self.policy.lifetime(response.headers, now), headers=headers,
+                      via=response.hops)
         stored = False
         if self.policy.storable(response.status, response.headers):
-            stored = self._store(request.redis_key, entry, redis_up)
+            stored = self._store(request.redis_key, entry, start, epoch)
         return CacheResult(response.status, response.body, headers,
                            MISS if redis_up else BYPASS, int(entry.age(now)),
                            forward="stale" if stale else "miss",
@@ -377,24 +422,21 @@ class RedisProxy:
                 and -stale.remaining(self.clock()) <= self.stale_if_error
                 and self.policy.may_serve_stale(stale.headers))
 
-    def _store(self, redis_key: str, entry: Entry, redis_up: bool) -> bool:
-        """One atomic write with a TTL (SETEX semantics): freshness left plus the stale window."""
+    def _store(self, redis_key: str, entry: Entry, start: Start | None, epoch: int) -> bool:
+        """One atomic write with a TTL (SETEX semantics): freshness left plus the stale window.
+        Refused when the entry was purged since `start` (None: Redis was not reachable then);
+        the L1 copy is kept unless the entry was invalidated since `epoch`."""
         fresh_left = entry.remaining(self.clock())
         keep_for = fresh_left + self.stale_ttl
-        if keep_for <= 0 or not redis_up:
+        if keep_for <= 0 or start is None:
             return False
-        epoch = self.local.epoch
         value, ttl = cache_entry.encode(entry), max(1, math.ceil(keep_for))
         try:
-            if self._tracking:
-                # A write ends Redis's tracking of the key for this connection, so read it back
-                # on the same connection (not in MULTI: that does not re-track): the L1 copy
-                # must hear of a purge or a replacement by another proxy.
-                pipe = self.client.pipeline(transaction=False)
-                pipe.set(redis_key, value, ex=ttl).exists(redis_key)
-                self.health.call(pipe.execute)
-            else:
-                self.health.call(lambda: self.client.set(redis_key, value, ex=ttl))
+            # The script reads the key back after the write (a write ends Redis's tracking of
+            # it), so the L1 copy hears of a purge or a replacement by another proxy.
+            if not self.purge_markers.store(redis_key, value, ttl, start):
+                self._count("stores_refused")
+                return False
         except StoreUnavailable:
             return False
         except redis.RedisError as exc:  # OOM command not allowed, READONLY, ...
@@ -413,6 +455,7 @@ class RedisProxy:
     def get_value(self, key: bytes | str) -> bytes | None:
         """The value of a backing-Redis key through L1; None when it does not exist."""
         raw_key = key.encode() if isinstance(key, str) else key
+        self._check_readable([raw_key])
         cached = self.local.get(("g", raw_key))
         if cached is not MISSING:
             self._count("hits_l1")
@@ -422,6 +465,7 @@ class RedisProxy:
     def get_values(self, keys: list[bytes | str]) -> list[bytes | None]:
         """MGET through L1: hits from memory, the misses in one Redis round trip."""
         raw_keys = [k.encode() if isinstance(k, str) else k for k in keys]
+        self._check_readable(raw_keys)
         values: list[bytes | None] = []
         missing: list[int] = []
         for i, key in enumerate(raw_keys):
@@ -434,25 +478,62 @@ class RedisProxy:
         if missing:
             self._count("reads_redis", len(missing))
             epoch = self.local.epoch
-            fetched = self._redis_call(lambda: self.client.mget([raw_keys[i] for i in missing]))
-            for i, value in zip(missing, fetched, strict=True):
+            wanted = [raw_keys[i] for i in missing]
+            fetched, pttls = self._read_with_pttls(lambda pipe: pipe.mget(wanted), wanted)
+            for i, value, pttl in zip(missing, fetched, pttls, strict=True):
                 values[i] = value
                 if value is not None:
-                    self.local.set(("g", raw_keys[i]), value, epoch=epoch)
+                    self.local.set(("g", raw_keys[i]), value, _l1_ttl(pttl), epoch=epoch)
         return values
 
     def exists(self, keys: list[bytes | str]) -> int:
         """EXISTS: how many of `keys` exist in the backing Redis (L1 hits count without a trip)."""
         raw_keys = [k.encode() if isinstance(k, str) else k for k in keys]
+        self._check_readable(raw_keys)
         unknown = [k for k in raw_keys if self.local.get(("g", k)) is MISSING]
         found = len(raw_keys) - len(unknown)
         if unknown:
             found += int(self._redis_call(lambda: self.client.exists(*unknown)))
         return found
 
-    def _redis_value(self, key: bytes) -> bytes | None:
+    def _check_readable(self, keys: list[bytes]) -> None:
+        """The read-proxy role does not read the URL cache's keys (its entries and their lock
+        keys) unless GET_ALLOW_CACHE_PREFIX: there no upstream policy would be applied to them.
+        One such key refuses the whole command, as a Redis ACL key pattern does."""
+        if self.get_allow_cache_prefix:
+            return
+        prefix = self.prefix.encode()
+        for key in keys:
+            if key.startswith(prefix):
+                raise Forbidden(
+                    f"keys under {self.prefix!r} (CACHE_PREFIX) hold the URL cache's entries and "
+                    f"are not read here: read an entry with /?key=<name without {self.prefix!r}>, "
+                    "which applies the upstream policy (GET_ALLOW_CACHE_PREFIX=true lifts this)",
+                    error="key refused")
+
+    def _redis_value(self, key: bytes) -> tuple[bytes | None, float | None]:
+        """The value and how long L1 may keep it: never past the key's own expiry in Redis."""
         self._count("reads_redis")
-        return self._redis_call(lambda: self.client.get(key))
+        value, (pttl,) = self._read_with_pttls(lambda pipe: pipe.get(key), [key])
+        return value, _l1_ttl(pttl)
+
+    def _read_with_pttls(self, read: Callable[[Any], Any], keys: list[bytes]) -> tuple[Any, list[int]]:
+        """`read(pipeline)`'s reply and the PTTL of each key, in one round trip. A plain pipeline,
+        not MULTI: Redis does not track reads inside MULTI for L1 invalidation. A write landing
+        between the replies is told to L1 by tracking; with L1_INVALIDATION=ttl it is the stale
+        window that mode has anyway."""
+        def call() -> tuple[Any, list[int]]:
+            pipe = self.client.pipeline(transaction=False)
+            read(pipe)
+            for key in keys:
+                pipe.pttl(key)
+            replies = pipe.execute(raise_on_error=False)
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply  # as the command gave it (WRONGTYPE ...), not annotated
+            return replies[0], replies[1:]
+
+        return self._redis_call(call)
 
     def _redis_call(self, fn: Callable[[], Any]) -> Any:
         try:
@@ -469,10 +550,6 @@ class RedisProxy:
         redis_ok = self.health.check()
         return {"status": "ok" if redis_ok else "degraded", "redis": "ok" if redis_ok else "down",
                 "l1_invalidation": self.l1_invalidation}
-
-    @property
-    def _tracking(self) -> bool:
-        return self.invalidator is not None and self.invalidator.mode == TRACKING
 
     @property
     def l1_invalidation(self) -> str:
@@ -511,17 +588,21 @@ class RedisProxy:
         """The proxy `settings` describe, starting an embedded redis-server when none is
         configured (closed with the proxy)."""
         on_close = []
-        if settings.redis_configured:
-            url = redis_url_of(settings)
+        client: Any
+        if settings.redis_cluster_nodes or settings.redis_sentinels:
+            client, url = scaled_out_client(settings)
         else:
-            embedded = RedisServer().start()
-            on_close.append(embedded.cleanup)
-            url = embedded.url
-            log.info("no REDIS_URL or REDIS_HOST set: started an embedded redis-server at %s", url)
-        client = make_client(url, socket_timeout=settings.redis_socket_timeout,
-                             max_connections=settings.redis_max_connections,
-                             password=settings.redis_password or None, tls_ca=settings.redis_tls_ca,
-                             tls_cert=settings.redis_tls_cert, tls_key=settings.redis_tls_key)
+            if settings.redis_configured:
+                url = redis_url_of(settings)
+            else:
+                embedded = RedisServer().start()
+                on_close.append(embedded.cleanup)
+                url = embedded.url
+                log.info("no REDIS_URL or REDIS_HOST set: started an embedded redis-server at %s", url)
+            client = make_client(url, socket_timeout=settings.redis_socket_timeout,
+                                 max_connections=settings.redis_max_connections,
+                                 password=settings.redis_password or None, tls_ca=settings.redis_tls_ca,
+                                 tls_cert=settings.redis_tls_cert, tls_key=settings.redis_tls_key)
         fetcher = Fetcher(timeout=settings.upstream_timeout, max_bytes=settings.upstream_max_bytes,
                           policy=UpstreamPolicy(allowed_hosts=settings.upstream_allowed_hosts,
                                                 allowed_ports=settings.upstream_allowed_ports,
@@ -537,10 +618,41 @@ class RedisProxy:
                     max_url_bytes=settings.max_url_bytes, max_key_bytes=settings.max_key_bytes,
                     stale_while_revalidate=settings.stale_while_revalidate,
                     invalidation=settings.l1_invalidation,
-                    redis_label=mask_url(url), on_close=on_close, **overrides)
+                    redis_label=mask_url(url), on_close=on_close,
+                    get_allow_cache_prefix=settings.get_allow_cache_prefix, **overrides)
         if check_at_start(client, mask_url(url)):
             proxy.configure_memory(settings.redis_maxmemory, settings.redis_eviction_policy)
         return proxy
+
+
+def scaled_out_client(settings: Settings) -> tuple[Any, str]:
+    """The client of a Redis Cluster (REDIS_CLUSTER_NODES) or of Sentinel's primary
+    (REDIS_SENTINELS), and the label logs and /health show for it."""
+    options = dict(socket_timeout=settings.redis_socket_timeout,
+                   max_connections=settings.redis_max_connections,
+                   password=settings.redis_password or None)
+    if settings.redis_cluster_nodes:
+        label = "redis-cluster://" + ",".join(settings.redis_cluster_nodes)
+        log.info("store: Redis Cluster, seeds %s", ",".join(settings.redis_cluster_nodes))
+        try:
+            return make_cluster_client(settings.redis_cluster_nodes, tls_ca=settings.redis_tls_ca,
+                                       tls_cert=settings.redis_tls_cert,
+                                       tls_key=settings.redis_tls_key, **options), label
+        except RedisClusterException as exc:  # not a RedisError: say it as one, for main()
+            raise redis.ConnectionError(f"no Redis Cluster at {label}: {exc}") from exc
+    label = f"redis-sentinel://{','.join(settings.redis_sentinels)}/{settings.redis_sentinel_master}"
+    log.info("store: the primary of %r through Sentinel at %s", settings.redis_sentinel_master,
+             ",".join(settings.redis_sentinels))
+    return make_sentinel_client(settings.redis_sentinels, settings.redis_sentinel_master,
+                                **options), label
+
+
+def _l1_ttl(pttl: int) -> float | None:
+    """L1 life of a value whose key has `pttl` ms left in Redis: -1 (no expiry) is L1's own TTL,
+    -2 (gone since the read) is none."""
+    if pttl == -1:
+        return None
+    return max(0, pttl) / 1000
 
 
 def _json(params: Any) -> str:

@@ -34,6 +34,12 @@ class Forbidden(ProxyError):
     status, error = 403, "forbidden"
 
 
+class UnrecordedSource(Forbidden):
+    """A cached entry that records too little of how it was fetched for the policy to judge it."""
+
+    error = "url refused"
+
+
 class NotFound(ProxyError):
     status, error = 404, "resource not found"
     detail = "see the README for the routes: /?url=, /?key=, /get/<key>, /health, /metrics"
@@ -93,3 +99,7 @@ class ConfigError(Exception):
 
 class LauncherError(Exception):
     """An embedded redis-server could not be found or started."""
+
+
+class ListenError(Exception):
+    """A front end's port could not be bound; the message names the port and its setting."""

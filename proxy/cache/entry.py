@@ -1,5 +1,6 @@
 """The stored entry: a small versioned header, then the body bytes exactly as received."""
 
+import ipaddress
 import json
 import math
 import re
@@ -7,8 +8,11 @@ import struct
 from dataclasses import dataclass, field
 
 _UNSAFE = re.compile(r"[\r\n\x00]")
-MAGIC = b"RPE1"  # redis-proxy entry, format 1
+MAGIC = b"RPE1"  # redis-proxy entry, format 1: MAGIC, the metadata's length, JSON metadata, body
 _LENGTH = struct.Struct(">I")
+# Version of the JSON metadata. 2 adds "via", what admitted the entry; version 1 entries (no "v")
+# are still read, with via=None, and readers of version 1 ignore the new field.
+META_VERSION = 2
 
 # End-to-end headers worth replaying to clients and needed for revalidation (RFC 9111 §3.1).
 KEPT_HEADERS = ("content-type", "content-language", "content-disposition", "etag",
@@ -23,6 +27,10 @@ class Entry:
     fetched_at: float  # unix seconds
     fresh_for: float  # seconds of freshness from fetched_at
     headers: dict[str, str] = field(default_factory=dict)
+    # What admitted it: each hop the fetch made (the URL, redirects included, and the address it
+    # connected to), so a proxy with a stricter upstream policy can refuse it. None for an entry
+    # of metadata version 1, which recorded nothing of the kind.
+    via: tuple[tuple[str, str], ...] | None = None
 
     def age(self, now: float) -> float:
         return max(0.0, now - self.fetched_at)
@@ -41,9 +49,11 @@ def kept_headers(headers) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 
 def encode(entry: Entry) -> bytes:
-    meta = json.dumps({"status": entry.status, "url": entry.url, "fetched_at": entry.fetched_at,
-                       "fresh_for": entry.fresh_for, "headers": entry.headers},
-                      separators=(",", ":")).encode()
+    fields = {"status": entry.status, "url": entry.url, "fetched_at": entry.fetched_at,
+              "fresh_for": entry.fresh_for, "headers": entry.headers}
+    if entry.via is not None:
+        fields.update(v=META_VERSION, via=[list(hop) for hop in entry.via])
+    meta = json.dumps(fields, separators=(",", ":")).encode()
     return MAGIC + _LENGTH.pack(len(meta)) + meta + entry.body
 
 
@@ -56,9 +66,13 @@ def decode(raw: bytes) -> Entry | None:
     try:
         meta = json.loads(raw[start:start + length])
         headers = dict(meta.get("headers") or {})
+        version = meta.get("v", 1)
+        if version not in (1, META_VERSION):
+            return None  # a later format: a miss, fetched again and rewritten
+        via = None if version == 1 else _via(meta["via"])
         entry = Entry(status=int(meta["status"]), body=raw[start + length:], url=str(meta["url"]),
                       fetched_at=float(meta["fetched_at"]), fresh_for=float(meta["fresh_for"]),
-                      headers=headers)
+                      headers=headers, via=via)
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
     # Anyone who can write this Redis can write an entry: replay only the headers this format
@@ -71,3 +85,15 @@ def decode(raw: bytes) -> Entry | None:
             for name, value in headers.items()):
         return None
     return entry
+
+
+def _via(hops: list[list[str]]) -> tuple[tuple[str, str], ...]:
+    """The stored hops, each a URL and an IP address; ValueError for anything else."""
+    checked = []
+    for url, address in hops:
+        if not isinstance(url, str) or not isinstance(address, str) or _UNSAFE.search(url):
+            raise ValueError("a hop is not two strings")
+        checked.append((url, str(ipaddress.ip_address(address))))
+    if not checked:
+        raise ValueError("an entry of version 2 names at least one hop")
+    return tuple(checked)

@@ -3,15 +3,27 @@
 import hashlib
 import json
 import math
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+import re
+import string
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from proxy.errors import BadRequest, URITooLong
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_PARAMS_BYTES = 8192
 MAX_PARAMS_ITEMS = 256
+KEY_RULE = 2  # the derivation of keys from URLs (README, Key rules); a new rule, a new number
 
 Pairs = list[tuple[str, str]]
+
+# RFC 3986 §2.3: a percent-encoded unreserved character is equivalent to the character itself.
+UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+# What a path (§3.3: pchar and "/") or a query (§3.4: also "?") holds unencoded; any other
+# character can only be sent percent-encoded (as UTF-8). A percent-encoding stays one.
+_PATH_OTHER = re.compile(r"%([0-9A-Fa-f]{2})|[^A-Za-z0-9\-._~!$&'()*+,;=:@/]")
+_QUERY_OTHER = re.compile(r"%([0-9A-Fa-f]{2})|[^A-Za-z0-9\-._~!$&'()*+,;=:@/?]")
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
 
 
 def check_url(url: str, max_bytes: int) -> None:
@@ -25,6 +37,9 @@ def check_url(url: str, max_bytes: int) -> None:
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError as exc:
         raise BadRequest(f"url is malformed: {exc}", error="bad url") from exc
+    if _BAD_PERCENT.search(parts.path) or _BAD_PERCENT.search(parts.query):
+        raise BadRequest("url has a '%' not followed by two hex digits; percent-encode '%' "
+                         "as %25", error="bad url")
     if parts.scheme.lower() not in DEFAULT_PORTS:
         raise BadRequest("url must be an absolute http:// or https:// URL", error="bad url")
     if not parts.hostname:
@@ -83,19 +98,51 @@ def parse_params(raw: str | None) -> Pairs:
     return pairs
 
 
+def _encode(match: re.Match[str]) -> str:
+    if match.group(1) is None:  # a character a URI cannot hold raw: its UTF-8, encoded
+        return "".join(f"%{byte:02X}" for byte in match.group(0).encode())
+    char = chr(int(match.group(1), 16))
+    return char if char in UNRESERVED else f"%{match.group(1).upper()}"
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 §5.2.4, on a path that starts with "/"."""
+    if not _DOT_SEGMENT.search(path):
+        return path
+    output: list[str] = []  # segments, each with its leading "/"
+    for segment in path.split("/")[1:]:
+        if segment == "..":
+            if output:
+                output.pop()
+        elif segment != ".":
+            output.append("/" + segment)
+    if path.endswith(("/.", "/..")):
+        output.append("/")  # "/a/b/.." is "/a/", not "/a"
+    return "".join(output) or "/"
+
+
 def target_url(url: str, params: Pairs) -> str:
-    """The URL sent upstream: `url` with `params` appended to its own query, order kept."""
-    if not params:
-        return url
+    """The URL sent upstream: `url` with `params` appended to its own query (order kept), in
+    the normal form of RFC 3986 §6.2.2-6.2.3: percent-encodings upper-cased, those of unreserved
+    characters decoded, characters a URI cannot hold raw (non-ASCII, space, quote...) encoded
+    as UTF-8, dot-segments removed, an empty path sent as "/", an empty query and the fragment
+    dropped. requests sends such a URL's path and query byte for byte (it would otherwise
+    re-quote them, remove dot-segments and drop a bare "?" itself), so this is the exact
+    request-target the origin receives."""
     parts = urlsplit(url)
-    extra = urlencode(params)
-    query = f"{parts.query}&{extra}" if parts.query else extra
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+    query = parts.query
+    if params:
+        extra = urlencode(params)  # unreserved, %XX, "+", "=" and "&" only: already normal
+        query = f"{query}&{extra}" if query else extra
+    path = _remove_dot_segments(_PATH_OTHER.sub(_encode, parts.path) or "/")
+    return urlunsplit((parts.scheme, parts.netloc, path, _QUERY_OTHER.sub(_encode, query), ""))
 
 
 def canonical_url(url: str, params: Pairs = ()) -> str:  # type: ignore[assignment]
-    """Scheme and host lower-cased, default port dropped, fragment dropped, whole query sorted."""
-    parts = urlsplit(url)
+    """The identity of what is fetched: `target_url`, scheme and host lower-cased, the default
+    port dropped, and the query's "&"-separated items sorted as they are sent (still encoded,
+    so "+" and "%20", ";" and "%3B", "a=b=c" and "a=b%3Dc", "flag" and "flag=" stay apart)."""
+    parts = urlsplit(target_url(url, list(params)))
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
     if ":" in host:
@@ -103,14 +150,16 @@ def canonical_url(url: str, params: Pairs = ()) -> str:  # type: ignore[assignme
     netloc = host if parts.port in (None, DEFAULT_PORTS.get(scheme)) else f"{host}:{parts.port}"
     if parts.username is not None:
         netloc = f"{parts.username}{':' + parts.password if parts.password else ''}@{netloc}"
-    query = sorted(parse_qsl(parts.query, keep_blank_values=True) + list(params))
-    return urlunsplit((scheme, netloc, parts.path or "/", urlencode(query), ""))
+    query = "&".join(sorted(parts.query.split("&"))) if parts.query else ""
+    return urlunsplit((scheme, netloc, parts.path, query, ""))
 
 
 def url_digest(canonical: str) -> str:
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    # The rule's number goes into the hash: entries derived by the first rule (which decoded
+    # the query and so merged URLs sent differently) are misses under this one, never hits.
+    return hashlib.sha256(f"{KEY_RULE} {canonical}".encode()).hexdigest()
 
 
 def redis_key(prefix: str, key: str | None, canonical: str) -> str:
-    """`prefix + key` for an explicit key, else `prefix + sha256(canonical url)`."""
+    """`prefix + key` for an explicit key, else `prefix + sha256("2 " + canonical url)`."""
     return prefix + (key if key is not None else url_digest(canonical))

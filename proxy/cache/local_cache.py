@@ -2,6 +2,7 @@
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -10,6 +11,9 @@ from cachetools import TLRUCache
 from proxy.cache.single_flight import SingleFlight
 
 MISSING: Any = object()
+# How many recently invalidated keys are remembered one by one; a fill that began before the
+# oldest forgotten one is not kept (it might have been for that key).
+RECENT_INVALIDATIONS = 4096
 
 
 def _size_of(value: Any) -> int:
@@ -36,7 +40,13 @@ class LocalCache:
         self._bytes = 0
         self._sizes: dict[Hashable, int] = {}
         self._lock = threading.Lock()
-        self._epoch = 0  # bumped by every invalidation; a load that straddles one is not kept
+        # Per-key generations: a tick per invalidation, the tick at which each recently invalidated
+        # key was last invalidated, and a floor below which every fill is refused (set by a flush,
+        # and by forgetting a key from the bounded map). A fill that began at tick t is kept unless
+        # its own key (or everything) was invalidated after t.
+        self._tick = 0
+        self._floor = 0
+        self._invalidated: OrderedDict[Hashable, int] = OrderedDict()
         self._admitting = True  # False while invalidations may be missed: serve, but keep nothing new
         self._flights = SingleFlight()
         self.hits = 0
@@ -67,8 +77,8 @@ class LocalCache:
     @property
     def epoch(self) -> int:
         """Take it before reading a value from Redis; pass it to `set` to keep the value only if
-        no invalidation arrived in between."""
-        return self._epoch
+        no invalidation of that key (and no flush) arrived in between."""
+        return self._tick
 
     def set(self, key: Hashable, value: Any, ttl: float | None = None, *,
             epoch: int | None = None) -> None:
@@ -80,19 +90,35 @@ class LocalCache:
             self.pop(key)
             return
         with self._lock:
-            if self._admitting and (epoch is None or epoch == self._epoch):
+            if self._admitting and (epoch is None or self._unchanged_since(key, epoch)):
                 self._store(key, value, ttl, size)
 
     def suspend(self) -> None:
         """Keep serving what is held, but take nothing new (invalidations may be missed)."""
         with self._lock:
-            self._epoch += 1
+            self._invalidate_all()
             self._admitting = False
 
     def resume(self) -> None:
         with self._lock:
-            self._epoch += 1  # a load that began while suspended is not kept
+            self._invalidate_all()  # a load that began while suspended is not kept
             self._admitting = True
+
+    def _unchanged_since(self, key: Hashable, epoch: int) -> bool:
+        return epoch >= self._floor and self._invalidated.get(key, 0) <= epoch
+
+    def _invalidate_key(self, key: Hashable) -> None:
+        self._tick += 1
+        self._invalidated[key] = self._tick
+        self._invalidated.move_to_end(key)
+        if len(self._invalidated) > RECENT_INVALIDATIONS:
+            _old_key, tick = self._invalidated.popitem(last=False)
+            self._floor = max(self._floor, tick)
+
+    def _invalidate_all(self) -> None:
+        self._tick += 1
+        self._floor = self._tick
+        self._invalidated.clear()
 
     def _store(self, key: Hashable, value: Any, ttl: float, size: int) -> None:
         self._discard(key)
@@ -109,29 +135,29 @@ class LocalCache:
 
     def pop(self, key: Hashable) -> None:
         with self._lock:
-            self._epoch += 1
+            self._invalidate_key(key)
             self._discard(key)
 
     def clear(self) -> None:
         with self._lock:
-            self._epoch += 1
+            self._invalidate_all()
             self._data.clear()
             self._sizes.clear()
             self._bytes = 0
 
-    def get_or_load(self, key: Hashable, load: Callable[[], Any],
-                    ttl_of: Callable[[Any], float | None] = lambda _v: None) -> Any:
-        """The cached value, else `load()` run once for all concurrent callers and cached unless
-        it returned None. Not cached either when an invalidation arrived during the load."""
+    def get_or_load(self, key: Hashable, load: Callable[[], tuple[Any, float | None]]) -> Any:
+        """The cached value, else `load()` run once for all concurrent callers. `load` returns the
+        value and how long it may be kept (None: the cache's TTL); the value is cached unless it
+        is None or an invalidation of `key` arrived during the load."""
         value = self.get(key)
         if value is not MISSING:
             return value
 
         def leader() -> Any:
-            epoch = self._epoch
-            loaded = load()
+            epoch = self.epoch
+            loaded, ttl = load()
             if loaded is not None:
-                self.set(key, loaded, ttl_of(loaded), epoch=epoch)
+                self.set(key, loaded, ttl, epoch=epoch)
             return loaded
 
         return self._flights.do(key, leader)[0]

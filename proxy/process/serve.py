@@ -11,7 +11,7 @@ from typing import Protocol
 
 import redis
 
-from proxy.errors import LauncherError
+from proxy.errors import LauncherError, ListenError
 
 log = logging.getLogger("redis_proxy")
 
@@ -68,7 +68,7 @@ def serve(start: Callable[[], list[Server]], close: Callable[[], None]) -> int:
         servers = start()
         while not stop.wait(3600):
             pass
-    except (LauncherError, OSError, ValueError, redis.RedisError) as exc:
+    except (LauncherError, ListenError, OSError, ValueError, redis.RedisError) as exc:
         # Messages only: redis-py's name the host and port, never the password; a traceback
         # could show a source line holding the URL.
         log.error("cannot start: %s", exc)

@@ -9,6 +9,7 @@ supervises: it starts a new worker when one dies and stops them all on SIGINT or
 """
 
 import dataclasses
+import errno
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from load_env import Settings
+from proxy.errors import ListenError
 from proxy.store.launcher import RedisServer, die_with_parent
 
 log = logging.getLogger("redis_proxy.workers")
@@ -26,14 +28,29 @@ RESTART_BACKOFF = 1.0  # a worker that dies this soon after its start is restart
 
 
 def bind_listeners(settings: Settings) -> list[socket.socket]:
-    """The HTTP socket (and RESP's when RESP_PORT is set), bound and listening."""
-    ports = [settings.http_port] + ([settings.resp_port] if settings.resp_port else [])
+    """The HTTP socket (and RESP's when RESP_PORT is set), bound and listening. A port that
+    cannot be bound is a ListenError naming the port and the setting that chose it."""
+    ports = [("HTTP_PORT", settings.http_port)]
+    if settings.resp_port:
+        ports.append(("RESP_PORT", settings.resp_port))
     listeners: list[socket.socket] = []
     try:
-        for port in ports:
-            family = socket.getaddrinfo(settings.http_host, port, type=socket.SOCK_STREAM)[0][0]
-            listeners.append(socket.create_server((settings.http_host, port), family=family,
-                                                  backlog=1024))
+        for name, port in ports:
+            host = settings.http_host
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            try:
+                family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+                listeners.append(socket.create_server((host, port), family=family, backlog=1024))
+            except socket.gaierror as exc:
+                raise ListenError(f"HTTP_HOST={host}: not an address to listen on "
+                                  f"({exc.strerror}); use an IP address or a local name") from exc
+            except OSError as exc:
+                flag = "--http-port" if name == "HTTP_PORT" else "--resp-port"
+                if exc.errno == errno.EADDRINUSE:
+                    why = "is already in use; stop what listens there or choose another port"
+                else:
+                    why = f"cannot be listened on ({exc.strerror})"
+                raise ListenError(f"{name}={port}: {address} {why} ({name} or {flag})") from exc
     except BaseException:
         for listener in listeners:
             listener.close()

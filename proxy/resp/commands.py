@@ -19,9 +19,10 @@ from typing import Any
 import redis
 
 from proxy import __version__
-from proxy.errors import ProxyError, StoreUnavailable
+from proxy.errors import Forbidden, ProxyError, StoreUnavailable, TooManyRequests
 from proxy.resp import protocol as wire
-from proxy.serving.auth import Authenticator
+from proxy.serving.auth import AUTH_BLOCKED, Authenticator
+from proxy.serving.rate_limit import RateLimiter
 from redis_proxy import RedisProxy
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,14 @@ NOAUTH_HELLO = wire.error(
     "<user> <pass> option can be used to authenticate the client and select the RESP protocol "
     "version at the same time")
 WRONGPASS = wire.error("WRONGPASS invalid username-password pair or user is disabled.")
+
+# RATE_LIMIT counts every command as HTTP counts every request, except the connection set-up
+# that client libraries send on their own (redis-py: HELLO, then CLIENT SETINFO twice).
+RATE_LIMIT_EXEMPT = frozenset({"auth", "hello", "quit", "client"})
+# At most this many keys in one MGET or EXISTS, and this many bytes of values in one MGET reply
+# (Redis bounds what one client may make it buffer with client-output-buffer-limit).
+MAX_KEYS = 10_000
+MAX_REPLY_BYTES = 64 * 1024 * 1024
 
 
 @dataclasses.dataclass
@@ -82,11 +91,16 @@ class RespCommands:
 
     def __init__(self, proxy: RedisProxy, info_extra: Callable[[], dict[str, dict[str, Any]]] =
                  lambda: {}, clock: Callable[[], float] = time.monotonic,
-                 authenticator: Authenticator | None = None):
+                 authenticator: Authenticator | None = None,
+                 rate_limiter: RateLimiter | None = None, max_keys: int = MAX_KEYS,
+                 max_reply_bytes: int = MAX_REPLY_BYTES):
         self.proxy = proxy
         self.info_extra = info_extra
         self.clock = clock
         self.authenticator = authenticator or Authenticator()  # no tokens: open
+        self.rate_limiter = rate_limiter  # the HTTP front end's, so a client has one budget
+        self.max_keys = max_keys  # the parser drops a longer command; see too_many_arguments
+        self.max_reply_bytes = max_reply_bytes
         self.started = clock()
         self._ids = itertools.count(1)
 
@@ -112,10 +126,16 @@ class RespCommands:
             return wire.error(f"ERR wrong number of arguments for '{name}' command")
         if not session.authenticated and "no-auth" not in command.flags:
             return NOAUTH
+        if self.rate_limiter is not None and name not in RATE_LIMIT_EXEMPT:
+            wait = self.rate_limiter.wait(session.peer)
+            if wait:
+                return wire.error(f"ERR rate limited, retry after {wait} s")
         try:
             return command.run(self, session, args)
         except StoreUnavailable as exc:
             return wire.error(f"ERR redis unavailable: {exc.detail}")
+        except Forbidden as exc:
+            return wire.error(f"NOPERM {exc.detail}")  # Redis's code for a key an ACL refuses
         except ProxyError as exc:
             if isinstance(exc.__cause__, redis.ResponseError):
                 return wire.error(_relayed(exc.__cause__))  # e.g. WRONGTYPE for GET of a list
@@ -124,6 +144,12 @@ class RespCommands:
             log.exception("unhandled error for RESP command %r", name)
             return wire.error("ERR internal error in redis-proxy; see its log")
 
+    def too_many_arguments(self, name: bytes, words: int) -> bytes:
+        """The reply to a command the parser read and dropped for having over max_keys keys."""
+        return wire.error(f"ERR too many keys for '{_shown(name).lower()}': {words - 1}; "
+                          f"redis-proxy takes at most {self.max_keys} keys per command, "
+                          "send them in several commands")
+
     # ----- reads ---------------------------------------------------------------------------
 
     def get(self, session: Session, args: list[bytes]) -> bytes:
@@ -131,6 +157,10 @@ class RespCommands:
 
     def mget(self, session: Session, args: list[bytes]) -> bytes:
         values = self.proxy.get_values(list(args[1:]))
+        size = sum(len(v) for v in values if v is not None)
+        if size > self.max_reply_bytes:
+            return wire.error(f"ERR reply too large: the values total {size} bytes, over the "
+                              f"{self.max_reply_bytes} bytes one MGET may return; ask for fewer keys")
         return wire.array([wire.bulk(v, session.protocol) for v in values])
 
     def exists(self, _session: Session, args: list[bytes]) -> bytes:
@@ -208,12 +238,20 @@ class RespCommands:
         """None when the credentials are accepted (the session is then authenticated), else
         the error reply; a failed attempt leaves the session as it was, as in Redis."""
         if self.authenticator.enabled:
+            try:
+                self.authenticator.refuse_if_blocked(session.peer)
+            except TooManyRequests as exc:
+                # As over HTTP, even a valid token is refused while the address is blocked; the
+                # connection is closed so a guesser cannot keep it for its next attempts.
+                session.closing = True
+                return wire.error(f"ERR {AUTH_BLOCKED}, retry after {exc.headers['Retry-After']} s")
             # The tokens are not tied to users: any user name goes with a valid token, so
             # clients that always send one (redis-py sends `default`) can present it. Bytes
             # that are not ASCII never match a token; latin-1 decodes any bytes without error.
             if self.authenticator.accepts(password.decode("latin-1")):
                 session.authenticated = True
                 return None
+            self.authenticator.failed(session.peer)
             log.info("RESP AUTH refused for client %d from %s: not a configured token",
                      session.client_id, session.peer)  # never the token itself
             return WRONGPASS

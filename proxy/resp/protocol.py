@@ -30,6 +30,16 @@ class ProtocolError(Exception):
     """The client's bytes are not RESP; Redis answers `-ERR Protocol error: ...` and closes."""
 
 
+class TooManyArguments(Exception):
+    """A well-formed command with more arguments than `max_args`. It has been read whole (its
+    arguments dropped as they arrived, never buffered), so the connection can go on."""
+
+    def __init__(self, name: bytes, count: int):
+        super().__init__(f"{count} arguments")
+        self.name = name
+        self.count = count  # the command's words, its name included
+
+
 class RespParser:
     """Feed bytes as they arrive; `next_command()` returns each complete command (a list of
     bytes arguments, never empty) or None until more bytes are needed.
@@ -40,15 +50,19 @@ class RespParser:
     """
 
     def __init__(self, max_array: int = MAX_ARRAY, max_bulk: int = MAX_BULK,
-                 max_inline: int = MAX_INLINE):
+                 max_inline: int = MAX_INLINE, max_args: int = MAX_ARRAY):
         self.max_array = max_array
         self.max_bulk = max_bulk
         self.max_inline = max_inline
+        # A command of more words than this (and at most max_array) is read and dropped, then
+        # refused with TooManyArguments; the connection stays usable.
+        self.max_args = max_args
         self.authenticated = True
         self._buffer = bytearray()
         self._pos = 0
         self._args: list[bytes] | None = None  # the array being read
         self._remaining = 0  # its elements still to come
+        self._dropped = 0  # its elements read and dropped (over max_args: only the name is kept)
         self._bulk = -1  # length of the bulk being read, -1 while its $ line is awaited
 
     def feed(self, data: bytes) -> None:
@@ -82,6 +96,9 @@ class RespParser:
                 continue  # an empty line: Redis ignores it
             if self._remaining == 0:
                 args, self._args = self._args, None
+                if self._dropped:
+                    dropped, self._dropped = self._dropped, 0
+                    raise TooManyArguments(args[0], len(args) + dropped)
                 if args:
                     return args
                 continue  # *0 / *-1: an empty command, ignored as Redis does
@@ -140,7 +157,10 @@ class RespParser:
         if self._buffer[end:end + 2] != b"\r\n":
             raise ProtocolError("expected CRLF after a bulk string")
         assert self._args is not None
-        self._args.append(bytes(self._buffer[self._pos:end]))
+        if self._args and self._remaining + len(self._args) + self._dropped > self.max_args:
+            self._dropped += 1  # too many to run: skipped, not copied
+        else:
+            self._args.append(bytes(self._buffer[self._pos:end]))
         self._pos = end + 2
         self._remaining -= 1
         self._bulk = -1
@@ -158,7 +178,10 @@ class RespParser:
             raise ProtocolError("too big inline request")
         line = bytes(self._buffer[self._pos:end])
         self._pos = end + 1
-        return split_args(line.removesuffix(b"\r"))
+        args = split_args(line.removesuffix(b"\r"))
+        if len(args) > self.max_args:
+            raise TooManyArguments(args[0], len(args))
+        return args
 
 
 def parse_integer(text: bytes) -> int | None:

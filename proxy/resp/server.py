@@ -17,9 +17,10 @@ import time
 from typing import Any
 
 from proxy.resp import protocol as wire
-from proxy.resp.commands import RespCommands
-from proxy.resp.protocol import ProtocolError, RespParser
+from proxy.resp.commands import MAX_KEYS, MAX_REPLY_BYTES, RespCommands
+from proxy.resp.protocol import ProtocolError, RespParser, TooManyArguments
 from proxy.serving.auth import Authenticator
+from proxy.serving.rate_limit import RateLimiter
 from proxy.serving.sockets import DeadlineReader, ThreadingLimitedServer
 from redis_proxy import RedisProxy
 
@@ -43,14 +44,18 @@ class RespServer(ThreadingLimitedServer):
                  max_parallel: int = 4, header_timeout: float = 10.0,
                  keepalive_timeout: float = 15.0, max_array: int = wire.MAX_ARRAY,
                  max_bulk: int = wire.MAX_BULK, authenticator: Authenticator | None = None,
-                 parallel: threading.Semaphore | None = None):
+                 parallel: threading.Semaphore | None = None, rate_limiter: RateLimiter | None = None,
+                 max_keys: int = MAX_KEYS, max_reply_bytes: int = MAX_REPLY_BYTES):
         self.proxy = proxy
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
         self.max_array = max_array
         self.max_bulk = max_bulk
-        # The same tokens as HTTP (AUTH_TOKENS); none means open, as HTTP.
-        self.commands = RespCommands(proxy, info_extra=self._info, authenticator=authenticator)
+        # The same tokens (and failure budget) and the same rate limiter as HTTP: a client has
+        # one budget across both front ends. None means open / no limit, as over HTTP.
+        self.commands = RespCommands(proxy, info_extra=self._info, authenticator=authenticator,
+                                     rate_limiter=rate_limiter, max_keys=max_keys,
+                                     max_reply_bytes=max_reply_bytes)
         self.connections_received = 0
         self.commands_processed = 0
         self.init_limits(max_clients, max_parallel, parallel)
@@ -88,7 +93,8 @@ class RespHandler(socketserver.BaseRequestHandler):
         # Replies go out in one send; NODELAY keeps Nagle from holding back the next one.
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = DeadlineReader(self.request, self.server.keepalive_timeout)
-        self.parser = RespParser(self.server.max_array, self.server.max_bulk)
+        self.parser = RespParser(self.server.max_array, self.server.max_bulk,
+                                 max_args=self.server.commands.max_keys + 1)
         self.session = self.server.commands.new_session(peer=self.client_address[0])
         self.server.count(connections=1)
 
@@ -101,16 +107,16 @@ class RespHandler(socketserver.BaseRequestHandler):
                 if not received:
                     return
                 self.parser.feed(view[:received])
-                if self._run_commands():
+                if self._run_commands(time.monotonic()):
                     self._linger()
                     return
         except (TimeoutError, ConnectionError, OSError) as exc:
             # Also a send that failed or timed out: nothing more is written to this client.
             log.debug("RESP connection from %s ended: %s", self.client_address[0], exc)
 
-    def _run_commands(self) -> bool:
+    def _run_commands(self, started: float) -> bool:
         """Runs every complete command received so far, in order, and sends their replies;
-        returns whether to close afterwards."""
+        returns whether to close afterwards. `started`: when this batch's bytes came in."""
         server, session, parser = self.server, self.session, self.parser
         replies: list[bytes] = []
         pending = answered = 0
@@ -118,10 +124,15 @@ class RespHandler(socketserver.BaseRequestHandler):
         try:
             while True:
                 parser.authenticated = session.authenticated  # AUTH lifts the limits at once
-                if (args := parser.next_command()) is None:
-                    break
-                with server.parallel:
-                    reply = server.commands.execute(session, args)
+                try:
+                    args = parser.next_command()
+                except TooManyArguments as exc:
+                    reply = server.commands.too_many_arguments(exc.name, exc.count)
+                else:
+                    if args is None:
+                        break
+                    with server.parallel:
+                        reply = server.commands.execute(session, args)
                 replies.append(reply)
                 pending += len(reply)
                 answered += 1
@@ -141,7 +152,7 @@ class RespHandler(socketserver.BaseRequestHandler):
             server.count(commands=answered)
         if replies:
             self._send(replies)
-        self._set_deadline(answered > 0)
+        self._set_deadline(answered > 0, started)
         return close
 
     def _send(self, replies: list[bytes]) -> None:
@@ -151,11 +162,15 @@ class RespHandler(socketserver.BaseRequestHandler):
         self.request.settimeout(self.server.keepalive_timeout + len(data) / MIN_SEND_RATE)
         self.request.sendall(data)
 
-    def _set_deadline(self, progressed: bool) -> None:
+    def _set_deadline(self, progressed: bool, started: float) -> None:
         """Idle between commands: KEEPALIVE_TIMEOUT per read. Part of a command received: the
-        rest must arrive within HEADER_TIMEOUT of it, so a trickling client cannot hold a slot."""
+        rest must arrive within HEADER_TIMEOUT of it, so a trickling client cannot hold a slot.
+        The time the proxy spends parsing is not the client's: a command of a million keys takes
+        seconds to parse, and was cut off by the deadline before it could be answered."""
         if progressed or not self.parser.pending:
             self.reader.deadline = None
+        elif self.reader.deadline is not None:
+            self.reader.deadline += time.monotonic() - started
         if self.parser.pending and self.reader.deadline is None:
             self.reader.deadline = time.monotonic() + self.server.header_timeout
 

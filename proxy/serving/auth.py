@@ -1,4 +1,5 @@
-"""HTTP authentication: bearer tokens (RFC 6750) checked in constant time."""
+"""Authentication: bearer tokens (RFC 6750) checked in constant time, and a per-client budget
+of failed attempts (AUTH_FAIL_LIMIT) shared by HTTP and RESP."""
 
 import hashlib
 import hmac
@@ -6,7 +7,8 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 
-from proxy.errors import ConfigError, Unauthorized
+from proxy.errors import ConfigError, TooManyRequests, Unauthorized
+from proxy.serving.rate_limit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -15,6 +17,7 @@ log = logging.getLogger(__name__)
 _BEARER = re.compile(r"bearer +([A-Za-z0-9\-._~+/]+=*)", re.IGNORECASE)
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 SHORT_TOKEN = 16
+AUTH_BLOCKED = "too many failed authentications"
 
 # Routes anyone may reach: a load balancer's health check carries no token.
 OPEN_ROUTES = frozenset({"/health"})
@@ -40,9 +43,12 @@ def read_tokens_file(path: str) -> list[str]:
 class Authenticator:
     """Decides whether a request may proceed. No tokens means the proxy is open."""
 
-    def __init__(self, tokens: Iterable[str] = (), *, metrics_require_auth: bool = False):
+    def __init__(self, tokens: Iterable[str] = (), *, metrics_require_auth: bool = False,
+                 fail_limiter: RateLimiter | None = None):
         self._digests = tuple(_digest(token) for token in tokens)
         self.metrics_require_auth = metrics_require_auth
+        # One token taken per failed attempt; an empty bucket blocks the client (None: no limit).
+        self.fail_limiter = fail_limiter
 
     @property
     def enabled(self) -> bool:
@@ -56,20 +62,50 @@ class Authenticator:
             return self.metrics_require_auth
         return True
 
-    def check(self, path: str, authorization: Sequence[str]) -> None:
+    def check(self, path: str, authorization: Sequence[str], peer: str = "",
+              forwarded_for: Sequence[str] = ()) -> None:
         """Raise Unauthorized unless `path` is open or `authorization` (every Authorization
-        header the request carried) is exactly one valid bearer token."""
+        header the request carried) is exactly one valid bearer token; TooManyRequests while
+        the client (`peer`, `forwarded_for` as the rate limiter reads them) is blocked."""
         if not self.required_for(path):
             return
+        self.refuse_if_blocked(peer, forwarded_for)
+        try:
+            self._check_header(authorization)
+        except Unauthorized:
+            if authorization:  # credentials were presented and refused: a guess, counted
+                self.failed(peer, forwarded_for)
+            raise
+
+    def _check_header(self, authorization: Sequence[str]) -> None:
         if len(authorization) != 1:
             raise Unauthorized()  # none, or two: which one would count is ambiguous
-        match = _BEARER.fullmatch(authorization[0])
+        # RFC 9110 §5.5: whitespace around a field value is not part of it.
+        match = _BEARER.fullmatch(authorization[0].strip(" \t"))
         if match is None:
             raise Unauthorized("the Authorization header must be 'Bearer <token>'",
                                headers=_challenge("invalid_request"))
         if not self.accepts(match.group(1)):
             raise Unauthorized("the bearer token is not one of the configured tokens",
                                headers=_challenge("invalid_token"))
+
+    def refuse_if_blocked(self, peer: str, forwarded_for: Sequence[str] = ()) -> None:
+        """Raise TooManyRequests while the client is over AUTH_FAIL_LIMIT. The address is
+        blocked, not the tokens it tried: a valid token from it is refused too until the budget
+        refills (as fail2ban does), so a guesser learns nothing from its attempts meanwhile."""
+        if self.fail_limiter is None:
+            return
+        wait = self.fail_limiter.wait(peer, forwarded_for, take=False)
+        if wait:
+            limit = round(self.fail_limiter.burst)
+            raise TooManyRequests(f"over {limit} failed authentications per minute from your "
+                                  f"address; retry in {wait} s", error=AUTH_BLOCKED,
+                                  headers={"Retry-After": str(wait)})
+
+    def failed(self, peer: str, forwarded_for: Sequence[str] = ()) -> None:
+        """Count one failed authentication against the client's budget."""
+        if self.fail_limiter is not None:
+            self.fail_limiter.wait(peer, forwarded_for)
 
     def accepts(self, token: str) -> bool:
         """Compare against every configured token, with no early exit that would tell

@@ -97,21 +97,29 @@ class RateLimiter:
 
     def check(self, peer: str, forwarded_for: Sequence[str] = ()) -> None:
         """Take one token for the request's client, or raise TooManyRequests with Retry-After."""
+        wait = self.wait(peer, forwarded_for)
+        if wait:
+            raise TooManyRequests(f"over {self.rate:g} requests per second (bursts of "
+                                  f"{self.burst:g}) from your address; retry in {wait} s",
+                                  headers={"Retry-After": str(wait)})
+
+    def wait(self, peer: str, forwarded_for: Sequence[str] = (), *, take: bool = True) -> int:
+        """Take one token for the client (`take=False`: only look); 0 when it had one, else the
+        whole seconds until it will have one again."""
         key = bucket_key(self.clients.resolve(peer, forwarded_for))
         with self._lock:
             now = self.clock()
             tokens, then = self._buckets.get(key, (self.burst, now))
             tokens = min(self.burst, tokens + (now - then) * self.rate)
             allowed = tokens >= 1.0
-            if allowed:
-                tokens -= 1.0
-            self._buckets[key] = (tokens, now)  # setting it again restarts its idle clock
-        if not allowed:
-            # RFC 9110 §10.2.3: Retry-After in whole seconds; round up so a retry then succeeds.
-            wait = max(1, math.ceil((1.0 - tokens) / self.rate))
-            raise TooManyRequests(f"over {self.rate:g} requests per second (bursts of "
-                                  f"{self.burst:g}) from your address; retry in {wait} s",
-                                  headers={"Retry-After": str(wait)})
+            if take:
+                if allowed:
+                    tokens -= 1.0
+                self._buckets[key] = (tokens, now)  # setting it again restarts its idle clock
+        if allowed:
+            return 0
+        # RFC 9110 §10.2.3: Retry-After in whole seconds; round up so a retry then succeeds.
+        return max(1, math.ceil((1.0 - tokens) / self.rate))
 
     def __len__(self) -> int:
         with self._lock:

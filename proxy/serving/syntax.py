@@ -5,6 +5,8 @@ target is; every shape they could read differently is refused here with 400, so 
 smuggled past them and no raw control byte reaches a route or a log line.
 """
 
+import email.parser
+import http.client
 import re
 from email.message import Message
 
@@ -16,6 +18,21 @@ _REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/[0-
 # controls in a value are refused too (RFC 9110 §5.5).
 _HEADER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r?\n")
 _ABSOLUTE_FORM = re.compile(r"https?://[^/?#]*", re.IGNORECASE)
+
+
+def line_size(line: bytes) -> int:
+    """The size of a line as the head limits count it: without the CRLF (or LF) that ends it."""
+    if line.endswith(b"\r\n"):
+        return len(line) - 2
+    return len(line) - 1 if line.endswith(b"\n") else len(line)
+
+
+def parse_fields(block: bytes) -> http.client.HTTPMessage:
+    """The header lines (bounded and checked already), up to and with the empty line.
+
+    What http.client.parse_headers does, without its count, which includes the empty line:
+    through it exactly 100 headers would be refused as 101."""
+    return email.parser.Parser(_class=http.client.HTTPMessage).parsestr(block.decode("iso-8859-1"))
 
 
 def valid_request_line(line: bytes) -> bool:

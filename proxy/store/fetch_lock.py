@@ -20,10 +20,26 @@ T = TypeVar("T")
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
+def hash_tag(redis_key: str) -> str | None:
+    """The part of the key Redis Cluster hashes when it has one: between the first '{' and the
+    first '}' after it, if not empty (https://redis.io/docs/latest/operate/oss_and_stack/
+    reference/cluster-spec/#hash-tags)."""
+    start = redis_key.find("{")
+    end = redis_key.find("}", start + 1) if start != -1 else -1
+    return redis_key[start + 1:end] if end > start + 1 else None
+
+
 def lock_key(redis_key: str) -> str:
-    # A NUL cannot occur in a cache key (control characters are refused), so no client key
-    # can name, read or overwrite a lock.
-    return redis_key + "\x00lock"
+    """The lock of an entry, in the entry's hash slot (so a cluster keeps them on one node, and
+    a script may touch both). A key with a hash tag keeps it; a key without one is hashed whole,
+    so the lock names the whole key as its tag. A key that holds a '}' but no tag cannot be a
+    tag: its lock hashes elsewhere (it still works; only the co-location is lost).
+
+    A NUL cannot occur in a cache key (control characters are refused), so no client key can
+    name, read or overwrite a lock."""
+    if hash_tag(redis_key) is not None or "}" in redis_key:
+        return redis_key + "\x00lock"
+    return "{" + redis_key + "}\x00lock"
 
 
 class FetchLock:

@@ -41,6 +41,7 @@ class Invalidator:
         self.ping_interval = ping_interval
         self.retry_interval = retry_interval
         self.mode = CONNECTING
+        self.node = ""  # which server, where there are several (a cluster node's host:port)
         self.client_id: int | None = None
         self.armed = threading.Event()
         self._stop = threading.Event()
@@ -85,7 +86,8 @@ class Invalidator:
                 if not isinstance(exc, (*UNREACHABLE, redis.RedisError)):
                     log.exception("L1 invalidation listener failed; reconnecting")
                 else:
-                    log.warning("L1 invalidation connection lost (%s); reconnecting", exc)
+                    log.warning("L1 invalidation connection lost%s (%s); reconnecting",
+                                self.node and f" to {self.node}", exc)
             finally:
                 self._disarm(connection)
 

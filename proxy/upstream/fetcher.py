@@ -3,6 +3,7 @@
 import contextlib
 import contextvars
 import functools
+import http.cookiejar
 import logging
 import socket
 import sys
@@ -11,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -22,7 +23,7 @@ from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
 from proxy import __version__
 from proxy.errors import BadGateway, BadRequest, Forbidden, GatewayTimeout, PayloadTooLarge
-from proxy.upstream.policy import UpstreamPolicy
+from proxy.upstream.policy import SCHEMES, UpstreamPolicy
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ class UpstreamResponse:
     body: bytes
     url: str  # after redirects
     fetched_at: float = field(default_factory=time.time)
+    # Each hop's URL and the address it connected to (None if one was not seen): what admitted
+    # the response, for a proxy with a stricter policy to check before serving it from the cache.
+    hops: tuple[tuple[str, str], ...] | None = None
 
 
 def open_socket(addresses: Sequence[str], port: int, timeout: Any,
@@ -64,12 +68,19 @@ def open_socket(addresses: Sequence[str], port: int, timeout: Any,
     raise error or OSError(f"no address to connect to on port {port}")
 
 
+# The addresses Fetcher.fetch resolved and checked for the hop in progress on this thread:
+# (name, port, addresses). A new connection to that name and port goes to these, unresolved.
+_pinned: contextvars.ContextVar[tuple[str, int, list[str]] | None] = contextvars.ContextVar(
+    "upstream_pinned_addresses", default=None)
+
+
 class _CheckedConnectionMixin:
-    """Replaces urllib3 2.x's HTTPConnection._new_conn: the policy resolves the host, checks
-    every address, and the socket goes to one of those very addresses, so a name cannot
+    """Replaces urllib3 2.x's HTTPConnection._new_conn: the socket goes to one of the addresses
+    the policy resolved and checked for this hop (Fetcher.fetch pins them), so a name cannot
     resolve to a public address at check time and to an internal one at connect time (DNS
-    rebinding). `host` stays the name: the Host header, TLS SNI and certificate verification
-    (HTTPSConnection.connect) still use it."""
+    rebinding), and it is looked up once per hop, not again here. Outside Fetcher.fetch the
+    policy resolves and checks here. `host` stays the name: the Host header, TLS SNI and
+    certificate verification (HTTPSConnection.connect) still use it."""
 
     policy: UpstreamPolicy
     _dns_host: str
@@ -78,12 +89,17 @@ class _CheckedConnectionMixin:
     timeout: Any
     source_address: tuple[str, int] | None
     socket_options: Sequence[tuple[int, int, Any]] | None
+    peer_address: str = ""  # the checked address this connection's socket went to
 
     def _new_conn(self) -> socket.socket:
-        try:
-            addresses = self.policy.check_connect(self._dns_host, self.port)
-        except socket.gaierror as exc:
-            raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]
+        pinned = _pinned.get()
+        if pinned is not None and pinned[:2] == (self._dns_host.strip("[]"), self.port):
+            addresses = pinned[2]
+        else:
+            try:
+                addresses = self.policy.check_connect(self._dns_host, self.port)
+            except socket.gaierror as exc:
+                raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]
         try:
             sock = open_socket(addresses, self.port, self.timeout, self.source_address,
                                self.socket_options)
@@ -93,6 +109,7 @@ class _CheckedConnectionMixin:
         except OSError as exc:
             raise NewConnectionError(  # type: ignore[arg-type]
                 self, f"Failed to establish a new connection: {exc}") from exc
+        self.peer_address = str(sock.getpeername()[0])
         sys.audit("http.client.connect", self, self.host, self.port)
         return sock
 
@@ -100,6 +117,9 @@ class _CheckedConnectionMixin:
 # The total deadline of the fetch in progress on this thread (Fetcher._request sets it).
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("upstream_deadline",
                                                                          default=None)
+# The addresses the fetch in progress on this thread has sent requests to, one per request.
+_peers: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("upstream_peers",
+                                                                          default=None)
 
 
 class _Cutter:
@@ -143,6 +163,18 @@ class _DeadlinePoolMixin:
             timer.cancel()
 
 
+class _PeerRecordingPoolMixin:
+    """Notes the address each request went to, whether its connection is new or reused from
+    the pool (only a new one passes through _new_conn)."""
+
+    def _make_request(self, conn: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super()._make_request(conn, *args, **kwargs)  # type: ignore[misc]
+        peers = _peers.get()
+        if peers is not None and getattr(conn, "peer_address", ""):
+            peers.append(conn.peer_address)
+        return response
+
+
 class PolicyAdapter(HTTPAdapter):
     """requests' adapter whose connections resolve and connect through the policy."""
 
@@ -159,15 +191,37 @@ class PolicyAdapter(HTTPAdapter):
         https_cls = type("CheckedHTTPSConnection", (_CheckedConnectionMixin, HTTPSConnection),
                          bound)
         self.poolmanager.pool_classes_by_scheme = {
-            "http": type("CheckedHTTPConnectionPool", (_DeadlinePoolMixin, HTTPConnectionPool),
+            "http": type("CheckedHTTPConnectionPool",
+                         (_PeerRecordingPoolMixin, _DeadlinePoolMixin, HTTPConnectionPool),
                          {"ConnectionCls": http_cls}),
-            "https": type("CheckedHTTPSConnectionPool", (_DeadlinePoolMixin, HTTPSConnectionPool),
+            "https": type("CheckedHTTPSConnectionPool",
+                          (_PeerRecordingPoolMixin, _DeadlinePoolMixin, HTTPSConnectionPool),
                           {"ConnectionCls": https_cls}),
         }
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         # Through a forward proxy the address connected is the proxy's: nothing to check.
         raise Forbidden("fetching through a forward proxy is not supported by the upstream policy")
+
+
+class _RefuseAllCookies(http.cookiejar.CookiePolicy):
+    """No cookie is kept, so none is ever sent upstream: one session serves every client, and a
+    cookie one upstream set in answer to one client's URL would otherwise go out with every
+    later request to its domain (any port, any client, redirects too) and grow without bound."""
+
+    netscape, rfc2965, hide_cookie2 = True, False, True
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+    def domain_return_ok(self, domain: str, request: Any) -> bool:
+        return False
+
+    def path_return_ok(self, path: str, request: Any) -> bool:
+        return False
 
 
 class _NoRedirectSession(requests.Session):
@@ -194,10 +248,12 @@ class Fetcher:
         # one raises, is never remembered, and is counted each time).
         self._checked = functools.lru_cache(maxsize=4096)(
             lambda url: self.policy.check_url(url, resolve=False))
+        self._sources = functools.lru_cache(maxsize=4096)(self.policy.check_source)
 
     def _new_session(self, pool_size: int) -> requests.Session:
         session = _NoRedirectSession()
         session.trust_env = False  # never route through proxies from the environment
+        session.cookies.set_policy(_RefuseAllCookies())
         adapter = PolicyAdapter(self.policy, pool_connections=pool_size, pool_maxsize=pool_size,
                                 max_retries=0)
         session.mount("http://", adapter)
@@ -216,17 +272,30 @@ class Fetcher:
         the cache, so an entry stored under a looser policy is not served under a stricter one."""
         self._checked(url)
 
+    def check_source(self, url: str, hops: tuple[tuple[str, str], ...] | None) -> None:
+        """The policy for a cached response, by what its fetch recorded (UpstreamPolicy.check_source)."""
+        self._sources(url, hops)
+
     def fetch(self, url: str, headers: Mapping[str, str] | None = None) -> UpstreamResponse:
         """Fetch `url`; raise BadGateway, GatewayTimeout, PayloadTooLarge or Forbidden."""
         deadline = time.monotonic() + self.timeout
+        hops: list[tuple[str, str]] | None = []
         for hop in range(self.max_redirects + 1):
             try:
-                url = self.policy.check_url(url)  # every hop: a redirect is a new request
+                # Every hop: a redirect is a new request. The name is looked up once, below.
+                url = self.policy.check_url(url, resolve=False)
             except BadRequest as exc:
                 if hop == 0:
                     raise
                 raise BadGateway(f"upstream redirected to an unusable url: {exc.detail}") from exc
-            response = self._request(url, headers, deadline)
+            pinned = self._resolve(url, deadline)
+            peers: list[str] = []
+            token = _peers.set(peers)
+            try:
+                response = self._request(url, headers, deadline, pinned)
+            finally:
+                _peers.reset(token)
+            hops = hops + [(url, peers[-1])] if hops is not None and peers else None
             if not 200 <= response.status_code <= 599:
                 # A 1xx relayed as final, or 999, would break the client's framing.
                 response.close()
@@ -241,15 +310,32 @@ class Fetcher:
                 continue
             with response:
                 body = self._read_body(response, deadline)
-            return UpstreamResponse(response.status_code, response.headers, body, url)
+            return UpstreamResponse(response.status_code, response.headers, body, url,
+                                    hops=tuple(hops) if hops is not None else None)
         raise BadGateway(f"upstream redirected more than {self.max_redirects} times")
 
-    def _request(self, url: str, headers: Mapping[str, str] | None,
-                 deadline: float) -> requests.Response:
+    def _resolve(self, url: str, deadline: float) -> tuple[str, int, list[str]]:
+        """The hop's one name lookup, bounded by the fetch's deadline, and the policy's check of
+        every address: (name, port, addresses) for the connection to use."""
+        parts = urlsplit(url)  # already checked and rebuilt by the policy
+        host, port = parts.hostname or "", parts.port or SCHEMES[parts.scheme]
+        try:
+            addresses = self.policy.check_connect(host, port,
+                                                  timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError as exc:
+            raise GatewayTimeout(f"upstream name {host!r} was not resolved within "
+                                 f"{self.timeout:g} s") from exc
+        except OSError as exc:
+            raise BadGateway(f"upstream unreachable: {_reason(exc)}") from exc
+        return host, port, addresses
+
+    def _request(self, url: str, headers: Mapping[str, str] | None, deadline: float,
+                 pinned: tuple[str, int, list[str]] | None = None) -> requests.Response:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise GatewayTimeout(f"upstream did not answer within {self.timeout:g} s")
         token = _deadline.set(deadline)
+        pin_token = _pinned.set(pinned)
         try:
             return self.session.get(url, headers=dict(headers or {}), stream=True,
                                     allow_redirects=False, timeout=(remaining, remaining))
@@ -260,6 +346,7 @@ class Fetcher:
                 raise GatewayTimeout(f"upstream did not answer within {self.timeout:g} s") from exc
             raise BadGateway(f"upstream unreachable: {_reason(exc)}") from exc
         finally:
+            _pinned.reset(pin_token)
             _deadline.reset(token)
 
     def _read_body(self, response: requests.Response, deadline: float) -> bytes:

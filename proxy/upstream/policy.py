@@ -1,8 +1,9 @@
 """Which upstream URLs the proxy may fetch: schemes, user info, hosts, ports and addresses.
 
 The policy decides; `upstream.py` opens the connections and asks it twice per hop: once for
-the URL (`check_url`) and again, at connect time, for the addresses it will connect to
-(`check_connect`), so a name that re-resolves between the two (DNS rebinding) is refused.
+the URL without DNS (`check_url(resolve=False)`), then once for the addresses (`check_connect`,
+the hop's one name lookup, bounded by the fetch's deadline). The connection goes only to those
+addresses, and no second lookup, which could answer differently (DNS rebinding), is made.
 """
 
 import ipaddress
@@ -10,13 +11,15 @@ import logging
 import re
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future
 from urllib.parse import urlsplit, urlunsplit
 
 import idna
 
-from proxy.errors import BadRequest, Forbidden
+from proxy.errors import BadRequest, Forbidden, UnrecordedSource
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 SCHEMES = {"http": 80, "https": 443}
 DEFAULT_PORTS = (80, 443, 8080, 8443)
+MAX_LOOKUPS = 8  # name lookups in flight at once, per policy
 
 # Refused address blocks, an explicit list rather than ipaddress's is_global/is_private, whose
 # ranges were wrong before CVE-2024-4032. Sources: the IANA IPv4 and IPv6 Special-Purpose
@@ -152,13 +156,15 @@ class UpstreamPolicy:
 
     def __init__(self, *, allowed_hosts: tuple[str, ...] = (),
                  allowed_ports: tuple[int, ...] = DEFAULT_PORTS,
-                 allow_private: bool = False, resolver: Resolver = system_resolver):
+                 allow_private: bool = False, resolver: Resolver = system_resolver,
+                 max_lookups: int = MAX_LOOKUPS):
         self.allowed_hosts = tuple(_host_rule(rule) for rule in allowed_hosts)
         self.allowed_ports = frozenset(allowed_ports)
         self.allow_private = allow_private
         self.resolver = resolver
         self.refusals: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._lookup_slots = threading.BoundedSemaphore(max_lookups)
 
     def refusal_counts(self) -> dict[str, int]:
         with self._lock:
@@ -193,20 +199,75 @@ class UpstreamPolicy:
             netloc += f":{port}"
         return urlunsplit((scheme, netloc, parts.path, parts.query, ""))
 
-    def check_connect(self, host: str, port: int) -> list[str]:
-        """Resolve `host` and check every address; the caller connects only to these."""
+    def check_source(self, url: str, hops: tuple[tuple[str, str], ...] | None) -> None:
+        """Forbidden unless this policy would have fetched a cached response as it was fetched:
+        its URL, and each hop's URL and the address that hop connected to. No DNS: a name is
+        judged by the address recorded when it was fetched. `hops` None (an entry that recorded
+        none) passes on its URL alone only where the address check is lifted or the host is an
+        address; otherwise UnrecordedSource."""
+        self.check_url(url, resolve=False)
+        if hops is None:
+            host = urlsplit(url).hostname or ""
+            if not self.allow_private and not _is_ip(host):
+                # Not counted as a refusal: through url= it is a miss, fetched again.
+                raise UnrecordedSource(f"the cached entry of {host!r} does not record the address "
+                                       "it was fetched from (stored by an earlier version); "
+                                       "request it with url= to fetch it again under this policy",
+                                       error="url refused")
+            return
+        for hop_url, address in hops:
+            self.check_url(hop_url, resolve=False)
+            self.check_address(address, host=urlsplit(hop_url).hostname or "")
+
+    def check_connect(self, host: str, port: int, timeout: float | None = None) -> list[str]:
+        """Resolve `host` (one lookup, at most `timeout` seconds) and check every address; the
+        caller connects only to these. TimeoutError when the lookup takes longer."""
         dns_name = self._check_host(host.strip("[]"), port)
-        try:
-            ip = ipaddress.ip_address(dns_name)
-            addresses = [str(ip)]
-        except ValueError:
-            addresses = self.resolver(dns_name, port)
+        if _is_ip(dns_name):
+            addresses = [str(ipaddress.ip_address(dns_name))]
+        else:  # not inside an `except`: a lookup error is reported without a ValueError context
+            addresses = self.resolve(dns_name, port, timeout)
             if not addresses:
-                raise socket.gaierror(socket.EAI_NONAME, f"{dns_name} has no address") from None
+                raise socket.gaierror(socket.EAI_NONAME, f"{dns_name} has no address")
         if not self.allow_private:
             for address in addresses:
                 self.check_address(address, host=dns_name)
         return addresses
+
+    def resolve(self, host: str, port: int, timeout: float | None = None) -> list[str]:
+        """`resolver(host, port)`, waited for at most `timeout` seconds (None: as long as it takes).
+
+        getaddrinfo(3) has no timeout of its own and cannot be interrupted, so the lookup runs on
+        a daemon thread and the caller stops waiting at the deadline; the thread ends when the
+        resolver returns. Daemon threads rather than a ThreadPoolExecutor, whose workers are
+        joined at interpreter exit, so a hung lookup cannot hold up shutdown. At most
+        `max_lookups` run at once: a resolver that hangs ties up that many threads, not one per
+        request, and the requests beyond them time out waiting for a slot."""
+        if timeout is None:
+            return self.resolver(host, port)
+        deadline = time.monotonic() + timeout
+        if not self._lookup_slots.acquire(timeout=max(0.0, timeout)):
+            raise TimeoutError(f"no free lookup slot for {host} within {timeout:g} s")
+        answer: Future[list[str]] = Future()
+        thread = threading.Thread(target=self._lookup, args=(host, port, answer),
+                                  name=f"resolve {host}", daemon=True)
+        try:
+            thread.start()
+        except BaseException:
+            self._lookup_slots.release()
+            raise
+        try:
+            return answer.result(timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError:  # concurrent.futures.TimeoutError is TimeoutError from 3.11 on
+            raise TimeoutError(f"{host} not resolved within {timeout:g} s") from None
+
+    def _lookup(self, host: str, port: int, answer: Future[list[str]]) -> None:
+        try:
+            answer.set_result(self.resolver(host, port))
+        except BaseException as exc:  # handed to the waiter, if it still waits
+            answer.set_exception(exc)
+        finally:
+            self._lookup_slots.release()
 
     def check_address(self, address: str, host: str = "") -> None:
         if self.allow_private:

@@ -7,10 +7,11 @@ import pytest
 
 from http_server import authenticator_of
 from load_env import load_settings
-from proxy.errors import ConfigError, Unauthorized
+from proxy.errors import ConfigError, TooManyRequests, Unauthorized
 from proxy.process.serve import warn_if_exposed
 from proxy.serving import auth
 from proxy.serving.auth import Authenticator, read_tokens_file
+from proxy.serving.rate_limit import RateLimiter
 from servers import q, request
 
 TOKEN = "first-token-0123456789abcdef"
@@ -38,7 +39,7 @@ def test_every_configured_token_is_accepted_and_nothing_else():
 
 
 @pytest.mark.parametrize("headers", [[], [f"Bearer {TOKEN}", f"Bearer {TOKEN}"], ["Bearer"], ["Bearer "],
-                                     [f"Token {TOKEN}"], [f"Basic {TOKEN}"], [TOKEN], [f"Bearer {TOKEN} "],
+                                     [f"Token {TOKEN}"], [f"Basic {TOKEN}"], [TOKEN],
                                      [f"Bearer\t{TOKEN}"], [f"Bearer {TOKEN} {TOKEN}"]])
 def test_anything_but_one_well_formed_bearer_token_is_401(headers):
     with pytest.raises(Unauthorized) as caught:
@@ -53,6 +54,12 @@ def test_the_scheme_is_case_insensitive_the_token_is_not():
     authn.check("/", [f"BEARER  {TOKEN}"])  # RFC 6750 §2.1: 1*SP
     with pytest.raises(Unauthorized):
         authn.check("/", [f"Bearer {TOKEN.upper()}"])
+
+
+@pytest.mark.parametrize("value", [f"Bearer {TOKEN} ", f"Bearer {TOKEN}\t", f" Bearer {TOKEN}",
+                                   f"\tBearer {TOKEN} \t "])
+def test_whitespace_around_the_header_value_is_not_part_of_it(value):
+    Authenticator([TOKEN]).check("/", [value])  # RFC 9110 §5.5: OWS around a field value
 
 
 def test_comparison_visits_every_token_without_an_early_exit(monkeypatch):
@@ -77,6 +84,90 @@ def test_health_is_open_and_metrics_follows_its_setting():
     assert Authenticator([TOKEN], metrics_require_auth=True).required_for("/metrics")
     for path in ("/", "/get/k", "/nowhere", "/health/", "/HEALTH", "*"):
         assert authn.required_for(path), path
+
+
+# ----- failed authentications: AUTH_FAIL_LIMIT per client per minute ---------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def limited(limit: int = 10, clock: Clock | None = None, **options) -> Authenticator:
+    return Authenticator([TOKEN, OTHER], fail_limiter=RateLimiter(limit / 60, limit, clock=clock or Clock(),
+                                                                 **options))
+
+
+def outcome(authn: Authenticator, header: str | None, peer: str = "192.0.2.1", xff: tuple[str, ...] = ()) -> int:
+    try:
+        authn.check("/get/k", [] if header is None else [header], peer, xff)
+    except (Unauthorized, TooManyRequests) as exc:
+        return exc.status
+    return 200
+
+
+def test_past_the_failure_limit_the_address_is_blocked_even_for_a_valid_token():
+    clock = Clock()
+    authn = limited(10, clock)
+    assert [outcome(authn, f"Bearer wrong-{i}") for i in range(10)] == [401] * 10
+    with pytest.raises(TooManyRequests) as caught:
+        authn.check("/get/k", [f"Bearer {TOKEN}"], "192.0.2.1")
+    # 10 a minute: one attempt comes back every 6 s.
+    assert caught.value.headers == {"Retry-After": "6"}
+    assert caught.value.error == "too many failed authentications"
+    assert caught.value.detail == ("over 10 failed authentications per minute from your address; "
+                                   "retry in 6 s")
+    assert outcome(authn, f"Bearer {TOKEN}", peer="192.0.2.2") == 200  # another client
+    clock.now += 5.9
+    assert outcome(authn, f"Bearer {TOKEN}") == 429
+    clock.now += 0.1
+    assert outcome(authn, f"Bearer {TOKEN}") == 200  # refilled: valid tokens spend nothing
+    assert outcome(authn, f"Bearer {TOKEN}") == 200
+    assert outcome(authn, "Bearer wrong") == 401  # the one attempt that came back
+    assert outcome(authn, f"Bearer {TOKEN}") == 429
+
+
+def test_only_presented_credentials_count_as_failures():
+    authn = limited(2)
+    # No Authorization header is not a guess (a client that forgot its token): not counted.
+    assert [outcome(authn, None) for _ in range(20)] == [401] * 20
+    assert outcome(authn, f"Bearer {TOKEN}") == 200
+    # A malformed header is a refused credential like a wrong token.
+    assert [outcome(authn, h) for h in ("Basic dXNlcjpwYXNz", "Bearer a b", "Bearer x")] == [401, 401, 429]
+
+
+def test_open_routes_are_not_blocked():
+    authn = limited(1)
+    assert outcome(authn, "Bearer wrong") == 401
+    authn.check("/health", [], "192.0.2.1")  # no authentication there, so nothing to refuse
+
+
+def test_the_blocked_client_is_the_one_the_rate_limiter_sees_behind_trusted_proxies():
+    authn = limited(1, trusted_proxies=["10.0.0.0/8"])
+    assert outcome(authn, "Bearer wrong", "10.0.0.1", ("203.0.113.1",)) == 401
+    assert outcome(authn, f"Bearer {TOKEN}", "10.0.0.1", ("203.0.113.1",)) == 429
+    assert outcome(authn, f"Bearer {TOKEN}", "10.0.0.1", ("203.0.113.2",)) == 200
+    # A spoofed hop from an untrusted peer does not buy a fresh budget.
+    assert outcome(authn, "Bearer wrong", "192.0.2.9", ("1.1.1.1",)) == 401
+    assert outcome(authn, f"Bearer {TOKEN}", "192.0.2.9", ("2.2.2.2",)) == 429
+
+
+def test_auth_fail_limit_setting():
+    default = authenticator_of(load_settings({"AUTH_TOKENS": TOKEN}, env_file=None)).fail_limiter
+    assert (default.burst, default.rate) == (10, 10 / 60)
+    assert authenticator_of(load_settings({"AUTH_TOKENS": TOKEN, "AUTH_FAIL_LIMIT": "0"},
+                                          env_file=None)).fail_limiter is None
+    three = authenticator_of(load_settings({"AUTH_TOKENS": TOKEN, "AUTH_FAIL_LIMIT": "3",
+                                            "TRUSTED_PROXIES": "10.0.0.0/8"}, env_file=None)).fail_limiter
+    assert (three.burst, three.rate) == (3, 3 / 60)
+    assert three.clients.resolve("10.1.1.1", ["203.0.113.7"]) == "203.0.113.7"
+    for bad in ("-1", "ten", "1.5"):
+        with pytest.raises(ConfigError) as caught:
+            load_settings({"AUTH_FAIL_LIMIT": bad}, env_file=None)
+        assert "AUTH_FAIL_LIMIT" in str(caught.value)
 
 
 # ----- settings --------------------------------------------------------------------------------
@@ -142,6 +233,36 @@ def test_a_token_is_needed_for_the_url_role_and_get(guarded, upstream, r):
     (_, sent), = upstream.requests
     assert "authorization" not in {name.lower() for name in sent}
     assert not any(TOKEN in value for value in sent.values())
+
+
+def test_a_token_with_whitespace_around_it_is_accepted(guarded, r):
+    r.set("plain", b"v")
+    got = request(guarded.port, "/get/plain", headers={"Authorization": f"Bearer {TOKEN} "})
+    assert (got.status, got.body) == (200, b"v")
+
+
+def test_a_guesser_gets_429_and_other_clients_do_not(make_proxy, upstream, r):
+    clock = Clock()
+    authn = limited(10, clock, trusted_proxies=["127.0.0.1"])
+    proxy = make_proxy(server_options={"authenticator": authn})
+    url = upstream.serve("/a", b"page")
+    guesser, other = {"X-Forwarded-For": "203.0.113.1"}, {"X-Forwarded-For": "203.0.113.2"}
+    statuses = [request(proxy.port, q(url, "a"), headers={**guesser, **bearer(f"guess-{i:04d}")}).status
+                for i in range(300)]
+    assert statuses == [401] * 10 + [429] * 290
+    blocked = request(proxy.port, q(url, "a"), headers={**guesser, **bearer()})
+    assert (blocked.status, blocked.headers["Retry-After"]) == (429, "6")
+    assert blocked.headers["Content-Type"] == "application/json"
+    assert blocked.json() == {"error": "too many failed authentications",
+                              "detail": "over 10 failed authentications per minute from your address; "
+                                        "retry in 6 s"}
+    assert upstream.hits["/a"] == 0 and r.exists("rp:a") == 0
+    ok = request(proxy.port, q(url, "a"), headers={**other, **bearer()})
+    assert (ok.status, ok.body) == (200, b"page")
+    assert request(proxy.port, "/health", headers=guesser).status == 200
+    clock.now += 6
+    ok = request(proxy.port, q(url, "a"), headers={**guesser, **bearer()})
+    assert (ok.status, ok.body, ok.headers["X-Cache"]) == (200, b"page", "HIT")
 
 
 def test_wrong_token_says_so_in_the_challenge(guarded):

@@ -350,3 +350,50 @@ def test_upstream_age_counts_against_freshness(upstream, make_proxy):
     assert request(proxy.port, q(url, "aged")).headers["Age"] == "55"
     now[0] += 10  # 65 s old: stale
     assert request(proxy.port, q(url, "aged")).headers["X-Cache"] == "MISS"
+
+
+@pytest.mark.parametrize("purge_by", ["key", "url"])
+@pytest.mark.parametrize("purged_through", ["the fetching proxy", "another proxy"])
+def test_a_purge_during_a_fetch_is_not_undone_by_its_store(upstream, make_proxy, r, purge_by,
+                                                           purged_through):
+    url, gate = gated(upstream, "/racing", b"older answer")
+    path = q(url, "race") if purge_by == "key" else q(url)
+    fetching = make_proxy()
+    purging = fetching if purged_through == "the fetching proxy" else make_proxy()
+    redis_key = fetching.proxy.parse(url, "race" if purge_by == "key" else None).redis_key
+    responses, _sent, threads = fire(fetching.port, path, 1)
+    wait_until(lambda: upstream.hits["/racing"] == 1)  # the fetch is in flight
+    purge = request(purging.port, "/?key=race" if purge_by == "key" else q(url), method="DELETE")
+    assert (purge.status, purge.json()) == (200, {"purged": 0})
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert responses == [(200, b"older answer")]
+    assert r.exists(redis_key) == 0
+    assert r.exists("rp:\x00purge-seq") == 1
+    # The marker lives twice the fetch lock's hold: UPSTREAM_TIMEOUT plus two socket timeouts.
+    socket_timeout = fetching.proxy.client.connection_pool.connection_kwargs["socket_timeout"]
+    assert 2 * (5.0 + 2 * socket_timeout) * 1000 - 4000 < r.pttl(redis_key + "\x00purged") \
+        <= 2 * (5.0 + 2 * socket_timeout) * 1000
+    again = request(fetching.port, path)
+    assert (again.status, again.body, again.headers["X-Cache"]) == (200, b"older answer", "MISS")
+    assert upstream.hits["/racing"] == 2
+    # The fetch that began after the purge is stored as usual.
+    assert 3590 < r.ttl(redis_key) <= 3600
+    assert request(fetching.port, path).headers["X-Cache"] == "HIT"
+    assert upstream.hits["/racing"] == 2
+
+
+def test_a_purge_of_another_entry_during_a_fetch_does_not_stop_its_store(upstream, make_proxy, r):
+    url, gate = gated(upstream, "/kept", b"kept answer")
+    proxy = make_proxy()
+    responses, _sent, threads = fire(proxy.port, q(url, "kept"), 1)
+    wait_until(lambda: upstream.hits["/kept"] == 1)
+    assert request(proxy.port, "/?key=other", method="DELETE").json() == {"purged": 0}
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert responses == [(200, b"kept answer")]
+    assert 3590 < r.ttl("rp:kept") <= 3600
+    hit = request(proxy.port, q(url, "kept"))
+    assert (hit.body, hit.headers["X-Cache"], upstream.hits["/kept"]) == (b"kept answer", "HIT", 1)

@@ -94,7 +94,7 @@ def rows():
          "unauthorized"),
         ("Basic credentials", lambda up: req(q(evil(up=up)), auth_headers("Basic dXNlcjpwYXNz")), 401,
          "unauthorized"),
-        ("token with trailing space", lambda up: req(q(evil(up=up)), auth_headers(f"Bearer {TOKEN} ")),
+        ("tab between scheme and token", lambda up: req(q(evil(up=up)), auth_headers(f"Bearer\t{TOKEN}")),
          401, "unauthorized"),
         ("token prefix", lambda up: req(q(evil(up=up)), auth_headers(f"Bearer {TOKEN[:-1]}")), 401,
          "unauthorized"),
@@ -243,6 +243,64 @@ def test_hostile_request_is_refused_and_changes_nothing(guarded, upstream, r, na
     assert upstream.hits["/evil"] == 0 and upstream.hits["/good"] == 1, upstream.hits
     assert r.dbsize() == size and r.get("plain") == b"plain value"
     still_serving(proxy, good_url)
+
+
+# ----- the head's limits, at their boundaries (README, Security: each is "at most N") ----------
+
+KIB = 1024
+
+
+def request_line_of(size: int) -> bytes:
+    """A GET of /get/plain whose request line is `size` bytes without its CRLF."""
+    fixed = len("GET /get/plain?pad= HTTP/1.1")
+    return req("/get/plain?pad=" + "p" * (size - fixed))
+
+
+def header_line_of(size: int) -> bytes:
+    return req("/get/plain", GOOD_HEADERS + "X-Pad: " + "v" * (size - len("X-Pad: ")) + "\r\n")
+
+
+def header_count_of(count: int) -> bytes:
+    good = GOOD_HEADERS.count("\r\n")
+    return req("/get/plain", GOOD_HEADERS + "".join(f"X-{i}: v\r\n" for i in range(count - good)))
+
+
+def header_bytes_of(total: int) -> bytes:
+    """Header lines of `total` bytes together, not counting their CRLFs, none over 8 KiB."""
+    lines = GOOD_HEADERS.split("\r\n")[:-1]
+    remaining = total - sum(map(len, lines))
+    while remaining:
+        name = f"X-Pad-{len(lines)}: "
+        value = min(8000, remaining - len(name))
+        lines.append(name + "v" * value)
+        remaining -= len(lines[-1])
+    assert sum(map(len, lines)) == total and max(map(len, lines)) <= 8 * KIB and len(lines) < 100
+    return req("/get/plain", "".join(line + "\r\n" for line in lines))
+
+
+HEAD_LIMITS = [
+    ("request line", request_line_of, 64 * KIB, 414, "uri too long"),
+    ("header line", header_line_of, 8 * KIB, 431, "request headers too large"),
+    ("header count", header_count_of, 100, 431, "request headers too large"),
+    ("header bytes", header_bytes_of, 32 * KIB, 431, "request headers too large"),
+]
+
+
+@pytest.mark.parametrize("name,build,limit,status,error", HEAD_LIMITS, ids=[row[0] for row in HEAD_LIMITS])
+def test_a_head_limit_admits_exactly_n_and_refuses_n_plus_one(guarded, r, name, build, limit, status, error):
+    proxy, good_url = guarded
+    at_limit = exchange(proxy.port, build(limit))
+    assert (at_limit.status, at_limit.body) == (200, b"plain value"), at_limit
+    over = exchange(proxy.port, build(limit + 1))
+    assert over.status == status and over.json()["error"] == error, over
+    assert over.headers["connection"] == "close"
+    still_serving(proxy, good_url)
+
+
+def test_the_line_limits_do_not_count_a_bare_lf_ending_either(guarded):
+    proxy, _ = guarded
+    line = request_line_of(64 * KIB).replace(b"\r\n", b"\n")
+    assert exchange(proxy.port, line).status == 200
 
 
 SSRF_TARGETS = ["http://127.0.0.1:{port}/evil", "http://localhost:{port}/evil", "http://[::1]:{port}/evil",

@@ -8,7 +8,7 @@ from urllib.parse import quote
 import pytest
 import redis
 
-from proxy.cache.local_cache import MISSING, LocalCache
+from proxy.cache.local_cache import MISSING, RECENT_INVALIDATIONS, LocalCache
 from proxy.store.launcher import RedisServer
 from servers import request, wait_until
 
@@ -90,10 +90,62 @@ def test_a_load_that_straddles_an_invalidation_is_not_kept():
 
     def load():
         cache.pop("k")  # an invalidation arrives while the read is on the wire
-        return b"possibly stale"
+        return b"possibly stale", None
 
     assert cache.get_or_load("k", load) == b"possibly stale"
     assert cache.get("k") is MISSING
+
+
+def test_an_invalidation_of_one_key_drops_only_that_key_fill():
+    cache = LocalCache(capacity=10)
+    fill_a, fill_b = cache.epoch, cache.epoch  # reads of A and B go out
+    cache.pop("a")  # A changes in Redis while both are on the wire
+    cache.set("a", b"old a", epoch=fill_a)
+    cache.set("b", b"b", epoch=fill_b)
+    assert (cache.get("a"), cache.get("b")) == (MISSING, b"b")
+    fill_a = cache.epoch  # a read of A that goes out after the invalidation is kept
+    cache.set("a", b"new a", epoch=fill_a)
+    assert cache.get("a") == b"new a"
+
+
+def test_a_load_of_another_key_survives_an_invalidation_during_it():
+    cache = LocalCache(capacity=10)
+
+    def load():
+        cache.pop("a")
+        return b"b", None
+
+    assert cache.get_or_load("b", load) == b"b"
+    assert cache.get("b") == b"b"
+
+
+@pytest.mark.parametrize("flush", ["clear", "suspend_resume"])
+def test_a_flush_drops_every_fill_in_flight(flush):
+    cache = LocalCache(capacity=10)
+    fill_a, fill_b = cache.epoch, cache.epoch
+    if flush == "clear":
+        cache.clear()
+    else:
+        cache.suspend()
+        cache.resume()
+    cache.set("a", b"a", epoch=fill_a)
+    cache.set("b", b"b", epoch=fill_b)
+    assert (cache.get("a"), cache.get("b")) == (MISSING, MISSING)
+
+
+def test_a_fill_older_than_the_forgotten_invalidations_is_dropped():
+    assert RECENT_INVALIDATIONS == 4096  # what the README states
+    cache = LocalCache(capacity=10)
+    fill = cache.epoch
+    for n in range(RECENT_INVALIDATIONS):  # all remembered one by one: "b" was not among them
+        cache.pop(n)
+    cache.set("b", b"b", epoch=fill)
+    assert cache.get("b") == b"b"
+    fill = cache.epoch
+    for n in range(RECENT_INVALIDATIONS + 1):  # one forgotten: it might have been "c"
+        cache.pop(("other", n))
+    cache.set("c", b"c", epoch=fill)
+    assert cache.get("c") is MISSING
 
 
 def test_a_suspended_cache_serves_but_takes_nothing_new():
@@ -139,6 +191,35 @@ def test_l1_entry_expires_after_cache_ttl(make_proxy, counted):
     clock.now += 2
     request(proxy.port, "/get/ttl")
     assert gets(counted) == 2
+
+
+def test_in_ttl_mode_an_l1_copy_expires_with_its_key_in_redis(make_proxy, counted):
+    counted.set("brief", b"short-lived", px=2000)
+    clock = FakeClock()
+    proxy = make_proxy(ttl=3600, local_timer=clock, invalidation="ttl")
+    for _ in range(2):
+        got = request(proxy.port, "/get/brief")
+        assert (got.status, got.body) == (200, b"short-lived")
+    assert gets(counted) == 1  # the second from L1
+    clock.now += 2.0  # the key's PX 2000 is over: L1 must not answer for it
+    request(proxy.port, "/get/brief")
+    assert gets(counted) == 2
+
+
+def test_in_ttl_mode_an_mget_copy_expires_with_its_key_in_redis(make_resp_proxy, r):
+    r.set("brief", b"short-lived", px=2000)
+    r.set("lasting", b"kept")
+    clock = FakeClock()
+    resp = make_resp_proxy(ttl=3600, local_timer=clock, invalidation="ttl")
+    client = redis.Redis(host="127.0.0.1", port=resp.port, protocol=2, socket_timeout=5)
+    assert client.mget("brief", "lasting") == [b"short-lived", b"kept"]
+    clock.now += 2.0
+    r.config_resetstat()
+    assert client.get("lasting") == b"kept"  # no expiry in Redis: L1's own TTL
+    assert gets(r) == 0
+    client.get("brief")
+    assert gets(r) == 1
+    client.close()
 
 
 def test_a_set_in_redis_is_seen_at_once_not_after_the_ttl(make_proxy, r):

@@ -28,7 +28,7 @@ def test_make_run_serves_and_stops_cleanly_on_sigint(upstream, tmp_path):
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                start_new_session=True)
     try:
-        # HTTP_PORT from the environment wins over the .env file's 8080.
+        # HTTP_PORT from the environment, over the .env file (which sets nothing).
         wait_until(lambda: not refused(port), timeout=30, interval=0.1)
         path = q(url, "run")
         first, second = request(port, path), request(port, path)

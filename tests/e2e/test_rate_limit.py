@@ -4,13 +4,17 @@ import subprocess
 
 import pytest
 
+import http_server
 from http_server import rate_limiter_of
 from load_env import load_settings
 from proxy.errors import ConfigError, TooManyRequests
+from proxy.resp import server as resp_server
+from proxy.resp.protocol import command
 from proxy.serving.auth import Authenticator
 from proxy.serving.rate_limit import ClientAddress, RateLimiter, bucket_key
 from proxy.store.launcher import free_port
-from servers import request, start_proxy, stop_proxy, wait_until
+from servers import ServerThread, request, start_proxy, stop_proxy, wait_until
+from test_resp import connect, read_exactly, read_until_closed
 
 
 class Clock:
@@ -183,6 +187,75 @@ def test_clients_behind_a_trusted_proxy_are_told_apart(make_proxy, r):
     assert request(proxy.port, "/get/k", headers={"X-Forwarded-For": "198.51.100.7, 203.0.113.1"}).status == 429
 
 
+# ----- RESP: the same limiter, so a client has one budget over both front ends ----------------
+
+def rate_limited(wait: int) -> bytes:
+    return b"-ERR rate limited, retry after %d s\r\n" % wait
+
+
+def talk(sock, sent: bytes, reply: bytes) -> None:
+    sock.sendall(sent)
+    assert read_exactly(sock, len(reply)) == reply, sent
+
+
+@pytest.fixture
+def both_front_ends(make_proxy):
+    """HTTP and RESP over one proxy, sharing the limiter they are given: (http port, resp port)."""
+    threads = []
+
+    def build(limiter: RateLimiter) -> tuple[int, int]:
+        http = make_proxy(server_options={"rate_limiter": limiter})
+        resp = ServerThread(resp_server.make_server("127.0.0.1", 0, http.proxy, rate_limiter=limiter)).start()
+        threads.append(resp)
+        return http.port, resp.port
+
+    yield build
+    for thread in threads:
+        thread.stop()
+
+
+def test_resp_commands_draw_on_the_clients_http_budget(both_front_ends, r):
+    clock = Clock()
+    http_port, resp_port = both_front_ends(RateLimiter(1, 3, clock=clock))
+    r.set("k", b"v")
+    assert [request(http_port, "/get/k").status for _ in range(2)] == [200, 200]
+    with connect(resp_port) as sock:
+        talk(sock, command(b"GET", b"k"), b"$1\r\nv\r\n")  # the third of the burst
+        talk(sock, command(b"GET", b"k"), rate_limited(1))
+        talk(sock, command(b"MGET", b"k", b"k") + command(b"PING"), rate_limited(1) * 2)
+        assert request(http_port, "/get/k").status == 429  # the same budget, spent
+        clock.now += 1
+        talk(sock, command(b"MGET", b"k", b"k"), b"*2\r\n$1\r\nv\r\n$1\r\nv\r\n")  # still usable
+        talk(sock, command(b"GET", b"k"), rate_limited(1))
+    assert request(http_port, "/get/k").status == 429
+
+
+def test_resp_connection_set_up_is_not_counted(both_front_ends, r):
+    """What client libraries send on their own when they connect (redis-py: HELLO, CLIENT
+    SETINFO twice) does not spend the budget; AUTH has its own (AUTH_FAIL_LIMIT)."""
+    clock = Clock()
+    _, resp_port = both_front_ends(RateLimiter(1, 1, clock=clock))
+    r.set("k", b"v")
+    with connect(resp_port) as sock:
+        talk(sock, command(b"GET", b"k"), b"$1\r\nv\r\n")
+        talk(sock, command(b"GET", b"k"), rate_limited(1))
+        talk(sock, command(b"CLIENT", b"SETINFO", b"LIB-NAME", b"x") + command(b"CLIENT", b"ID")
+             + command(b"AUTH", b"default", b"x") + command(b"HELLO", b"2"),
+             b"+OK\r\n:1\r\n+OK\r\n*14\r\n")
+        sock.sendall(command(b"QUIT"))  # after the rest of HELLO's map
+        assert read_until_closed(sock).endswith(b"$7\r\nmodules\r\n*0\r\n+OK\r\n")
+
+
+def test_resp_clients_have_budgets_of_their_own(both_front_ends, r):
+    clock = Clock()
+    limiter = RateLimiter(1, 1, clock=clock)
+    _, resp_port = both_front_ends(limiter)
+    limiter.check("192.0.2.1")  # another client spends its whole budget
+    r.set("k", b"v")
+    with connect(resp_port) as sock:
+        talk(sock, command(b"GET", b"k"), b"$1\r\nv\r\n")
+
+
 def test_the_app_wires_tokens_file_and_rate_limit(tmp_path, redis_url, r):
     """The real process: AUTH_TOKENS_FILE and RATE_LIMIT from the environment take effect."""
     tokens = tmp_path / "tokens"
@@ -201,3 +274,26 @@ def test_the_app_wires_tokens_file_and_rate_limit(tmp_path, redis_url, r):
     finally:
         code, stderr = stop_proxy(process)
     assert code == 0, stderr
+
+
+def test_the_app_gives_both_front_ends_one_rate_limit_and_one_failure_budget(make_proxy, r):
+    token = "app-token-0123456789abcdef"
+    settings = load_settings({"HTTP_PORT": "0", "RESP_PORT": str(free_port()), "RATE_LIMIT": "0.01",
+                              "RATE_LIMIT_BURST": "2", "AUTH_TOKENS": token, "AUTH_FAIL_LIMIT": "1"},
+                             env_file=None)
+    servers = http_server.start_front_ends(settings, make_proxy().proxy)
+    try:
+        http, resp = servers
+        r.set("k", b"v")
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert [request(http.port, "/get/k", headers=bearer).status for _ in range(2)] == [200, 200]
+        with connect(resp.port) as sock:
+            talk(sock, command(b"AUTH", token.encode()) + command(b"GET", b"k"), b"+OK\r\n" + rate_limited(100))
+            talk(sock, command(b"AUTH", b"wrong-token"),
+                 b"-WRONGPASS invalid username-password pair or user is disabled.\r\n")
+        blocked = request(http.port, "/get/k", headers=bearer)
+        assert (blocked.status, blocked.json()["error"]) == (429, "too many failed authentications")
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()

@@ -358,6 +358,67 @@ def test_array_and_bulk_limits_are_configurable(make_resp_proxy):
     assert exchange(resp.port, command(b"MGET", b"a", b"x" * 1024), reply) == reply
 
 
+# ----- how much one command may ask for: MAX_KEYS keys, MAX_REPLY_BYTES of values -------------
+
+def too_many_keys(name: bytes, keys: int) -> bytes:
+    return (b"-ERR too many keys for '%s': %d; redis-proxy takes at most 10000 keys per command, "
+            b"send them in several commands\r\n" % (name, keys))
+
+
+def test_mget_and_exists_take_10000_keys_and_refuse_10001_on_a_usable_connection(resp, r):
+    keys = [b"key:%05d" % i for i in range(10_001)]
+    r.mset({key: b"v" for key in keys[:10_000:2]})  # every other one exists
+    answer = b"*10000\r\n" + b"$1\r\nv\r\n$-1\r\n" * 5000
+    with connect(resp.port) as sock:
+        sock.sendall(command(b"MGET", *keys[:10_000]))
+        assert read_exactly(sock, len(answer)) == answer
+        sock.sendall(command(b"MGET", *keys))
+        refused = too_many_keys(b"mget", 10_001)
+        assert read_exactly(sock, len(refused)) == refused
+        sock.sendall(command(b"EXISTS", *keys[:10_000]) + command(b"exists", *keys))
+        both = b":5000\r\n" + too_many_keys(b"exists", 10_001)
+        assert read_exactly(sock, len(both)) == both
+        sock.sendall(command(b"GET", b"k"))  # the connection goes on
+        assert read_exactly(sock, 11) == b"$5\r\nhello\r\n"
+    # 10,000 for the MGET and one for the GET: the refused commands read nothing.
+    assert resp.proxy.stats["reads_redis"] == 10_001
+
+
+def test_mget_of_a_million_keys_is_refused_with_the_error(resp):
+    with connect(resp.port) as sock:
+        sock.sendall(command(b"MGET", *[b"key:%07d" % i for i in range(1_000_000)]) + command(b"PING"))
+        expected = too_many_keys(b"mget", 1_000_000) + b"+PONG\r\n"
+        sock.settimeout(120)
+        assert read_exactly(sock, len(expected)) == expected
+
+
+def test_parsing_time_is_not_charged_to_the_header_timeout(make_resp_proxy, r):
+    """A 250,000-key MGET arrives at once but takes the proxy longer than HEADER_TIMEOUT to
+    parse: it is answered (refused for its size), not cut off with no reply."""
+    r.set("k", b"hello")
+    resp = make_resp_proxy(resp_options={"header_timeout": 0.25})
+    with connect(resp.port) as sock:
+        sock.sendall(command(b"MGET", *[b"key:%06d" % i for i in range(250_000)]) + command(b"GET", b"k"))
+        expected = too_many_keys(b"mget", 250_000) + b"$5\r\nhello\r\n"
+        sock.settimeout(60)
+        assert read_exactly(sock, len(expected)) == expected
+
+
+def test_an_mget_reply_may_carry_64_mib_of_values_and_not_a_byte_more(resp, r):
+    mib = 1024 * 1024
+    keys = [b"big:%02d" % i for i in range(64)]
+    r.mset({key: b"x" * mib for key in keys})
+    c = client(resp.port)
+    assert c.mget(keys) == [b"x" * mib] * 64
+    r.set(b"one-more", b"y")
+    with pytest.raises(redis.ResponseError) as caught:
+        c.mget([*keys, b"one-more"])
+    assert str(caught.value) == ("reply too large: the values total 67108865 bytes, over the 67108864 bytes "
+                                 "one MGET may return; ask for fewer keys")
+    assert c.get(b"one-more") == b"y"  # same connection, still usable
+    c.close()
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=2048) | st.lists(st.sampled_from(
     [b"*", b"$", b"2", b"-1", b"\r\n", b"\n", b"GET", b"PING", b"\x00", b"\"", b"'", b" "]),

@@ -12,6 +12,7 @@ from load_env import load_settings
 from proxy.process.serve import warn_if_resp_exposed
 from proxy.resp.protocol import command
 from proxy.serving.auth import Authenticator
+from proxy.serving.rate_limit import RateLimiter
 from proxy.store.launcher import free_port
 from servers import request
 from test_resp import REDIS_CLI, connect, read_exactly, read_until_closed
@@ -125,6 +126,77 @@ def test_tokens_are_checked_by_the_http_authenticator(make_resp_proxy):
     talk(resp.port, [(command(b"AUTH", b"u", WRONG.encode()), WRONGPASS),
                      (command(b"AUTH", TOKEN.encode()), OK)])
     assert Recording.presented == [WRONG, TOKEN]
+
+
+# ----- failed AUTHs count against the client's AUTH_FAIL_LIMIT, shared with HTTP ---------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def blocked(wait: int) -> bytes:
+    return b"-ERR too many failed authentications, retry after %d s\r\n" % wait
+
+
+@pytest.fixture
+def budgeted(make_resp_proxy, r):
+    """HTTP and RESP with one authenticator whose budget is 10 failures a minute."""
+    r.set("k", b"hello")
+    clock = Clock()
+    authn = Authenticator([TOKEN], fail_limiter=RateLimiter(10 / 60, 10, clock=clock))
+    resp = make_resp_proxy(server_options={"authenticator": authn}, resp_options={"authenticator": authn})
+    return resp, clock
+
+
+def test_past_ten_wrong_auths_the_connection_gets_an_error_and_is_closed(budgeted):
+    resp, clock = budgeted
+    with connect(resp.port) as sock:
+        sock.sendall(b"".join(command(b"AUTH", b"guess-%04d" % i) for i in range(2000)))
+        # Ten WRONGPASS, then the error and the close: the other 1,990 guesses are never tried.
+        assert read_until_closed(sock) == WRONGPASS * 10 + blocked(6)
+    with connect(resp.port) as sock:  # a valid token from the blocked address is refused too
+        sock.sendall(command(b"AUTH", TOKEN.encode()) + command(b"GET", b"k"))
+        assert read_until_closed(sock) == blocked(6)
+    with connect(resp.port) as sock:
+        sock.sendall(command(b"HELLO", b"3", b"AUTH", b"default", TOKEN.encode()))
+        assert read_until_closed(sock) == blocked(6)
+    clock.now += 6
+    talk(resp.port, [(command(b"AUTH", TOKEN.encode()), OK), (command(b"GET", b"k"), b"$5\r\nhello\r\n")])
+
+
+def test_wrong_hello_auths_count_and_a_connection_already_in_keeps_working(budgeted):
+    resp, _ = budgeted
+    with connect(resp.port) as inside:
+        inside.sendall(command(b"AUTH", TOKEN.encode()))
+        assert read_exactly(inside, len(OK)) == OK
+        talk(resp.port, [(command(b"HELLO", b"3", b"AUTH", b"u", WRONG.encode()), WRONGPASS)] * 10)
+        inside.sendall(command(b"GET", b"k"))
+        assert read_exactly(inside, 11) == b"$5\r\nhello\r\n"
+
+
+def test_failures_over_resp_block_http_and_the_other_way_round(budgeted, make_proxy):
+    resp, clock = budgeted
+    http_port = make_proxy(server_options={"authenticator": resp.thread.server.commands.authenticator}).port
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    talk(resp.port, [(command(b"AUTH", WRONG.encode()), WRONGPASS)] * 5)
+    wrong = {"Authorization": f"Bearer {WRONG}"}
+    assert [request(http_port, "/get/k", headers=wrong).status for _ in range(6)] == [401] * 5 + [429]
+    assert request(http_port, "/get/k", headers=bearer).status == 429
+    with connect(resp.port) as sock:
+        sock.sendall(command(b"AUTH", TOKEN.encode()))
+        assert read_until_closed(sock) == blocked(6)
+    clock.now += 6
+    assert request(http_port, "/get/k", headers=bearer).body == b"hello"
+
+
+def test_no_tokens_no_failure_budget(make_resp_proxy):
+    resp = make_resp_proxy(resp_options={"authenticator": Authenticator(
+        fail_limiter=RateLimiter(1 / 60, 1, clock=Clock()))})
+    talk(resp.port, [(command(b"AUTH", b"someone", b"x"), WRONGPASS)] * 3 + [(command(b"PING"), b"+PONG\r\n")])
 
 
 # ----- clients ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ MAY_IMPORT = {
     "proxy": (),
     "proxy.errors": (),
     "proxy.cache": ("proxy.errors", "proxy.cache"),
-    "proxy.store": ("proxy.errors", "proxy.store"),
+    "proxy.store": ("proxy.errors", "proxy.cache", "proxy.store"),
     "proxy.upstream": ("proxy.errors", "proxy.upstream", "proxy"),  # proxy: __version__ alone
     "load_env": ("proxy.errors",),
     "logger": (),

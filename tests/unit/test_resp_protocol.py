@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.resp import protocol as wire
-from proxy.resp.protocol import ProtocolError, RespParser, split_args
+from proxy.resp.protocol import ProtocolError, RespParser, TooManyArguments, split_args
 
 
 def parse_all(data: bytes, parser: RespParser | None = None) -> list[list[bytes]]:
@@ -92,6 +92,36 @@ def test_limits_are_configurable():
         parse_all(wire.command(b"GET", b"abcde"), parser)
     with pytest.raises(ProtocolError, match="invalid multibulk length"):
         parse_all(wire.command(b"MGET", b"a", b"b"), RespParser(max_array=2))
+
+
+def test_a_command_over_max_args_is_read_whole_then_refused_and_the_next_one_parses():
+    parser = RespParser(max_args=3)
+    parser.feed(wire.command(b"MGET", b"a", b"b") + wire.command(b"MGET", b"a", b"b", b"c")
+                + wire.command(b"GET", b"k") + b"MGET a b c\r\n" + b"PING\r\n")
+    assert parser.next_command() == [b"MGET", b"a", b"b"]
+    with pytest.raises(TooManyArguments) as caught:
+        parser.next_command()
+    assert (caught.value.name, caught.value.count) == (b"MGET", 4)
+    assert parser.next_command() == [b"GET", b"k"]
+    with pytest.raises(TooManyArguments) as inline:
+        parser.next_command()
+    assert (inline.value.name, inline.value.count) == (b"MGET", 4)
+    assert parser.next_command() == [b"PING"]
+    assert parser.next_command() is None and not parser.pending
+
+
+def test_a_dropped_command_keeps_no_more_than_its_name_while_it_arrives():
+    parser = RespParser(max_args=3)
+    data = wire.command(b"MGET", *[b"k%d" % i for i in range(1000)])
+    body, last = data[:-1], data[-1:]
+    for i in range(0, len(body), 100):
+        parser.feed(body[i:i + 100])
+        assert parser.next_command() is None
+        assert parser._args == [b"MGET"]  # the keys are skipped, not collected
+    parser.feed(last)
+    with pytest.raises(TooManyArguments) as caught:
+        parser.next_command()
+    assert caught.value.count == 1001
 
 
 def test_before_authentication_redis_limits_apply_at_the_header():

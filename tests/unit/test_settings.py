@@ -56,6 +56,18 @@ def test_stale_if_error_is_bounded_by_the_stale_window():
         load_settings({"CACHE_STALE_TTL": "10", "STALE_IF_ERROR": "20"}, env_file=None)
 
 
+@pytest.mark.parametrize("stale_ttl, expected", [("10", 10.0), ("0", 0.0), ("299.5", 299.5), ("300", 300.0),
+                                                 ("1000", 300.0)])
+def test_stale_if_error_left_unset_follows_a_smaller_stale_window(stale_ttl, expected):
+    assert load_settings({"CACHE_STALE_TTL": stale_ttl}, env_file=None).stale_if_error == expected
+
+
+def test_an_explicit_stale_if_error_within_the_window_is_kept():
+    s = load_settings({"CACHE_STALE_TTL": "1000", "STALE_IF_ERROR": "600"}, env_file=None)
+    assert (s.cache_stale_ttl, s.stale_if_error) == (1000.0, 600.0)
+    assert load_settings({"CACHE_STALE_TTL": "10", "STALE_IF_ERROR": "10"}, env_file=None).stale_if_error == 10.0
+
+
 def test_the_environment_is_never_mutated(tmp_path):
     env_file = tmp_path / ".env"
     env_file.write_text("SOME_ODD_NAME_FOR_THE_TEST=1\nHTTP_PORT=9000\n")

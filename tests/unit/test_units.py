@@ -25,6 +25,9 @@ class FakeFetcher:
     def check(self, url: str) -> None:
         pass
 
+    def check_source(self, url: str, hops) -> None:  # noqa: ANN001
+        pass
+
     def fetch(self, url, headers=None):  # noqa: ANN001
         self.calls.append(url)
         return UpstreamResponse(self.status, self.headers, self.body, url)

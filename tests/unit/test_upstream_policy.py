@@ -265,17 +265,31 @@ def upstream():
     server.stop()
 
 
-def test_dns_rebinding_is_refused_at_connect_time(upstream):
-    dns = FakeDNS({"rebind.test": rebinding([PUBLIC_V4], ["127.0.0.1"])})
+def test_a_name_resolving_to_a_refused_address_is_refused_before_connecting(upstream):
+    dns = FakeDNS({"internal.test": ["127.0.0.1"]})
     fetcher = Fetcher(timeout=5, policy=policy(resolver=dns, allowed_ports=(upstream.port,)))
     try:
-        with pytest.raises(Forbidden, match="rebind.test resolves to it"):
-            fetcher.fetch(f"http://rebind.test:{upstream.port}/secret")
+        with pytest.raises(Forbidden, match="internal.test resolves to it"):
+            fetcher.fetch(f"http://internal.test:{upstream.port}/secret")
     finally:
         fetcher.close()
-    assert dns.asked == ["rebind.test", "rebind.test"]  # at check time, then at connect time
+    assert dns.asked == ["internal.test"]
     assert upstream.hits["/secret"] == 0
     assert fetcher.policy.refusal_counts() == {"address": 1}
+
+
+def test_a_rebinding_name_is_looked_up_once_and_connected_at_that_answer(upstream):
+    # DNS rebinding: a second lookup would answer 127.0.0.2, where nothing listens on this
+    # port; the fetch makes one lookup and connects only to the address it answered.
+    dns = FakeDNS({"rebind.test": rebinding(["127.0.0.1"], ["127.0.0.2"])})
+    fetcher = Fetcher(timeout=5, policy=policy(resolver=dns, allow_private=True,
+                                               allowed_ports=(upstream.port,)))
+    try:
+        response = fetcher.fetch(f"http://rebind.test:{upstream.port}/secret")
+    finally:
+        fetcher.close()
+    assert (response.status, response.body) == (200, b"internal only")
+    assert dns.asked == ["rebind.test"] and upstream.hits["/secret"] == 1
 
 
 def test_the_connection_goes_to_the_address_the_policy_checked(upstream):
@@ -288,7 +302,7 @@ def test_the_connection_goes_to_the_address_the_policy_checked(upstream):
         fetcher.close()
     assert (response.status, response.body) == (200, b"internal only")
     assert upstream.requests[0][1]["Host"] == f"name.test:{upstream.port}"
-    assert dns.asked == ["name.test", "name.test"]  # never the system resolver (the guard)
+    assert dns.asked == ["name.test"]  # one lookup, never the system resolver (the guard)
 
 
 def test_an_unresolvable_name_is_a_bad_gateway(upstream):

@@ -1,0 +1,188 @@
+"""Redis Cluster as the store: a real 3-primary cluster on loopback, proxies built from settings."""
+
+import threading
+from urllib.parse import quote
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+
+import http_server
+from load_env import load_settings
+from proxy.resp import server as resp_server
+from redis_cluster import Cluster, tools_missing
+from redis_proxy import RedisProxy
+from servers import ServerThread, request, wait_until
+
+pytestmark = [pytest.mark.cluster,
+              pytest.mark.skipif(bool(tools_missing()), reason=tools_missing() or "n/a")]
+
+MAXMEMORY = 48 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    started = Cluster(3).start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def rc(cluster):
+    """A plain cluster client, for looking behind the proxies' backs."""
+    client = RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+    client.flushall()
+    yield client
+    client.close()
+
+
+class Served:
+    def __init__(self, proxy):
+        self.proxy = proxy
+        self.http = ServerThread(http_server.make_server("127.0.0.1", 0, proxy)).start()
+        self.resp = ServerThread(resp_server.make_server("127.0.0.1", 0, proxy)).start()
+
+    def get(self, path: str):
+        return request(self.http.port, path)
+
+    def stop(self) -> None:
+        self.http.stop()
+        self.resp.stop()
+        self.proxy.close()
+
+
+@pytest.fixture
+def make_cluster_proxy(cluster, upstream):
+    started = []
+
+    def build(seeds=None, **env) -> Served:
+        environ = {"REDIS_CLUSTER_NODES": ",".join(seeds or cluster.seeds),
+                   "REDIS_MAXMEMORY": str(MAXMEMORY), "UPSTREAM_ALLOW_PRIVATE": "true",
+                   "UPSTREAM_ALLOWED_PORTS": str(upstream.port), **env}
+        served = Served(RedisProxy.from_settings(load_settings(environ, env_file=None)))
+        started.append(served)
+        return served
+
+    yield build
+    for served in started:
+        served.stop()
+
+
+def url_path(url: str, key: str) -> str:
+    return f"/?url={quote(url, safe='')}&key={quote(key, safe='')}"
+
+
+def test_maxmemory_is_set_on_every_primary(cluster, rc, make_cluster_proxy):
+    for node in cluster.nodes:
+        redis.Redis(port=node.port).config_set("maxmemory", 0)
+    make_cluster_proxy()
+    for node in cluster.nodes:
+        assert redis.Redis(port=node.port).config_get("maxmemory") == {"maxmemory": str(MAXMEMORY)}
+        assert redis.Redis(port=node.port).config_get("maxmemory-policy") == \
+            {"maxmemory-policy": "allkeys-lru"}
+
+
+def test_url_role_stores_each_entry_on_the_node_owning_its_key(cluster, rc, upstream,
+                                                               make_cluster_proxy):
+    served = make_cluster_proxy()
+    keys = cluster.keys_on_each_node("page-")
+    for i, key in enumerate(keys):
+        url = upstream.serve(f"/p{i}", f"body {i}".encode())
+        first, second = served.get(url_path(url, key)), served.get(url_path(url, key))
+        assert (first.status, first.body, first.headers["X-Cache"]) == (200, f"body {i}".encode(), "MISS")
+        assert (second.status, second.body, second.headers["X-Cache"]) == (200, f"body {i}".encode(), "HIT")
+        assert upstream.hits[f"/p{i}"] == 1
+        owner = redis.Redis(port=cluster.node_of(f"rp:{key}").port)
+        assert owner.exists(f"rp:{key}") == 1
+        assert 3600 < owner.ttl(f"rp:{key}") <= 3600 + 300
+    assert {cluster.node_of(f"rp:{k}").port for k in keys} == {n.port for n in cluster.nodes}
+
+
+def test_get_key_reads_keys_from_all_three_nodes(cluster, rc, make_cluster_proxy):
+    served = make_cluster_proxy()
+    keys = cluster.keys_on_each_node("raw-")
+    for key in keys:
+        rc.set(key, f"value of {key}\x00\xff".encode("latin-1"))
+    for key in keys:
+        response = served.get(f"/get/{key}")
+        assert (response.status, response.body) == (200, f"value of {key}\x00\xff".encode("latin-1"))
+    missing = served.get("/get/no-such-key")
+    assert missing.status == 404
+
+
+def test_l1_entry_dropped_when_its_key_is_rewritten_on_its_node(cluster, rc, make_cluster_proxy):
+    served = make_cluster_proxy()
+    assert served.proxy.l1_invalidation == "tracking"
+    keys = cluster.keys_on_each_node("hot-")
+    for key in keys:
+        rc.set(key, b"old")
+        assert served.get(f"/get/{key}").body == b"old"
+        hits = served.proxy.stats["hits_l1"]
+        assert served.get(f"/get/{key}").body == b"old"
+        assert served.proxy.stats["hits_l1"] == hits + 1  # the second read came from L1
+    for key in keys:
+        rc.set(key, b"new")
+    for key in keys:
+        wait_until(lambda k=key: served.get(f"/get/{k}").body == b"new", timeout=5)
+
+
+def test_resp_mget_across_slots_answers_in_order(cluster, rc, make_cluster_proxy):
+    served = make_cluster_proxy()
+    keys = cluster.keys_on_each_node("m-")
+    for key in keys:
+        rc.set(key, key.encode() + b"!")
+    client = redis.Redis(port=served.resp.port)
+    asked = [keys[2], "m-missing", keys[0], keys[1], keys[2]]
+    assert client.execute_command("MGET", *asked) == \
+        [keys[2].encode() + b"!", None, keys[0].encode() + b"!", keys[1].encode() + b"!",
+         keys[2].encode() + b"!"]
+    assert client.get(keys[1]) == keys[1].encode() + b"!"
+    assert client.exists(*keys, "m-missing") == 3
+
+
+def test_two_proxies_fetch_a_cold_url_once(cluster, rc, upstream, make_cluster_proxy):
+    first, second = make_cluster_proxy(), make_cluster_proxy()
+    release = threading.Event()
+
+    def slow(handler):
+        release.wait(5)  # held open until every request has been sent, so all of them overlap
+        handler.reply(200, b"the one body", {"Content-Type": "text/plain"})
+
+    url = upstream.route("/cold", slow)
+    results: list = []
+    lock = threading.Lock()
+
+    def ask(served):
+        response = served.get(url_path(url, "cold"))
+        with lock:
+            results.append((response.status, response.body))
+
+    threads = [threading.Thread(target=ask, args=(first if i % 2 else second,)) for i in range(50)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: upstream.hits["/cold"] >= 1, timeout=5)
+    wait_until(lambda: first.proxy.stats["misses"] + second.proxy.stats["misses"] >= 2, timeout=5)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert results == [(200, b"the one body")] * 50
+    assert upstream.hits["/cold"] == 1
+
+
+def test_purge_through_one_proxy_reaches_the_other_proxys_l1(cluster, rc, upstream,
+                                                              make_cluster_proxy):
+    first, second = make_cluster_proxy(), make_cluster_proxy()
+    url = upstream.serve("/purged", b"version 1")
+    assert first.get(url_path(url, "purged")).headers["X-Cache"] == "MISS"
+    for _ in range(2):  # the second read is an L1 hit on the second proxy
+        response = second.get(url_path(url, "purged"))
+        assert (response.body, response.headers["X-Cache"]) == (b"version 1", "HIT")
+    assert second.proxy.stats["hits_l1"] == 1
+    upstream.serve("/purged", b"version 2")
+    invalidations = second.proxy.stats["invalidations"]
+    purge = request(first.http.port, url_path(url, "purged"), method="DELETE")
+    assert (purge.status, purge.json()) == (200, {"purged": 1})
+    wait_until(lambda: second.proxy.stats["invalidations"] > invalidations, timeout=5)
+    response = second.get(url_path(url, "purged"))
+    assert (response.status, response.body, response.headers["X-Cache"]) == (200, b"version 2", "MISS")
+    assert upstream.hits["/purged"] == 2
