@@ -363,7 +363,7 @@ class RedisProxy:
         # Where L1 and the purge markers stand before upstream is asked: a purge from here on
         # means this answer is older than the purge, and it is neither stored nor kept in L1.
         epoch = self.local.epoch
-        start = self.purge_markers.start() if redis_up else None
+        start = self.purge_markers.start(request.redis_key) if redis_up else None
         try:
             response = self.fetcher.fetch(request.target, conditional)
         except (BadGateway, GatewayTimeout):

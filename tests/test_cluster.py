@@ -11,6 +11,7 @@ import http_server
 import resp_server
 from load_env import load_settings
 from proxy_factory import build_proxy
+from purge_marker import marker_key
 from redis_cluster import Cluster, tools_missing
 from servers import ServerThread, request, wait_until
 
@@ -186,3 +187,43 @@ def test_purge_through_one_proxy_reaches_the_other_proxys_l1(cluster, rc, upstre
     response = second.get(url_path(url, "purged"))
     assert (response.status, response.body, response.headers["X-Cache"]) == (200, b"version 2", "MISS")
     assert upstream.hits["/purged"] == 2
+
+
+@pytest.mark.parametrize("purge_by,key", [("key", "race"), ("key", "user{7}:race"), ("key", "a}b"),
+                                          ("url", None)])
+@pytest.mark.parametrize("purged_through", ["the fetching proxy", "another proxy"])
+def test_a_purge_during_a_fetch_is_not_undone_by_its_store(cluster, rc, upstream, make_cluster_proxy,
+                                                           purge_by, key, purged_through):
+    gate = threading.Event()
+
+    def held(handler):
+        gate.wait(10)  # the fetch stays in flight until the purge has been answered
+        handler.reply(200, b"older answer", {"Content-Type": "text/plain"})
+
+    url = upstream.route("/racing", held)
+    path = url_path(url, key) if key else f"/?url={quote(url, safe='')}"
+    fetching = make_cluster_proxy()
+    purging = fetching if purged_through == "the fetching proxy" else make_cluster_proxy()
+    redis_key = fetching.proxy.parse(url, key).redis_key
+    responses: list = []
+    thread = threading.Thread(target=lambda: responses.append(fetching.get(path)))
+    thread.start()
+    wait_until(lambda: upstream.hits["/racing"] == 1)  # the fetch is in flight
+    purge = request(purging.http.port, f"/?key={quote(key, safe='')}" if key else path, method="DELETE")
+    assert (purge.status, purge.json()) == (200, {"purged": 0})
+    gate.set()
+    thread.join(10)
+    assert [(got.status, got.body, got.headers["X-Cache"]) for got in responses] == \
+        [(200, b"older answer", "MISS")]
+    assert rc.exists(redis_key) == 0
+    # The marker and the sequence the store script compared live on the entry's node.
+    owner = redis.Redis(port=cluster.node_of(redis_key).port)
+    assert owner.exists(marker_key(redis_key), fetching.proxy.purge_markers.sequence_key(redis_key)) == 2
+    assert 0 < owner.pttl(marker_key(redis_key)) <= 2 * fetching.proxy.fetch_lock.hold * 1000
+    again = fetching.get(path)
+    assert (again.status, again.body, again.headers["X-Cache"]) == (200, b"older answer", "MISS")
+    assert upstream.hits["/racing"] == 2
+    # The fetch that began after the purge is stored as usual, on the node owning the entry.
+    assert 3600 < owner.ttl(redis_key) <= 3600 + 300
+    assert fetching.get(path).headers["X-Cache"] == "HIT"
+    assert upstream.hits["/racing"] == 2
