@@ -1,5 +1,6 @@
 """Redis Cluster as the store: a real 3-primary cluster on loopback, proxies built from settings."""
 
+import socket
 import threading
 from urllib.parse import quote
 
@@ -12,7 +13,8 @@ import resp_server
 from load_env import load_settings
 from proxy_factory import build_proxy
 from purge_marker import marker_key
-from redis_cluster import Cluster, tools_missing
+from redis_cluster import CLUSTER_BUS_OFFSET, Cluster, cluster_node_port, tools_missing
+from redis_launcher import free_port
 from servers import ServerThread, request, wait_until
 
 pytestmark = [pytest.mark.cluster,
@@ -71,6 +73,16 @@ def make_cluster_proxy(cluster, upstream):
 
 def url_path(url: str, key: str) -> str:
     return f"/?url={quote(url, safe='')}&key={quote(key, safe='')}"
+
+
+def test_a_cluster_node_port_leaves_room_for_a_free_bus_port():
+    assert cluster_node_port(iter([55536, 60999, 55535]).__next__) == 55535  # bus port 65535
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        bus_taken = held.getsockname()[1]
+        picks = iter([bus_taken - CLUSTER_BUS_OFFSET, *(free_port() for _ in range(20))])
+        port = cluster_node_port(picks.__next__)
+    assert port != bus_taken - CLUSTER_BUS_OFFSET and port <= 55535
 
 
 def test_maxmemory_is_set_on_every_primary(cluster, rc, make_cluster_proxy):
