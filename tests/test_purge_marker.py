@@ -3,7 +3,7 @@
 import pytest
 from redis.crc import key_slot
 
-from fetch_lock import slot_tag
+from fetch_lock import lock_key, slot_tag
 from purge_marker import SEQUENCE, PurgeMarkers, marker_key, slot_key
 from redis_connection import RedisHealth
 
@@ -135,3 +135,13 @@ def test_a_new_sequence_starts_from_the_server_clock_in_whole_microseconds(marke
     seq = r.get(markers.sequence_key("rp:k"))
     assert seq.isdigit() and int(seq) > 10**15  # after 2001 in microseconds, no exponent form
     assert r.get(marker_key("rp:k")) == seq
+
+
+@pytest.mark.parametrize("key, marker, lock", [
+    ("rp:k", "{rp:k}\x00purged", "{rp:k}\x00lock"),
+    ("rp:user{42}:home", "rp:user{42}:home\x00purged", "rp:user{42}:home\x00lock"),
+    ("rp:a}b", "{%s}rp:a}b\x00purged", "{%s}rp:a}b\x00lock"),
+])
+def test_the_marker_and_lock_names_the_readme_gives(key, marker, lock):
+    tag = slot_tag(key_slot(key.encode()))
+    assert (marker_key(key), lock_key(key)) == (marker.replace("%s", tag), lock.replace("%s", tag))
