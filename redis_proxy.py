@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import redis
+from redis import crc
 from redis.exceptions import RedisClusterException
 
 from load_env import Settings, load_settings
@@ -374,7 +375,7 @@ class RedisProxy:
         # Where L1 and the purge markers stand before upstream is asked: a purge from here on
         # means this answer is older than the purge, and it is neither stored nor kept in L1.
         epoch = self.local.epoch
-        start = self.purge_markers.start() if redis_up else None
+        start = self.purge_markers.start(request.redis_key) if redis_up else None
         try:
             response = self.fetcher.fetch(request.target, conditional)
         except (BadGateway, GatewayTimeout):
@@ -479,7 +480,21 @@ class RedisProxy:
             self._count("reads_redis", len(missing))
             epoch = self.local.epoch
             wanted = [raw_keys[i] for i in missing]
-            fetched, pttls = self._read_with_pttls(lambda pipe: pipe.mget(wanted), wanted)
+            # One MGET per hash slot: a cluster pipeline refuses an MGET across slots, and sends
+            # each slot's to its node; with one Redis they share the round trip all the same.
+            groups: dict[int, list[bytes]] = {}
+            for key in dict.fromkeys(wanted):
+                groups.setdefault(crc.key_slot(key), []).append(key)
+
+            def read(pipe: Any) -> int:
+                for group in groups.values():
+                    pipe.execute_command("MGET", *group)
+                return len(groups)
+
+            replies, pttls = self._read_with_pttls(read, wanted)
+            found = {key: value for group, values in zip(groups.values(), replies, strict=True)
+                     for key, value in zip(group, values, strict=True)}
+            fetched = [found[key] for key in wanted]
             for i, value, pttl in zip(missing, fetched, pttls, strict=True):
                 values[i] = value
                 if value is not None:
@@ -514,24 +529,30 @@ class RedisProxy:
     def _redis_value(self, key: bytes) -> tuple[bytes | None, float | None]:
         """The value and how long L1 may keep it: never past the key's own expiry in Redis."""
         self._count("reads_redis")
-        value, (pttl,) = self._read_with_pttls(lambda pipe: pipe.get(key), [key])
+
+        def read(pipe: Any) -> int:
+            pipe.get(key)
+            return 1
+
+        (value,), (pttl,) = self._read_with_pttls(read, [key])
         return value, _l1_ttl(pttl)
 
-    def _read_with_pttls(self, read: Callable[[Any], Any], keys: list[bytes]) -> tuple[Any, list[int]]:
-        """`read(pipeline)`'s reply and the PTTL of each key, in one round trip. A plain pipeline,
+    def _read_with_pttls(self, read: Callable[[Any], int], keys: list[bytes]) -> tuple[list, list[int]]:
+        """The replies of the commands `read(pipeline)` queues (it returns how many) and the PTTL
+        of each key, in one round trip. A plain pipeline,
         not MULTI: Redis does not track reads inside MULTI for L1 invalidation. A write landing
         between the replies is told to L1 by tracking; with L1_INVALIDATION=ttl it is the stale
         window that mode has anyway."""
-        def call() -> tuple[Any, list[int]]:
+        def call() -> tuple[list, list[int]]:
             pipe = self.client.pipeline(transaction=False)
-            read(pipe)
+            queued = read(pipe)
             for key in keys:
                 pipe.pttl(key)
             replies = pipe.execute(raise_on_error=False)
             for reply in replies:
                 if isinstance(reply, Exception):
                     raise reply  # as the command gave it (WRONGTYPE ...), not annotated
-            return replies[0], replies[1:]
+            return replies[:queued], replies[queued:]
 
         return self._redis_call(call)
 

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -9,7 +10,7 @@ from collections.abc import Callable
 import redis
 
 from proxy.errors import LauncherError
-from proxy.store.launcher import RedisServer
+from proxy.store.launcher import RedisServer, free_port
 
 CLUSTER_NODE_ARGS = (
     "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
@@ -17,6 +18,11 @@ CLUSTER_NODE_ARGS = (
     # keep serving their slots while one is down.
     "--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no",
 )
+
+
+# A cluster node also listens on its port + 10000 (the cluster bus), so redis-server refuses a
+# port above 55535 with "exited with 1" (a fifth of Linux's ephemeral range, 32768-60999).
+CLUSTER_BUS_OFFSET = 10000
 
 
 def tools_missing() -> str:
@@ -37,6 +43,24 @@ def start_on_free_port(make: Callable[[], RedisServer], attempts: int = 3) -> Re
             if attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+def cluster_node_port(pick: Callable[[], int] = free_port, attempts: int = 100) -> int:
+    """A free port whose cluster bus port is a port, and free too (when asked)."""
+    for _ in range(attempts):
+        port = pick()
+        if port + CLUSTER_BUS_OFFSET <= 65535 and _free(port + CLUSTER_BUS_OFFSET):
+            return port
+    raise LauncherError(f"no free port with a free cluster bus port in {attempts} tries")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _poll(predicate, timeout: float, what: str, interval: float = 0.05):
@@ -78,7 +102,8 @@ class Cluster:
     def start(self) -> "Cluster":
         try:
             for _ in range(self.primaries):
-                self.nodes.append(start_on_free_port(lambda: RedisServer(extra_args=CLUSTER_NODE_ARGS)))
+                self.nodes.append(start_on_free_port(
+                    lambda: RedisServer(cluster_node_port(), extra_args=CLUSTER_NODE_ARGS)))
             subprocess.run(["redis-cli", "--cluster", "create", *self.seeds, "--cluster-yes"],
                            check=True, capture_output=True, timeout=30)
             for node in self.nodes:

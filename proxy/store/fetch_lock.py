@@ -1,5 +1,6 @@
 """Cross-process request coalescing: a short per-entry lock in Redis (`SET NX PX`)."""
 
+import functools
 import logging
 import secrets
 import time
@@ -7,6 +8,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import redis
+from redis import crc
 
 from proxy.errors import StoreUnavailable
 from proxy.store.connection import RedisHealth
@@ -14,6 +16,8 @@ from proxy.store.connection import RedisHealth
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+LOCK = "\x00lock"
 
 # Delete the lock only if it is still ours: after expiry another process may hold it
 # (the pattern of https://redis.io/docs/latest/commands/set/ "a simple locking pattern").
@@ -29,17 +33,47 @@ def hash_tag(redis_key: str) -> str | None:
     return redis_key[start + 1:end] if end > start + 1 else None
 
 
-def lock_key(redis_key: str) -> str:
-    """The lock of an entry, in the entry's hash slot (so a cluster keeps them on one node, and
-    a script may touch both). A key with a hash tag keeps it; a key without one is hashed whole,
-    so the lock names the whole key as its tag. A key that holds a '}' but no tag cannot be a
-    tag: its lock hashes elsewhere (it still works; only the co-location is lost).
+def key_slot(redis_key: str) -> int:
+    """The Redis Cluster hash slot of a key, as redis-py encodes it (UTF-8)."""
+    return crc.key_slot(redis_key.encode())
 
-    A NUL cannot occur in a cache key (control characters are refused), so no client key can
-    name, read or overwrite a lock."""
-    if hash_tag(redis_key) is not None or "}" in redis_key:
-        return redis_key + "\x00lock"
-    return "{" + redis_key + "}\x00lock"
+
+@functools.cache
+def _slot_tags() -> tuple[str, ...]:
+    """For each hash slot, the smallest decimal number hashing to it: built on first use
+    (about 110,000 CRC16s, ~0.1 s), then one tuple of 16384 short strings."""
+    tags: dict[int, str] = {}
+    number = 0
+    while len(tags) < crc.REDIS_CLUSTER_HASH_SLOTS:
+        tags.setdefault(crc.key_slot(b"%d" % number), str(number))
+        number += 1
+    return tuple(tags[slot] for slot in range(crc.REDIS_CLUSTER_HASH_SLOTS))
+
+
+def slot_tag(slot: int) -> str:
+    """A hash tag whose key slot is `slot` (so "{" + slot_tag(s) + "}..." lands in slot s)."""
+    return _slot_tags()[slot]
+
+
+def co_located(redis_key: str, suffix: str) -> str:
+    """The key `suffix` names beside `redis_key` (its fetch lock, its purge marker) in
+    `redis_key`'s hash slot, so a cluster keeps them on one node and one script may name both.
+
+    A key with a hash tag keeps it; a key without one is hashed whole, so it becomes the tag; a
+    key holding a '}' but no tag cannot be a tag, so a tag hashing to its slot goes first.
+
+    `suffix` starts with a NUL, which no cache key holds (control characters are refused), so
+    no client key can name, read or overwrite what lives here."""
+    if hash_tag(redis_key) is not None:
+        return redis_key + suffix
+    if "}" not in redis_key:
+        return "{" + redis_key + "}" + suffix
+    return "{" + slot_tag(key_slot(redis_key)) + "}" + redis_key + suffix
+
+
+def lock_key(redis_key: str) -> str:
+    """The fetch lock of an entry, in the entry's hash slot."""
+    return co_located(redis_key, LOCK)
 
 
 class FetchLock:

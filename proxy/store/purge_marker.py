@@ -1,13 +1,17 @@
 """Purge markers: a purge that lands while a fetch is in flight is not undone by that fetch's store.
 
-Every purge takes the next number of one sequence in Redis and leaves it, for a short while, in a
+Every purge takes the next number of a sequence in Redis and leaves it, for a short while, in a
 marker beside what it purged. A fetch reads the sequence before it asks upstream, and stores
-with a script that refuses when a marker it names is newer than that reading. The store names
-the entry's own marker; a purge by tag can mark the tag's key the same way and a store of an
-entry carrying the tag name that marker too (see `PurgeMarkers.purge(marks=)` and `store(marks=)`).
+with a script that refuses when a marker it names is newer than that reading. There is one
+sequence per hash slot, and an entry's marker lives in the entry's slot (`co_located`), so the
+script names keys of one slot only: a Redis Cluster runs it on the node owning the entry, and a
+single Redis runs the same keys. The store names the entry's own marker; a purge by tag can
+mark a key of the tag the same way and a store of an entry carrying the tag name that mark too,
+as long as the mark is in the entry's slot (see `PurgeMarkers.purge(marks=)` and `store(marks=)`).
 """
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -16,6 +20,7 @@ import redis
 
 from proxy.errors import StoreUnavailable
 from proxy.store.connection import RedisHealth
+from proxy.store.fetch_lock import co_located, key_slot, slot_tag
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +67,16 @@ return 1
 
 
 def marker_key(redis_key: str) -> str:
-    return redis_key + MARK
+    """The purge marker of an entry, in the entry's hash slot."""
+    return co_located(redis_key, MARK)
+
+
+def slot_key(prefix: str, slot: int, name: str) -> str:
+    """`prefix` + `name` made a key of hash slot `slot`: one such key per slot (the sequence,
+    or a mark a purge by tag leaves in each slot)."""
+    key = f"{prefix}{{{slot_tag(slot)}}}{name}"
+    # A prefix holding an unclosed '{' would swallow the tag: then the tag goes first.
+    return key if key_slot(key) == slot else f"{{{slot_tag(slot)}}}{prefix}{name}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,22 +92,32 @@ class PurgeMarkers:
 
     Markers live `lifetime` seconds; a store more than half of that after its `start()` is
     refused, since a marker it should have seen may be gone (a fetch is bounded well below it).
+
+    Numbers of different slots are not comparable: a start, a marker and a mark are compared
+    only within one slot's sequence, which is what keeps the guarantees (a store is refused when
+    its entry was purged after its fetch began; a lost sequence refuses the stores begun before).
     """
 
     def __init__(self, client: redis.Redis, health: RedisHealth, prefix: str, lifetime: float,
                  timer: Callable[[], float] = time.monotonic):
         self.client = client
         self.health = health
-        self.sequence_key = prefix + SEQUENCE
+        self.prefix = prefix
         self.lifetime = lifetime
         self.timer = timer
         self._purge = client.register_script(_PURGE)
         self._store = client.register_script(_STORE)
+        slot_tag(0)  # build the slot table now, not on the first request
 
-    def start(self) -> Start | None:
-        """Take it before asking upstream; None when Redis cannot say (then nothing is stored)."""
+    def sequence_key(self, redis_key: str) -> str:
+        """The purge sequence of `redis_key`'s hash slot."""
+        return slot_key(self.prefix, key_slot(redis_key), SEQUENCE)
+
+    def start(self, redis_key: str) -> Start | None:
+        """Take it before asking upstream for `redis_key`; None when Redis cannot say (then
+        nothing is stored)."""
         try:
-            raw = self.health.call(lambda: self.client.get(self.sequence_key))
+            raw = self.health.call(lambda: self.client.get(self.sequence_key(redis_key)))
             return Start(int(raw or 0), self.timer())
         except (StoreUnavailable, redis.RedisError, ValueError) as exc:
             log.debug("could not read the purge sequence: %s", exc)
@@ -101,19 +125,41 @@ class PurgeMarkers:
 
     def purge(self, keys: Iterable[str], marks: Iterable[str] = ()) -> int:
         """Delete `keys` and mark them, and the keys `marks` (a tag's, say), purged now: one
-        atomic step. Returns how many keys were deleted; raises what the Redis call raises."""
-        keys = list(keys)
-        markers = [marker_key(key) for key in keys] + list(marks)
+        atomic step per hash slot, each taking its number from that slot's sequence. Returns how
+        many keys were deleted; raises what the Redis call raises."""
+        by_slot: dict[int, tuple[list[str], list[str]]] = {}
+        for key in keys:
+            deleted, markers = by_slot.setdefault(key_slot(key), ([], []))
+            deleted.append(key)
+            markers.append(marker_key(key))
+        for mark in marks:
+            by_slot.setdefault(key_slot(mark), ([], []))[1].append(mark)
         lifetime_ms = max(1, int(self.lifetime * 1000))
-        return int(self.health.call(lambda: self._purge(
-            keys=[self.sequence_key, *markers, *keys], args=[lifetime_ms, len(markers)])))
+        removed = 0
+        for slot, (deleted, markers) in by_slot.items():
+            removed += int(self.health.call(functools.partial(
+                self._purge, keys=[slot_key(self.prefix, slot, SEQUENCE), *markers, *deleted],
+                args=[lifetime_ms, len(markers)])))
+        return removed
 
     def store(self, redis_key: str, value: bytes, ttl: int, start: Start,
               marks: Iterable[str] = ()) -> bool:
         """SET redis_key value EX ttl, unless redis_key (or a key in `marks`) was purged after
-        `start`. Whether it was stored; raises what the Redis call raises."""
+        `start`. Whether it was stored; raises what the Redis call raises.
+
+        `start` must be `start(redis_key)`, and every mark must be a key of redis_key's hash
+        slot (ValueError otherwise, in a cluster and with one Redis alike): the script compares
+        a mark with that slot's sequence, and a cluster runs it on one node. A purge by tag
+        that wants in-flight stores of its entries refused therefore marks the tag in every slot
+        a tagged entry may be stored in, e.g. `slot_key(prefix, slot, "\\0tag:news")` for each
+        of the 16384 slots (one purge step per slot), and a store names the one of its slot."""
+        marks = list(marks)
+        slot = key_slot(redis_key)
+        foreign = [mark for mark in marks if key_slot(mark) != slot]
+        if foreign:
+            raise ValueError(f"marks {foreign!r} are not in the hash slot of {redis_key!r}")
         if self.timer() - start.at >= self.lifetime / 2:
             log.debug("not storing %s: its fetch outlasted what the purge markers cover", redis_key)
             return False
-        keys = [redis_key, self.sequence_key, marker_key(redis_key), *marks]
+        keys = [redis_key, slot_key(self.prefix, slot, SEQUENCE), marker_key(redis_key), *marks]
         return bool(self.health.call(lambda: self._store(keys=keys, args=[value, ttl, start.seq])))

@@ -6,8 +6,10 @@ import struct
 import threading
 
 import pytest
+from redis.crc import key_slot
 
 from proxy.cache.freshness import Policy
+from proxy.store.fetch_lock import slot_tag
 from proxy.store.launcher import free_port
 from servers import q, request, start_proxy, wait_until
 
@@ -370,10 +372,10 @@ def test_a_purge_during_a_fetch_is_not_undone_by_its_store(upstream, make_proxy,
         t.join(10)
     assert responses == [(200, b"older answer")]
     assert r.exists(redis_key) == 0
-    assert r.exists("rp:\x00purge-seq") == 1
+    assert r.exists(f"rp:{{{slot_tag(key_slot(redis_key.encode()))}}}\x00purge-seq") == 1
     # The marker lives twice the fetch lock's hold: UPSTREAM_TIMEOUT plus two socket timeouts.
     socket_timeout = fetching.proxy.client.connection_pool.connection_kwargs["socket_timeout"]
-    assert 2 * (5.0 + 2 * socket_timeout) * 1000 - 4000 < r.pttl(redis_key + "\x00purged") \
+    assert 2 * (5.0 + 2 * socket_timeout) * 1000 - 4000 < r.pttl(f"{{{redis_key}}}\x00purged") \
         <= 2 * (5.0 + 2 * socket_timeout) * 1000
     again = request(fetching.port, path)
     assert (again.status, again.body, again.headers["X-Cache"]) == (200, b"older answer", "MISS")

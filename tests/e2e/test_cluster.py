@@ -1,5 +1,6 @@
 """Redis Cluster as the store: a real 3-primary cluster on loopback, proxies built from settings."""
 
+import socket
 import threading
 from urllib.parse import quote
 
@@ -10,8 +11,12 @@ from redis.cluster import RedisCluster
 import http_server
 from load_env import load_settings
 from proxy.resp import server as resp_server
-from redis_cluster import Cluster, tools_missing
-from redis_proxy import RedisProxy
+from proxy.store.launcher import free_port
+from proxy.store.purge_marker import marker_key
+from redis_cluster import CLUSTER_BUS_OFFSET, Cluster, cluster_node_port, tools_missing
+from redis_proxy import (
+    RedisProxy,  # FIXME: moved, see WARN
+)
 from servers import ServerThread, request, wait_until
 
 pytestmark = [pytest.mark.cluster,
@@ -70,6 +75,16 @@ def make_cluster_proxy(cluster, upstream):
 
 def url_path(url: str, key: str) -> str:
     return f"/?url={quote(url, safe='')}&key={quote(key, safe='')}"
+
+
+def test_a_cluster_node_port_leaves_room_for_a_free_bus_port():
+    assert cluster_node_port(iter([55536, 60999, 55535]).__next__) == 55535  # bus port 65535
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        bus_taken = held.getsockname()[1]
+        picks = iter([bus_taken - CLUSTER_BUS_OFFSET, *(free_port() for _ in range(20))])
+        port = cluster_node_port(picks.__next__)
+    assert port != bus_taken - CLUSTER_BUS_OFFSET and port <= 55535
 
 
 def test_maxmemory_is_set_on_every_primary(cluster, rc, make_cluster_proxy):
@@ -186,3 +201,43 @@ def test_purge_through_one_proxy_reaches_the_other_proxys_l1(cluster, rc, upstre
     response = second.get(url_path(url, "purged"))
     assert (response.status, response.body, response.headers["X-Cache"]) == (200, b"version 2", "MISS")
     assert upstream.hits["/purged"] == 2
+
+
+@pytest.mark.parametrize("purge_by,key", [("key", "race"), ("key", "user{7}:race"), ("key", "a}b"),
+                                          ("url", None)])
+@pytest.mark.parametrize("purged_through", ["the fetching proxy", "another proxy"])
+def test_a_purge_during_a_fetch_is_not_undone_by_its_store(cluster, rc, upstream, make_cluster_proxy,
+                                                           purge_by, key, purged_through):
+    gate = threading.Event()
+
+    def held(handler):
+        gate.wait(10)  # the fetch stays in flight until the purge has been answered
+        handler.reply(200, b"older answer", {"Content-Type": "text/plain"})
+
+    url = upstream.route("/racing", held)
+    path = url_path(url, key) if key else f"/?url={quote(url, safe='')}"
+    fetching = make_cluster_proxy()
+    purging = fetching if purged_through == "the fetching proxy" else make_cluster_proxy()
+    redis_key = fetching.proxy.parse(url, key).redis_key
+    responses: list = []
+    thread = threading.Thread(target=lambda: responses.append(fetching.get(path)))
+    thread.start()
+    wait_until(lambda: upstream.hits["/racing"] == 1)  # the fetch is in flight
+    purge = request(purging.http.port, f"/?key={quote(key, safe='')}" if key else path, method="DELETE")
+    assert (purge.status, purge.json()) == (200, {"purged": 0})
+    gate.set()
+    thread.join(10)
+    assert [(got.status, got.body, got.headers["X-Cache"]) for got in responses] == \
+        [(200, b"older answer", "MISS")]
+    assert rc.exists(redis_key) == 0
+    # The marker and the sequence the store script compared live on the entry's node.
+    owner = redis.Redis(port=cluster.node_of(redis_key).port)
+    assert owner.exists(marker_key(redis_key), fetching.proxy.purge_markers.sequence_key(redis_key)) == 2
+    assert 0 < owner.pttl(marker_key(redis_key)) <= 2 * fetching.proxy.fetch_lock.hold * 1000
+    again = fetching.get(path)
+    assert (again.status, again.body, again.headers["X-Cache"]) == (200, b"older answer", "MISS")
+    assert upstream.hits["/racing"] == 2
+    # The fetch that began after the purge is stored as usual, on the node owning the entry.
+    assert 3600 < owner.ttl(redis_key) <= 3600 + 300
+    assert fetching.get(path).headers["X-Cache"] == "HIT"
+    assert upstream.hits["/racing"] == 2

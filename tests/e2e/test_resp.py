@@ -210,6 +210,7 @@ def test_wrong_type_and_redis_down(make_resp_proxy, r):
         c = client(resp.port)
         with pytest.raises(redis.ResponseError, match="^WRONGTYPE Operation against a key holding"):
             c.get("list")
+        assert c.mget("list", "k") == [None, b"kept in L1"]  # MGET answers nil for a list, as Redis does
         assert c.get("k") == b"kept in L1"
         own.stop()
         assert c.get("k") == b"kept in L1"  # CONTRACT §7: L1 still serves

@@ -7,7 +7,8 @@ from redis.crc import key_slot
 
 from load_env import load_settings
 from proxy.errors import ConfigError
-from proxy.store.fetch_lock import hash_tag, lock_key
+from proxy.store.fetch_lock import lock_key
+from proxy.store.purge_marker import marker_key
 
 
 def problems(environ: dict) -> list[str]:
@@ -49,14 +50,14 @@ def test_sentinels_need_a_master_name_and_a_master_name_needs_sentinels():
         "REDIS_SENTINEL_MASTER is set: expected REDIS_SENTINELS (host:port of the sentinels) as well"]
 
 
-@pytest.mark.parametrize("key", ["rp:" + "ab" * 32, "rp:user{42}:home", "rp:{open"])
+@pytest.mark.parametrize("key", ["rp:" + "ab" * 32, "rp:user{42}:home", "rp:{open", "rp:a}b", "rp:}{"])
 def test_an_entry_and_its_lock_share_a_hash_slot(key):
     assert key_slot(lock_key(key).encode()) == key_slot(key.encode())
 
 
 @given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40))
-def test_any_key_with_a_tag_or_without_a_closing_brace_keeps_its_lock_in_its_slot(key):
+def test_any_key_keeps_its_lock_and_its_purge_marker_in_its_slot(key):
     key = "rp:" + key
-    if hash_tag(key) is not None or "}" not in key:
-        assert key_slot(lock_key(key).encode()) == key_slot(key.encode())
+    assert key_slot(lock_key(key).encode()) == key_slot(key.encode())
+    assert key_slot(marker_key(key).encode()) == key_slot(key.encode())
     assert "\x00" in lock_key(key)  # no client key (control characters refused) names a lock
