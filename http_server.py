@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("redis_proxy.access")
 
 ALLOWED_METHODS = ("GET", "HEAD", "DELETE")
+READ_METHODS = ("GET", "HEAD")
 # The head's limits, each "at most", in bytes of a line without its CRLF (line_size): a request
 # line of 64 KiB, and 100 header lines of 8 KiB each and 32 KiB together.
 MAX_REQUEST_LINE = 64 * 1024
@@ -320,10 +321,11 @@ class ProxyHandler(BaseHTTPRequestHandler):
         try:
             path, _, query = origin_form(self.path).partition("?")
             self.server.admit(path, self.client_address[0], self.headers)
-            if self.command not in ALLOWED_METHODS:
-                raise MethodNotAllowed(f"{self.command} is not supported; use "
-                                       + ", ".join(ALLOWED_METHODS),
-                                       headers={"Allow": ", ".join(ALLOWED_METHODS)})
+            methods = route_methods(path)
+            if self.command not in methods:
+                # RFC 9110 §15.5.6: Allow lists what this resource accepts, not the server.
+                raise MethodNotAllowed(f"{self.command} is not supported here; use "
+                                       + ", ".join(methods), headers={"Allow": ", ".join(methods)})
             if path in UNMETERED_ROUTES:
                 self.route(path, query)
             else:
@@ -339,24 +341,16 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     def route(self, path: str, query: str) -> None:
         if path.startswith("/get/"):
-            self._only("GET", "HEAD")
             self.get_key(path[len("/get/"):])
         elif path == "/":
             self.url_role(parse_query(query.encode("latin-1")))
         elif path == "/health":
-            self._only("GET", "HEAD")
             report = self.server.proxy.health_report()
             self._reply_json(200 if report["redis"] == "ok" else 503, report)
         elif path == "/metrics":
-            self._only("GET", "HEAD")
             self._reply(200, self.server.metrics.render(), {"Content-Type": METRICS_CONTENT_TYPE})
         else:
             raise NotFound()
-
-    def _only(self, *methods: str) -> None:
-        if self.command not in methods:
-            raise MethodNotAllowed(f"use {', '.join(methods)} here",
-                                   headers={"Allow": ", ".join(methods)})
 
     def url_role(self, fields: dict[str, str]) -> None:
         unknown = sorted(set(fields) - set(QUERY_FIELDS))
@@ -461,6 +455,14 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s " + format, self.client_address[0], *args)
+
+
+def route_methods(path: str) -> tuple[str, ...]:
+    """The methods a path accepts: DELETE (purge) on the URL role only. An unknown path gets
+    404 for any of the proxy's methods."""
+    if path.startswith("/get/") or path in UNMETERED_ROUTES:
+        return READ_METHODS
+    return ALLOWED_METHODS
 
 
 def cache_status(result: CacheResult) -> str:

@@ -92,6 +92,22 @@ def test_bad_paths(proxy, path, status, error):
     assert (response.status, response.json()["error"]) == (status, error)
 
 
+@pytest.mark.parametrize("method, path, allow", [
+    ("PUT", "/get/x", "GET, HEAD"),
+    ("DELETE", "/get/x", "GET, HEAD"),
+    ("POST", "/health", "GET, HEAD"),
+    ("DELETE", "/metrics", "GET, HEAD"),
+    ("PUT", "/?key=x", "GET, HEAD, DELETE"),
+])
+def test_405_allow_lists_only_the_methods_of_the_route(proxy, r, method, path, allow):
+    r.set("x", b"v")
+    response = request(proxy.port, path, method=method)
+    assert (response.status, response.headers["Allow"]) == (405, allow)
+    assert response.json() == {"error": "method not allowed",
+                               "detail": f"{method} is not supported here; use {allow}"}
+    assert r.get("x") == b"v"
+
+
 def test_post_is_405_with_allow(proxy, r):
     r.set("k", b"v")
     response = get(proxy.port, "k", method="POST")
