@@ -169,7 +169,9 @@ def test_etag_revalidation_gets_a_304_and_no_body_transfer(upstream, make_proxy,
     now[0] += 2  # stale now, still in Redis for revalidation
     again = request(proxy.port, q(url, "et"))
     assert (again.status, again.body, again.headers["ETag"]) == (200, body, '"v1"')
-    assert "fwd=stale; fwd-status=304" in again.headers["Cache-Status"]
+    # As the README's table says: a hit, forwarded to revalidate, and the freshened entry stored.
+    assert (again.headers["X-Cache"], again.headers["Cache-Status"]) == \
+        ("HIT", "redis-proxy; fwd=stale; fwd-status=304; stored; ttl=1")
     _path, headers = upstream.requests[-1]
     assert headers.get("If-None-Match") == '"v1"'
     assert sent_bodies == [len(body), 0]  # the second exchange carried no body
