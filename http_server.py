@@ -6,7 +6,6 @@ import http.client
 import io
 import json
 import logging
-import math
 import re
 import socket
 import socketserver
@@ -20,6 +19,7 @@ from urllib.parse import unquote_to_bytes
 
 import logger
 from load_env import Settings, load_settings
+from proxy.cache.result import CacheResult, cache_status
 from proxy.errors import (
     BadRequest,
     ConfigError,
@@ -50,7 +50,7 @@ from proxy.serving.syntax import (
     valid_header_line,
     valid_request_line,
 )
-from redis_proxy import CacheResult, RedisProxy
+from redis_proxy import RedisProxy
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("redis_proxy.access")
@@ -461,30 +461,6 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s " + format, self.client_address[0], *args)
-
-
-def cache_status(result: CacheResult) -> str:
-    """The RFC 9211 Cache-Status value: how this response came from the cache."""
-    parts = ["redis-proxy"]
-    if result.cache == "HIT" and not result.forward:
-        parts.append("hit")
-    elif result.cache == "STALE" and result.detail == "stale-if-error":
-        # Forwarded, and upstream failed: the stale copy stood in (RFC 9211 §2.2: not a hit).
-        parts.append("fwd=stale")
-        if result.upstream_status:
-            parts.append(f"fwd-status={result.upstream_status}")
-        parts.append("detail=stale-if-error")
-    elif result.cache == "STALE":
-        parts += ["hit", f"detail={result.detail or 'stale'}"]
-    elif result.cache == "BYPASS":
-        parts += ["fwd=bypass", "detail=redis-unavailable"]
-    else:
-        parts += [f"fwd={result.forward or 'miss'}", f"fwd-status={result.upstream_status}"]
-        if result.stored:
-            parts.append("stored")
-    if result.ttl is not None:
-        parts.append(f"ttl={math.floor(result.ttl)}")  # negative: served stale (RFC 9211 §2.7)
-    return "; ".join(parts)
 
 
 def make_server(host: str, port: int, proxy: RedisProxy, **options: Any) -> ProxyHTTPServer:
