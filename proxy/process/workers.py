@@ -21,7 +21,7 @@ from load_env import Settings
 from proxy.errors import ListenError
 from proxy.store.launcher import RedisServer, die_with_parent
 
-log = logging.getLogger("redis_proxy.workers")
+log = logging.getLogger(__name__)
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 RESTART_BACKOFF = 1.0  # a worker that dies this soon after its start is restarted this much later
