@@ -102,11 +102,11 @@ class RedisProxy:
     @property
     def _redis_value(self) -> Callable[[bytes], tuple[bytes | None, float | None]]:
         """The read role's one-key Redis read (a test gates it to hold loads in flight)."""
-        return self.reads._redis_value
+        return self.reads.load_value
 
     @_redis_value.setter
     def _redis_value(self, read: Callable[[bytes], tuple[bytes | None, float | None]]) -> None:
-        self.reads._redis_value = read  # type: ignore[method-assign]
+        self.reads.load_value = read
 
     # ----- the process-wide instance -------------------------------------------------------
 
@@ -144,7 +144,7 @@ class RedisProxy:
     def configure_memory(self, maxmemory: int, policy: str) -> bool:
         """CONFIG SET maxmemory and maxmemory-policy; a refusal is a warning, not a crash."""
         if hasattr(self.client, "configure_memory"):  # a cluster: every primary, each warned
-            return self.client.configure_memory(maxmemory, policy)
+            return bool(self.client.configure_memory(maxmemory, policy))
         try:
             self.client.config_set("maxmemory", maxmemory)
             self.client.config_set("maxmemory-policy", policy)
@@ -269,23 +269,24 @@ class RedisProxy:
 def scaled_out_client(settings: Settings) -> tuple[Any, str]:
     """The client of a Redis Cluster (REDIS_CLUSTER_NODES) or of Sentinel's primary
     (REDIS_SENTINELS), and the label logs and /health show for it."""
-    options = dict(socket_timeout=settings.redis_socket_timeout,
-                   max_connections=settings.redis_max_connections,
-                   password=settings.redis_password or None)
+    timeout, most = settings.redis_socket_timeout, settings.redis_max_connections
+    password = settings.redis_password or None
     if settings.redis_cluster_nodes:
         label = "redis-cluster://" + ",".join(settings.redis_cluster_nodes)
         log.info("store: Redis Cluster, seeds %s", ",".join(settings.redis_cluster_nodes))
         try:
             return make_cluster_client(settings.redis_cluster_nodes, tls_ca=settings.redis_tls_ca,
                                        tls_cert=settings.redis_tls_cert,
-                                       tls_key=settings.redis_tls_key, **options), label
+                                       tls_key=settings.redis_tls_key, socket_timeout=timeout,
+                                       max_connections=most, password=password), label
         except RedisClusterException as exc:  # not a RedisError: say it as one, for main()
             raise redis.ConnectionError(f"no Redis Cluster at {label}: {exc}") from exc
     label = f"redis-sentinel://{','.join(settings.redis_sentinels)}/{settings.redis_sentinel_master}"
     log.info("store: the primary of %r through Sentinel at %s", settings.redis_sentinel_master,
              ",".join(settings.redis_sentinels))
     return make_sentinel_client(settings.redis_sentinels, settings.redis_sentinel_master,
-                                **options), label
+                                socket_timeout=timeout, max_connections=most,
+                                password=password), label
 
 
 def redis_url_of(settings: Settings) -> str:

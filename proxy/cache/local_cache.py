@@ -38,7 +38,7 @@ class LocalCache:
         self.ttl = ttl
         self.timer = timer
         # The value stored in the TLRUCache is (value, expires_at); ttu reads expires_at back.
-        self._data: TLRUCache = TLRUCache(maxsize=max(capacity, 1),
+        self._data: TLRUCache[Hashable, tuple[Any, float]] = TLRUCache(maxsize=max(capacity, 1),
                                           ttu=lambda _k, item, _now: item[1], timer=timer)
         self._bytes = 0
         self._sizes: dict[Hashable, int] = {}

@@ -27,6 +27,8 @@ class ReadCache:
         self.stats = stats
         self.prefix = prefix
         self.allow_cache_prefix = allow_cache_prefix
+        # How get_value loads a key L1 misses: replaceable, so a test can hold loads in flight.
+        self.load_value: Callable[[bytes], tuple[bytes | None, float | None]] = self._redis_value
 
     def get_value(self, key: Key) -> bytes | None:
         """The value of a backing-Redis key through L1; None when it does not exist."""
@@ -35,9 +37,10 @@ class ReadCache:
         cached = self.local.get((READ_TIER, raw_key))
         if cached is not MISSING:
             self.stats.count(names.HITS_L1)
-            return cached  # type: ignore[no-any-return]
+            hit: bytes | None = cached
+            return hit
         value: bytes | None = self.local.get_or_load((READ_TIER, raw_key),
-                                                     lambda: self._redis_value(raw_key))
+                                                     lambda: self.load_value(raw_key))
         return value
 
     def get_values(self, keys: list[Key]) -> list[bytes | None]:
