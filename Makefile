@@ -31,7 +31,7 @@ docs: $(STAMP)
 	$(PY) -m proxy.process.settings_docs
 
 lint: $(STAMP)
-	$(PY) -m pip install -q ruff==0.14.4 && $(VENV)/bin/ruff check .
+	$(PY) -m pip install -q ruff==0.14.4 && $(VENV)/bin/ruff check . && $(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) run

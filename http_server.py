@@ -1,13 +1,9 @@
 """The HTTP front end: a thin stdlib `http.server` mapping requests onto RedisProxy."""
 
 import base64
-import email.utils
-import http.client
+import email.message
 import io
-import json
 import logging
-import math
-import re
 import socket
 import socketserver
 import sys
@@ -20,6 +16,7 @@ from urllib.parse import unquote_to_bytes
 
 import logger
 from load_env import Settings, load_settings
+from proxy.cache.result import CacheResult, cache_status
 from proxy.errors import (
     BadRequest,
     ConfigError,
@@ -38,7 +35,12 @@ from proxy.resp import server as resp_server
 from proxy.serving.auth import Authenticator, tokens_of
 from proxy.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.serving.metrics import Metrics
+from proxy.serving.query import BAD_PERCENT, QUERY_FIELDS, parse_query
 from proxy.serving.rate_limit import RateLimiter
+from proxy.serving.reply import DATES as _dates
+from proxy.serving.reply import REJECT as _REJECT
+from proxy.serving.reply import UNSAFE_HEADER_VALUE as _UNSAFE_HEADER_VALUE
+from proxy.serving.reply import json_bytes as _json_bytes
 from proxy.serving.sockets import DeadlineReader, LimitedServerMixIn, adopt_listener
 from proxy.serving.syntax import (
     body_framing_error,
@@ -50,7 +52,7 @@ from proxy.serving.syntax import (
     valid_header_line,
     valid_request_line,
 )
-from redis_proxy import CacheResult, RedisProxy
+from redis_proxy import RedisProxy
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("redis_proxy.access")
@@ -63,72 +65,16 @@ MAX_REQUEST_LINE = 64 * 1024
 MAX_HEADER_LINE = 8 * 1024
 MAX_HEADER_BYTES = 32 * 1024
 MAX_HEADERS = 100
-QUERY_FIELDS = ("url", "key", "params")
-_BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 
 # The same short names as the errors.py classes for these statuses.
 _PROTOCOL_ERRORS = {414: URITooLong.error, 431: HeadersTooLarge.error}
 
 
-def _json_bytes(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, ensure_ascii=False).encode()
-
-
-def error_body(error: str, detail: str) -> bytes:
-    return _json_bytes({"error": error, "detail": detail})
-
-
-class _DateCache:
-    """The Date header, formatted once a second rather than once a request."""
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._value = ""
-
-    def now(self) -> str:
-        second = int(time.time())
-        if second != self._second:
-            self._value = email.utils.formatdate(second, usegmt=True)
-            self._second = second
-        return self._value
-
-
-_dates = _DateCache()
-
-
-def parse_query(raw: bytes) -> dict[str, str]:
-    """The URL role's query fields, strictly: bad percent-encoding, invalid UTF-8 and a field
-    given twice are 400 (two values for one field are how caches get poisoned)."""
-    if _BAD_PERCENT.search(raw):
-        raise BadRequest("the query has a '%' not followed by two hex digits; percent-encode "
-                         "'%' as %25", error="bad query")
-    fields: dict[str, str] = {}
-    for part in raw.split(b"&"):
-        if not part:
-            continue
-        name_raw, _, value_raw = part.partition(b"=")
-        try:
-            name = unquote_to_bytes(name_raw.replace(b"+", b" ")).decode()
-            value = unquote_to_bytes(value_raw.replace(b"+", b" ")).decode()
-        except UnicodeDecodeError as exc:
-            raise BadRequest("the query is not valid UTF-8 once percent-decoded",
-                             error="bad query") from exc
-        if name in fields:
-            raise BadRequest(f"'{name}' is given twice; give it once", error="bad query")
-        fields[name] = value
-    return fields
-
-
-_REJECT_BODY = error_body("too many clients", "the proxy is at MAX_CLIENTS connections; retry shortly")
-_REJECT = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-           b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
-           % (len(_REJECT_BODY), _REJECT_BODY))
 # Routes answered outside MAX_PARALLEL, so a busy proxy can still say how it is.
 UNMETERED_ROUTES = frozenset({"/health", "/metrics"})
 # A client must read a large answer at least this fast (bytes/s), or the send times out.
 MIN_SEND_RATE = 64 * 1024
 SMALL_REPLY = 64 * 1024  # up to this, headers and body go out in one write
-_UNSAFE_HEADER_VALUE = re.compile(r"[\r\n\x00]")
 
 
 class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
@@ -173,7 +119,7 @@ class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
         else:
             log.exception("unhandled error on a connection from %s", client_address[0])
 
-    def admit(self, path: str, peer: str, headers: http.client.HTTPMessage) -> None:
+    def admit(self, path: str, peer: str, headers: email.message.Message) -> None:
         """CONTRACT §4: authentication first, then the rate limit; raises what refuses."""
         forwarded_for = headers.get_all("X-Forwarded-For") or []
         self.authenticator.check(path, headers.get_all("Authorization") or [], peer, forwarded_for)
@@ -185,6 +131,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "redis-proxy"
     server: ProxyHTTPServer
+    rfile: io.BufferedReader
 
     # ----- connection plumbing -------------------------------------------------------------
 
@@ -252,7 +199,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
             return
         self._reader.deadline = None
         # The stdlib parses the request line; the headers it would count wrong (parse_fields).
-        real_rfile, self.rfile = self.rfile, io.BufferedReader(io.BytesIO(b"\r\n"))  # type: ignore[assignment]
+        real_rfile, self.rfile = self.rfile, io.BufferedReader(io.BytesIO(b"\r\n"))
         try:
             parsed = self.parse_request()
         finally:
@@ -372,7 +319,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self._reply_result(proxy.fetch(url, key, params))
 
     def get_key(self, encoded: str) -> None:
-        if "%" in encoded and _BAD_PERCENT.search(encoded.encode("latin-1")):
+        if "%" in encoded and BAD_PERCENT.search(encoded.encode("latin-1")):
             raise BadRequest("the key has a '%' not followed by two hex digits", error="bad key")
         key = unquote_to_bytes(encoded)
         if not key:
@@ -465,30 +412,6 @@ def route_methods(path: str) -> tuple[str, ...]:
     return ALLOWED_METHODS
 
 
-def cache_status(result: CacheResult) -> str:
-    """The RFC 9211 Cache-Status value: how this response came from the cache."""
-    parts = ["redis-proxy"]
-    if result.cache == "HIT" and not result.forward:
-        parts.append("hit")
-    elif result.cache == "STALE" and result.detail == "stale-if-error":
-        # Forwarded, and upstream failed: the stale copy stood in (RFC 9211 §2.2: not a hit).
-        parts.append("fwd=stale")
-        if result.upstream_status:
-            parts.append(f"fwd-status={result.upstream_status}")
-        parts.append("detail=stale-if-error")
-    elif result.cache == "STALE":
-        parts += ["hit", f"detail={result.detail or 'stale'}"]
-    elif result.cache == "BYPASS":
-        parts += ["fwd=bypass", "detail=redis-unavailable"]
-    else:
-        parts += [f"fwd={result.forward or 'miss'}", f"fwd-status={result.upstream_status}"]
-        if result.stored:
-            parts.append("stored")
-    if result.ttl is not None:
-        parts.append(f"ttl={math.floor(result.ttl)}")  # negative: served stale (RFC 9211 §2.7)
-    return "; ".join(parts)
-
-
 def make_server(host: str, port: int, proxy: RedisProxy, **options: Any) -> ProxyHTTPServer:
     """An unstarted server (port 0 picks a free one; read it back from `server.port`).
     `options`: the limits, `authenticator` (default open) and `rate_limiter` (default none)."""
@@ -526,7 +449,7 @@ def auth_fail_limiter_of(settings: Settings) -> RateLimiter | None:
 
 def start_front_ends(settings: Settings, proxy: RedisProxy,
                      authenticator: Authenticator | None = None,
-                     listeners: list[socket.socket] | None = None) -> list:
+                     listeners: list[socket.socket] | None = None) -> list[Any]:
     """Bind every configured front end (or take `listeners`, bound already by the parent of
     pre-forked workers) and serve each in its own thread."""
     authenticator = authenticator or authenticator_of(settings)  # one set of tokens for both
@@ -537,7 +460,7 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
                   keepalive_timeout=settings.keepalive_timeout)
     # One rate limiter for both front ends: a client's RATE_LIMIT is one budget.
     rate_limiter = rate_limiter_of(settings)
-    servers = [make_server(settings.http_host, 0 if listeners else settings.http_port,
+    servers: list[Any] = [make_server(settings.http_host, 0 if listeners else settings.http_port,
                            proxy, **limits, authenticator=authenticator,
                            rate_limiter=rate_limiter)]
     if listeners:

@@ -348,11 +348,6 @@ class Settings:
         return bool(self.redis_url or self.redis_host or self.redis_cluster_nodes
                     or self.redis_sentinels)
 
-    @property
-    def stored_ttl(self) -> float:
-        """How long an entry stays in Redis at most: freshness plus the revalidation window."""
-        return self.cache_ttl + self.cache_stale_ttl
-
 
 def _cross_checks(settings: Settings) -> list[str]:
     problems = []
@@ -428,24 +423,26 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
 # ----- the table, read back: the command line and the generated docs ------------------------
 
 
-def flag_of(field: dataclasses.Field) -> str:
+def flag_of(field: dataclasses.Field[Any]) -> str:
     """The long command-line flag of a setting: HTTP_PORT -> --http-port."""
-    return "--" + field.metadata["env"].lower().replace("_", "-")
+    env: str = field.metadata["env"]
+    return "--" + env.lower().replace("_", "-")
 
 
-def fields_by_group() -> list[tuple[str, list[dataclasses.Field]]]:
+def fields_by_group() -> list[tuple[str, list[dataclasses.Field[Any]]]]:
     """The settings in GROUPS order, each group's in table order."""
     fields = dataclasses.fields(Settings)
     return [(group, [field for field in fields if field.metadata["group"] == group]) for group in GROUPS]
 
 
-def show_value(field: dataclasses.Field, value: Any) -> str:
+def show_value(field: dataclasses.Field[Any], value: Any) -> str:
     """A setting's value written as its variable would be set (the reverse of its parser)."""
     show = getattr(field.metadata["parse"], "show", None)
     if value is None:
         return ""
     if show is not None:
-        return show(value)
+        shown: str = show(value)
+        return shown
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -455,6 +452,6 @@ def show_value(field: dataclasses.Field, value: Any) -> str:
     return str(value)
 
 
-def default_text(field: dataclasses.Field) -> str:
+def default_text(field: dataclasses.Field[Any]) -> str:
     """The default as the docs state it ("empty" when it is the empty value)."""
     return field.metadata.get("shown") or show_value(field, field.default) or "empty"

@@ -30,10 +30,10 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def configure(level: str = "INFO", fmt: str = "text", file: str | None = None) -> None:
     """Install the proxy's handler on the root logger; calling again replaces it."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if handler.get_name() == _HANDLER_NAME:
-            root.removeHandler(handler)
-            handler.close()
+    for old in list(root.handlers):
+        if old.get_name() == _HANDLER_NAME:
+            root.removeHandler(old)
+            old.close()
     handler: logging.Handler
     handler = logging.FileHandler(file) if file else logging.StreamHandler(sys.stderr)
     handler.set_name(_HANDLER_NAME)

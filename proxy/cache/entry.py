@@ -5,6 +5,7 @@ import json
 import math
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 _UNSAFE = re.compile(r"[\r\n\x00]")
@@ -39,12 +40,8 @@ class Entry:
         """Seconds of freshness left; negative once stale."""
         return self.fresh_for - self.age(now)
 
-    @property
-    def content_type(self) -> str:
-        return self.headers.get("content-type", "application/octet-stream")
 
-
-def kept_headers(headers) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {name: headers[name] for name in KEPT_HEADERS if name in headers}
 
 

@@ -1,7 +1,10 @@
 """Shared-cache decisions on upstream responses (RFC 9111), pure: no I/O, the time passed in."""
 
+import dataclasses
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
+
+from proxy.cache.entry import Entry, kept_headers
 
 
 def parse_cache_control(value: str | None) -> dict[str, str | None]:
@@ -99,3 +102,29 @@ class Policy:
         if headers.get("last-modified"):
             conditional["If-Modified-Since"] = headers["last-modified"]
         return conditional
+
+
+def may_serve_stale_if_error(policy: Policy, stale: Entry | None, now: float, window: float) -> bool:
+    """RFC 5861 §4 stale-if-error: within `window` seconds past freshness, unless the entry
+    forbids serving it stale."""
+    return (stale is not None and window > 0 and -stale.remaining(now) <= window
+            and policy.may_serve_stale(stale.headers))
+
+
+def may_serve_stale_while_revalidate(policy: Policy, stale: Entry | None, now: float,
+                                     window: float) -> bool:
+    """RFC 5861 §3 stale-while-revalidate: stale by at most `window` seconds, and allowed to be."""
+    return (stale is not None and 0 < -stale.remaining(now) <= window
+            and policy.may_serve_stale(stale.headers))
+
+
+def freshened(policy: Policy, stale: Entry, headers: Mapping[str, str],
+              hops: tuple[tuple[str, str], ...] | None, now: float) -> Entry:
+    """The stored response freshened by a 304's `headers` (RFC 9111 §4.3.4), its freshness
+    taken from the result (a 304 often carries only the ETag). The body is the stored one: it
+    keeps its record, plus the `hops` of this revalidation."""
+    merged = {**stale.headers, **kept_headers(headers)}
+    via = None if stale.via is None or hops is None else tuple(dict.fromkeys(stale.via + hops))
+    return dataclasses.replace(stale, headers=merged, via=via,
+                               fetched_at=now - policy.initial_age(headers),
+                               fresh_for=policy.lifetime(merged, now))

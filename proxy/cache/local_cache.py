@@ -11,6 +11,9 @@ from cachetools import TLRUCache
 from proxy.cache.single_flight import SingleFlight
 
 MISSING: Any = object()
+# L1 keys are (tier, key): the two roles share one L1 and never each other's entries.
+URL_TIER = "u"  # (URL_TIER, redis key of a URL-cache entry) -> Entry
+READ_TIER = "g"  # (READ_TIER, raw key of the backing Redis) -> its value
 # How many recently invalidated keys are remembered one by one; a fill that began before the
 # oldest forgotten one is not kept (it might have been for that key).
 RECENT_INVALIDATIONS = 4096
@@ -35,7 +38,7 @@ class LocalCache:
         self.ttl = ttl
         self.timer = timer
         # The value stored in the TLRUCache is (value, expires_at); ttu reads expires_at back.
-        self._data: TLRUCache = TLRUCache(maxsize=max(capacity, 1),
+        self._data: TLRUCache[Hashable, tuple[Any, float]] = TLRUCache(maxsize=max(capacity, 1),
                                           ttu=lambda _k, item, _now: item[1], timer=timer)
         self._bytes = 0
         self._sizes: dict[Hashable, int] = {}

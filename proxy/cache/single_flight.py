@@ -3,7 +3,7 @@
 import threading
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -17,7 +17,7 @@ class SingleFlight:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._calls: dict[Hashable, Future] = {}
+        self._calls: dict[Hashable, Future[Any]] = {}
 
     def do(self, key: Hashable, fn: Callable[[], T], wait_timeout: float | None = None) -> tuple[T, bool]:
         """Return (result, shared): shared is True when another caller's execution answered."""
@@ -43,7 +43,3 @@ class SingleFlight:
         finally:
             with self._lock:
                 del self._calls[key]
-
-    def in_flight(self, key: Hashable) -> bool:
-        with self._lock:
-            return key in self._calls

@@ -5,6 +5,7 @@ import dataclasses
 import os
 import textwrap
 from collections.abc import Sequence
+from typing import Any
 
 from load_env import GROUPS, Settings, default_text, fields_by_group, flag_of, show_value
 from proxy.store.connection import mask_url
@@ -38,7 +39,7 @@ class Options:
     check_config: bool = False
 
 
-def setting_help(field: dataclasses.Field) -> str:
+def setting_help(field: dataclasses.Field[Any]) -> str:
     """One setting's --help text: its meaning, variable, format and default."""
     meta = field.metadata
     text = (f"{plain(meta['meaning'])}. Env {meta['env']}; {meta['parse'].expected}; "
@@ -60,7 +61,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
             env = field.metadata["env"]
             names = [*field.metadata.get("flags", ()), flag_of(field)]
             # A boolean flag alone means true: --upstream-allow-private.
-            extra = {"nargs": "?", "const": "true"} if field.type is bool else {}
+            extra: dict[str, Any] = {"nargs": "?", "const": "true"} if field.type is bool else {}
             section.add_argument(*names, dest=env, metavar=env, help=setting_help(field), **extra)
     return parser
 

@@ -13,7 +13,7 @@ import redis
 
 from proxy.errors import LauncherError, ListenError
 
-log = logging.getLogger("redis_proxy")
+log = logging.getLogger(__name__)
 
 
 def _is_loopback(host: str) -> bool:

@@ -8,6 +8,7 @@ import dataclasses
 import os
 import re
 import sys
+from typing import Any
 
 from dotenv import dotenv_values
 
@@ -28,7 +29,7 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def _default_cell(field: dataclasses.Field) -> str:
+def _default_cell(field: dataclasses.Field[Any]) -> str:
     text = default_text(field)
     # Values are code; the table's own words ("empty", "off", "2 × cores") are not.
     return text if text == "empty" or "shown" in field.metadata else f"`{text}`"

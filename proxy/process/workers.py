@@ -21,7 +21,7 @@ from load_env import Settings
 from proxy.errors import ListenError
 from proxy.store.launcher import RedisServer, die_with_parent
 
-log = logging.getLogger("redis_proxy.workers")
+log = logging.getLogger(__name__)
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 RESTART_BACKOFF = 1.0  # a worker that dies this soon after its start is restarted this much later
@@ -76,11 +76,49 @@ def supervise(settings: Settings, serve: Callable[[Settings, list[socket.socket]
         settings = dataclasses.replace(settings, redis_url=embedded.url)
     log.info("HTTP on http://%s:%d with %d workers", settings.http_host,
              listeners[0].getsockname()[1], settings.http_workers)
-    children: dict[int, float] = {}  # pid -> start time
-    parent = os.getpid()
-    stopping = False
+    try:
+        _Supervisor(settings, serve, listeners).run()
+    finally:
+        for listener in listeners:
+            listener.close()
+        if embedded is not None:
+            embedded.cleanup()
+    log.info("stopped")
+    return 0
 
-    def spawn() -> None:
+
+class _Supervisor:
+    """The parent's loop: fork the workers, start another when one dies, stop them all on
+    SIGINT or SIGTERM."""
+
+    def __init__(self, settings: Settings, serve: Callable[[Settings, list[socket.socket]], int],
+                 listeners: list[socket.socket]):
+        self.settings = settings
+        self.serve = serve
+        self.listeners = listeners
+        self.children: dict[int, float] = {}  # pid -> start time
+        self.parent = os.getpid()
+        self.stopping = False
+
+    def run(self) -> None:
+        signal.signal(signal.SIGINT, self.on_signal)
+        signal.signal(signal.SIGTERM, self.on_signal)
+        for _ in range(self.settings.http_workers):
+            if not self.stopping:
+                self.spawn()
+        while self.children:
+            pid, status = os.wait()
+            started = self.children.pop(pid, None)
+            if started is None or self.stopping:
+                continue
+            log.warning("worker %d exited (status %d); starting another", pid,
+                        os.waitstatus_to_exitcode(status))
+            if time.monotonic() - started < RESTART_BACKOFF:
+                time.sleep(RESTART_BACKOFF)  # a worker that cannot start must not spin the CPU
+            if not self.stopping:
+                self.spawn()
+
+    def spawn(self) -> None:
         # Signals wait while forking: the parent's handler must not run before the new pid is
         # registered (it would not be told to stop), nor in the child before its own handlers.
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -89,57 +127,36 @@ def supervise(settings: Settings, serve: Callable[[Settings, list[socket.socket]
         except BaseException:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
             raise
-        if pid == 0:  # the worker: serve, then leave without running the parent's cleanup
-            code = 1
-            try:
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                die_with_parent()
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a pending one ends it
-                if os.getppid() != parent:  # the parent died before PDEATHSIG was armed
-                    return
-                code = serve(settings, listeners)
-            except BaseException:  # noqa: BLE001 - a worker must report, then exit
-                log.exception("worker %d failed", os.getpid())
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        children[pid] = time.monotonic()
+        if pid == 0:
+            self._work()
+        self.children[pid] = time.monotonic()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         log.info("worker %d started", pid)
 
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        if not stopping:
-            log.info("received %s, stopping %d workers", signal.Signals(signum).name, len(children))
-        stopping = True
-        for pid in list(children):
+    def _work(self) -> None:
+        """The worker: serve, then leave without running the parent's cleanup."""
+        code = 1
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            die_with_parent()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a pending one ends it
+            if os.getppid() != self.parent:  # the parent died before PDEATHSIG was armed
+                return
+            code = self.serve(self.settings, self.listeners)
+        except BaseException:  # noqa: BLE001 - a worker must report, then exit
+            log.exception("worker %d failed", os.getpid())
+        finally:
+            logging.shutdown()
+            os._exit(code)
+
+    def on_signal(self, signum: int, _frame: object) -> None:
+        if not self.stopping:
+            log.info("received %s, stopping %d workers", signal.Signals(signum).name,
+                     len(self.children))
+        self.stopping = True
+        for pid in list(self.children):
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    try:
-        for _ in range(settings.http_workers):
-            if not stopping:
-                spawn()
-        while children:
-            pid, status = os.wait()
-            started = children.pop(pid, None)
-            if started is None or stopping:
-                continue
-            log.warning("worker %d exited (status %d); starting another", pid,
-                        os.waitstatus_to_exitcode(status))
-            if time.monotonic() - started < RESTART_BACKOFF:
-                time.sleep(RESTART_BACKOFF)  # a worker that cannot start must not spin the CPU
-            if not stopping:
-                spawn()
-    finally:
-        for listener in listeners:
-            listener.close()
-        if embedded is not None:
-            embedded.cleanup()
-    log.info("stopped")
-    return 0

@@ -200,9 +200,10 @@ class RespCommands:
         and answers the server's map, as Redis 7 does (src/networking.c helloCommand)."""
         version, user, password, name = session.protocol, None, None, None
         if len(args) > 1:
-            version = wire.parse_integer(args[1])
-            if version is None:
+            asked = wire.parse_integer(args[1])
+            if asked is None:
                 return wire.error("ERR Protocol version is not an integer or out of range")
+            version = asked
             if version not in (wire.RESP2, wire.RESP3):
                 return wire.error("NOPROTO unsupported protocol version")
             options = args[2:]

@@ -65,7 +65,7 @@ class RespParser:
         self._dropped = 0  # its elements read and dropped (over max_args: only the name is kept)
         self._bulk = -1  # length of the bulk being read, -1 while its $ line is awaited
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         if self._pos and self._pos == len(self._buffer):
             self._buffer.clear()
             self._pos = 0

@@ -5,6 +5,10 @@ import socket
 import socketserver
 import threading
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 
 class DeadlineReader(io.RawIOBase):
@@ -22,7 +26,7 @@ class DeadlineReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def, override]
+    def readinto(self, buffer: "WriteableBuffer") -> int:
         if self.deadline is None:
             self.sock.settimeout(self.idle_timeout)
         else:
@@ -43,7 +47,7 @@ def adopt_listener(server: socketserver.TCPServer, sock: socket.socket) -> None:
     server.socket = sock
     server.server_address = sock.getsockname()
     if hasattr(server, "server_port"):
-        server.server_port = server.server_address[1]  # type: ignore[attr-defined]
+        server.server_port = server.server_address[1]
 
 
 class LimitedServerMixIn:

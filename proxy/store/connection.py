@@ -7,7 +7,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -59,7 +59,7 @@ def make_client(url: str, *, socket_timeout: float = 0.5, max_connections: int =
     No retries: a request must spend at most about a second on an unreachable Redis
     (CONTRACT §7); RedisHealth backs off instead.
     """
-    kwargs: dict = {"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout,
+    kwargs: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout,
                     "max_connections": max_connections, "timeout": socket_timeout,
                     "retry": Retry(NoBackoff(), 0), "protocol": 2}
     if password:
@@ -75,7 +75,8 @@ def make_client(url: str, *, socket_timeout: float = 0.5, max_connections: int =
     return redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
 
 
-def _on_connect(connection: redis.Connection) -> None:
+def _on_connect(connection: Any) -> None:
+    """A redis.Connection, given our `tracking_redirect` attribute."""
     connection.on_connect()
     connection.tracking_redirect = None  # a new connection tracks nothing yet
 
@@ -96,7 +97,7 @@ class TrackingConnectionPool(redis.BlockingConnectionPool):
     # then off for good and connections are handed out untracked.
     tracking_refused: redis.ResponseError | None = None
 
-    def get_connection(self, *args, **options):  # type: ignore[no-untyped-def]
+    def get_connection(self, *args: Any, **options: Any) -> Any:
         connection = super().get_connection(*args, **options)
         target = self.redirect_to
         if getattr(connection, "tracking_redirect", None) != target:
@@ -154,9 +155,9 @@ class RedisHealth:
     """Tracks whether Redis answers. After a failure the request path stops asking Redis and a
     background thread PINGs every `probe_interval` seconds until it answers again."""
 
-    def __init__(self, client: redis.Redis, probe_interval: float = 0.5,
+    def __init__(self, client: Any, probe_interval: float = 0.5,
                  on_recover: Callable[[], None] | None = None):
-        self.client = client
+        self.client = client  # a redis.Redis, or a proxy.store.topology.ClusterStore
         self.probe_interval = probe_interval
         self.on_recover = on_recover
         self._up = True
@@ -166,7 +167,6 @@ class RedisHealth:
         self._check_lock = threading.Lock()
         self._checked_at = -math.inf
         self._last_check = True
-        self.failures = 0
 
     @property
     def up(self) -> bool:
@@ -193,7 +193,6 @@ class RedisHealth:
             if not self._up or self._stop.is_set():
                 return
             self._up = False
-            self.failures += 1
             self._prober = threading.Thread(target=self._probe, name="redis-probe", daemon=True)
             self._prober.start()
         log.warning("redis unreachable (%s); serving without it until it answers again", exc)

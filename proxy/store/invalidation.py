@@ -93,7 +93,7 @@ class Invalidator:
 
     def _subscribe(self) -> redis.Connection:
         kwargs = {**self.pool.connection_kwargs, "redis_connect_func": None}
-        connection = self.pool.connection_class(**kwargs)
+        connection: redis.Connection = self.pool.connection_class(**kwargs)
         self._connection = connection
         connection.connect()
         connection.send_command("CLIENT", "ID")

@@ -39,7 +39,8 @@ def find_redis_server() -> str:
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def die_with_parent() -> None:
@@ -65,7 +66,7 @@ class RedisServer:
         self.port = 0 if unix_socket else (port or free_port())
         self.extra_args = extra_args
         self.tie_to_parent = tie_to_parent
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:

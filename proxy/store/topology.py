@@ -52,14 +52,15 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _reset_tracking(connection: redis.Connection) -> None:
+def _reset_tracking(connection: Any) -> None:
+    """A redis.Connection, given our `tracking_redirect` attribute."""
     # RedisCluster.on_connect has run the handshake; a new connection tracks nothing yet.
     connection.tracking_redirect = None
 
 
-def _client_kwargs(socket_timeout: float, max_connections: int, password: str | None) -> dict:
+def _client_kwargs(socket_timeout: float, max_connections: int, password: str | None) -> dict[str, Any]:
     """The pool settings of make_client(): a blocking pool, no per-connection retries."""
-    kwargs: dict = {"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout,
+    kwargs: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout,
                     "max_connections": max_connections, "timeout": socket_timeout, "protocol": 2}
     if password:
         kwargs["password"] = password
@@ -82,7 +83,7 @@ class _ClusterPools:
         self.cluster = cluster
 
     @property
-    def connection_kwargs(self) -> dict:
+    def connection_kwargs(self) -> dict[str, Any]:
         return self.cluster.nodes_manager.connection_kwargs
 
     def disconnect(self) -> None:
@@ -96,7 +97,7 @@ class ClusterStore(RedisCluster):
 
     def __init__(self, nodes: list[tuple[str, int]], *, socket_timeout: float = 0.5,
                  max_connections: int = 64, password: str | None = None, tls: bool = False,
-                 tls_kwargs: dict | None = None):
+                 tls_kwargs: dict[str, Any] | None = None):
         self.tracking: ClusterTracking | None = None
         self.memory: tuple[int, str] | None = None  # applied to every primary, new ones too
         self.refreshes = 0  # slots-cache refreshes redis-py reported (MOVED, failover)
@@ -129,7 +130,7 @@ class ClusterStore(RedisCluster):
         if tracking is not None:
             tracking.wake()
 
-    def mget(self, keys: Any, *args: Any) -> list:
+    def mget(self, keys: Any, *args: Any) -> list[Any]:
         """MGET split by slot, one pipeline per node, answers in the order asked."""
         return self.mget_nonatomic(keys, *args)
 
@@ -322,7 +323,6 @@ class ClusterHealth(RedisHealth):
                                    "retry shortly") from exc
 
     def mark_down(self, exc: BaseException) -> None:
-        self.failures += 1
         now = time.monotonic()
         if now - self._logged_at >= NODE_ERROR_LOG_INTERVAL:
             self._logged_at = now

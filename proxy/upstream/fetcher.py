@@ -107,8 +107,9 @@ class _CheckedConnectionMixin:
             raise ConnectTimeoutError(self, f"Connection to {self.host} timed out. "
                                       f"(connect timeout={self.timeout})") from exc
         except OSError as exc:
-            raise NewConnectionError(  # type: ignore[arg-type]
-                self, f"Failed to establish a new connection: {exc}") from exc
+            # The mixin is only ever mixed into an HTTPConnection, which the stub cannot know.
+            raise NewConnectionError(
+                self, f"Failed to establish a new connection: {exc}") from exc  # type: ignore[arg-type]
         self.peer_address = str(sock.getpeername()[0])
         sys.audit("http.client.connect", self, self.host, self.port)
         return sock
@@ -170,7 +171,7 @@ class _PeerRecordingPoolMixin:
     def _make_request(self, conn: Any, *args: Any, **kwargs: Any) -> Any:
         response = super()._make_request(conn, *args, **kwargs)  # type: ignore[misc]
         peers = _peers.get()
-        if peers is not None and getattr(conn, "peer_address", ""):
+        if peers is not None and getattr(conn, "peer_address", None):
             peers.append(conn.peer_address)
         return response
 

@@ -15,9 +15,11 @@ MAY_IMPORT = {
     "proxy.cache": ("proxy.errors", "proxy.cache"),
     "proxy.store": ("proxy.errors", "proxy.cache", "proxy.store"),
     "proxy.upstream": ("proxy.errors", "proxy.upstream", "proxy"),  # proxy: __version__ alone
+    "proxy.core": ("proxy.errors", "proxy.cache", "proxy.store", "proxy.upstream", "proxy.core"),
     "load_env": ("proxy.errors",),
     "logger": (),
-    "redis_proxy": ("proxy.errors", "proxy.cache", "proxy.store", "proxy.upstream", "load_env"),
+    "redis_proxy": ("proxy.errors", "proxy.cache", "proxy.store", "proxy.upstream", "proxy.core",
+                    "load_env"),
     "proxy.serving": ("proxy.errors", "proxy.serving"),
     "proxy.resp": ("proxy.errors", "proxy.serving", "proxy.resp", "redis_proxy", "proxy"),
     "proxy.process": ("proxy.errors", "proxy.store", "proxy.process", "load_env"),

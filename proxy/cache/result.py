@@ -1,0 +1,52 @@
+"""What the URL role answers (`CacheResult`) and its RFC 9211 `Cache-Status` rendering."""
+
+import dataclasses
+import math
+
+HIT, MISS, STALE, BYPASS = "HIT", "MISS", "STALE", "BYPASS"
+STALE_IF_ERROR = "stale-if-error"  # RFC 5861 §4
+STALE_WHILE_REVALIDATE = "stale-while-revalidate"  # RFC 5861 §3
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheResult:
+    """What the URL role answers: the response plus how the cache produced it."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+    cache: str  # HIT, MISS, STALE or BYPASS
+    age: int = 0
+    ttl: float | None = None  # freshness left, when served from the cache
+    forward: str = ""  # RFC 9211 fwd= reason when upstream was asked: miss or stale
+    upstream_status: int = 0  # what upstream answered, when it was asked
+    stored: bool = False
+    detail: str = ""  # RFC 9211 detail= of a STALE answer: stale-if-error or stale-while-revalidate
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "application/octet-stream")
+
+
+def cache_status(result: CacheResult) -> str:
+    """The RFC 9211 Cache-Status value: how this response came from the cache."""
+    parts = ["redis-proxy"]
+    if result.cache == HIT and not result.forward:
+        parts.append("hit")
+    elif result.cache == STALE and result.detail == STALE_IF_ERROR:
+        # Forwarded, and upstream failed: the stale copy stood in (RFC 9211 §2.2: not a hit).
+        parts.append("fwd=stale")
+        if result.upstream_status:
+            parts.append(f"fwd-status={result.upstream_status}")
+        parts.append(f"detail={STALE_IF_ERROR}")
+    elif result.cache == STALE:
+        parts += ["hit", f"detail={result.detail or 'stale'}"]
+    elif result.cache == BYPASS:
+        parts += ["fwd=bypass", "detail=redis-unavailable"]
+    else:
+        parts += [f"fwd={result.forward or 'miss'}", f"fwd-status={result.upstream_status}"]
+        if result.stored:
+            parts.append("stored")
+    if result.ttl is not None:
+        parts.append(f"ttl={math.floor(result.ttl)}")  # negative: served stale (RFC 9211 §2.7)
+    return "; ".join(parts)

@@ -1,0 +1,366 @@
+"""The URL role: a request's URL validated once, then L1 -> Redis -> upstream, stored when storable."""
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from proxy.cache import entry as cache_entry
+from proxy.cache import keys as cache_keys
+from proxy.cache.entry import Entry
+from proxy.cache.freshness import (
+    Policy,
+    freshened,
+    may_serve_stale_if_error,
+    may_serve_stale_while_revalidate,
+)
+from proxy.cache.local_cache import MISSING, URL_TIER, LocalCache
+from proxy.cache.result import (
+    BYPASS,
+    HIT,
+    MISS,
+    STALE,
+    STALE_IF_ERROR,
+    STALE_WHILE_REVALIDATE,
+    CacheResult,
+)
+from proxy.cache.single_flight import SingleFlight
+from proxy.core import stats as names
+from proxy.core.read_cache import redis_call
+from proxy.core.stats import Stats
+from proxy.errors import (
+    BadGateway,
+    BadRequest,
+    Forbidden,
+    GatewayTimeout,
+    KeyNotFound,
+    ProxyError,
+    StoreUnavailable,
+    UnrecordedSource,
+)
+from proxy.store.connection import RedisHealth
+from proxy.store.fetch_lock import FetchLock
+from proxy.store.purge_marker import PurgeMarkers, Start
+from proxy.upstream.fetcher import Fetcher
+
+log = logging.getLogger(__name__)
+
+STORE_ERROR_LOG_INTERVAL = 10.0
+MAX_REFRESHES = 8  # background stale-while-revalidate refreshes running at once
+
+
+@dataclasses.dataclass(frozen=True)
+class UrlRequest:
+    target: str  # what is sent upstream
+    canonical: str  # what the entry remembers and the derived key hashes
+    redis_key: str
+
+
+@dataclasses.dataclass(frozen=True)
+class UrlLimits:
+    """The URL role's settings: sizes, prefix and the stale windows (seconds)."""
+
+    prefix: str = "rp:"
+    max_url_bytes: int = 8192
+    max_key_bytes: int = 1024
+    stale_ttl: float = 300.0  # kept in Redis past freshness, for revalidation and stale serving
+    stale_if_error: float = 300.0
+    stale_while_revalidate: float = 0.0
+
+
+class UrlCache:
+    """`GET /?url=U&key=K`: parse, look up, coalesce the forward, revalidate, store, purge."""
+
+    def __init__(self, client: Any, fetcher: Fetcher, local: LocalCache, health: RedisHealth,
+                 fetch_lock: FetchLock, purge_markers: PurgeMarkers, policy: Policy, stats: Stats,
+                 limits: UrlLimits, *, clock: Callable[[], float] = time.time,
+                 redis_label: str = ""):
+        self.client = client
+        self.fetcher = fetcher
+        self.local = local
+        self.health = health
+        self.fetch_lock = fetch_lock
+        self.purge_markers = purge_markers
+        self.policy = policy
+        self.stats = stats
+        self.limits = limits
+        self.clock = clock
+        self.redis_label = redis_label
+        self.flights = SingleFlight()
+        # Parsing is pure: remember recent results (errors are raised again, never remembered).
+        self._parse_cached = functools.lru_cache(maxsize=4096)(self._parse)
+        self._refreshing: set[str] = set()  # keys with a background refresh running
+        self._refreshing_lock = threading.Lock()
+        self._store_error_logged_at = -math.inf
+
+    def parse(self, url: str, key: str | None = None, params: Any = None) -> UrlRequest:
+        """Validate a URL-role request; BadRequest / URITooLong name what is wrong."""
+        if isinstance(params, (str, type(None))):
+            return self._parse_cached(url, key, params)  # the hit path asks the same URLs again
+        return self._parse(url, key, params)
+
+    def _parse(self, url: str, key: str | None, params: Any) -> UrlRequest:
+        max_url_bytes = self.limits.max_url_bytes
+        cache_keys.check_url(url, max_url_bytes)
+        if key is not None:
+            cache_keys.check_key(key, self.limits.max_key_bytes)
+        pairs = cache_keys.parse_params(params) if isinstance(params, (str, type(None))) \
+            else cache_keys.parse_params(_json(params))
+        target = cache_keys.target_url(url, pairs)
+        if len(target.encode()) > max_url_bytes:
+            cache_keys.check_url(target, max_url_bytes)
+        canonical = cache_keys.canonical_url(target)  # the key is what is actually fetched
+        return UrlRequest(target, canonical, cache_keys.redis_key(self.limits.prefix, key, canonical))
+
+    def fetch(self, url: str, key: str | None = None, params: Any = None) -> CacheResult:
+        """The response for `url`: from L1, else Redis, else upstream (stored when storable)."""
+        request = self.parse(url, key, params)
+        self.fetcher.check(request.target)  # the upstream policy holds for cached entries too
+        now = self.clock()
+        local = self.local.get((URL_TIER, request.redis_key))
+        if (local is not MISSING and local.url == request.canonical and local.remaining(now) > 0
+                and self._admitted(local)):
+            self.stats.count(names.HITS_L1)
+            return _from_entry(local, now, HIT)
+        epoch = self.local.epoch
+        stored, redis_up = self._read_entry(request.redis_key)
+        if stored is not None and (stored.url != request.canonical or not self._admitted(stored)):
+            # The key names another URL's entry, or one that records too little for this
+            # policy to judge: a miss, never its body (fetched again, through the policy).
+            stored = None
+        if stored is not None and stored.remaining(now) > 0:
+            self.stats.count(names.HITS_REDIS)
+            self.local.set((URL_TIER, request.redis_key), stored, stored.remaining(now), epoch=epoch)
+            return _from_entry(stored, now, HIT)
+        if stored is not None and may_serve_stale_while_revalidate(
+                self.policy, stored, now, self.limits.stale_while_revalidate):
+            # RFC 5861 §3: answer with the stale copy now and refresh it once, in the background.
+            self.stats.count(names.HITS_STALE)
+            self._refresh_in_background(request, stored)
+            return _from_entry(stored, now, STALE, detail=STALE_WHILE_REVALIDATE)
+        self.stats.count(names.MISSES)
+        # Keyed by URL as well: two URLs given one explicit key must never share a fetch.
+        result, _shared = self.flights.do(
+            (request.redis_key, request.canonical),
+            lambda: self._coalesced_forward(request, stored, redis_up),
+            wait_timeout=self.fetcher.timeout)
+        return result
+
+    def _coalesced_forward(self, request: UrlRequest, stale: Entry | None,
+                           redis_up: bool) -> CacheResult:
+        """One upstream fetch per entry across every proxy process sharing this Redis."""
+        # One lock per key and URL: a fetch of another URL under the same explicit key
+        # neither waits for this one nor is taken for it.
+        lock = f"{request.redis_key}\x00{cache_keys.url_digest(request.canonical)[:16]}"
+        token = self.fetch_lock.acquire(lock) if redis_up else ""
+        if token is None:
+            self.stats.count(names.COALESCED_WAITS)
+            found = self.fetch_lock.wait(lock, lambda: self._fresh_stored(request, stale))
+            if found is not None:
+                return found
+            token = ""  # the other fetch failed or was not storable: fetch for ourselves
+        try:
+            if token:
+                # Double-checked: a fetch may have stored the entry and released the lock
+                # between our read of Redis and our taking the lock.
+                found = self._fresh_stored(request, stale)
+                if found is not None:
+                    return found
+            return self._forward(request, stale, redis_up)
+        finally:
+            self.fetch_lock.release(lock, token)
+
+    def _fresh_stored(self, request: UrlRequest, stale: Entry | None) -> CacheResult | None:
+        """A fresh entry another process has stored since `stale` (or since nothing)."""
+        epoch = self.local.epoch
+        entry, _up = self._read_entry(request.redis_key)
+        now = self.clock()
+        if entry is None or entry.url != request.canonical or entry.remaining(now) <= 0:
+            return None
+        if stale is not None and entry.fetched_at <= stale.fetched_at:
+            return None
+        try:
+            self.fetcher.check_source(entry.url, entry.via)
+        except Forbidden:
+            return None  # stored by a looser proxy: our own fetch asks the policy, which answers
+        self.local.set((URL_TIER, request.redis_key), entry, entry.remaining(now), epoch=epoch)
+        return _from_entry(entry, now, HIT)
+
+    def _refresh_in_background(self, request: UrlRequest, stale: Entry) -> None:
+        with self._refreshing_lock:
+            # One refresh per key, and a few at once: the stale copy is served either way, and
+            # a burst of keys going stale must not become a burst of threads and fetches.
+            if request.redis_key in self._refreshing or len(self._refreshing) >= MAX_REFRESHES:
+                return
+            self._refreshing.add(request.redis_key)
+
+        def refresh() -> None:
+            try:
+                # Another request or process may have refreshed it since `stale` was read.
+                if self._fresh_stored(request, stale) is None:
+                    self.flights.do((request.redis_key, request.canonical),
+                                    lambda: self._coalesced_forward(request, stale, True))
+            except ProxyError as exc:
+                log.info("background refresh of %s failed: %s", request.redis_key, exc.detail)
+            except Exception:  # noqa: BLE001 - a background thread must log, not die silently
+                log.exception("background refresh of %s failed", request.redis_key)
+            finally:
+                with self._refreshing_lock:
+                    self._refreshing.discard(request.redis_key)
+
+        threading.Thread(target=refresh, name="revalidate", daemon=True).start()
+
+    def lookup(self, key: str) -> CacheResult:
+        """`?key=K` alone: what is stored under K, or KeyNotFound."""
+        redis_key = self._explicit_key(key)
+        now = self.clock()
+        local = self.local.get((URL_TIER, redis_key))
+        if local is not MISSING and local.remaining(now) > 0:
+            self.fetcher.check_source(local.url, local.via)
+            self.stats.count(names.HITS_L1)
+            return _from_entry(local, now, HIT)
+        stored, redis_up = self._read_entry(redis_key)
+        if stored is None:
+            if not redis_up:
+                raise StoreUnavailable()  # not "not cached": Redis could not be asked
+            raise KeyNotFound()
+        # Whoever stored it, it is served only if this proxy's policy would have fetched it.
+        self.fetcher.check_source(stored.url, stored.via)
+        self.stats.count(names.HITS_REDIS)
+        return _from_entry(stored, now, HIT if stored.remaining(now) > 0 else STALE)
+
+    def purge(self, url: str | None = None, key: str | None = None, params: Any = None) -> int:
+        """Remove an entry from Redis and L1; other proxies' L1 copies follow by invalidation
+        (or expire by their TTL with L1_INVALIDATION=ttl). Returns how many were removed."""
+        if url is not None:
+            redis_key = self.parse(url, key, params).redis_key
+        elif key is not None:
+            redis_key = self._explicit_key(key)
+        else:
+            raise BadRequest("give key=<name> or url=<absolute URL> to purge", error="missing key")
+        self.local.pop((URL_TIER, redis_key))
+        # The marker makes a fetch that was in flight refuse to store its older answer.
+        removed: int = redis_call(self.health, lambda: self.purge_markers.purge([redis_key]))
+        self.local.pop((URL_TIER, redis_key))  # a read that raced the delete may have refilled it
+        self.stats.count(names.PURGES)
+        return removed
+
+    def check_key(self, key: str) -> bool:
+        """Whether an entry is stored under the explicit key `key`."""
+        redis_key = self._explicit_key(key)
+        return bool(self.health.call(lambda: self.client.exists(redis_key)))
+
+    def _explicit_key(self, key: str) -> str:
+        cache_keys.check_key(key, self.limits.max_key_bytes)
+        return self.limits.prefix + key
+
+    def _admitted(self, entry: Entry) -> bool:
+        """Whether this proxy's upstream policy admits `entry` as its fetch recorded it (URL,
+        hops, addresses connected to): Forbidden when the policy refuses it, as a fetch would
+        be; False when the entry records too little to judge, so it is fetched again."""
+        try:
+            self.fetcher.check_source(entry.url, entry.via)
+        except UnrecordedSource:
+            return False
+        return True
+
+    def _read_entry(self, redis_key: str) -> tuple[Entry | None, bool]:
+        try:
+            raw = self.health.call(lambda: self.client.get(redis_key))
+        except StoreUnavailable:
+            return None, False
+        except redis.RedisError as exc:
+            self._store_error(exc)
+            return None, True
+        return (cache_entry.decode(raw) if raw else None), True
+
+    def _forward(self, request: UrlRequest, stale: Entry | None, redis_up: bool) -> CacheResult:
+        """Ask upstream (conditionally when a stale copy has validators) and store the answer."""
+        conditional = self.policy.validators(stale.headers) if stale else {}
+        # Where L1 and the purge markers stand before upstream is asked: a purge from here on
+        # means this answer is older than the purge, and it is neither stored nor kept in L1.
+        epoch = self.local.epoch
+        start = self.purge_markers.start(request.redis_key) if redis_up else None
+        window = self.limits.stale_if_error
+        try:
+            response = self.fetcher.fetch(request.target, conditional)
+        except (BadGateway, GatewayTimeout):
+            self.stats.count(names.UPSTREAM_ERRORS)
+            now = self.clock()
+            if stale is not None and may_serve_stale_if_error(self.policy, stale, now, window):
+                return _from_entry(stale, now, STALE, detail=STALE_IF_ERROR)
+            raise
+        self.stats.count(names.UPSTREAM_FETCHES)
+        now = self.clock()
+        if response.status == 304 and stale is not None:
+            entry = freshened(self.policy, stale, response.headers, response.hops, now)
+            stored = self.policy.storable(stale.status, entry.headers) \
+                and self._store(request.redis_key, entry, start, epoch)
+            return dataclasses.replace(_from_entry(entry, now, HIT, forward="stale"),
+                                       upstream_status=304, stored=stored)
+        if (response.status >= 500 and stale is not None
+                and may_serve_stale_if_error(self.policy, stale, now, window)):
+            return dataclasses.replace(_from_entry(stale, now, STALE, detail=STALE_IF_ERROR),
+                                       upstream_status=response.status)
+        headers = cache_entry.kept_headers(response.headers)
+        entry = Entry(status=response.status, body=response.body, url=request.canonical,
+                      fetched_at=now - self.policy.initial_age(response.headers),
+                      fresh_for=self.policy.lifetime(response.headers, now), headers=headers,
+                      via=response.hops)
+        stored = self.policy.storable(response.status, response.headers) \
+            and self._store(request.redis_key, entry, start, epoch)
+        return CacheResult(response.status, response.body, headers,
+                           MISS if redis_up else BYPASS, int(entry.age(now)),
+                           forward="stale" if stale else "miss",
+                           upstream_status=response.status, stored=stored)
+
+    def _store(self, redis_key: str, entry: Entry, start: Start | None, epoch: int) -> bool:
+        """One atomic write with a TTL (SETEX semantics): freshness left plus the stale window.
+        Refused when the entry was purged since `start` (None: Redis was not reachable then);
+        the L1 copy is kept unless the entry was invalidated since `epoch`."""
+        fresh_left = entry.remaining(self.clock())
+        keep_for = fresh_left + self.limits.stale_ttl
+        if keep_for <= 0 or start is None:
+            return False
+        value, ttl = cache_entry.encode(entry), max(1, math.ceil(keep_for))
+        try:
+            # The script reads the key back after the write (a write ends Redis's tracking of
+            # it), so the L1 copy hears of a purge or a replacement by another proxy.
+            if not self.purge_markers.store(redis_key, value, ttl, start):
+                self.stats.count(names.STORES_REFUSED)
+                return False
+        except StoreUnavailable:
+            return False
+        except redis.RedisError as exc:  # OOM command not allowed, READONLY, ...
+            self._store_error(exc)
+            return False
+        self.local.set((URL_TIER, redis_key), entry, fresh_left, epoch=epoch)
+        return True
+
+    def _store_error(self, exc: BaseException) -> None:
+        self.stats.count(names.STORE_ERRORS)
+        now = time.monotonic()
+        if now - self._store_error_logged_at >= STORE_ERROR_LOG_INTERVAL:
+            self._store_error_logged_at = now
+            log.warning("redis refused a write on %s: %s (logged once per %g s)",
+                        self.redis_label or "redis", exc, STORE_ERROR_LOG_INTERVAL)
+
+
+def _from_entry(entry: Entry, now: float, cache: str, forward: str = "",
+                detail: str = "") -> CacheResult:
+    return CacheResult(entry.status, entry.body, entry.headers, cache,
+                       int(entry.age(now)), entry.remaining(now), forward, detail=detail)
+
+
+def _json(params: Any) -> str:
+    try:
+        return json.dumps(params)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest("params must be JSON-serialisable", error="bad params") from exc
