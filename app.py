@@ -15,7 +15,7 @@ from auth import Authenticator, authenticator_of
 from errors import ConfigError, LauncherError
 from http_front import adopt_listener
 from load_env import Settings, load_settings
-from rate_limit import rate_limiter_of
+from rate_limit import RateLimiter, rate_limiter_of
 from redis_proxy import RedisProxy
 
 log = logging.getLogger("redis_proxy")
@@ -51,9 +51,11 @@ def warn_if_resp_exposed(host: str, port: int, auth_enabled: bool) -> bool:
 
 def start_front_ends(settings: Settings, proxy: RedisProxy,
                      authenticator: Authenticator | None = None,
-                     listeners: list[socket.socket] | None = None) -> list:
+                     listeners: list[socket.socket] | None = None,
+                     rate_limiter: RateLimiter | None = None) -> list:
     """Bind every configured front end (or take `listeners`, bound already by the parent of
-    pre-forked workers) and serve each in its own thread."""
+    pre-forked workers) and serve each in its own thread. `authenticator` and `rate_limiter`
+    default to the settings' own; made by the parent of workers, they are shared by all."""
     import http_server
     import resp_server
     authenticator = authenticator or authenticator_of(settings)  # one set of tokens for both
@@ -63,7 +65,8 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
                   header_timeout=settings.header_timeout,
                   keepalive_timeout=settings.keepalive_timeout)
     # One rate limiter for both front ends: a client's RATE_LIMIT is one budget.
-    rate_limiter = rate_limiter_of(settings)
+    if rate_limiter is None:  # not `or`: a limiter with no client yet has len() 0
+        rate_limiter = rate_limiter_of(settings)
     servers = [http_server.make_server(settings.http_host, 0 if listeners else settings.http_port,
                                        proxy, **limits, authenticator=authenticator,
                                        rate_limiter=rate_limiter)]
@@ -98,6 +101,9 @@ def run(argv: list[str] | None = None) -> int:
             raise ConfigError([f"LOG_FILE={settings.log_file!r}: expected a file that can be "
                                f"opened for appending ({exc.strerror})"]) from exc
         authenticator = authenticator_of(settings)  # reads AUTH_TOKENS_FILE; may warn
+        # Made before any fork: their buckets live in memory every worker shares, so a client
+        # has one RATE_LIMIT and one AUTH_FAIL_LIMIT budget however many workers serve it.
+        rate_limiter = rate_limiter_of(settings)
     except ConfigError as exc:
         for problem in exc.problems:
             sys.stderr.write(f"redis-proxy: bad setting {problem}\n")
@@ -106,16 +112,17 @@ def run(argv: list[str] | None = None) -> int:
     if settings.http_workers > 1:
         import workers
         try:
-            return workers.supervise(settings, lambda s, listeners: serve(s, authenticator,
-                                                                          listeners))
+            return workers.supervise(settings, lambda s, listeners: serve(
+                s, authenticator, listeners, rate_limiter))
         except (LauncherError, OSError) as exc:
             log.error("cannot start: %s", exc)
             return 1
-    return serve(settings, authenticator)
+    return serve(settings, authenticator, rate_limiter=rate_limiter)
 
 
 def serve(settings: Settings, authenticator: Authenticator,
-          listeners: list[socket.socket] | None = None) -> int:
+          listeners: list[socket.socket] | None = None,
+          rate_limiter: RateLimiter | None = None) -> int:
     """One serving process: the proxy and its front ends until SIGINT or SIGTERM."""
     stop = threading.Event()
 
@@ -128,7 +135,7 @@ def serve(settings: Settings, authenticator: Authenticator,
     servers = []
     try:
         proxy = RedisProxy.get_instance(settings)
-        servers = start_front_ends(settings, proxy, authenticator, listeners)
+        servers = start_front_ends(settings, proxy, authenticator, listeners, rate_limiter)
         while not stop.wait(3600):
             pass
     except (LauncherError, OSError, ValueError, redis.RedisError) as exc:
