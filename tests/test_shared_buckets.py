@@ -6,7 +6,7 @@ import os
 import threading
 from collections.abc import Callable
 
-from rate_limit import RateLimiter
+from rate_limit import MAX_TRACKED_CLIENTS, RateLimiter
 from shared_buckets import PROBE, SharedBuckets
 
 
@@ -98,3 +98,15 @@ def test_a_process_that_dies_holding_the_lock_does_not_stall_the_others():
     taker.start()
     taker.join(10)
     assert answered == [2.0]
+
+
+def test_a_flood_fills_the_default_table_and_a_spent_client_starts_again_full():
+    clock = Clock()
+    limiter = RateLimiter(1, 2, clock=clock)
+    assert allowed(limiter, 3) == b"\1\1\0"
+    for i in range(40000):  # distinct addresses, 2.4 for every slot of the table
+        clock.now += 1e-6  # each more recent than the last; 0.04 s in all, no bucket refills
+        limiter.wait(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")
+    assert len(limiter) == MAX_TRACKED_CLIENTS == 16384
+    assert len(limiter._buckets._memory) == 384 * 1024 and PROBE == 8  # as the README says
+    assert allowed(limiter, 3) == b"\1\1\0"  # forgotten by the flood: a full burst again

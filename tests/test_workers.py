@@ -214,9 +214,13 @@ def test_the_start_logs_what_the_per_worker_limits_add_up_to(start_workers):
             ) in log_file.read_text()
 
 
-def test_without_resp_the_totals_name_the_http_connections_alone():
-    settings = load_settings({"HTTP_WORKERS": "2", "RESP_PORT": "0", "MAX_CLIENTS": "1024",
+@pytest.mark.parametrize("resp_port,connections", [
+    ("6380", "2048 client connections to HTTP and 2048 to RESP,"),
+    ("0", "2048 client connections"),
+])
+def test_the_totals_are_the_per_worker_limits_times_the_workers(resp_port, connections):
+    settings = load_settings({"HTTP_WORKERS": "2", "RESP_PORT": resp_port, "MAX_CLIENTS": "1024",
                               "MAX_PARALLEL": "4"}, env_file=None)
     assert workers_module.totals(settings) == (
-        "HTTP_WORKERS=2: at most 2048 client connections and 8 requests in progress in all "
+        f"HTTP_WORKERS=2: at most {connections} and 8 requests in progress in all "
         "(MAX_CLIENTS=1024 and MAX_PARALLEL=4 are per worker)")
