@@ -449,9 +449,11 @@ def auth_fail_limiter_of(settings: Settings) -> RateLimiter | None:
 
 def start_front_ends(settings: Settings, proxy: RedisProxy,
                      authenticator: Authenticator | None = None,
-                     listeners: list[socket.socket] | None = None) -> list[Any]:
+                     listeners: list[socket.socket] | None = None,
+                     rate_limiter: RateLimiter | None = None) -> list[Any]:
     """Bind every configured front end (or take `listeners`, bound already by the parent of
-    pre-forked workers) and serve each in its own thread."""
+    pre-forked workers) and serve each in its own thread. `authenticator` and `rate_limiter`
+    default to the settings' own; made by the parent of workers, they are shared by all."""
     authenticator = authenticator or authenticator_of(settings)  # one set of tokens for both
     # MAX_PARALLEL bounds the whole process: both front ends draw on one semaphore.
     limits = dict(max_clients=settings.max_clients, max_parallel=settings.max_parallel,
@@ -459,7 +461,8 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
                   header_timeout=settings.header_timeout,
                   keepalive_timeout=settings.keepalive_timeout)
     # One rate limiter for both front ends: a client's RATE_LIMIT is one budget.
-    rate_limiter = rate_limiter_of(settings)
+    if rate_limiter is None:  # not `or`: a limiter with no client yet has len() 0
+        rate_limiter = rate_limiter_of(settings)
     servers: list[Any] = [make_server(settings.http_host, 0 if listeners else settings.http_port,
                            proxy, **limits, authenticator=authenticator,
                            rate_limiter=rate_limiter)]
@@ -486,7 +489,8 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
 
 
 def serve_process(settings: Settings, authenticator: Authenticator,
-                  listeners: list[socket.socket] | None = None) -> int:
+                  listeners: list[socket.socket] | None = None,
+                  rate_limiter: RateLimiter | None = None) -> int:
     """One serving process: the proxy and its front ends until SIGINT or SIGTERM. The ports
     are bound first, so a port in use stops the start before an embedded Redis is started."""
     bound: list[socket.socket] = []
@@ -495,7 +499,7 @@ def serve_process(settings: Settings, authenticator: Authenticator,
         if listeners is None:
             bound.extend(workers.bind_listeners(settings))
         return start_front_ends(settings, RedisProxy.get_instance(settings), authenticator,
-                                listeners if listeners is not None else bound)
+                                listeners if listeners is not None else bound, rate_limiter)
 
     def close() -> None:
         for listener in bound:
@@ -528,6 +532,9 @@ def run(argv: list[str] | None = None) -> int:
             raise ConfigError([f"LOG_FILE={settings.log_file!r}: expected a file that can be "
                                f"opened for appending ({exc.strerror})"]) from exc
         authenticator = authenticator_of(settings)  # reads AUTH_TOKENS_FILE; may warn
+        # Made before any fork: their buckets live in memory every worker shares, so a client
+        # has one RATE_LIMIT and one AUTH_FAIL_LIMIT budget however many workers serve it.
+        rate_limiter = rate_limiter_of(settings)
     except ConfigError as exc:
         for problem in exc.problems:
             sys.stderr.write(f"redis-proxy: bad setting {problem}\n")
@@ -535,12 +542,12 @@ def run(argv: list[str] | None = None) -> int:
     warn_if_exposed(settings.http_host, authenticator.enabled)
     if settings.http_workers > 1:
         try:
-            return workers.supervise(settings, lambda s, listeners: serve_process(s, authenticator,
-                                                                                  listeners))
+            return workers.supervise(settings, lambda s, listeners: serve_process(
+                s, authenticator, listeners, rate_limiter))
         except (LauncherError, ListenError, OSError) as exc:
             process_log.error("cannot start: %s", exc)
             return 1
-    return serve_process(settings, authenticator)
+    return serve_process(settings, authenticator, rate_limiter=rate_limiter)
 
 
 def main(argv: list[str] | None = None) -> int:

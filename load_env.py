@@ -268,10 +268,12 @@ class Settings:
                                     "entries expire by `CACHE_TTL` only (a `/get/` or RESP value sooner, "
                                     "with its key's own TTL in Redis)")
     max_clients: int = _setting("MAX_CLIENTS", _integer(1), 1024, "front",
-                                "concurrent connections per front end; one more gets 503 at once")
+                                "concurrent connections per front end, per worker (`HTTP_WORKERS` × this in all); "
+                                 "one more gets 503 at once")
     max_parallel: int = _setting("MAX_PARALLEL", _integer(1), 2 * (os.cpu_count() or 1), "front",
                                  "requests processed at once, HTTP and RESP together (`/health` and "
-                                 "`/metrics` are not counted); 1 = one at a time, in arrival order",
+                                 "`/metrics` are not counted), per worker (`HTTP_WORKERS` × this in all); 1 = one "
+                                  "at a time, in arrival order",
                                  shown="2 × cores")
     upstream_timeout: float = _setting("UPSTREAM_TIMEOUT", _seconds(True), 10.0, "upstream",
                                        "total deadline of one fetch, redirects and body included; no retries")
@@ -327,14 +329,14 @@ class Settings:
                                           "`/metrics` needs a token too (when tokens are set)")
     rate_limit: float | None = _setting("RATE_LIMIT", _optional_seconds, None, "security",
                                         "requests (HTTP) and commands (RESP) per second per client address "
-                                        "(decimals allowed); "
+                                        "(decimals allowed), one budget across all workers; "
                                         "empty = no limit", shown="off")
     rate_limit_burst: int | None = _setting("RATE_LIMIT_BURST", _integer(1), None, "security",
                                             "requests a client may make at once beyond its rate",
                                             shown="2 × rate")
     auth_fail_limit: int = _setting("AUTH_FAIL_LIMIT", _integer(0), 10, "security",
                                     "failed authentications per client per minute (HTTP and RESP "
-                                    "together) before it is refused with 429 / an error; 0 = off")
+                                    "together, across all workers) before it is refused with 429 / an error; 0 = off")
     log_level: str = _setting("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "logging",
                               "how much is logged; per-request access lines are logged at `debug`",
                               flags=("-l",))

@@ -4,7 +4,9 @@ One Python process is bound by the GIL; workers spread the requests over the cor
 parent binds the sockets and starts the embedded Redis (when none is configured), then forks
 the workers, which inherit the sockets (the kernel hands each connection to one of them) and
 each build their own RedisProxy: their L1s stay coherent through Redis's invalidation
-messages and their misses coalesce through the fetch lock in Redis. The parent only
+messages and their misses coalesce through the fetch lock in Redis. The rate limit's and the
+failed-authentication budget's buckets, made before the fork, are in memory they all share
+(proxy/serving/shared_buckets.py); MAX_CLIENTS and MAX_PARALLEL bound each worker's own threads. The parent only
 supervises: it starts a new worker when one dies and stops them all on SIGINT or SIGTERM.
 """
 
@@ -58,6 +60,17 @@ def bind_listeners(settings: Settings) -> list[socket.socket]:
     return listeners
 
 
+def totals(settings: Settings) -> str:
+    """What MAX_CLIENTS and MAX_PARALLEL, which bound each worker's threads, add up to."""
+    n = settings.http_workers
+    connections = f"{n * settings.max_clients} client connections"
+    if settings.resp_port:
+        connections += f" to HTTP and {n * settings.max_clients} to RESP,"
+    return (f"HTTP_WORKERS={n}: at most {connections} and {n * settings.max_parallel} requests "
+            f"in progress in all (MAX_CLIENTS={settings.max_clients} and "
+            f"MAX_PARALLEL={settings.max_parallel} are per worker)")
+
+
 def supervise(settings: Settings, serve: Callable[[Settings, list[socket.socket]], int]) -> int:
     """Run `serve(settings, listeners)` in `settings.http_workers` forked processes until a
     signal stops them; returns the exit status of the whole."""
@@ -76,6 +89,7 @@ def supervise(settings: Settings, serve: Callable[[Settings, list[socket.socket]
         settings = dataclasses.replace(settings, redis_url=embedded.url)
     log.info("HTTP on http://%s:%d with %d workers", settings.http_host,
              listeners[0].getsockname()[1], settings.http_workers)
+    log.info("%s", totals(settings))
     try:
         _Supervisor(settings, serve, listeners).run()
     finally:

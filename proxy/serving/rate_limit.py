@@ -1,19 +1,19 @@
-"""Per-client rate limiting: a token bucket per client address, bounded in memory."""
+"""Per-client rate limiting: a token bucket per client address, bounded in memory and shared
+by the pre-forked workers."""
 
 import ipaddress
 import math
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from cachetools import TTLCache
-
 from proxy.errors import TooManyRequests
+from proxy.serving.shared_buckets import SharedBuckets
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-# At most this many clients are remembered; past it the least recently seen is forgotten (it
-# starts again with a full bucket), so a flood of addresses cannot grow memory without bound.
+# At most this many clients are remembered (a fixed table); past it the least recently seen of
+# the few slots a new client's hash may use is forgotten (it starts again with a full bucket),
+# so a flood of addresses cannot grow memory.
 MAX_TRACKED_CLIENTS = 16384
 
 
@@ -89,11 +89,9 @@ class RateLimiter:
         self.burst = max(1.0, float(burst) if burst is not None else 2.0 * rate)
         self.clock = clock
         self.clients = ClientAddress(trusted_proxies)
-        # A bucket left alone for burst/rate seconds is full again, the same as a new one:
-        # forgetting it then changes nothing. (tokens, when) per client.
-        self._buckets: TTLCache[str, tuple[float, float]] = TTLCache(
-            maxsize=max_clients, ttl=self.burst / rate, timer=clock)
-        self._lock = threading.Lock()
+        # In shared memory: a limiter made before HTTP_WORKERS are forked is one budget per
+        # client across all of them (with one worker, the same table serves one process).
+        self._buckets = SharedBuckets(max_clients, rate, self.burst)
 
     def check(self, peer: str, forwarded_for: Sequence[str] = ()) -> None:
         """Take one token for the request's client, or raise TooManyRequests with Retry-After."""
@@ -107,21 +105,13 @@ class RateLimiter:
         """Take one token for the client (`take=False`: only look); 0 when it had one, else the
         whole seconds until it will have one again."""
         key = bucket_key(self.clients.resolve(peer, forwarded_for))
-        with self._lock:
-            now = self.clock()
-            tokens, then = self._buckets.get(key, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - then) * self.rate)
-            allowed = tokens >= 1.0
-            if take:
-                if allowed:
-                    tokens -= 1.0
-                self._buckets[key] = (tokens, now)  # setting it again restarts its idle clock
-        if allowed:
+        tokens = self._buckets.take(key, self.clock(), take)
+        if tokens >= 1.0:
             return 0
         # RFC 9110 §10.2.3: Retry-After in whole seconds; round up so a retry then succeeds.
         return max(1, math.ceil((1.0 - tokens) / self.rate))
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._buckets)
+        """Clients whose bucket is not full again (the others are as good as forgotten)."""
+        return self._buckets.live(self.clock())
 
