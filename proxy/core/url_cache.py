@@ -22,6 +22,7 @@ from proxy.cache.freshness import (
     may_serve_stale_while_revalidate,
 )
 from proxy.cache.local_cache import MISSING, URL_TIER, LocalCache
+from proxy.cache.request import ClientRequest
 from proxy.cache.result import (
     BYPASS,
     HIT,
@@ -119,7 +120,8 @@ class UrlCache:
         canonical = cache_keys.canonical_url(target)  # the key is what is actually fetched
         return UrlRequest(target, canonical, cache_keys.redis_key(self.limits.prefix, key, canonical))
 
-    def fetch(self, url: str, key: str | None = None, params: Any = None) -> CacheResult:
+    def fetch(self, url: str, key: str | None = None, params: Any = None,
+              client: ClientRequest | None = None) -> CacheResult:
         """The response for `url`: from L1, else Redis, else upstream (stored when storable)."""
         request = self.parse(url, key, params)
         self.fetcher.check(request.target)  # the upstream policy holds for cached entries too
