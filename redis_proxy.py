@@ -256,7 +256,12 @@ class RedisProxy:
                            ttl=settings.cache_ttl)
         policy = Policy(ttl=settings.cache_ttl, store_statuses=settings.cache_store_statuses,
                         store_set_cookie=settings.cache_store_set_cookie,
-                        respect_cache_control=settings.respect_cache_control)
+                        respect_cache_control=settings.respect_cache_control,
+                        default_freshness=settings.default_freshness,
+                        heuristic_fraction=settings.heuristic_fraction,
+                        heuristic_max=settings.heuristic_max_age,
+                        max_headers=settings.max_stored_headers,
+                        max_header_bytes=settings.max_stored_header_bytes)
         proxy = cls(client, fetcher, local, ttl=settings.cache_ttl,
                     stale_ttl=settings.cache_stale_ttl, stale_if_error=settings.stale_if_error,
                     prefix=settings.cache_prefix, policy=policy,

@@ -2,6 +2,7 @@
 §5.2.1), its conditionals (RFC 9110 §13) and its Range (RFC 9110 §14) applied to an answer."""
 
 import dataclasses
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -52,7 +53,8 @@ class Demands:
 
     def stale_accepted(self, age: float, remaining: float) -> bool:
         """A stale stored answer the request accepts as it is (max-stale)."""
-        return (not self.revalidate and remaining <= 0 and -remaining <= self.max_stale
+        return (not self.revalidate and self.max_stale > 0 and remaining <= 0
+                and -remaining <= self.max_stale
                 and (self.max_age is None or age <= self.max_age))
 
 
@@ -123,7 +125,10 @@ def _ranged(value: str, result: CacheResult) -> CacheResult:
             return result  # invalid: ignored (§14.1.1)
     headers = dict(result.headers)
     if start >= size:
-        headers["content-range"] = f"bytes */{size}"
-        return dataclasses.replace(result, status=416, body=b"", headers=headers)
+        body = json.dumps({"error": "range not satisfiable", "detail": (
+            f"the response has {size} bytes; ask for a range that starts before byte {size}, "
+            "or send no Range")}).encode()
+        return dataclasses.replace(result, status=416, body=body, headers={
+            "content-type": "application/json", "content-range": f"bytes */{size}"})
     headers["content-range"] = f"bytes {start}-{end}/{size}"
     return dataclasses.replace(result, status=206, body=result.body[start:end + 1], headers=headers)
