@@ -16,6 +16,7 @@ from urllib.parse import unquote_to_bytes
 
 import logger
 from load_env import Settings, load_settings
+from proxy.cache.request import ClientRequest
 from proxy.cache.result import CacheResult, cache_status
 from proxy.errors import (
     BadRequest,
@@ -316,7 +317,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
                                  "or key=<name> to read a cached entry", error="missing url")
             self._reply_result(proxy.lookup(key))
             return
-        self._reply_result(proxy.fetch(url, key, params))
+        self._reply_result(proxy.fetch(url, key, params, ClientRequest.of(self.command,
+                                                                            self.headers.items())))
 
     def get_key(self, encoded: str) -> None:
         if "%" in encoded and BAD_PERCENT.search(encoded.encode("latin-1")):
@@ -341,10 +343,14 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     def _reply_result(self, result: CacheResult) -> None:
         headers = {name.title(): value for name, value in result.headers.items()}
-        headers["Content-Type"] = result.content_type
+        if result.status != 304:  # a 304 sends no representation metadata (RFC 9110 §15.4.5)
+            headers["Content-Type"] = result.content_type
         headers["X-Cache"] = result.cache
         headers["Age"] = str(result.age)
-        headers["Cache-Status"] = cache_status(result)
+        # RFC 9211 §2: caches nearer the client append their member to upstream ones.
+        upstream = headers.get("Cache-Status")
+        headers["Cache-Status"] = f"{upstream}, {cache_status(result)}" if upstream \
+            else cache_status(result)
         self._reply(result.status, result.body, headers)
 
     def _reply_json(self, status: int, doc: dict[str, Any], headers: dict[str, str] | None = None) -> None:
@@ -362,8 +368,11 @@ class ProxyHandler(BaseHTTPRequestHandler):
             phrase = HTTPStatus(status).phrase
         except ValueError:
             phrase = "Unknown"
-        lines = [f"HTTP/1.1 {status} {phrase}", f"Date: {_dates.now()}",
-                 f"Server: {self.server_version}", f"Content-Length: {len(body)}"]
+        # The origin's Date when relaying a stored response (RFC 9110 §6.6.1), else now.
+        date = headers.pop("Date", None) or _dates.now()
+        lines = [f"HTTP/1.1 {status} {phrase}", f"Date: {date}", f"Server: {self.server_version}"]
+        if status != 304:  # a 304's Content-Length would have to be the 200's (RFC 9110 §8.6)
+            lines.append(f"Content-Length: {len(body)}")
         # A CR or LF in a value (from a stored entry someone else wrote) would split the reply.
         lines.extend(f"{name}: {value}" for name, value in headers.items()
                      if not _UNSAFE_HEADER_VALUE.search(value))

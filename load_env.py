@@ -83,6 +83,16 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def _fraction(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value <= 1:  # NaN fails both
+        raise ValueError
+    return value
+
+
+_fraction.expected = "a number from 0 to 1"  # type: ignore[attr-defined]
+
+
 def _words(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
@@ -302,6 +312,18 @@ class Settings:
                                             "store responses that set cookies")
     respect_cache_control: bool = _setting("RESPECT_CACHE_CONTROL", _boolean, True, "caching",
                                            "honour the upstream's `Cache-Control` / `Expires`")
+    default_freshness: str = _setting("DEFAULT_FRESHNESS", _choice("ttl", "rfc"), "ttl", "caching",
+                                      "a response stating no freshness: `ttl` = fresh for `CACHE_TTL`; "
+                                      "`rfc` = heuristic (RFC 9111 §4.2.2), else revalidated before use")
+    heuristic_fraction: float = _setting("HEURISTIC_FRACTION", _fraction, 0.1, "caching",
+                                         "with `DEFAULT_FRESHNESS=rfc`: fresh for this fraction of the "
+                                         "time since `Last-Modified`")
+    heuristic_max_age: float = _setting("HEURISTIC_MAX_AGE", _seconds(False), 86400.0, "caching",
+                                        "the cap on heuristic freshness, seconds")
+    max_stored_headers: int = _setting("MAX_STORED_HEADERS", _integer(1), 100, "caching",
+                                       "a response with more header fields is relayed, not stored")
+    max_stored_header_bytes: int = _setting("MAX_STORED_HEADER_BYTES", _size, 32 * 1024, "caching",
+                                            "a response whose header block is larger is relayed, not stored")
     cache_stale_ttl: float = _setting("CACHE_STALE_TTL", _seconds(False), 300.0, "caching",
                                       "seconds an entry stays in Redis past its freshness (revalidation, "
                                       "stale serving)")

@@ -13,6 +13,7 @@ from redis.exceptions import RedisClusterException
 from load_env import Settings, load_settings
 from proxy.cache.freshness import Policy
 from proxy.cache.local_cache import READ_TIER, URL_TIER, LocalCache
+from proxy.cache.request import ClientRequest
 from proxy.cache.result import BYPASS, HIT, MISS, STALE, CacheResult
 from proxy.cache.single_flight import SingleFlight
 from proxy.core import stats as names
@@ -164,9 +165,12 @@ class RedisProxy:
         """The body of `url`, from the cache when it holds a fresh copy (the simple call)."""
         return self.urls.fetch(url, key, params).body
 
-    def fetch(self, url: str, key: str | None = None, params: Any = None) -> CacheResult:
-        """The response for `url`: from L1, else Redis, else upstream (stored when storable)."""
-        return self.urls.fetch(url, key, params)
+    def fetch(self, url: str, key: str | None = None, params: Any = None,
+              request: ClientRequest | None = None) -> CacheResult:
+        """The response for `url`: from L1, else Redis, else upstream (stored when storable).
+        `request`: what the client sent (its conditionals, Cache-Control, Range); None is a
+        plain GET with none of them."""
+        return self.urls.fetch(url, key, params, request)
 
     def lookup(self, key: str) -> CacheResult:
         """`?key=K` alone: what is stored under K, or KeyNotFound."""
@@ -252,7 +256,12 @@ class RedisProxy:
                            ttl=settings.cache_ttl)
         policy = Policy(ttl=settings.cache_ttl, store_statuses=settings.cache_store_statuses,
                         store_set_cookie=settings.cache_store_set_cookie,
-                        respect_cache_control=settings.respect_cache_control)
+                        respect_cache_control=settings.respect_cache_control,
+                        default_freshness=settings.default_freshness,
+                        heuristic_fraction=settings.heuristic_fraction,
+                        heuristic_max=settings.heuristic_max_age,
+                        max_headers=settings.max_stored_headers,
+                        max_header_bytes=settings.max_stored_header_bytes)
         proxy = cls(client, fetcher, local, ttl=settings.cache_ttl,
                     stale_ttl=settings.cache_stale_ttl, stale_if_error=settings.stale_if_error,
                     prefix=settings.cache_prefix, policy=policy,
@@ -299,4 +308,4 @@ def redis_url_of(settings: Settings) -> str:
     return f"{'rediss' if tls else 'redis'}://{host}:{settings.redis_port}/{settings.redis_db}"
 
 
-__all__ = ["RedisProxy", "CacheResult", "ProxyError", "HIT", "MISS", "STALE", "BYPASS", "UrlRequest"]
+__all__ = ["RedisProxy", "CacheResult", "ClientRequest", "ProxyError", "HIT", "MISS", "STALE", "BYPASS", "UrlRequest"]

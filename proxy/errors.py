@@ -82,6 +82,14 @@ class GatewayTimeout(ProxyError):
     status, error = 504, "upstream timeout"
 
 
+class NotCached(GatewayTimeout):
+    """Cache-Control: only-if-cached, and nothing stored may answer (RFC 9111 §5.2.1.7)."""
+
+    error = "not cached"
+    detail = ("the request says only-if-cached and no stored response satisfies it; send it "
+              "without only-if-cached to fetch it")
+
+
 class StoreUnavailable(ServiceUnavailable):
     """Redis could not be reached and there was nothing else to serve."""
 

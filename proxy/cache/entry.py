@@ -11,13 +11,23 @@ from dataclasses import dataclass, field
 _UNSAFE = re.compile(r"[\r\n\x00]")
 MAGIC = b"RPE1"  # redis-proxy entry, format 1: MAGIC, the metadata's length, JSON metadata, body
 _LENGTH = struct.Struct(">I")
-# Version of the JSON metadata. 2 adds "via", what admitted the entry; version 1 entries (no "v")
-# are still read, with via=None, and readers of version 1 ignore the new field.
-META_VERSION = 2
+# Version of the JSON metadata. 2 adds "via", what admitted the entry; 3 keeps every end-to-end
+# header (not only KEPT_HEADERS) and "vary", the request header values the response's Vary names.
+# Entries of versions 1 (no "v", via=None) and 2 are still read; readers of 2 take a 3 as a miss.
+META_VERSION = 3
+READABLE_VERSIONS = (1, 2, META_VERSION)
 
-# End-to-end headers worth replaying to clients and needed for revalidation (RFC 9111 §3.1).
+# What versions 1 and 2 kept: headers worth replaying and needed for revalidation.
 KEPT_HEADERS = ("content-type", "content-language", "content-disposition", "etag",
                 "last-modified", "cache-control", "expires", "vary")
+# Never stored nor relayed as received (RFC 9110 §7.6.1 hop-by-hop fields; framing and Age the
+# proxy recomputes; a body requests has decoded; a cookie that is one client's; the proxy's own
+# Server and X-Cache).
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
+                        "transfer-encoding", "upgrade", "proxy-authenticate", "proxy-authorization"})
+NOT_STORED = HOP_BY_HOP | {"content-length", "content-encoding", "age", "set-cookie", "server",
+                           "x-cache"}
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,9 @@ class Entry:
     # connected to), so a proxy with a stricter upstream policy can refuse it. None for an entry
     # of metadata version 1, which recorded nothing of the kind.
     via: tuple[tuple[str, str], ...] | None = None
+    # The values of the request headers its Vary names, as sent upstream (RFC 9111 §4.1), names
+    # lower-case, an absent header as None; None when the response has no Vary.
+    vary: dict[str, str | None] | None = None
 
     def age(self, now: float) -> float:
         return max(0.0, now - self.fetched_at)
@@ -42,14 +55,23 @@ class Entry:
 
 
 def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {name: headers[name] for name in KEPT_HEADERS if name in headers}
+    """Every end-to-end header of a response (names lower-case): all but NOT_STORED and the
+    fields its Connection names (RFC 9110 §7.6.1)."""
+    named = {part.strip().lower() for part in headers.get("connection", "").split(",")}
+    return {name.lower(): value for name, value in headers.items()
+            if name.lower() not in NOT_STORED and name.lower() not in named}
+
+
+def header_bytes(headers: Mapping[str, str]) -> int:
+    """The size of a header block as sent: `name: value` plus CRLF per field."""
+    return sum(len(name) + len(value) + 4 for name, value in headers.items())
 
 
 def encode(entry: Entry) -> bytes:
-    fields = {"status": entry.status, "url": entry.url, "fetched_at": entry.fetched_at,
-              "fresh_for": entry.fresh_for, "headers": entry.headers}
-    if entry.via is not None:
-        fields.update(v=META_VERSION, via=[list(hop) for hop in entry.via])
+    fields: dict[str, object] = {"v": META_VERSION, "status": entry.status, "url": entry.url,
+                                 "fetched_at": entry.fetched_at, "fresh_for": entry.fresh_for,
+                                 "headers": entry.headers, "vary": entry.vary,
+                                 "via": None if entry.via is None else [list(hop) for hop in entry.via]}
     meta = json.dumps(fields, separators=(",", ":")).encode()
     return MAGIC + _LENGTH.pack(len(meta)) + meta + entry.body
 
@@ -64,24 +86,37 @@ def decode(raw: bytes) -> Entry | None:
         meta = json.loads(raw[start:start + length])
         headers = dict(meta.get("headers") or {})
         version = meta.get("v", 1)
-        if version not in (1, META_VERSION):
+        if version not in READABLE_VERSIONS:
             return None  # a later format: a miss, fetched again and rewritten
-        via = None if version == 1 else _via(meta["via"])
+        via = None if version == 1 or meta.get("via") is None else _via(meta["via"])
+        vary = _vary(meta.get("vary")) if version == META_VERSION else None
         entry = Entry(status=int(meta["status"]), body=raw[start + length:], url=str(meta["url"]),
                       fetched_at=float(meta["fetched_at"]), fresh_for=float(meta["fresh_for"]),
-                      headers=headers, via=via)
+                      headers=headers, via=via, vary=vary)
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
-    # Anyone who can write this Redis can write an entry: replay only the headers this format
-    # stores, as text with no CR, LF or NUL (which would split the response), and a status a
+    allowed = (lambda name: _FIELD_NAME.fullmatch(name) is not None and name not in NOT_STORED) \
+        if version == META_VERSION else KEPT_HEADERS.__contains__
+    # Anyone who can write this Redis can write an entry: replay only headers this format
+    # stores (any end-to-end field from version 3; the eight KEPT_HEADERS before), as text with no CR, LF or NUL (which would split the response), and a status a
     # client can be given.
     if not 200 <= entry.status <= 599 or not all(
             math.isfinite(number) and 0 <= number < 1e11 for number in (entry.fetched_at, entry.fresh_for)
     ) or any(
-            name not in KEPT_HEADERS or not isinstance(value, str) or _UNSAFE.search(value)
+            not allowed(name) or not isinstance(value, str) or _UNSAFE.search(value)
             for name, value in headers.items()):
         return None
     return entry
+
+
+def _vary(values: object) -> dict[str, str | None] | None:
+    if values is None:
+        return None
+    if not isinstance(values, dict) or not all(
+            isinstance(name, str) and (value is None or isinstance(value, str))
+            for name, value in values.items()):
+        raise ValueError("vary is not a map of header names to strings")
+    return dict(values)
 
 
 def _via(hops: list[list[str]]) -> tuple[tuple[str, str], ...]:

@@ -2,97 +2,155 @@
 
 import dataclasses
 from collections.abc import Mapping
-from email.utils import parsedate_to_datetime
 
-from proxy.cache.entry import Entry, kept_headers
+from proxy.cache import directives as cc
+from proxy.cache.entry import NOT_STORED, Entry, header_bytes, kept_headers
+from proxy.cache.http_dates import format_http_date, parse_http_date
 
 
 def parse_cache_control(value: str | None) -> dict[str, str | None]:
-    """`max-age=60, no-cache` -> {'max-age': '60', 'no-cache': None} (RFC 9111 §5.2)."""
-    directives: dict[str, str | None] = {}
-    for part in (value or "").split(","):
-        name, _, arg = part.strip().partition("=")
-        if name:
-            directives[name.strip().lower()] = arg.strip().strip('"') if arg else None
-    return directives
-
-
-def _http_date(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(int(value))) if value is not None else None
-    except ValueError:
-        return None
+    """`max-age=60, no-cache` -> {'max-age': '60', 'no-cache': None} (RFC 9111 §5.2), the first
+    of repeated directives."""
+    return {name: values[0] for name, values in cc.parse(value).items()}
 
 
 SUCCESS = frozenset(range(200, 300))
+# RFC 9110 §15.1: statuses heuristically cacheable; the only ones given heuristic freshness.
+HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
+# RFC 9111 §5.2.2.3 must-understand: the statuses whose caching this cache implements.
+UNDERSTOOD_STATUSES = HEURISTIC_STATUSES - {206} | {302, 303, 307}
+TTL, RFC = "ttl", "rfc"  # DEFAULT_FRESHNESS: what a response that states no freshness gets
 
 
 class Policy:
     """What may be stored, and for how long it stays fresh."""
 
     def __init__(self, *, ttl: float, store_statuses: frozenset[int] = SUCCESS,
-                 store_set_cookie: bool = False, respect_cache_control: bool = True):
+                 store_set_cookie: bool = False, respect_cache_control: bool = True,
+                 default_freshness: str = TTL, heuristic_fraction: float = 0.1,
+                 heuristic_max: float = 86400.0, max_headers: int = 100,
+                 max_header_bytes: int = 32 * 1024):
         self.ttl = ttl
         self.store_statuses = store_statuses
         self.store_set_cookie = store_set_cookie
         self.respect_cache_control = respect_cache_control
+        self.default_freshness = default_freshness
+        self.heuristic_fraction = heuristic_fraction
+        self.heuristic_max = heuristic_max
+        self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
 
-    def storable(self, status: int, headers: Mapping[str, str]) -> bool:
-        if status not in self.store_statuses:
-            return False
+    def directives(self, headers: Mapping[str, str]) -> cc.Directives:
+        """The response's directives for this cache (targeted field first, RFC 9213)."""
+        return cc.response_directives(headers) if self.respect_cache_control else {}
+
+    def storable(self, status: int, headers: Mapping[str, str], now: float | None = None) -> bool:
+        return not self.refusal(status, headers, now)
+
+    def refusal(self, status: int, headers: Mapping[str, str], now: float | None = None) -> str:
+        """Why a response may not be stored (RFC 9111 §3), or "" when it may."""
+        directives = self.directives(headers)
+        if "must-understand" in directives:
+            # §5.2.2.3: stored only with a status this cache understands, and then no-store
+            # (which an older cache would obey instead) is overridden.
+            if status not in UNDERSTOOD_STATUSES or status not in self.store_statuses:
+                return "status"
+        elif status not in self.store_statuses or status == 206:
+            return "status"  # a 206 is a part: this cache does not combine parts (§3.3)
+        elif "no-store" in directives:
+            return "no-store"
         if "set-cookie" in headers and not self.store_set_cookie:
-            return False  # a cookie is one client's; a shared cache must not hand it to others
-        if self.respect_cache_control:
-            directives = parse_cache_control(headers.get("cache-control"))
-            # RFC 9111 §3: no-store forbids storing; §5.2.2.7: private forbids a shared cache.
-            if "no-store" in directives or "private" in directives:
-                return False
-        return True
+            return "set-cookie"  # a cookie is one client's; a shared cache must not hand it to others
+        bare_private, _fields = cc.field_names(directives, "private")
+        if "private" in directives and bare_private:
+            return "private"  # §5.2.2.7: not for a shared cache (private="f": stored without f)
+        if "*" in vary_names(headers):
+            return "vary-star"  # §4.1: matches no later request
+        stored = kept_headers(headers)
+        if len(stored) > self.max_headers or header_bytes(stored) > self.max_header_bytes:
+            return "headers-too-large"
+        if (self.default_freshness == RFC and self.lifetime(headers, now or 0.0, status) <= 0
+                and not ("etag" in headers or "last-modified" in headers)):
+            return "no-freshness"  # §4.2: nothing to reuse it by, and no way to revalidate it
+        return ""
 
-    def lifetime(self, headers: Mapping[str, str], now: float) -> float:
-        """Seconds of freshness: CACHE_TTL, bounded by the response's own (RFC 9111 §4.2.1)."""
+    def stored_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """The headers kept with the entry: end-to-end ones, less what `private="f"` names
+        (§5.2.2.7: a shared cache must not store those fields)."""
+        _bare, private = cc.field_names(self.directives(headers), "private")
+        return {name: value for name, value in kept_headers(headers).items() if name not in private}
+
+    def explicit_lifetime(self, headers: Mapping[str, str], now: float) -> float | None:
+        """§4.2.1: s-maxage, then max-age, then Expires − Date; None when none is given. An
+        invalid value of any of them is 0: stale."""
+        directives = self.directives(headers)
+        for name in ("s-maxage", "max-age"):  # s-maxage wins for a shared cache
+            seconds = cc.delta_seconds(directives, name)
+            if seconds is not None:
+                return max(0.0, seconds)
+        if "expires" in headers and "\0targeted" not in directives:
+            expires = parse_http_date(headers["expires"], now)
+            if expires is None:
+                return 0.0  # §5.3: an invalid Expires (`0`, any other form) means already expired
+            date = parse_http_date(headers.get("date"), now)
+            return max(0.0, expires - (now if date is None else date))
+        return None
+
+    def heuristic_lifetime(self, status: int, headers: Mapping[str, str], now: float) -> float:
+        """§4.2.2: a fraction of the time since Last-Modified, for a heuristically cacheable
+        status or a `public` response, capped; 0 without Last-Modified."""
+        if status not in HEURISTIC_STATUSES and "public" not in self.directives(headers):
+            return 0.0
+        modified = parse_http_date(headers.get("last-modified"), now)
+        if modified is None:
+            return 0.0
+        date = parse_http_date(headers.get("date"), now)
+        since = (now if date is None else date) - modified
+        return max(0.0, min(self.heuristic_max, self.heuristic_fraction * since))
+
+    def lifetime(self, headers: Mapping[str, str], now: float, status: int = 200) -> float:
+        """Seconds of freshness, at most CACHE_TTL: explicit (§4.2.1), else CACHE_TTL
+        (DEFAULT_FRESHNESS=ttl, the card's SETEX TTL) or the heuristic (rfc, §4.2.2)."""
         if not self.respect_cache_control:
             return self.ttl
-        directives = parse_cache_control(headers.get("cache-control"))
-        if "no-cache" in directives:
+        directives = self.directives(headers)
+        if cc.field_names(directives, "no-cache")[0]:
             return 0.0  # §5.2.2.4: stored, but revalidated before every use
-        for name in ("s-maxage", "max-age"):  # s-maxage wins for a shared cache
-            if name in directives:
-                seconds = _seconds(directives[name])
-                # §4.2.1: invalid freshness information is best taken as already stale.
-                return 0.0 if seconds is None else min(self.ttl, seconds)
-        if "expires" in headers:
-            expires = _http_date(headers.get("expires"))
-            if expires is None:
-                return 0.0  # §5.3: an invalid Expires means already expired
-            date = _http_date(headers.get("date")) or now
-            return min(self.ttl, max(0.0, expires - date))
+        explicit = self.explicit_lifetime(headers, now)
+        if explicit is not None:
+            return min(self.ttl, explicit)
+        if self.default_freshness == RFC:
+            return min(self.ttl, self.heuristic_lifetime(status, headers, now))
         return self.ttl
 
     def may_serve_stale(self, headers: Mapping[str, str]) -> bool:
         """Whether a stored response may be served stale at all: not when it says no-cache,
         must-revalidate, proxy-revalidate or s-maxage (RFC 9111 §4.2.4, §5.2.2.2, .4, .8, .10)."""
-        if not self.respect_cache_control:
-            return True
-        directives = parse_cache_control(headers.get("cache-control"))
-        return not any(name in directives for name in
-                       ("no-cache", "must-revalidate", "proxy-revalidate", "s-maxage"))
+        directives = self.directives(headers)
+        return not cc.field_names(directives, "no-cache")[0] and not any(
+            name in directives for name in ("must-revalidate", "proxy-revalidate", "s-maxage"))
+
+    def stale_window(self, headers: Mapping[str, str], name: str, setting: float,
+                     cap: float) -> float:
+        """RFC 5861: the response's own stale-while-revalidate / stale-if-error, at most `cap`
+        (how long a stale entry is kept); the setting when it says nothing."""
+        seconds = cc.delta_seconds(self.directives(headers), name)
+        return setting if seconds is None or seconds < 0 else min(seconds, cap)
 
     @staticmethod
-    def initial_age(headers: Mapping[str, str]) -> float:
-        """Seconds the response had already spent in caches upstream: its `Age` (RFC 9111
-        §4.2.3, corrected_age_value without response_delay). `Date` is not used: origin clocks
-        drift, and a skewed one would age every response."""
-        return _seconds(headers.get("age")) or 0.0
+    def initial_age(headers: Mapping[str, str], request_time: float | None = None,
+                    response_time: float | None = None) -> float:
+        """§4.2.3 corrected_initial_age: the larger of the apparent age (response_time − Date)
+        and the upstream `Age` plus the response delay. Age is its first member (§5.1:
+        `Age: 7200, 0` is 7200); an invalid one is ignored."""
+        first = headers.get("age", "").split(",")[0].strip()
+        age_value = float(min(int(first), cc.MAX_DELTA)) if first.isdigit() and first.isascii() else 0.0
+        if response_time is None:
+            return age_value
+        delay = max(0.0, response_time - (response_time if request_time is None else request_time))
+        date = parse_http_date(headers.get("date"), response_time)
+        apparent = 0.0 if date is None else max(0.0, response_time - date)
+        return max(apparent, age_value + delay)
 
     def validators(self, headers: Mapping[str, str]) -> dict[str, str]:
         """Headers for a conditional request revalidating a stored response (RFC 9110 §13.1)."""
@@ -102,6 +160,24 @@ class Policy:
         if headers.get("last-modified"):
             conditional["If-Modified-Since"] = headers["last-modified"]
         return conditional
+
+
+def vary_names(headers: Mapping[str, str]) -> list[str]:
+    """The request header names a response's Vary lists, lower-case (`*` kept)."""
+    return [name.strip().lower() for name in headers.get("vary", "").split(",") if name.strip()]
+
+
+def with_date(headers: Mapping[str, str], response_time: float) -> dict[str, str]:
+    """RFC 9110 §6.6.1: a response without Date gets the time it was received."""
+    return dict(headers) if "date" in headers else {**headers, "date": format_http_date(response_time)}
+
+
+def without_unvalidated(headers: Mapping[str, str], policy: Policy) -> dict[str, str]:
+    """A stored response's headers for reuse without revalidation: less what `no-cache="f"`
+    names (RFC 9111 §5.2.2.4)."""
+    _bare, fields = cc.field_names(policy.directives(headers), "no-cache")
+    return {name: value for name, value in headers.items() if name not in fields} \
+        if fields else dict(headers)
 
 
 def may_serve_stale_if_error(policy: Policy, stale: Entry | None, now: float, window: float) -> bool:
@@ -118,13 +194,21 @@ def may_serve_stale_while_revalidate(policy: Policy, stale: Entry | None, now: f
             and policy.may_serve_stale(stale.headers))
 
 
+# RFC 9111 §3.2: fields a 304 does not update (besides those never stored).
+_NOT_UPDATED = NOT_STORED | {"content-type", "content-range"}
+
+
 def freshened(policy: Policy, stale: Entry, headers: Mapping[str, str],
-              hops: tuple[tuple[str, str], ...] | None, now: float) -> Entry:
-    """The stored response freshened by a 304's `headers` (RFC 9111 §4.3.4), its freshness
+              hops: tuple[tuple[str, str], ...] | None, now: float,
+              request_time: float | None = None) -> Entry:
+    """The stored response freshened by a 304's `headers` (RFC 9111 §4.3.4): every field it
+    carries replaces the stored one (§3.2), but the framing and the body's own; its freshness
     taken from the result (a 304 often carries only the ETag). The body is the stored one: it
     keeps its record, plus the `hops` of this revalidation."""
-    merged = {**stale.headers, **kept_headers(headers)}
+    update = {name: value for name, value in policy.stored_headers(headers).items()
+              if name not in _NOT_UPDATED}
+    merged = {**stale.headers, **with_date(update, now)}
     via = None if stale.via is None or hops is None else tuple(dict.fromkeys(stale.via + hops))
     return dataclasses.replace(stale, headers=merged, via=via,
-                               fetched_at=now - policy.initial_age(headers),
-                               fresh_for=policy.lifetime(merged, now))
+                               fetched_at=now - policy.initial_age(headers, request_time, now),
+                               fresh_for=policy.lifetime(merged, now, stale.status))

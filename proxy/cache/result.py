@@ -6,6 +6,7 @@ import math
 HIT, MISS, STALE, BYPASS = "HIT", "MISS", "STALE", "BYPASS"
 STALE_IF_ERROR = "stale-if-error"  # RFC 5861 §4
 STALE_WHILE_REVALIDATE = "stale-while-revalidate"  # RFC 5861 §3
+HEADERS_TOO_LARGE = "headers-too-large"  # detail= of a response not stored for its header block
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,8 @@ def cache_status(result: CacheResult) -> str:
         parts += [f"fwd={result.forward or 'miss'}", f"fwd-status={result.upstream_status}"]
         if result.stored:
             parts.append("stored")
+        elif result.detail:
+            parts.append(f"detail={result.detail}")
     if result.ttl is not None:
         parts.append(f"ttl={math.floor(result.ttl)}")  # negative: served stale (RFC 9211 §2.7)
     return "; ".join(parts)

@@ -12,18 +12,25 @@ from typing import Any
 
 import redis
 
+from proxy.cache import conditional
 from proxy.cache import entry as cache_entry
 from proxy.cache import keys as cache_keys
+from proxy.cache.conditional import Demands
 from proxy.cache.entry import Entry
 from proxy.cache.freshness import (
     Policy,
     freshened,
     may_serve_stale_if_error,
     may_serve_stale_while_revalidate,
+    vary_names,
+    with_date,
+    without_unvalidated,
 )
 from proxy.cache.local_cache import MISSING, URL_TIER, LocalCache
+from proxy.cache.request import ClientRequest
 from proxy.cache.result import (
     BYPASS,
+    HEADERS_TOO_LARGE,
     HIT,
     MISS,
     STALE,
@@ -41,6 +48,7 @@ from proxy.errors import (
     Forbidden,
     GatewayTimeout,
     KeyNotFound,
+    NotCached,
     ProxyError,
     StoreUnavailable,
     UnrecordedSource,
@@ -54,6 +62,13 @@ log = logging.getLogger(__name__)
 
 STORE_ERROR_LOG_INTERVAL = 10.0
 MAX_REFRESHES = 8  # background stale-while-revalidate refreshes running at once
+PLAIN = ClientRequest()  # a GET with no headers of its own: the card's behaviour
+MAX_STALE = "max-stale"  # Cache-Status detail of a stale answer the request's max-stale accepted
+# The client's conditionals are the cache's to answer (RFC 9111 §4.3.2): never sent upstream
+# from `forwarded`; a revalidation sends the stored response's validators instead.
+_CACHE_EVALUATED = frozenset({"if-none-match", "if-modified-since"})
+# Request fields whose values RFC 9111 §4.1 lets a cache compare case-insensitively.
+_CASELESS = frozenset({"accept", "accept-charset", "accept-encoding", "accept-language"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +76,9 @@ class UrlRequest:
     target: str  # what is sent upstream
     canonical: str  # what the entry remembers and the derived key hashes
     redis_key: str
+    # The client's headers sent upstream (ClientRequest.forwarded, less its conditionals).
+    forwarded: tuple[tuple[str, str], ...] = ()
+    store: bool = True  # False for a request saying no-store: its answer is not stored
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,39 +137,107 @@ class UrlCache:
         canonical = cache_keys.canonical_url(target)  # the key is what is actually fetched
         return UrlRequest(target, canonical, cache_keys.redis_key(self.limits.prefix, key, canonical))
 
-    def fetch(self, url: str, key: str | None = None, params: Any = None) -> CacheResult:
-        """The response for `url`: from L1, else Redis, else upstream (stored when storable)."""
+    def fetch(self, url: str, key: str | None = None, params: Any = None,
+              client: ClientRequest | None = None) -> CacheResult:
+        """The response for `url`: from L1, else Redis, else upstream (stored when storable).
+        `client`: what the client sent; its request directives choose what may be reused, and
+        its conditionals and Range shape the answer (proxy.cache.conditional)."""
         request = self.parse(url, key, params)
         self.fetcher.check(request.target)  # the upstream policy holds for cached entries too
+        client = client or PLAIN
+        demands = Demands.of(client.headers) if client.headers else Demands()
+        forwarded = tuple(sorted((name, value) for name, value in client.forwarded.items()
+                                 if name not in _CACHE_EVALUATED))
+        if forwarded or demands.no_store:
+            request = dataclasses.replace(request, forwarded=forwarded, store=not demands.no_store)
+        result = self._answer(request, demands)
+        return conditional.respond(client.method, client.headers, result) if client.headers else result
+
+    def _answer(self, request: UrlRequest, demands: Demands) -> CacheResult:
         now = self.clock()
+        if not request.store:
+            # RFC 9111 §5.2.1.5 no-store: nothing of this exchange is stored (nor, here, reused).
+            self.stats.count(names.MISSES)
+            return dataclasses.replace(self._forward(request, None, True), forward="request")
         local = self.local.get((URL_TIER, request.redis_key))
-        if (local is not MISSING and local.url == request.canonical and local.remaining(now) > 0
-                and self._admitted(local)):
-            self.stats.count(names.HITS_L1)
-            return _from_entry(local, now, HIT)
+        if local is not MISSING and local.url == request.canonical and self._admitted(local):
+            reused = self._reuse(request, local, now, demands)
+            if reused is not None:
+                self.stats.count(names.HITS_L1)
+                return reused
         epoch = self.local.epoch
         stored, redis_up = self._read_entry(request.redis_key)
-        if stored is not None and (stored.url != request.canonical or not self._admitted(stored)):
+        if stored is not None and (stored.url != request.canonical or not self._admitted(stored)
+                                   or not self._matches(request, stored)):
             # The key names another URL's entry, or one that records too little for this
             # policy to judge: a miss, never its body (fetched again, through the policy).
+            # Or another variant (Vary): this request's answer takes its place.
             stored = None
-        if stored is not None and stored.remaining(now) > 0:
-            self.stats.count(names.HITS_REDIS)
-            self.local.set((URL_TIER, request.redis_key), stored, stored.remaining(now), epoch=epoch)
-            return _from_entry(stored, now, HIT)
-        if stored is not None and may_serve_stale_while_revalidate(
-                self.policy, stored, now, self.limits.stale_while_revalidate):
+        if stored is not None:
+            reused = self._reuse(request, stored, now, demands)
+            if reused is not None and reused.cache == HIT:
+                self.stats.count(names.HITS_REDIS)
+                self.local.set((URL_TIER, request.redis_key), stored, stored.remaining(now), epoch=epoch)
+                return reused
+            if reused is not None:
+                self.stats.count(names.HITS_STALE)
+                return reused
+        window = 0.0 if stored is None else self.policy.stale_window(
+            stored.headers, STALE_WHILE_REVALIDATE, self.limits.stale_while_revalidate,
+            self.limits.stale_ttl)
+        if stored is not None and not demands.revalidate and may_serve_stale_while_revalidate(
+                self.policy, stored, now, window):
             # RFC 5861 §3: answer with the stale copy now and refresh it once, in the background.
             self.stats.count(names.HITS_STALE)
             self._refresh_in_background(request, stored)
-            return _from_entry(stored, now, STALE, detail=STALE_WHILE_REVALIDATE)
+            return _from_entry(stored, now, STALE, detail=STALE_WHILE_REVALIDATE, policy=self.policy)
+        if demands.only_if_cached:
+            raise NotCached()  # RFC 9111 §5.2.1.7: a stored answer or 504, never upstream
         self.stats.count(names.MISSES)
-        # Keyed by URL as well: two URLs given one explicit key must never share a fetch.
+        # Keyed by URL as well: two URLs given one explicit key must never share a fetch; and by
+        # the headers sent upstream, so no client is given an answer to another's request.
         result, _shared = self.flights.do(
-            (request.redis_key, request.canonical),
+            (request.redis_key, request.canonical, request.forwarded),
             lambda: self._coalesced_forward(request, stored, redis_up),
             wait_timeout=self.fetcher.timeout)
+        if stored is not None and stored.remaining(now) > 0 and result.forward == "stale":
+            return dataclasses.replace(result, forward="request")  # RFC 9211: fresh, not allowed
         return result
+
+    def _reuse(self, request: UrlRequest, entry: Entry, now: float,
+               demands: Demands) -> CacheResult | None:
+        """The stored `entry` as this request's answer without asking upstream (RFC 9111 §4):
+        its variant, fresh enough for the request, or stale within its max-stale; else None."""
+        if not self._matches(request, entry):
+            return None
+        age, remaining = entry.age(now), entry.remaining(now)
+        if demands.fresh_enough(age, remaining):
+            return _from_entry(entry, now, HIT, policy=self.policy)
+        if demands.stale_accepted(age, remaining) and self.policy.may_serve_stale(entry.headers):
+            return _from_entry(entry, now, STALE, detail=MAX_STALE, policy=self.policy)
+        return None
+
+    def _secondary(self, request: UrlRequest) -> dict[str, str]:
+        """The request headers as sent upstream, names lower-case, values normalised (RFC 9111
+        §4.1): the fetcher's own fixed ones, then the client's forwarded ones."""
+        sent = {name.lower(): str(value) for name, value in self.fetcher.session.headers.items()}
+        sent.update(request.forwarded)
+        return {name: _normalised(name, value) for name, value in sent.items()}
+
+    def _vary_of(self, request: UrlRequest, headers: Any) -> dict[str, str | None] | None:
+        """The secondary key a response's Vary asks to record; None without Vary."""
+        listed = vary_names(headers)
+        if not listed:
+            return None
+        secondary = self._secondary(request)
+        return {name: secondary.get(name) for name in listed}
+
+    def _matches(self, request: UrlRequest, entry: Entry) -> bool:
+        """RFC 9111 §4.1: the entry was selected by request headers equal to this request's."""
+        if entry.vary is None:
+            return True
+        secondary = self._secondary(request)
+        return all(name != "*" and secondary.get(name) == value for name, value in entry.vary.items())
 
     def _coalesced_forward(self, request: UrlRequest, stale: Entry | None,
                            redis_up: bool) -> CacheResult:
@@ -182,7 +268,8 @@ class UrlCache:
         epoch = self.local.epoch
         entry, _up = self._read_entry(request.redis_key)
         now = self.clock()
-        if entry is None or entry.url != request.canonical or entry.remaining(now) <= 0:
+        if entry is None or entry.url != request.canonical or entry.remaining(now) <= 0 \
+                or not self._matches(request, entry):
             return None
         if stale is not None and entry.fetched_at <= stale.fetched_at:
             return None
@@ -191,7 +278,7 @@ class UrlCache:
         except Forbidden:
             return None  # stored by a looser proxy: our own fetch asks the policy, which answers
         self.local.set((URL_TIER, request.redis_key), entry, entry.remaining(now), epoch=epoch)
-        return _from_entry(entry, now, HIT)
+        return _from_entry(entry, now, HIT, policy=self.policy)
 
     def _refresh_in_background(self, request: UrlRequest, stale: Entry) -> None:
         with self._refreshing_lock:
@@ -205,7 +292,7 @@ class UrlCache:
             try:
                 # Another request or process may have refreshed it since `stale` was read.
                 if self._fresh_stored(request, stale) is None:
-                    self.flights.do((request.redis_key, request.canonical),
+                    self.flights.do((request.redis_key, request.canonical, request.forwarded),
                                     lambda: self._coalesced_forward(request, stale, True))
             except ProxyError as exc:
                 log.info("background refresh of %s failed: %s", request.redis_key, exc.detail)
@@ -225,7 +312,7 @@ class UrlCache:
         if local is not MISSING and local.remaining(now) > 0:
             self.fetcher.check_source(local.url, local.via)
             self.stats.count(names.HITS_L1)
-            return _from_entry(local, now, HIT)
+            return _from_entry(local, now, HIT, policy=self.policy)
         stored, redis_up = self._read_entry(redis_key)
         if stored is None:
             if not redis_up:
@@ -234,7 +321,7 @@ class UrlCache:
         # Whoever stored it, it is served only if this proxy's policy would have fetched it.
         self.fetcher.check_source(stored.url, stored.via)
         self.stats.count(names.HITS_REDIS)
-        return _from_entry(stored, now, HIT if stored.remaining(now) > 0 else STALE)
+        return _from_entry(stored, now, HIT if stored.remaining(now) > 0 else STALE, policy=self.policy)
 
     def purge(self, url: str | None = None, key: str | None = None, params: Any = None) -> int:
         """Remove an entry from Redis and L1; other proxies' L1 copies follow by invalidation
@@ -283,14 +370,16 @@ class UrlCache:
 
     def _forward(self, request: UrlRequest, stale: Entry | None, redis_up: bool) -> CacheResult:
         """Ask upstream (conditionally when a stale copy has validators) and store the answer."""
-        conditional = self.policy.validators(stale.headers) if stale else {}
+        sent = {**dict(request.forwarded), **(self.policy.validators(stale.headers) if stale else {})}
         # Where L1 and the purge markers stand before upstream is asked: a purge from here on
         # means this answer is older than the purge, and it is neither stored nor kept in L1.
         epoch = self.local.epoch
         start = self.purge_markers.start(request.redis_key) if redis_up else None
-        window = self.limits.stale_if_error
+        window = self.limits.stale_if_error if stale is None else self.policy.stale_window(
+            stale.headers, STALE_IF_ERROR, self.limits.stale_if_error, self.limits.stale_ttl)
+        request_time = self.clock()
         try:
-            response = self.fetcher.fetch(request.target, conditional)
+            response = self.fetcher.fetch(request.target, sent)
         except (BadGateway, GatewayTimeout):
             self.stats.count(names.UPSTREAM_ERRORS)
             now = self.clock()
@@ -300,8 +389,8 @@ class UrlCache:
         self.stats.count(names.UPSTREAM_FETCHES)
         now = self.clock()
         if response.status == 304 and stale is not None:
-            entry = freshened(self.policy, stale, response.headers, response.hops, now)
-            stored = self.policy.storable(stale.status, entry.headers) \
+            entry = freshened(self.policy, stale, response.headers, response.hops, now, request_time)
+            stored = self.policy.storable(stale.status, entry.headers, now) \
                 and self._store(request.redis_key, entry, start, epoch)
             return dataclasses.replace(_from_entry(entry, now, HIT, forward="stale"),
                                        upstream_status=304, stored=stored)
@@ -309,17 +398,25 @@ class UrlCache:
                 and may_serve_stale_if_error(self.policy, stale, now, window)):
             return dataclasses.replace(_from_entry(stale, now, STALE, detail=STALE_IF_ERROR),
                                        upstream_status=response.status)
-        headers = cache_entry.kept_headers(response.headers)
+        # Every end-to-end header is relayed; the origin's Date kept (one added if it sent none).
+        headers = with_date(cache_entry.kept_headers(response.headers), now)
         entry = Entry(status=response.status, body=response.body, url=request.canonical,
-                      fetched_at=now - self.policy.initial_age(response.headers),
-                      fresh_for=self.policy.lifetime(response.headers, now), headers=headers,
-                      via=response.hops)
-        stored = self.policy.storable(response.status, response.headers) \
-            and self._store(request.redis_key, entry, start, epoch)
+                      fetched_at=now - self.policy.initial_age(response.headers, request_time, now),
+                      fresh_for=self.policy.lifetime(response.headers, now, response.status),
+                      headers=with_date(self.policy.stored_headers(response.headers), now),
+                      via=response.hops, vary=self._vary_of(request, response.headers))
+        refusal = self.policy.refusal(response.status, response.headers, now) if request.store \
+            else "request"
+        if refusal == HEADERS_TOO_LARGE:
+            log.info("not storing %s: its headers exceed MAX_STORED_HEADERS (%d fields) or "
+                     "MAX_STORED_HEADER_BYTES (%d bytes)", request.redis_key,
+                     self.policy.max_headers, self.policy.max_header_bytes)
+        stored = not refusal and self._store(request.redis_key, entry, start, epoch)
         return CacheResult(response.status, response.body, headers,
                            MISS if redis_up else BYPASS, int(entry.age(now)),
                            forward="stale" if stale else "miss",
-                           upstream_status=response.status, stored=stored)
+                           upstream_status=response.status, stored=stored,
+                           detail=HEADERS_TOO_LARGE if refusal == HEADERS_TOO_LARGE else "")
 
     def _store(self, redis_key: str, entry: Entry, start: Start | None, epoch: int) -> bool:
         """One atomic write with a TTL (SETEX semantics): freshness left plus the stale window.
@@ -353,10 +450,20 @@ class UrlCache:
                         self.redis_label or "redis", exc, STORE_ERROR_LOG_INTERVAL)
 
 
-def _from_entry(entry: Entry, now: float, cache: str, forward: str = "",
-                detail: str = "") -> CacheResult:
-    return CacheResult(entry.status, entry.body, entry.headers, cache,
+def _from_entry(entry: Entry, now: float, cache: str, forward: str = "", detail: str = "",
+                policy: Policy | None = None) -> CacheResult:
+    """The answer from a stored entry; `policy` given: reused without revalidation, so less the
+    fields its `no-cache="f"` names."""
+    headers = entry.headers if policy is None else without_unvalidated(entry.headers, policy)
+    return CacheResult(entry.status, entry.body, headers, cache,
                        int(entry.age(now)), entry.remaining(now), forward, detail=detail)
+
+
+def _normalised(name: str, value: str) -> str:
+    """A request field value as RFC 9111 §4.1 lets a cache compare it: list members trimmed,
+    whitespace runs as one space, the Accept family case-insensitive."""
+    value = ", ".join(" ".join(part.split()) for part in value.split(","))
+    return value.lower() if name in _CASELESS else value
 
 
 def _json(params: Any) -> str:

@@ -3,6 +3,7 @@
 import contextlib
 import contextvars
 import functools
+import http.client
 import http.cookiejar
 import logging
 import socket
@@ -115,6 +116,19 @@ class _CheckedConnectionMixin:
         return sock
 
 
+class InterimSkippingResponse(http.client.HTTPResponse):
+    """http.client skips only a 100 Continue before the final response; any other interim
+    response (a 103 Early Hints before the 200, RFC 9110 §15.2) would be taken as the final
+    one. Every 1xx but 101 (which only answers an Upgrade, never sent here) is read and skipped."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+            if not 100 <= status < 200 or status == 101:
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # the interim response's fields, discarded
+
+
 # The total deadline of the fetch in progress on this thread (Fetcher._request sets it).
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("upstream_deadline",
                                                                          default=None)
@@ -187,7 +201,7 @@ class PolicyAdapter(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
         # urllib3 builds a pool per host from these classes, and each pool its connections
         # from ConnectionCls; subclasses bound to this policy put the check in every one.
-        bound = {"policy": self.policy}
+        bound = {"policy": self.policy, "response_class": InterimSkippingResponse}
         http_cls = type("CheckedHTTPConnection", (_CheckedConnectionMixin, HTTPConnection), bound)
         https_cls = type("CheckedHTTPSConnection", (_CheckedConnectionMixin, HTTPSConnection),
                          bound)

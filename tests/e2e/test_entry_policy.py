@@ -2,6 +2,7 @@
 real Redis, one with private upstreams allowed and one strict, a counting upstream on loopback
 reached through a fake DNS; and /get/ and RESP refusing the URL cache's own keys."""
 
+import dataclasses
 import json
 from urllib.parse import quote
 
@@ -100,7 +101,7 @@ def test_an_entry_records_each_hop_and_the_address_it_connected_to(pair, upstrea
     assert request(pair.loose.port, q(url, "hop")).body == b"internal /z"
     entry = cache_entry.decode(r.get("rp:hop"))
     assert entry.via == ((url, "127.0.0.1"), (f"http://internal.test:{upstream.port}/z", "127.0.0.1"))
-    assert r.get("rp:hop")[8:].startswith(b'{"status":200,') and b'"v":2,' in r.get("rp:hop")
+    assert r.get("rp:hop")[8:].startswith(b'{"v":3,"status":200,')
 
 
 def test_a_redirect_hop_the_strict_policy_refuses_refuses_the_entry(make_proxy, upstream, r):
@@ -133,13 +134,16 @@ def test_an_l1_copy_is_checked_like_a_redis_one(pair, upstream, r):
     assert upstream.hits["/z"] == 1 and r.exists("rp:iz") == 0
 
 
+def raw_entry(meta: dict, body: bytes) -> bytes:
+    """An entry's bytes as any version writes them: magic, the metadata's length, JSON, body."""
+    encoded = json.dumps(meta, separators=(",", ":")).encode()
+    return cache_entry.MAGIC + len(encoded).to_bytes(4, "big") + encoded + body
+
+
 def write_version_1_entry(r, key: str, url: str, body: bytes) -> None:
-    """What the previous version stored: no "v", no "via"."""
-    entry = cache_entry.Entry(status=200, body=body, url=url, fetched_at=1e9, fresh_for=1e10,
-                              headers={"content-type": "text/plain"})
-    raw = cache_entry.encode(entry)
-    assert b'"v"' not in raw and b'"via"' not in raw
-    r.set(f"rp:{key}", raw, ex=600)
+    """What the first version stored: no "v", no "via"."""
+    r.set(f"rp:{key}", raw_entry({"status": 200, "url": url, "fetched_at": 1e9, "fresh_for": 1e10,
+                                  "headers": {"content-type": "text/plain"}}, body), ex=600)
 
 
 def test_a_version_1_entry_of_a_name_is_not_served_by_a_strict_proxy(pair, upstream, r):
@@ -192,7 +196,27 @@ def test_a_version_1_entry_is_read_where_the_policy_can_judge_it(pair, upstream,
     assert sum(upstream.hits.values()) == 0
 
 
-def test_entry_metadata_version_2_round_trips_and_bad_hops_are_not_entries():
+def test_entry_metadata_version_2_is_still_read_with_its_eight_headers_only():
+    meta = {"status": 200, "url": "http://a.example/", "fetched_at": 1.0, "fresh_for": 2.0,
+            "headers": {"etag": '"e"'}, "v": 2, "via": [["http://a.example/", "93.184.216.34"]]}
+    entry = cache_entry.decode(raw_entry(meta, b"b"))
+    assert (entry.body, entry.headers, entry.vary) == (b"b", {"etag": '"e"'}, None)
+    assert entry.via == (("http://a.example/", "93.184.216.34"),)
+    assert cache_entry.decode(raw_entry({**meta, "headers": {"x-frame-options": "DENY"}}, b"b")) is None
+
+
+def test_entry_metadata_version_3_keeps_any_end_to_end_header_and_vary():
+    entry = cache_entry.Entry(status=200, body=b"b", url="http://a.example/", fetched_at=1.0,
+                              fresh_for=2.0, headers={"x-frame-options": "DENY", "link": "</a>"},
+                              vary={"accept-language": "de", "x-absent": None})
+    assert cache_entry.decode(cache_entry.encode(entry)) == entry
+    for name in ("transfer-encoding", "connection", "set-cookie", "Upper", "bad name"):
+        bad = dataclasses.replace(entry, headers={name: "x"})
+        assert cache_entry.decode(cache_entry.encode(bad)) is None, name
+    assert cache_entry.decode(cache_entry.encode(dataclasses.replace(entry, vary={"a": 1}))) is None
+
+
+def test_entry_metadata_version_3_round_trips_and_bad_hops_are_not_entries():
     entry = cache_entry.Entry(status=200, body=b"b", url="http://a.example/", fetched_at=1.0,
                               fresh_for=2.0, via=(("http://a.example/", "93.184.216.34"),))
     assert cache_entry.decode(cache_entry.encode(entry)) == entry
@@ -202,7 +226,7 @@ def test_entry_metadata_version_2_round_trips_and_bad_hops_are_not_entries():
             b'"via":[["http://a.example/","93.184.216.34"]]',
             b'"via":' + json.dumps(via).encode())
         assert cache_entry.decode(raw) is None, via
-    later = cache_entry.encode(entry).replace(b'"v":2', b'"v":3')
+    later = cache_entry.encode(entry).replace(b'"v":3', b'"v":4')
     assert cache_entry.decode(later) is None
 
 
