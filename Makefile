@@ -25,7 +25,7 @@ shutdown:
 	@for f in run/http.pid run/redis.pid; do [ -f $$f ] && p=$$(cat $$f) && grep -qa -e http_server.py -e redis-server /proc/$$p/cmdline 2>/dev/null && kill $$p && for i in $$(seq 50); do kill -0 $$p 2>/dev/null || break; sleep 0.1; done; rm -f $$f; done; rm -f run/redis.url; echo stopped
 
 bench: $(STAMP)
-	$(PY) -m bench
+	$(PY) -m bench $(ARGS)
 
 docs: $(STAMP)
 	$(PY) -m proxy.process.settings_docs

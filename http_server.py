@@ -1,7 +1,6 @@
 """The HTTP front end: a thin stdlib `http.server` mapping requests onto RedisProxy."""
 
 import base64
-import email.message
 import io
 import logging
 import socket
@@ -42,17 +41,9 @@ from proxy.serving.reply import DATES as _dates
 from proxy.serving.reply import REJECT as _REJECT
 from proxy.serving.reply import UNSAFE_HEADER_VALUE as _UNSAFE_HEADER_VALUE
 from proxy.serving.reply import json_bytes as _json_bytes
+from proxy.serving.request_head import Fields, read_head
 from proxy.serving.sockets import DeadlineReader, LimitedServerMixIn, adopt_listener
-from proxy.serving.syntax import (
-    body_framing_error,
-    has_body,
-    host_error,
-    line_size,
-    origin_form,
-    parse_fields,
-    valid_header_line,
-    valid_request_line,
-)
+from proxy.serving.syntax import body_framing_error, has_body, host_error, origin_form
 from redis_proxy import RedisProxy
 
 log = logging.getLogger(__name__)
@@ -60,12 +51,6 @@ access_log = logging.getLogger("redis_proxy.access")
 
 ALLOWED_METHODS = ("GET", "HEAD", "DELETE")
 READ_METHODS = ("GET", "HEAD")
-# The head's limits, each "at most", in bytes of a line without its CRLF (line_size): a request
-# line of 64 KiB, and 100 header lines of 8 KiB each and 32 KiB together.
-MAX_REQUEST_LINE = 64 * 1024
-MAX_HEADER_LINE = 8 * 1024
-MAX_HEADER_BYTES = 32 * 1024
-MAX_HEADERS = 100
 
 # The same short names as the errors.py classes for these statuses.
 _PROTOCOL_ERRORS = {414: URITooLong.error, 431: HeadersTooLarge.error}
@@ -120,7 +105,7 @@ class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
         else:
             log.exception("unhandled error on a connection from %s", client_address[0])
 
-    def admit(self, path: str, peer: str, headers: email.message.Message) -> None:
+    def admit(self, path: str, peer: str, headers: Fields) -> None:
         """CONTRACT §4: authentication first, then the rate limit; raises what refuses."""
         forwarded_for = headers.get_all("X-Forwarded-For") or []
         self.authenticator.check(path, headers.get_all("Authorization") or [], peer, forwarded_for)
@@ -132,6 +117,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "redis-proxy"
     server: ProxyHTTPServer
+    # The handler parses its own head once (request_head.read_head), not with the email parser.
+    headers: Fields  # type: ignore[assignment]
     rfile: io.BufferedReader
 
     # ----- connection plumbing -------------------------------------------------------------
@@ -181,43 +168,18 @@ class ProxyHandler(BaseHTTPRequestHandler):
             if not self.rfile.peek(1):
                 return
             self._reader.deadline = time.monotonic() + header_timeout
-        # One byte over the limit and its CRLF: enough to tell a line that is too long.
-        self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 2)
-        if self.raw_requestline in (b"\r\n", b"\n"):
-            # RFC 9112 §2.2: ignore at least one empty line before a request-line.
-            self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 2)
-        if not self.raw_requestline:
+        try:
+            head = read_head(self.rfile)  # the one parse of the head (no parse_request)
+        except ProxyError as exc:
+            self._reply_error(exc, close=True)
             return
-        if line_size(self.raw_requestline) > MAX_REQUEST_LINE:
-            self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
-            return
-        if not valid_request_line(self.raw_requestline):
-            self.send_error(HTTPStatus.BAD_REQUEST, "the request line must be "
-                            "'<METHOD> <target> HTTP/1.1' in visible ASCII")
-            return
-        header_block = self._read_header_block()
-        if header_block is None:
+        if head is None:
             return
         self._reader.deadline = None
-        # The stdlib parses the request line; the headers it would count wrong (parse_fields).
-        real_rfile, self.rfile = self.rfile, io.BufferedReader(io.BytesIO(b"\r\n"))
-        try:
-            parsed = self.parse_request()
-        finally:
-            self.rfile = real_rfile
-        if not parsed:
-            return
-        self.headers = parse_fields(header_block)
-        # parse_request's reading of Connection, now that there are headers to read it from.
-        # (Its Expect: 100-continue answer is not needed: request bodies are never read.)
-        connection = self.headers.get("Connection", "").lower()
-        if connection == "close":
-            self.close_connection = True
-        elif connection == "keep-alive":
-            self.close_connection = False
-        if self.request_version not in ("HTTP/1.0", "HTTP/1.1"):
-            self.send_error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED)
-            return
+        self.requestline, self.command, self.path = head.requestline, head.method, head.target
+        self.request_version, self.headers = head.version, head.fields
+        self.close_connection = not head.keep_alive
+        # (An Expect: 100-continue needs no answer: request bodies are never read.)
         problem = host_error(self.headers, self.request_version) or body_framing_error(self.headers)
         if problem is not None:
             self.send_error(HTTPStatus.BAD_REQUEST, problem)
@@ -225,30 +187,6 @@ class ProxyHandler(BaseHTTPRequestHandler):
         if has_body(self.headers):
             self.close_connection = True  # request bodies are not read; do not reuse the stream
         self.dispatch()
-
-    def _read_header_block(self) -> bytes | None:
-        """The header lines up to the blank one, bounded in line length, count and bytes."""
-        lines, total = [], 0
-        while True:
-            line = self.rfile.readline(MAX_HEADER_LINE + 2)
-            if not line:
-                return None  # the client went away mid-headers
-            if line in (b"\r\n", b"\n"):
-                lines.append(line)
-                return b"".join(lines)
-            size = line_size(line)
-            total += size
-            if size > MAX_HEADER_LINE or total > MAX_HEADER_BYTES or len(lines) == MAX_HEADERS:
-                self._reply_error(HeadersTooLarge(
-                    f"request headers are limited to {MAX_HEADERS} lines of at most "
-                    f"{MAX_HEADER_LINE} bytes, {MAX_HEADER_BYTES} bytes in all (not counting "
-                    "line ends)"), close=True)
-                return None
-            if not valid_header_line(line):
-                self.send_error(HTTPStatus.BAD_REQUEST, "malformed header line: 'Name: value', "
-                                "no space before the colon, no folding, no control bytes")
-                return None
-            lines.append(line)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Every protocol-level error as a real HTTP/1.1 response with a JSON body, then close.
@@ -329,7 +267,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         value = self.server.proxy.get_value(key)
         if value is None:
             raise KeyNotFound("no such key in the backing Redis")
-        if "application/json" in self.headers.get("Accept", ""):
+        if "application/json" in (self.headers.get("Accept") or ""):
             try:
                 doc = {"key": key.decode(), "value": value.decode()}
             except UnicodeDecodeError:

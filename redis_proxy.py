@@ -29,7 +29,7 @@ from proxy.store.connection import (
     mask_url,
 )
 from proxy.store.fetch_lock import FetchLock
-from proxy.store.invalidation import TTL_ONLY, Invalidator
+from proxy.store.invalidation import TRACKING, TTL_ONLY, Invalidator
 from proxy.store.launcher import RedisServer
 from proxy.store.purge_marker import PurgeMarkers
 from proxy.store.topology import make_cluster_client, make_sentinel_client
@@ -78,7 +78,8 @@ class RedisProxy:
                              self.purge_markers, self.policy, self.counters, limits, clock=clock,
                              redis_label=redis_label)
         self.reads = ReadCache(client, self.local, self.health, self.counters, prefix=prefix,
-                               allow_cache_prefix=get_allow_cache_prefix)
+                               allow_cache_prefix=get_allow_cache_prefix,
+                               tracked=lambda: self.l1_invalidation == TRACKING)
         self._on_close = list(on_close)
         self.invalidator: Invalidator | Any = None
         pool = client.connection_pool

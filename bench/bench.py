@@ -1,10 +1,15 @@
-"""`make bench`: requests/s of the proxy's hit paths, measured in one run with wrk and
-redis-benchmark against a throw-away Redis and a local upstream, all on loopback.
+"""`make bench`: the proxy's hit paths against the ceiling, in one run: a bare stdlib HTTP
+server with the same body (HTTP) and Redis itself (RESP), measured with wrk and
+redis-benchmark, everything on loopback and bounded in time.
 
-Figures are printed as a table with ratios, never asserted: they depend on the machine.
+Figures are printed as a table with ratios and written as JSON under bench/results/; they are
+never asserted: they depend on the machine. `--quick` runs every row for about a second with
+tiny loads (the test suite runs it once, to check that every figure is reported).
 """
 
 import argparse
+import contextlib
+import http.client
 import json
 import os
 import re
@@ -13,169 +18,307 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
+import tempfile
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import quote
 
 import redis
 
-import http_server
-from proxy.cache.freshness import Policy
-from proxy.cache.local_cache import LocalCache
-from proxy.resp import server as resp_server
-from proxy.store.connection import make_client
+from proxy.cache.entry import decode
 from proxy.store.launcher import RedisServer, free_port
-from proxy.upstream.fetcher import Fetcher
-from proxy.upstream.policy import UpstreamPolicy
-from redis_proxy import RedisProxy
 
-BODY = b"x" * 1024
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "bench", "results")
+VALUE_SIZE = 100  # bytes of every body and value on the hit paths
+BIG_VALUE = 64 * 1024  # the L1 memory row's values
+INSTALL = ("wrk and redis-benchmark are needed: on Debian or Ubuntu `apt-get install wrk "
+           "redis-tools`, on macOS `brew install wrk redis`")
 
-
-class _Origin(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:  # noqa: N802
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(BODY)))
-        self.end_headers()
-        self.wfile.write(BODY)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def _serve(server) -> threading.Thread:  # type: ignore[no-untyped-def]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return thread
+# wrk Lua: each request's path is TEMPLATE with {i} replaced by a counter modulo KEYS (distinct
+# keys in turn), or by a number no other request of the run uses (KEYS = 0: misses).
+_LUA = """
+local template, keys, threads, counter = "%s", %d, 0, 0
+setup = function(thread) threads = threads + 1; thread:set("tid", threads) end
+request = function()
+  counter = counter + 1
+  local i = keys > 0 and counter %% keys or tid * 100000000 + counter
+  return wrk.format("GET", (template:gsub("{i}", tostring(i))))
+end
+"""
 
 
-def _proxy(redis_url: str, capacity: int, invalidation: str, upstream_port: int):  # type: ignore[no-untyped-def]
-    fetcher = Fetcher(policy=UpstreamPolicy(allow_private=True, allowed_ports=(upstream_port,)))
-    proxy = RedisProxy(make_client(redis_url), fetcher, LocalCache(capacity=capacity),
-                       policy=Policy(ttl=3600), invalidation=invalidation)
-    servers = [http_server.make_server("127.0.0.1", 0, proxy, max_parallel=64),
-               resp_server.make_server("127.0.0.1", 0, proxy, max_parallel=64)]
-    for server in servers:
-        _serve(server)
-    return proxy, servers
-
-
-def _workers(redis_url: str, count: int) -> tuple[subprocess.Popen, int]:
-    """The proxy as `make run` starts it, with `count` pre-forked workers, on `redis_url`."""
-    port = free_port()
-    env = {**os.environ, "REDIS_URL": redis_url, "HTTP_PORT": str(port), "RESP_PORT": "0",
-           "HTTP_WORKERS": str(count), "LOG_LEVEL": "warning"}
-    process = subprocess.Popen([sys.executable, "http_server.py"], env=env,
-                               cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+@contextlib.contextmanager
+def process(argv: list[str], env: dict[str, str], port: int) -> Iterator[subprocess.Popen]:
+    """A process of ours that serves on `port`: started, awaited (bounded), then stopped."""
+    child = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if child.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{' '.join(argv)} did not start serving on {port}") from None
+                time.sleep(0.05)  # polling for readiness, bounded by the deadline
+        yield child
+    finally:
+        child.send_signal(signal.SIGTERM)
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process, port
-        except OSError:
-            time.sleep(0.05)  # polling for readiness, bounded by the deadline
-    process.kill()
-    raise RuntimeError("the worker processes did not start within 20 s")
+            child.wait(15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(5)
 
 
-def wrk(url: str, seconds: int, connections: int) -> float | None:
-    """Requests/s that wrk measured, or None without wrk."""
-    if not shutil.which("wrk"):
-        return None
-    done = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", url],
-                          capture_output=True, text=True, timeout=seconds + 30, check=True)
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", done.stdout)
-    if errors:
-        raise RuntimeError(f"wrk saw {errors.group(1)} error responses from {url}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", done.stdout).group(1))  # type: ignore[union-attr]
+def ceiling(port: int) -> contextlib.AbstractContextManager[subprocess.Popen]:
+    return process([sys.executable, "-m", "bench.ceiling", str(port), str(VALUE_SIZE)], {}, port)
 
 
-def redis_benchmark(port: int, requests: int, connections: int) -> float | None:
-    """GET requests/s that redis-benchmark measured against `port`, or None without it.
-    Every request reads the one key `key:__rand_int__` (-r is not given), so an L1 holds it."""
-    if not shutil.which("redis-benchmark"):
-        return None
+def proxy(redis_url: str, port: int, origin_port: int, **settings: Any) -> contextlib.AbstractContextManager[
+        subprocess.Popen]:
+    """http_server.py as `make run` starts it (one worker unless told), on `redis_url`."""
+    env = {"REDIS_URL": redis_url, "HTTP_PORT": str(port), "RESP_PORT": "0",
+           "LOG_LEVEL": "warning", "UPSTREAM_ALLOW_PRIVATE": "true",
+           "UPSTREAM_ALLOWED_PORTS": str(origin_port), "HTTP_WORKERS": "1"}
+    env.update({name.upper(): str(value) for name, value in settings.items()})
+    return process([sys.executable, "http_server.py"], env, port)
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url: str, seconds: float, connections: int, template: str | None = None,
+        keys: int = 0) -> dict[str, Any]:
+    """Requests/s, p50 and p99 (ms), socket errors and non-2xx answers that wrk measured.
+    `template`: a path with {i}, requested with distinct keys (see _LUA)."""
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        if template is not None:
+            script.write(_LUA % (template, keys))
+            script.flush()
+            argv += ["-s", script.name]
+        done = subprocess.run(argv + [url], capture_output=True, text=True, timeout=seconds + 60,
+                              check=True)
+    out = done.stdout
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+            "p50_ms": _ms(re.search(r"\s50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+            "p99_ms": _ms(re.search(r"\s99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+            "errors": sum(int(n) for n in errors.groups()) if errors else 0,
+            "non_2xx": int(non_2xx.group(1)) if non_2xx else 0}
+
+
+def redis_benchmark(port: int, requests: int, pipeline: int = 1) -> dict[str, Any]:
+    """GET requests/s that redis-benchmark measured against `port` (50 clients). Every request
+    reads the one key `key:__rand_int__` (-r is not given), so an L1 holds it."""
     done = subprocess.run(["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", "get",
-                           "-n", str(requests), "-c", str(connections), "-q", "--csv"],
+                           "-n", str(requests), "-P", str(pipeline), "-q", "--csv"],
                           capture_output=True, text=True, timeout=300, check=True)
     for line in done.stdout.splitlines():
         fields = [f.strip('"') for f in line.split(",")]
         if fields and fields[0].startswith("GET"):
-            return float(fields[1])
+            return {"rps": float(fields[1]), "p50_ms": float(fields[4]) if len(fields) > 4 else None,
+                    "p99_ms": float(fields[6]) if len(fields) > 6 else None}
     raise RuntimeError(f"no GET figure in redis-benchmark output: {done.stdout!r}")
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path)
+        reply = conn.getresponse()
+        return reply.status, reply.read()
+    finally:
+        conn.close()
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def run(quick: bool) -> dict[str, Any]:
+    seconds = 1.0 if quick else 8.0
+    keys = 20 if quick else 1000  # distinct keys of the Redis-hit rows
+    conns = (4,) if quick else (16, 64)
+    rows: list[dict[str, Any]] = []
+    memory: dict[str, Any] = {}
+    origin_port, ceiling_port = free_port(), free_port()
+    with RedisServer() as store, ceiling(origin_port), ceiling(ceiling_port):
+        client = redis.Redis.from_url(store.url)
+        client.set("bench", b"v" * VALUE_SIZE)
+        client.set("key:__rand_int__", b"v" * VALUE_SIZE)  # what redis-benchmark -t get reads
+        client.mset({f"bench:{i}": b"v" * VALUE_SIZE for i in range(keys)})
+        origin = f"http://127.0.0.1:{origin_port}"
+        url_of = lambda path: quote(origin + path, safe="").replace("%7Bi%7D", "{i}")  # noqa: E731
+        hit_paths = {"/get/<key>": "/get/bench", "/?url=&key=": f"/?url={url_of('/page')}&key=bench",
+                     "/?key=": "/?key=bench"}
+
+        def measure(name: str, port: int, path: str, tier: str, distinct: bool = False,
+                    keys: int = 0) -> None:
+            """`distinct`: `path` has {i}, one key after another (or a new one each: keys=0)."""
+            for c in conns:
+                if distinct:
+                    figures = wrk(f"http://127.0.0.1:{port}/", seconds, c, template=path, keys=keys)
+                else:
+                    figures = wrk(f"http://127.0.0.1:{port}{path}", seconds, c)
+                rows.append({"row": name, "tier": tier, "connections": c, **figures,
+                             "vs": "ceiling"})
+
+        for c in conns:
+            figures = wrk(f"http://127.0.0.1:{ceiling_port}/", seconds, c)
+            rows.append({"row": "stdlib ThreadingHTTPServer, fixed body", "tier": "ceiling",
+                         "connections": c, **figures, "vs": None})
+
+        http_port, resp_port = free_port(), free_port()
+        with proxy(store.url, http_port, origin_port, resp_port=resp_port):
+            status, _ = _get(http_port, hit_paths["/?url=&key="])  # fetch once: the rest hit
+            assert status == 200, status
+            for route, path in hit_paths.items():
+                _get(http_port, path)  # into L1
+                measure(f"GET {route}, L1 hit", http_port, path, "l1")
+            measure("GET /?url=&key=, miss (upstream fetch and store)", http_port,
+                    f"/?url={url_of('/miss/{i}')}&key=miss:{{i}}", "miss", distinct=True)
+            for pipeline in (1, 16):
+                for name, port in (("Redis itself", store.port), ("proxy, L1 hit", resp_port)):
+                    requests = (2_000 if quick else 100_000) * (4 if pipeline > 1 else 1)
+                    figures = redis_benchmark(port, requests, pipeline)
+                    rows.append({"row": f"RESP GET -P {pipeline}, {name}", "tier": "resp",
+                                 "connections": 50, "pipeline": pipeline, **figures,
+                                 "vs": None if port == store.port else f"redis -P {pipeline}"})
+            memory.update(_entry_memory(client, http_port, url_of))
+        no_l1_port = free_port()
+        with proxy(store.url, no_l1_port, origin_port, cache_capacity=0, l1_invalidation="ttl"):
+            for i in range(keys):  # the URL role's entries, one per key, stored once
+                _get(no_l1_port, f"/?url={url_of(f'/page/{i}')}&key=bench:{i}")
+            measure("GET /get/<key>, Redis hit (L1 off, distinct keys)", no_l1_port,
+                    "/get/bench:{i}", "redis", distinct=True, keys=keys)
+            measure("GET /?url=&key=, Redis hit (L1 off, distinct keys)", no_l1_port,
+                    f"/?url={url_of('/page/{i}')}&key=bench:{{i}}", "redis", distinct=True, keys=keys)
+            measure("GET /?key=, Redis hit (L1 off, distinct keys)", no_l1_port, "/?key=bench:{i}",
+                    "redis", distinct=True, keys=keys)
+        for count in (1, 2):
+            port = free_port()
+            with proxy(store.url, port, origin_port, http_workers=count):
+                wrk(f"http://127.0.0.1:{port}/get/bench", 1, conns[-1])  # every worker's L1
+                figures = wrk(f"http://127.0.0.1:{port}/get/bench", seconds, conns[-1])
+                rows.append({"row": f"GET /get/<key>, L1 hit, HTTP_WORKERS={count}", "tier": "workers",
+                             "connections": conns[-1], "workers": count, **figures,
+                             "vs": "HTTP_WORKERS=1"})
+        memory.update(_l1_memory(client, store.url, origin_port, 200 if quick else 2000,
+                                 (4 if quick else 16) * 1024 * 1024))
+        client.close()
+    _ratios(rows)
+    return {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": quick, "seconds": seconds,
+            "value_bytes": VALUE_SIZE, "cores": os.cpu_count(), "rows": rows, "memory": memory}
+
+
+def _ratios(rows: list[dict[str, Any]]) -> None:
+    """Each row's requests/s over its reference's, at the same number of connections."""
+    def reference(row: dict[str, Any]) -> dict[str, Any] | None:
+        for other in rows:
+            if row["vs"] == "ceiling" and other["tier"] == "ceiling" \
+                    and other["connections"] == row["connections"]:
+                return other
+            if row["vs"] and row["vs"].startswith("redis -P") and other["tier"] == "resp" \
+                    and other["vs"] is None and other["pipeline"] == row["pipeline"]:
+                return other
+            if row["vs"] == "HTTP_WORKERS=1" and other.get("workers") == 1:
+                return other
+        return None
+
+    for row in rows:
+        ref = reference(row) if row["vs"] else None
+        row["ratio"] = round(row["rps"] / ref["rps"], 3) if ref and ref["rps"] else None
+
+
+def _entry_memory(client: redis.Redis, http_port: int, url_of: Any) -> dict[str, Any]:
+    """MEMORY USAGE of the stored entry of a 100-byte body against the body and kept headers."""
+    found = [k for k in client.scan_iter("rp:*") if client.type(k) == b"string"
+             and (client.get(k) or b"").startswith(b"RPE1")]
+    if not found:
+        raise RuntimeError("no stored entry to measure")
+    key = found[0]
+    raw = client.get(key) or b""
+    entry = decode(raw)
+    assert entry is not None
+    kept = sum(len(name) + len(value) for name, value in entry.headers.items())
+    usage = int(client.memory_usage(key, samples=0) or 0)
+    return {"entry_key": key.decode(), "entry_memory_usage": usage, "entry_body_bytes": len(entry.body),
+            "entry_kept_header_bytes": kept, "entry_value_bytes": len(raw),
+            "entry_metadata_bytes": len(raw) - len(entry.body),
+            "entry_overhead_bytes": usage - len(entry.body) - kept}
+
+
+def _l1_memory(client: redis.Redis, redis_url: str, origin_port: int, values: int,
+               max_bytes: int) -> dict[str, Any]:
+    """The proxy's RSS while a stream of distinct 64 KiB values passes through its L1, which
+    CACHE_MAX_BYTES bounds."""
+    for start in range(0, values, 100):
+        client.mset({f"big:{i}": os.urandom(BIG_VALUE) for i in range(start, min(values, start + 100))})
+    port = free_port()
+    with proxy(redis_url, port, origin_port, cache_max_bytes=max_bytes, cache_capacity=100_000) as child:
+        _get(port, "/get/bench")
+        before = _rss(child.pid)
+        peak = before
+        for i in range(values):
+            status, body = _get(port, f"/get/big:{i}")
+            assert status == 200 and len(body) == BIG_VALUE
+            if i % 50 == 0:
+                peak = max(peak, _rss(child.pid))
+        after = _rss(child.pid)
+    client.delete(*[f"big:{i}" for i in range(values)])
+    return {"l1_values_streamed": values, "l1_value_bytes": BIG_VALUE, "l1_cache_max_bytes": max_bytes,
+            "rss_before_bytes": before, "rss_peak_bytes": max(peak, after), "rss_after_bytes": after,
+            "rss_growth_bytes": max(peak, after) - before}
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [f"{'path':56} {'conns':>5} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'err':>4} "
+             f"{'non2xx':>6} {'ratio':>6}  vs"]
+    for row in report["rows"]:
+        p50 = "" if row.get("p50_ms") is None else f"{row['p50_ms']:7.2f}"
+        p99 = "" if row.get("p99_ms") is None else f"{row['p99_ms']:7.2f}"
+        ratio = "" if row.get("ratio") is None else f"{row['ratio']:6.3f}"
+        lines.append(f"{row['row']:56} {row['connections']:>5} {row['rps']:>9,.0f} {p50:>7} {p99:>7} "
+                     f"{row.get('errors', 0):>4} {row.get('non_2xx', 0):>6} {ratio:>6}  {row['vs'] or ''}")
+    memory = report["memory"]
+    lines.append("")
+    lines.append(f"stored entry ({memory['entry_body_bytes']} B body, {memory['entry_kept_header_bytes']} B "
+                 f"kept headers): MEMORY USAGE {memory['entry_memory_usage']} B, overhead "
+                 f"{memory['entry_overhead_bytes']} B (metadata {memory['entry_metadata_bytes']} B)")
+    lines.append(f"L1 under {memory['l1_values_streamed']} distinct {memory['l1_value_bytes'] // 1024} KiB "
+                 f"values, CACHE_MAX_BYTES={memory['l1_cache_max_bytes'] // 2**20} MiB: RSS "
+                 f"{memory['rss_before_bytes'] / 2**20:.1f} -> peak {memory['rss_peak_bytes'] / 2**20:.1f} MiB "
+                 f"(+{memory['rss_growth_bytes'] / 2**20:.1f} MiB)")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
-    parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--quick", action="store_true", help="about a second a row, tiny loads")
+    parser.add_argument("--out", default=RESULTS, help="folder for the JSON results")
     args = parser.parse_args(argv)
-
-    origin = ThreadingHTTPServer(("127.0.0.1", 0), _Origin)
-    origin.daemon_threads = True
-    _serve(origin)
-    upstream_url = f"http://127.0.0.1:{origin.server_address[1]}/page"
-    results: dict[str, float | None] = {}
-    with RedisServer() as store:
-        client = redis.Redis.from_url(store.url)
-        client.set("bench", BODY)
-        client.set("key:__rand_int__", BODY)  # the key redis-benchmark -t get reads without -r
-        with_l1, (with_l1_http, with_l1_resp) = _proxy(store.url, 1024, "tracking",
-                                                       origin.server_address[1])
-        no_l1, (no_l1_http, no_l1_resp) = _proxy(store.url, 0, "ttl", origin.server_address[1])
-        base = f"http://127.0.0.1:{with_l1_http.server_address[1]}"
-        base_no_l1 = f"http://127.0.0.1:{no_l1_http.server_address[1]}"
-        url_path = f"/?url={quote(upstream_url, safe='')}&key=bench"
-        with_l1.redis_get(upstream_url, key="bench")  # warm: the runs below are all hits
-        results["redis-benchmark GET, Redis itself"] = redis_benchmark(
-            store.port, 100_000, args.connections)
-        results["RESP GET, L1 hit"] = redis_benchmark(with_l1_resp.server_address[1], 50_000,
-                                                      args.connections)
-        results["RESP GET, no L1 (Redis GET)"] = redis_benchmark(no_l1_resp.server_address[1],
-                                                                 50_000, args.connections)
-        results["GET /health (HTTP floor, Redis PING)"] = wrk(base + "/health", args.seconds,
-                                                              args.connections)
-        results["GET /get/<key>, L1 hit"] = wrk(base + "/get/bench", args.seconds, args.connections)
-        results["GET /get/<key>, no L1 (Redis GET)"] = wrk(base_no_l1 + "/get/bench", args.seconds,
-                                                           args.connections)
-        results["GET /?url=&key=, L1 hit"] = wrk(base + url_path, args.seconds, args.connections)
-        results["GET /?url=&key=, no L1 (Redis hit)"] = wrk(base_no_l1 + url_path, args.seconds,
-                                                            args.connections)
-        for count in (1, 2):
-            process, port = _workers(store.url, count)
-            try:
-                wrk(f"http://127.0.0.1:{port}/get/bench", 1, args.connections)  # warm the L1s
-                results[f"GET /get/<key>, L1 hit, own process, HTTP_WORKERS={count}"] = wrk(
-                    f"http://127.0.0.1:{port}/get/bench", args.seconds, args.connections)
-            finally:
-                process.send_signal(signal.SIGTERM)
-                process.wait(15)
-        for proxy, servers in ((with_l1, (with_l1_http, with_l1_resp)),
-                               (no_l1, (no_l1_http, no_l1_resp))):
-            for server in servers:
-                server.shutdown()
-                server.server_close()
-            proxy.close()
-        client.close()
-    origin.shutdown()
-    origin.server_close()
-
-    if args.json:
-        sys.stdout.write(json.dumps(results, indent=2) + "\n")  # the command's output
-        return 0
-    reference = results.get("redis-benchmark GET, Redis itself")
-    lines = [f"{'path':58} {'requests/s':>12} {'vs Redis':>9}"]
-    for name, value in results.items():
-        shown = "n/a (tool absent)" if value is None else f"{value:12,.0f}"
-        ratio = f"{value / reference:9.3f}" if value and reference else ""
-        lines.append(f"{name:58} {shown:>12} {ratio}")
-    sys.stdout.write("\n".join(lines) + "\n")  # the report is the command's output, not a log
+    missing = [tool for tool in ("wrk", "redis-benchmark") if not shutil.which(tool)]
+    if missing:
+        sys.stderr.write(f"bench: {', '.join(missing)} not found. {INSTALL}\n")
+        return 2
+    report = run(args.quick)
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, time.strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "") + ".json")
+    with open(path, "w") as out:
+        json.dump(report, out, indent=2)
+    sys.stdout.write(table(report) + f"\nJSON: {os.path.relpath(path, ROOT)}\n")  # the command's output
     return 0
 
 

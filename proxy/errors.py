@@ -70,6 +70,11 @@ class HeadersTooLarge(ProxyError):
     status, error = 431, "request headers too large"
 
 
+class VersionNotSupported(ProxyError):
+    status, error = 505, "http version not supported"
+    detail = "send HTTP/1.1 (or HTTP/1.0)"
+
+
 class BadGateway(ProxyError):
     status, error = 502, "bad gateway"
 

@@ -20,13 +20,15 @@ class ReadCache:
     than its key lives in Redis."""
 
     def __init__(self, client: Any, local: LocalCache, health: RedisHealth, stats: Stats, *,
-                 prefix: str = "rp:", allow_cache_prefix: bool = False):
+                 prefix: str = "rp:", allow_cache_prefix: bool = False,
+                 tracked: Callable[[], bool] = lambda: False):
         self.client = client
         self.local = local
         self.health = health
         self.stats = stats
         self.prefix = prefix
         self.allow_cache_prefix = allow_cache_prefix
+        self.tracked = tracked  # whether Redis now tells this process of every change it read
         # How get_value loads a key L1 misses: replaceable, so a test can hold loads in flight.
         self.load_value: Callable[[bytes], tuple[bytes | None, float | None]] = self._redis_value
 
@@ -112,6 +114,8 @@ class ReadCache:
     def _redis_value(self, key: bytes) -> tuple[bytes | None, float | None]:
         """The value and how long L1 may keep it: never past the key's own expiry in Redis."""
         self.stats.count(names.READS_REDIS)
+        if not self._l1_needs_pttl():
+            return redis_call(self.health, lambda: self.client.get(key)), None
 
         def read(pipe: Any) -> int:
             pipe.get(key)
@@ -120,23 +124,31 @@ class ReadCache:
         (value,), (pttl,) = self._read_with_pttls(read, [key])
         return value, l1_ttl(pttl)
 
+    def _l1_needs_pttl(self) -> bool:
+        """Whether an L1 copy must be capped by its key's PTTL (read beside the value, at a cost
+        of about a third more CPU a read): not with L1 off, nor while Redis tracks this
+        process's reads, when the key's expiry arrives as an invalidation like any change."""
+        return self.local.capacity > 0 and not self.tracked()
+
     def _read_with_pttls(self, read: Callable[[Any], int],
                          keys: list[bytes]) -> tuple[list[Any], list[int]]:
         """The replies of the commands `read(pipeline)` queues (it returns how many) and the PTTL
-        of each key, in one round trip. A plain pipeline,
+        of each key, in one round trip (-1, L1's own TTL, when no cap is needed). A plain pipeline,
         not MULTI: Redis does not track reads inside MULTI for L1 invalidation. A write landing
         between the replies is told to L1 by tracking; with L1_INVALIDATION=ttl it is the stale
         window that mode has anyway."""
+        capped = self._l1_needs_pttl()
+
         def call() -> tuple[list[Any], list[int]]:
             pipe = self.client.pipeline(transaction=False)
             queued = read(pipe)
-            for key in keys:
+            for key in keys if capped else ():
                 pipe.pttl(key)
             replies = pipe.execute(raise_on_error=False)
             for reply in replies:
                 if isinstance(reply, Exception):
                     raise reply  # as the command gave it (WRONGTYPE ...), not annotated
-            return replies[:queued], replies[queued:]
+            return replies[:queued], replies[queued:] if capped else [-1] * len(keys)
 
         result: tuple[list[Any], list[int]] = redis_call(self.health, call)
         return result

@@ -7,6 +7,9 @@ and, for what a server accepts and refuses, Redis's own `processMultibulkBuffer`
 """
 
 import re
+from typing import cast
+
+import hiredis
 
 MAX_ARRAY = 1024 * 1024  # elements in one command; Redis 6 refuses more (7 allows INT_MAX)
 # One argument. Redis's proto-max-bulk-len is 512 MB because SET takes values; this read-only
@@ -47,6 +50,11 @@ class RespParser:
     State survives between feeds, so a command may arrive in any number of pieces.
     While `authenticated` is False the unauthenticated limits apply; the server sets it before
     each `next_command()`, so an AUTH lifts them from the very next command of a pipeline.
+
+    A command whole in the buffer is read by hiredis's C reader (the parser redis-py uses) and
+    kept only if it is exactly the canonical encoding of what came out, within the limits;
+    anything else (inline commands, a command still arriving, every error) is read by the
+    Python reader below, which holds Redis's rules and words and bounds a bulk at its $ line.
     """
 
     def __init__(self, max_array: int = MAX_ARRAY, max_bulk: int = MAX_BULK,
@@ -64,6 +72,8 @@ class RespParser:
         self._remaining = 0  # its elements still to come
         self._dropped = 0  # its elements read and dropped (over max_args: only the name is kept)
         self._bulk = -1  # length of the bulk being read, -1 while its $ line is awaited
+        self._fast: hiredis.Reader | None = None  # while in use, it holds _buffer[_pos:] too
+        self._fast_off = False  # the C reader declined a command: the Python one until the next feed
 
     def feed(self, data: bytes | memoryview) -> None:
         if self._pos and self._pos == len(self._buffer):
@@ -73,6 +83,9 @@ class RespParser:
             del self._buffer[:self._pos]  # drop what is consumed before it piles up
             self._pos = 0
         self._buffer += data
+        if self._fast is not None:
+            self._fast.feed(data)  # type: ignore[arg-type]  # any buffer; the stub says bytes
+        self._fast_off = False
 
     @property
     def pending(self) -> bool:
@@ -80,6 +93,13 @@ class RespParser:
         return self._args is not None or self._pos < len(self._buffer)
 
     def next_command(self) -> list[bytes] | None:
+        if self._args is None:
+            if self._pos >= len(self._buffer):
+                return None
+            if not self._fast_off:
+                args = self._next_whole_command()
+                if args is not None:
+                    return args
         while True:
             if self._args is None:
                 if self._pos >= len(self._buffer):
@@ -104,6 +124,46 @@ class RespParser:
                 continue  # *0 / *-1: an empty command, ignored as Redis does
             if not self._read_bulk():
                 return None
+
+    def _next_whole_command(self) -> list[bytes] | None:
+        """The next command through the C reader, if it takes it; else None (and the C reader
+        is off until the next feed, so a pipeline of odd commands is not read twice over)."""
+        reader = self._fast
+        if reader is None:
+            if self._buffer[self._pos] != 0x2A:  # '*'
+                return None
+            reader = self._fast = hiredis.Reader()
+            reader.feed(self._buffer, self._pos)  # type: ignore[arg-type]  # any buffer
+        try:
+            args = reader.gets()
+        except hiredis.ProtocolError:
+            args = None
+        encoded = self._canonical(args)
+        if encoded is None or not self._buffer.startswith(encoded, self._pos):
+            # Not whole yet, or not an array of bulk strings as Redis reads one (a nested
+            # type, a leading zero, a limit passed): the Python reader takes it from here.
+            self._fast, self._fast_off = None, True
+            return None
+        self._pos += len(encoded)
+        return cast(list[bytes], args)
+
+    def _canonical(self, args: object) -> bytes | None:
+        """The one encoding Redis accepts for `args` (what the C reader returned), if they are
+        a non-empty list of bulk strings within this parser's limits."""
+        if type(args) is not list or not args:
+            return None
+        count = len(args)
+        if count > self.max_args or count > self.max_array:
+            return None
+        limit = self.max_bulk
+        if not self.authenticated:
+            if count > UNAUTH_MAX_ARRAY:
+                return None
+            limit = min(limit, UNAUTH_MAX_BULK)
+        for arg in args:
+            if type(arg) is not bytes or len(arg) > limit:
+                return None
+        return b"*%d\r\n" % count + b"".join([b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in args])
 
     # ----- multibulk: *<count>\r\n then <count> times $<len>\r\n<bytes>\r\n ------------------
 

@@ -5,10 +5,8 @@ target is; every shape they could read differently is refused here with 400, so 
 smuggled past them and no raw control byte reaches a route or a log line.
 """
 
-import email.parser
-import http.client
 import re
-from email.message import Message
+from typing import Protocol
 
 # RFC 9112 §3: request-line = method SP request-target SP HTTP-version; the method a token
 # (RFC 9110 §5.6.2), the target visible ASCII only.
@@ -27,12 +25,14 @@ def line_size(line: bytes) -> int:
     return len(line) - 1 if line.endswith(b"\n") else len(line)
 
 
-def parse_fields(block: bytes) -> http.client.HTTPMessage:
-    """The header lines (bounded and checked already), up to and with the empty line.
+class Message(Protocol):
+    """Header fields as the checks read them (request_head.Fields, email.message.Message)."""
 
-    What http.client.parse_headers does, without its count, which includes the empty line:
-    through it exactly 100 headers would be refused as 101."""
-    return email.parser.Parser(_class=http.client.HTTPMessage).parsestr(block.decode("iso-8859-1"))
+    def get(self, name: str, default: str | None = None, /) -> str | None: ...
+
+    def get_all(self, name: str, failobj: list[str] | None = None, /) -> list[str] | None: ...
+
+    def __contains__(self, name: object, /) -> bool: ...
 
 
 def valid_request_line(line: bytes) -> bool:
@@ -78,4 +78,4 @@ def body_framing_error(headers: Message) -> str | None:
 
 def has_body(headers: Message) -> bool:
     """Whether the request carries a body (which is never read: the connection then closes)."""
-    return headers.get("Content-Length", "0").strip() not in ("", "0") or "Transfer-Encoding" in headers
+    return (headers.get("Content-Length") or "0").strip() not in ("", "0") or "Transfer-Encoding" in headers

@@ -325,3 +325,31 @@ def test_fifty_concurrent_reads_of_one_cold_key_make_one_redis_get(make_proxy, c
         t.join(10)
     assert bodies == [b"single flight"] * 50
     assert gets(counted) == 1
+
+
+def pttls(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_pttl", {}).get("calls", 0))
+
+
+def test_in_tracking_mode_a_read_sends_no_pttl_and_an_expiry_drops_the_copy(make_proxy, r):
+    proxy = make_proxy(ttl=3600)
+    wait_until(lambda: proxy.proxy.l1_invalidation == "tracking")
+    r.set("brief", b"short-lived", px=300)
+    r.config_resetstat()
+    for _ in range(2):
+        got = request(proxy.port, "/get/brief")
+        assert (got.status, got.body) == (200, b"short-lived")
+    assert (gets(r), pttls(r), proxy.proxy.stats["hits_l1"]) == (1, 0, 1)
+    # Redis expires the key and tells the proxy, as it tells any change (CLIENT TRACKING).
+    wait_until(lambda: request(proxy.port, "/get/brief").status == 404, timeout=5)
+    assert proxy.proxy.stats["invalidations"] >= 1
+
+
+@pytest.mark.parametrize("capacity, invalidation, expected", [(1024, "ttl", 1), (0, "ttl", 0)])
+def test_pttl_is_read_only_where_it_caps_an_l1_copy(make_proxy, r, capacity, invalidation, expected):
+    proxy = make_proxy(ttl=3600, capacity=capacity, invalidation=invalidation)
+    r.set("k", b"v")
+    r.config_resetstat()
+    got = request(proxy.port, "/get/k")
+    assert (got.status, got.body) == (200, b"v")
+    assert (gets(r), pttls(r)) == (1, expected)

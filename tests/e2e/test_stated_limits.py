@@ -7,12 +7,12 @@ import re
 
 import pytest
 
-import http_server
 from load_env import Settings
 from proxy.cache import keys as cache_keys
 from proxy.resp import commands as resp_commands
 from proxy.resp import protocol as wire
 from proxy.resp.protocol import ProtocolError, RespParser
+from proxy.serving import request_head
 from servers import ROOT, q, request
 
 README = os.path.join(ROOT, "README.md")
@@ -57,10 +57,10 @@ def refusal(name: str) -> tuple[int, str]:
 HEAD = "tests/e2e/test_hostile.py", "test_a_head_limit_admits_exactly_n_and_refuses_n_plus_one"
 RESP_UNIT = "tests/unit/test_resp_protocol.py"
 CHECKED_ELSEWHERE = {
-    "HTTP request line": (http_server.MAX_REQUEST_LINE, *HEAD, "uri too long"),
-    "HTTP header lines": (http_server.MAX_HEADERS, *HEAD, "request headers too large"),
-    "HTTP header line": (http_server.MAX_HEADER_LINE, *HEAD, "request headers too large"),
-    "HTTP header block": (http_server.MAX_HEADER_BYTES, *HEAD, "request headers too large"),
+    "HTTP request line": (request_head.MAX_REQUEST_LINE, *HEAD, "uri too long"),
+    "HTTP header lines": (request_head.MAX_HEADERS, *HEAD, "request headers too large"),
+    "HTTP header line": (request_head.MAX_HEADER_LINE, *HEAD, "request headers too large"),
+    "HTTP header block": (request_head.MAX_HEADER_BYTES, *HEAD, "request headers too large"),
     "RESP keys of one `MGET` or `EXISTS`": (
         resp_commands.MAX_KEYS, "tests/e2e/test_resp.py",
         "test_mget_and_exists_take_10000_keys_and_refuse_10001_on_a_usable_connection",

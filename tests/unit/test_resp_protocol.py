@@ -232,3 +232,34 @@ def test_any_encoded_commands_come_back_unchanged_however_they_are_cut(commands,
 def _pieces(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
     return [data[a:b] for a, b in zip(points, points[1:], strict=False)] or [b""]
+
+
+def test_whole_commands_are_read_by_the_c_reader(monkeypatch):
+    def python_reader(self):
+        raise AssertionError("the Python reader read a whole, canonical command")
+
+    monkeypatch.setattr(RespParser, "_start_array", python_reader)
+    data = b"".join(wire.command(b"GET", b"k%d" % i) for i in range(100))
+    assert parse_all(data) == [[b"GET", b"k%d" % i] for i in range(100)]
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"*1\r\n=8\r\ntxt:abcd\r\n", "expected '$', got '='"),  # RESP3 types the C reader takes
+    (b"*2\r\n$3\r\nGET\r\n:1\r\n", "expected '$', got ':'"),
+    (b"*1\r\n*1\r\n$1\r\nk\r\n", "expected '$', got '*'"),
+    (b"*2\r\n$3\r\nGET\r\n$-1\r\n", "invalid bulk length"),
+])
+def test_shapes_the_c_reader_accepts_get_the_redis_reason(data, reason):
+    with pytest.raises(ProtocolError) as err:
+        parse_all(data)
+    assert str(err.value) == reason
+
+
+def test_unauthenticated_limits_hold_for_whole_commands():
+    for data, reason in ((wire.command(*[b"k"] * 11), "unauthenticated multibulk length"),
+                         (wire.command(b"ECHO", b"x" * 16385), "unauthenticated bulk length")):
+        parser = RespParser()
+        parser.authenticated = False
+        with pytest.raises(ProtocolError) as err:
+            parse_all(data, parser)
+        assert str(err.value) == reason
