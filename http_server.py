@@ -50,7 +50,7 @@ from proxy.serving.syntax import (
     valid_header_line,
     valid_request_line,
 )
-from redis_proxy import CacheResult, RedisProxy
+from redis_proxy import HIT, MISS, CacheResult, RedisProxy
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("redis_proxy.access")
@@ -128,6 +128,9 @@ UNMETERED_ROUTES = frozenset({"/health", "/metrics"})
 MIN_SEND_RATE = 64 * 1024
 SMALL_REPLY = 64 * 1024  # up to this, headers and body go out in one write
 _UNSAFE_HEADER_VALUE = re.compile(r"[\r\n\x00]")
+# /get/<key>: where the value came from, as Cache-Status (RFC 9211 §2) and the JSON "source".
+GET_CACHE_STATUS = {HIT: "redis-proxy; hit", MISS: "redis-proxy; fwd=miss"}
+GET_SOURCE = {HIT: "cache", MISS: "redis"}
 
 
 class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
@@ -383,18 +386,21 @@ class ProxyHandler(BaseHTTPRequestHandler):
         key = unquote_to_bytes(encoded)
         if not key:
             raise BadRequest("give a key: /get/<key>, percent-encoded", error="bad key")
-        value = self.server.proxy.get_value(key)
+        value, cache = self.server.proxy.read_value(key)
         if value is None:
             raise KeyNotFound("no such key in the backing Redis")
+        # X-Cache and RFC 9211 Cache-Status say whether L1 answered or Redis was read.
+        headers = {"X-Cache": cache, "Cache-Status": GET_CACHE_STATUS[cache]}
         if "application/json" in self.headers.get("Accept", ""):
             try:
                 doc = {"key": key.decode(), "value": value.decode()}
             except UnicodeDecodeError:
                 doc = {"key": key.decode(errors="replace"), "value": base64.b64encode(value).decode(),
                        "encoding": "base64"}
-            self._reply_json(200, doc)
+            doc["source"] = GET_SOURCE[cache]
+            self._reply_json(200, doc, headers)
             return
-        self._reply(200, value, {"Content-Type": "application/octet-stream"})
+        self._reply(200, value, {"Content-Type": "application/octet-stream", **headers})
 
     # ----- responses ---------------------------------------------------------------------------
 

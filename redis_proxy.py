@@ -455,13 +455,18 @@ class RedisProxy:
 
     def get_value(self, key: bytes | str) -> bytes | None:
         """The value of a backing-Redis key through L1; None when it does not exist."""
+        return self.read_value(key)[0]
+
+    def read_value(self, key: bytes | str) -> tuple[bytes | None, str]:
+        """The value of a backing-Redis key through L1, and where it came from: HIT (L1) or
+        MISS (read from Redis)."""
         raw_key = key.encode() if isinstance(key, str) else key
         self._check_readable([raw_key])
         cached = self.local.get(("g", raw_key))
         if cached is not MISSING:
             self._count("hits_l1")
-            return cached
-        return self.local.get_or_load(("g", raw_key), lambda: self._redis_value(raw_key))
+            return cached, HIT
+        return self.local.get_or_load(("g", raw_key), lambda: self._redis_value(raw_key)), MISS
 
     def get_values(self, keys: list[bytes | str]) -> list[bytes | None]:
         """MGET through L1: hits from memory, the misses in one Redis round trip."""
