@@ -35,6 +35,7 @@ from proxy.errors import (
 from proxy.process import command_line, workers
 from proxy.process.serve import serve, warn_if_exposed, warn_if_resp_exposed
 from proxy.resp import server as resp_server
+from proxy.serving.access_log import AccessLog
 from proxy.serving.auth import Authenticator, tokens_of
 from proxy.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.serving.metrics import Metrics
@@ -53,7 +54,6 @@ from proxy.serving.syntax import (
 from redis_proxy import HIT, MISS, CacheResult, RedisProxy
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("redis_proxy.access")
 
 ALLOWED_METHODS = ("GET", "HEAD", "DELETE")
 # The head's limits, each "at most", in bytes of a line without its CRLF (line_size): a request
@@ -145,8 +145,9 @@ class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
                  max_parallel: int = 4, header_timeout: float = 10.0,
                  keepalive_timeout: float = 15.0, authenticator: Authenticator | None = None,
                  rate_limiter: RateLimiter | None = None, metrics: Metrics | None = None,
-                 parallel: threading.Semaphore | None = None):
+                 parallel: threading.Semaphore | None = None, access_log: AccessLog | None = None):
         self.proxy = proxy
+        self.access_log = access_log or AccessLog()  # on, when the logger takes INFO
         self.metrics = metrics or Metrics(proxy)
         self.authenticator = authenticator or Authenticator()  # no tokens: open
         self.rate_limiter = rate_limiter  # None: no limit
@@ -198,6 +199,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.rfile = io.BufferedReader(self._reader, 65536)
         self.wfile = io.BytesIO()  # only the stdlib's 100-continue path writes here
         self._first = True
+        self._started = 0.0  # the request's dispatch time, for the access log; 0: not dispatched
 
     def finish(self) -> None:
         self.rfile.close()
@@ -318,7 +320,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
     # ----- routing -----------------------------------------------------------------------------
 
     def dispatch(self) -> None:
-        started = time.perf_counter()
+        started = self._started = time.perf_counter()
         self._status = 0
         try:
             path, _, query = origin_form(self.path).partition("?")
@@ -438,9 +440,11 @@ class ProxyHandler(BaseHTTPRequestHandler):
             lines.append("Connection: keep-alive")  # RFC 9112 §9.3: 1.0 keeps alive only if told
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
         self._pending = (head, b"" if self.command == "HEAD" else body)
-        if access_log.isEnabledFor(logging.DEBUG):  # per-request lines cost throughput
-            access_log.debug('%s "%s" %s %s', self.client_address[0], self.requestline, status,
-                            len(body))
+        if self.server.access_log.enabled:  # decided once: off, the hit path pays this test
+            self.server.access_log.record(self.command, self.path if self.command else "", status,
+                                          headers.get("X-Cache", "-"), len(self._pending[1]),
+                                          self._started, self.client_address[0])
+        self._started = 0.0
 
     def _send(self) -> None:
         """Send the reply in one write, with a deadline scaled to its size. A failed or partial
@@ -543,7 +547,7 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
     rate_limiter = rate_limiter_of(settings)
     servers = [make_server(settings.http_host, 0 if listeners else settings.http_port,
                            proxy, **limits, authenticator=authenticator,
-                           rate_limiter=rate_limiter)]
+                           rate_limiter=rate_limiter, access_log=AccessLog(settings.access_log))]
     if listeners:
         adopt_listener(servers[0], listeners[0])
     process_log.info("HTTP on http://%s:%d", settings.http_host, servers[0].port)

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import redis
 from redis import crc
@@ -33,6 +34,7 @@ from proxy.errors import (
     StoreUnavailable,
     UnrecordedSource,
 )
+from proxy.log_limit import LogLimiter
 from proxy.store.connection import (
     RedisHealth,
     TrackingConnectionPool,
@@ -51,7 +53,6 @@ from proxy.upstream.policy import UpstreamPolicy
 log = logging.getLogger(__name__)
 
 HIT, MISS, STALE, BYPASS = "HIT", "MISS", "STALE", "BYPASS"
-STORE_ERROR_LOG_INTERVAL = 10.0
 MAX_REFRESHES = 8  # background stale-while-revalidate refreshes running at once
 
 
@@ -124,7 +125,7 @@ class RedisProxy:
         self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self._refreshing: set[str] = set()  # keys with a background refresh running
-        self._store_error_logged_at = -math.inf
+        self.log_limiter = LogLimiter(log)  # repeated store and upstream failures
         self._on_close = list(on_close)
         self.invalidator: Invalidator | Any = None
         pool = client.connection_pool
@@ -378,8 +379,13 @@ class RedisProxy:
         start = self.purge_markers.start(request.redis_key) if redis_up else None
         try:
             response = self.fetcher.fetch(request.target, conditional)
-        except (BadGateway, GatewayTimeout):
+        except (BadGateway, GatewayTimeout) as exc:
             self._count("upstream_errors")
+            # One line per origin per interval: an origin down must not flood the log.
+            # (The origin only: a path or query may carry a client's secrets.)
+            origin = urlsplit(request.target).netloc
+            self.log_limiter.warning(f"upstream {origin}", "upstream fetch from %s failed: %s",
+                                     origin, exc.detail)
             if self._may_serve_stale(stale):
                 return self._from_entry(stale, self.clock(), STALE, detail="stale-if-error")  # type: ignore[arg-type]
             raise
@@ -598,11 +604,8 @@ class RedisProxy:
 
     def _store_error(self, exc: BaseException) -> None:
         self._count("store_errors")
-        now = time.monotonic()
-        if now - self._store_error_logged_at >= STORE_ERROR_LOG_INTERVAL:
-            self._store_error_logged_at = now
-            log.warning("redis refused a write on %s: %s (logged once per %g s)",
-                        self.redis_label or "redis", exc, STORE_ERROR_LOG_INTERVAL)
+        self.log_limiter.warning("store error", "redis refused a write on %s: %s",
+                                 self.redis_label or "redis", exc)
 
     def _on_redis_recover(self) -> None:
         self.local.clear()  # writes missed while Redis was away are not known to L1

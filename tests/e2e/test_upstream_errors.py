@@ -2,6 +2,7 @@
 port that refuses, an origin that does not answer in time. Real sockets on loopback; names go
 through an injected resolver."""
 
+import logging
 import socket
 import threading
 
@@ -68,3 +69,17 @@ def test_an_origin_that_does_not_answer_is_504_timed_out_after_n_s(upstream, mak
     assert got.json() == {"error": "upstream timeout",
                           "detail": f"timed out after 0.3 s waiting for 127.0.0.1:{upstream.port}"}
     assert r.exists("rp:hang") == 0
+
+
+def test_an_origin_refusing_again_and_again_is_warned_about_once(make_proxy, caplog):
+    caplog.set_level(logging.WARNING, logger="redis_proxy")
+    port = closed_port()
+    proxy = make_proxy()
+
+    statuses = [request(proxy.port, q(f"http://127.0.0.1:{port}/p{i}")).status for i in range(5)]
+
+    assert statuses == [502] * 5
+    assert proxy.proxy.stats["upstream_errors"] == 5
+    warnings = [r.getMessage() for r in caplog.records if "upstream fetch" in r.getMessage()]
+    assert warnings == [f"upstream fetch from 127.0.0.1:{port} failed: "
+                        f"connection refused by 127.0.0.1:{port}"]

@@ -12,12 +12,14 @@ from servers import ROOT
 MAY_IMPORT = {
     "proxy": (),
     "proxy.errors": (),
+    "proxy.log_limit": (),
     "proxy.cache": ("proxy.errors", "proxy.cache"),
-    "proxy.store": ("proxy.errors", "proxy.cache", "proxy.store"),
-    "proxy.upstream": ("proxy.errors", "proxy.upstream", "proxy"),  # proxy: __version__ alone
+    "proxy.store": ("proxy.errors", "proxy.log_limit", "proxy.cache", "proxy.store"),
+    "proxy.upstream": ("proxy.errors", "proxy.log_limit", "proxy.upstream", "proxy"),  # proxy: __version__ alone
     "load_env": ("proxy.errors",),
     "logger": (),
-    "redis_proxy": ("proxy.errors", "proxy.cache", "proxy.store", "proxy.upstream", "load_env"),
+    "redis_proxy": ("proxy.errors", "proxy.log_limit", "proxy.cache", "proxy.store", "proxy.upstream",
+                    "load_env"),
     "proxy.serving": ("proxy.errors", "proxy.serving"),
     "proxy.resp": ("proxy.errors", "proxy.serving", "proxy.resp", "redis_proxy", "proxy"),
     "proxy.process": ("proxy.errors", "proxy.store", "proxy.process", "load_env"),
