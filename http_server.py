@@ -35,7 +35,8 @@ from proxy.errors import (
 from proxy.process import command_line, workers
 from proxy.process.serve import serve, warn_if_exposed, warn_if_resp_exposed
 from proxy.resp import server as resp_server
-from proxy.serving.access_log import AccessLog
+from proxy.serving import dashboard
+from proxy.serving.access_log import AccessLog, masked_target
 from proxy.serving.auth import Authenticator, tokens_of
 from proxy.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.serving.metrics import Metrics
@@ -51,6 +52,7 @@ from proxy.serving.syntax import (
     valid_header_line,
     valid_request_line,
 )
+from proxy.serving.worker_metrics import WorkerPeers
 from redis_proxy import HIT, MISS, CacheResult, RedisProxy
 
 log = logging.getLogger(__name__)
@@ -123,7 +125,7 @@ _REJECT = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\
            b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
            % (len(_REJECT_BODY), _REJECT_BODY))
 # Routes answered outside MAX_PARALLEL, so a busy proxy can still say how it is.
-UNMETERED_ROUTES = frozenset({"/health", "/metrics"})
+UNMETERED_ROUTES = frozenset({"/health", "/metrics", "/stats", "/dashboard"})
 # A client must read a large answer at least this fast (bytes/s), or the send times out.
 MIN_SEND_RATE = 64 * 1024
 SMALL_REPLY = 64 * 1024  # up to this, headers and body go out in one write
@@ -355,6 +357,12 @@ class ProxyHandler(BaseHTTPRequestHandler):
         elif path == "/metrics":
             self._only("GET", "HEAD")
             self._reply(200, self.server.metrics.render(), {"Content-Type": METRICS_CONTENT_TYPE})
+        elif path == "/stats":
+            self._only("GET", "HEAD")
+            self._reply_json(200, self.server.metrics.stats(), {"Cache-Control": "no-store"})
+        elif path == "/dashboard":
+            self._only("GET", "HEAD")
+            self._reply(200, dashboard.page(), dashboard.HEADERS)
         else:
             raise NotFound()
 
@@ -420,6 +428,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
     def _reply_error(self, exc: ProxyError, close: bool = False) -> None:
         if close:
             self.close_connection = True
+        if exc.status >= 500:  # the dashboard's last errors
+            self.server.metrics.note_error(exc.status, exc.error, exc.detail,
+                                           masked_target(self.path) if self.command else "-")
         self._reply_json(exc.status, {"error": exc.error, "detail": exc.detail}, exc.headers)
 
     def _reply(self, status: int, body: bytes, headers: dict[str, str]) -> None:
@@ -534,9 +545,11 @@ def auth_fail_limiter_of(settings: Settings) -> RateLimiter | None:
 
 def start_front_ends(settings: Settings, proxy: RedisProxy,
                      authenticator: Authenticator | None = None,
-                     listeners: list[socket.socket] | None = None) -> list:
+                     listeners: list[socket.socket] | None = None,
+                     metrics_folder: str | None = None) -> list:
     """Bind every configured front end (or take `listeners`, bound already by the parent of
-    pre-forked workers) and serve each in its own thread."""
+    pre-forked workers) and serve each in its own thread. `metrics_folder`: where the workers
+    hand each other their figures, so /metrics and /stats sum them (worker_metrics)."""
     authenticator = authenticator or authenticator_of(settings)  # one set of tokens for both
     # MAX_PARALLEL bounds the whole process: both front ends draw on one semaphore.
     limits = dict(max_clients=settings.max_clients, max_parallel=settings.max_parallel,
@@ -545,9 +558,11 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
                   keepalive_timeout=settings.keepalive_timeout)
     # One rate limiter for both front ends: a client's RATE_LIMIT is one budget.
     rate_limiter = rate_limiter_of(settings)
+    metrics = Metrics(proxy, peers=WorkerPeers(metrics_folder) if metrics_folder else None)
     servers = [make_server(settings.http_host, 0 if listeners else settings.http_port,
                            proxy, **limits, authenticator=authenticator,
-                           rate_limiter=rate_limiter, access_log=AccessLog(settings.access_log))]
+                           rate_limiter=rate_limiter, access_log=AccessLog(settings.access_log),
+                           metrics=metrics)]
     if listeners:
         adopt_listener(servers[0], listeners[0])
     process_log.info("HTTP on http://%s:%d", settings.http_host, servers[0].port)
@@ -565,13 +580,21 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
         process_log.info("RESP on redis://%s:%d", settings.http_host, servers[1].port)
         servers[0].metrics.watch("resp", servers[1])
         warn_if_resp_exposed(settings.http_host, settings.resp_port, authenticator.enabled)
+    if metrics.peers is not None:
+        try:
+            servers.append(metrics.peers.serve(metrics.snapshot))  # stopped with the front ends
+        except OSError as exc:  # a socket path over the AF_UNIX limit (a long TMPDIR), ...
+            process_log.warning("this worker's metrics are not shared with the others (%s at "
+                                "%s): /metrics shows the worker a scrape reaches", exc,
+                                metrics.peers.path)
     for server in servers:
         threading.Thread(target=server.serve_forever, name=type(server).__name__, daemon=True).start()
     return servers
 
 
 def serve_process(settings: Settings, authenticator: Authenticator,
-                  listeners: list[socket.socket] | None = None) -> int:
+                  listeners: list[socket.socket] | None = None,
+                  metrics_folder: str | None = None) -> int:
     """One serving process: the proxy and its front ends until SIGINT or SIGTERM. The ports
     are bound first, so a port in use stops the start before an embedded Redis is started."""
     bound: list[socket.socket] = []
@@ -580,7 +603,7 @@ def serve_process(settings: Settings, authenticator: Authenticator,
         if listeners is None:
             bound.extend(workers.bind_listeners(settings))
         return start_front_ends(settings, RedisProxy.get_instance(settings), authenticator,
-                                listeners if listeners is not None else bound)
+                                listeners if listeners is not None else bound, metrics_folder)
 
     def close() -> None:
         for listener in bound:
@@ -620,8 +643,8 @@ def run(argv: list[str] | None = None) -> int:
     warn_if_exposed(settings.http_host, authenticator.enabled)
     if settings.http_workers > 1:
         try:
-            return workers.supervise(settings, lambda s, listeners: serve_process(s, authenticator,
-                                                                                  listeners))
+            return workers.supervise(settings, lambda s, listeners, folder: serve_process(
+                s, authenticator, listeners, folder))
         except (LauncherError, ListenError, OSError) as exc:
             process_log.error("cannot start: %s", exc)
             return 1

@@ -377,9 +377,11 @@ class RedisProxy:
         # means this answer is older than the purge, and it is neither stored nor kept in L1.
         epoch = self.local.epoch
         start = self.purge_markers.start(request.redis_key) if redis_up else None
+        fetch_started = time.monotonic()
         try:
             response = self.fetcher.fetch(request.target, conditional)
         except (BadGateway, GatewayTimeout) as exc:
+            self._count("upstream_seconds", time.monotonic() - fetch_started)
             self._count("upstream_errors")
             # One line per origin per interval: an origin down must not flood the log.
             # (The origin only: a path or query may carry a client's secrets.)
@@ -389,6 +391,7 @@ class RedisProxy:
             if self._may_serve_stale(stale):
                 return self._from_entry(stale, self.clock(), STALE, detail="stale-if-error")  # type: ignore[arg-type]
             raise
+        self._count("upstream_seconds", time.monotonic() - fetch_started)
         self._count("upstream_fetches")
         now = self.clock()
         if response.status == 304 and stale is not None:
@@ -598,7 +601,7 @@ class RedisProxy:
             self.local.pop(("g", key))
             self.local.pop(("u", key.decode("utf-8", "replace")))
 
-    def _count(self, name: str, amount: int = 1) -> None:
+    def _count(self, name: str, amount: float = 1) -> None:
         with self._stats_lock:
             self.stats[name] += amount
 

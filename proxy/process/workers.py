@@ -12,8 +12,10 @@ import dataclasses
 import errno
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -58,11 +60,14 @@ def bind_listeners(settings: Settings) -> list[socket.socket]:
     return listeners
 
 
-def supervise(settings: Settings, serve: Callable[[Settings, list[socket.socket]], int]) -> int:
-    """Run `serve(settings, listeners)` in `settings.http_workers` forked processes until a
-    signal stops them; returns the exit status of the whole."""
+def supervise(settings: Settings, serve: Callable[[Settings, list[socket.socket], str], int]) -> int:
+    """Run `serve(settings, listeners, metrics_folder)` in `settings.http_workers` forked
+    processes until a signal stops them; returns the exit status of the whole. The workers
+    hand each other their metrics through sockets in `metrics_folder`, a private temporary
+    folder made here before the first fork and removed when the last worker has stopped."""
     listeners = bind_listeners(settings)  # first: a port in use fails before anything starts
     embedded = None
+    metrics_folder = tempfile.mkdtemp(prefix="rp-metrics-")  # mode 0700
     if not settings.redis_configured:
         # One Redis for all the workers, started here so that it outlives any one of them.
         try:
@@ -70,6 +75,7 @@ def supervise(settings: Settings, serve: Callable[[Settings, list[socket.socket]
         except BaseException:
             for listener in listeners:
                 listener.close()
+            shutil.rmtree(metrics_folder, ignore_errors=True)
             raise
         log.info("no REDIS_URL or REDIS_HOST set: started an embedded redis-server at %s",
                  embedded.url)
@@ -98,7 +104,7 @@ def supervise(settings: Settings, serve: Callable[[Settings, list[socket.socket]
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a pending one ends it
                 if os.getppid() != parent:  # the parent died before PDEATHSIG was armed
                     return
-                code = serve(settings, listeners)
+                code = serve(settings, listeners, metrics_folder)
             except BaseException:  # noqa: BLE001 - a worker must report, then exit
                 log.exception("worker %d failed", os.getpid())
             finally:
@@ -141,5 +147,6 @@ def supervise(settings: Settings, serve: Callable[[Settings, list[socket.socket]
             listener.close()
         if embedded is not None:
             embedded.cleanup()
+        shutil.rmtree(metrics_folder, ignore_errors=True)
     log.info("stopped")
     return 0
