@@ -18,6 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+import redis
+
 import logger
 from load_env import Settings, load_settings
 from proxy.errors import (
@@ -32,7 +34,7 @@ from proxy.errors import (
     ProxyError,
     URITooLong,
 )
-from proxy.process import command_line, workers
+from proxy.process import command_line, warm, workers
 from proxy.process.serve import serve, warn_if_exposed, warn_if_resp_exposed
 from proxy.resp import server as resp_server
 from proxy.serving import dashboard
@@ -624,6 +626,33 @@ def check_config(settings: Settings) -> int:
     return 0
 
 
+def warm_cache(settings: Settings, options: command_line.Options) -> int:
+    """`warm FILE`: the file's URLs fetched through a RedisProxy on the configured Redis, then
+    the summary on stdout; 0 when all were stored or fresh, 1 otherwise (see warm.py)."""
+    if not settings.redis_configured:
+        sys.stderr.write("redis-proxy warm: set REDIS_URL (or --redis-url, REDIS_HOST, a cluster or "
+                         "Sentinel) to the Redis to fill; an embedded one would be thrown away\n")
+        return 2
+    try:
+        with open(options.warm_file or "", encoding="utf-8", errors="replace") as file:
+            lines = file.readlines()
+    except OSError as exc:
+        sys.stderr.write(f"redis-proxy warm: cannot read {options.warm_file!r}: {exc.strerror}\n")
+        return 2
+    try:
+        proxy = RedisProxy.from_settings(settings)
+    except (redis.RedisError, OSError) as exc:
+        process_log.error("cannot warm: %s", exc)
+        return 1
+    try:
+        summary = warm.warm(proxy, lines, concurrency=options.concurrency, errors=sys.stderr,
+                            progress=sys.stderr.isatty())  # a bar on a terminal only
+    finally:
+        proxy.close()
+    sys.stdout.write(summary.text())
+    return 0 if summary.ok else 1
+
+
 def run(argv: list[str] | None = None) -> int:
     options = command_line.parse(argv)  # --help, and a flag argparse cannot take, exit here
     try:
@@ -635,6 +664,8 @@ def run(argv: list[str] | None = None) -> int:
         except OSError as exc:
             raise ConfigError([f"LOG_FILE={settings.log_file!r}: expected a file that can be "
                                f"opened for appending ({exc.strerror})"]) from exc
+        if options.warm_file is not None:
+            return warm_cache(settings, options)
         authenticator = authenticator_of(settings)  # reads AUTH_TOKENS_FILE; may warn
     except ConfigError as exc:
         for problem in exc.problems:
