@@ -324,7 +324,7 @@ class Settings:
     auth_tokens_file: str = _setting("AUTH_TOKENS_FILE", _text, "", "security",
                                      "a file of tokens, one per line (`#` comments allowed)")
     metrics_require_auth: bool = _setting("METRICS_REQUIRE_AUTH", _boolean, False, "security",
-                                          "`/metrics` needs a token too (when tokens are set)")
+                                          "`/metrics`, `/stats` and `/dashboard` need a token too (when tokens are set)")
     rate_limit: float | None = _setting("RATE_LIMIT", _optional_seconds, None, "security",
                                         "requests (HTTP) and commands (RESP) per second per client address "
                                         "(decimals allowed); "
