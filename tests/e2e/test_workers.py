@@ -56,7 +56,9 @@ def test_workers_share_the_port_the_cache_and_the_fetches(workers, upstream):
     client = redis.Redis(port=resp_port, protocol=2)  # RESP is served by the workers too
     assert client.get("nothing") is None and client.ping()
     client.close()
-    assert log_file.read_text().count("RESP on redis://") == 2
+    # The second worker may still be starting (its Redis tracking armed) when the first has
+    # served all of the above: wait, bounded, for its line.
+    wait_until(lambda: log_file.read_text().count("RESP on redis://") == 2, timeout=10)
 
 
 def test_a_dead_worker_is_replaced(workers):
