@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 
-.PHONY: run test redis_start http_start shutdown lint bench docs clean
+.PHONY: run test warm redis_start http_start shutdown lint bench docs clean
 
 $(STAMP): requirements.txt
 	rm -f $(VENV)/.installed-* && $(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q --disable-pip-version-check -r requirements.txt && touch $@
@@ -14,6 +14,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+warm: $(STAMP)
+	$(PY) http_server.py warm $(FILE) $(ARGS)
 
 redis_start: $(STAMP)
 	@mkdir -p run && $(PY) -m proxy.store.launcher run/redis.pid run/redis.url $${REDIS_PORT:-6379}

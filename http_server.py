@@ -13,10 +13,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+import redis
+
 import logger
 from load_env import Settings, load_settings
 from proxy.cache.request import ClientRequest
-from proxy.cache.result import CacheResult, cache_status
+from proxy.cache.result import HIT, MISS, CacheResult, cache_status
 from proxy.errors import (
     BadRequest,
     ConfigError,
@@ -29,9 +31,11 @@ from proxy.errors import (
     ProxyError,
     URITooLong,
 )
-from proxy.process import command_line, workers
+from proxy.process import command_line, warm, workers
 from proxy.process.serve import serve, warn_if_exposed, warn_if_resp_exposed
 from proxy.resp import server as resp_server
+from proxy.serving import dashboard
+from proxy.serving.access_log import AccessLog, masked_target
 from proxy.serving.auth import Authenticator, tokens_of
 from proxy.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.serving.metrics import Metrics
@@ -44,10 +48,10 @@ from proxy.serving.reply import json_bytes as _json_bytes
 from proxy.serving.request_head import Fields, read_head
 from proxy.serving.sockets import DeadlineReader, LimitedServerMixIn, adopt_listener
 from proxy.serving.syntax import body_framing_error, has_body, host_error, origin_form
+from proxy.serving.worker_metrics import WorkerPeers
 from redis_proxy import RedisProxy
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("redis_proxy.access")
 
 ALLOWED_METHODS = ("GET", "HEAD", "DELETE")
 READ_METHODS = ("GET", "HEAD")
@@ -57,10 +61,13 @@ _PROTOCOL_ERRORS = {414: URITooLong.error, 431: HeadersTooLarge.error}
 
 
 # Routes answered outside MAX_PARALLEL, so a busy proxy can still say how it is.
-UNMETERED_ROUTES = frozenset({"/health", "/metrics"})
+UNMETERED_ROUTES = frozenset({"/health", "/metrics", "/stats", "/dashboard"})
 # A client must read a large answer at least this fast (bytes/s), or the send times out.
 MIN_SEND_RATE = 64 * 1024
 SMALL_REPLY = 64 * 1024  # up to this, headers and body go out in one write
+# /get/<key>: where the value came from, as Cache-Status (RFC 9211 §2) and the JSON "source".
+GET_CACHE_STATUS = {HIT: "redis-proxy; hit", MISS: "redis-proxy; fwd=miss"}
+GET_SOURCE = {HIT: "cache", MISS: "redis"}
 
 
 class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
@@ -75,8 +82,9 @@ class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
                  max_parallel: int = 4, header_timeout: float = 10.0,
                  keepalive_timeout: float = 15.0, authenticator: Authenticator | None = None,
                  rate_limiter: RateLimiter | None = None, metrics: Metrics | None = None,
-                 parallel: threading.Semaphore | None = None):
+                 parallel: threading.Semaphore | None = None, access_log: AccessLog | None = None):
         self.proxy = proxy
+        self.access_log = access_log or AccessLog()  # on, when the logger takes INFO
         self.metrics = metrics or Metrics(proxy)
         self.authenticator = authenticator or Authenticator()  # no tokens: open
         self.rate_limiter = rate_limiter  # None: no limit
@@ -131,6 +139,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.rfile = io.BufferedReader(self._reader, 65536)
         self.wfile = io.BytesIO()  # only the stdlib's 100-continue path writes here
         self._first = True
+        self._started = 0.0  # the request's dispatch time, for the access log; 0: not dispatched
 
     def finish(self) -> None:
         self.rfile.close()
@@ -202,7 +211,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
     # ----- routing -----------------------------------------------------------------------------
 
     def dispatch(self) -> None:
-        started = time.perf_counter()
+        started = self._started = time.perf_counter()
         self._status = 0
         try:
             path, _, query = origin_form(self.path).partition("?")
@@ -235,6 +244,10 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self._reply_json(200 if report["redis"] == "ok" else 503, report)
         elif path == "/metrics":
             self._reply(200, self.server.metrics.render(), {"Content-Type": METRICS_CONTENT_TYPE})
+        elif path == "/stats":
+            self._reply_json(200, self.server.metrics.stats(), {"Cache-Control": "no-store"})
+        elif path == "/dashboard":
+            self._reply(200, dashboard.page(), dashboard.HEADERS)
         else:
             raise NotFound()
 
@@ -264,18 +277,21 @@ class ProxyHandler(BaseHTTPRequestHandler):
         key = unquote_to_bytes(encoded)
         if not key:
             raise BadRequest("give a key: /get/<key>, percent-encoded", error="bad key")
-        value = self.server.proxy.get_value(key)
+        value, cache = self.server.proxy.read_value(key)
         if value is None:
             raise KeyNotFound("no such key in the backing Redis")
+        # X-Cache and RFC 9211 Cache-Status say whether L1 answered or Redis was read.
+        headers = {"X-Cache": cache, "Cache-Status": GET_CACHE_STATUS[cache]}
         if "application/json" in (self.headers.get("Accept") or ""):
             try:
                 doc = {"key": key.decode(), "value": value.decode()}
             except UnicodeDecodeError:
                 doc = {"key": key.decode(errors="replace"), "value": base64.b64encode(value).decode(),
                        "encoding": "base64"}
-            self._reply_json(200, doc)
+            doc["source"] = GET_SOURCE[cache]
+            self._reply_json(200, doc, headers)
             return
-        self._reply(200, value, {"Content-Type": "application/octet-stream"})
+        self._reply(200, value, {"Content-Type": "application/octet-stream", **headers})
 
     # ----- responses ---------------------------------------------------------------------------
 
@@ -297,6 +313,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
     def _reply_error(self, exc: ProxyError, close: bool = False) -> None:
         if close:
             self.close_connection = True
+        if exc.status >= 500:  # the dashboard's last errors
+            self.server.metrics.note_error(exc.status, exc.error, exc.detail,
+                                           masked_target(self.path) if self.command else "-")
         self._reply_json(exc.status, {"error": exc.error, "detail": exc.detail}, exc.headers)
 
     def _reply(self, status: int, body: bytes, headers: dict[str, str]) -> None:
@@ -320,9 +339,11 @@ class ProxyHandler(BaseHTTPRequestHandler):
             lines.append("Connection: keep-alive")  # RFC 9112 §9.3: 1.0 keeps alive only if told
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
         self._pending = (head, b"" if self.command == "HEAD" else body)
-        if access_log.isEnabledFor(logging.DEBUG):  # per-request lines cost throughput
-            access_log.debug('%s "%s" %s %s', self.client_address[0], self.requestline, status,
-                            len(body))
+        if self.server.access_log.enabled:  # decided once: off, the hit path pays this test
+            self.server.access_log.record(self.command, self.path if self.command else "", status,
+                                          headers.get("X-Cache", "-"), len(self._pending[1]),
+                                          self._started, self.client_address[0])
+        self._started = 0.0
 
     def _send(self) -> None:
         """Send the reply in one write, with a deadline scaled to its size. A failed or partial
@@ -397,10 +418,13 @@ def auth_fail_limiter_of(settings: Settings) -> RateLimiter | None:
 def start_front_ends(settings: Settings, proxy: RedisProxy,
                      authenticator: Authenticator | None = None,
                      listeners: list[socket.socket] | None = None,
-                     rate_limiter: RateLimiter | None = None) -> list[Any]:
+                     rate_limiter: RateLimiter | None = None,
+                     metrics_folder: str | None = None) -> list[Any]:
     """Bind every configured front end (or take `listeners`, bound already by the parent of
     pre-forked workers) and serve each in its own thread. `authenticator` and `rate_limiter`
-    default to the settings' own; made by the parent of workers, they are shared by all."""
+    default to the settings' own; made by the parent of workers, they are shared by all.
+    `metrics_folder`: where the workers hand each other their figures, so /metrics and /stats
+    sum them (worker_metrics)."""
     authenticator = authenticator or authenticator_of(settings)  # one set of tokens for both
     # MAX_PARALLEL bounds the whole process: both front ends draw on one semaphore.
     limits = dict(max_clients=settings.max_clients, max_parallel=settings.max_parallel,
@@ -410,9 +434,11 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
     # One rate limiter for both front ends: a client's RATE_LIMIT is one budget.
     if rate_limiter is None:  # not `or`: a limiter with no client yet has len() 0
         rate_limiter = rate_limiter_of(settings)
+    metrics = Metrics(proxy, peers=WorkerPeers(metrics_folder) if metrics_folder else None)
     servers: list[Any] = [make_server(settings.http_host, 0 if listeners else settings.http_port,
                            proxy, **limits, authenticator=authenticator,
-                           rate_limiter=rate_limiter)]
+                           rate_limiter=rate_limiter, access_log=AccessLog(settings.access_log),
+                           metrics=metrics)]
     if listeners:
         adopt_listener(servers[0], listeners[0])
     process_log.info("HTTP on http://%s:%d", settings.http_host, servers[0].port)
@@ -430,6 +456,13 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
         process_log.info("RESP on redis://%s:%d", settings.http_host, servers[1].port)
         servers[0].metrics.watch("resp", servers[1])
         warn_if_resp_exposed(settings.http_host, settings.resp_port, authenticator.enabled)
+    if metrics.peers is not None:
+        try:
+            servers.append(metrics.peers.serve(metrics.snapshot))  # stopped with the front ends
+        except OSError as exc:  # a socket path over the AF_UNIX limit (a long TMPDIR), ...
+            process_log.warning("this worker's metrics are not shared with the others (%s at "
+                                "%s): /metrics shows the worker a scrape reaches", exc,
+                                metrics.peers.path)
     for server in servers:
         threading.Thread(target=server.serve_forever, name=type(server).__name__, daemon=True).start()
     return servers
@@ -437,7 +470,8 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
 
 def serve_process(settings: Settings, authenticator: Authenticator,
                   listeners: list[socket.socket] | None = None,
-                  rate_limiter: RateLimiter | None = None) -> int:
+                  rate_limiter: RateLimiter | None = None,
+                  metrics_folder: str | None = None) -> int:
     """One serving process: the proxy and its front ends until SIGINT or SIGTERM. The ports
     are bound first, so a port in use stops the start before an embedded Redis is started."""
     bound: list[socket.socket] = []
@@ -446,7 +480,8 @@ def serve_process(settings: Settings, authenticator: Authenticator,
         if listeners is None:
             bound.extend(workers.bind_listeners(settings))
         return start_front_ends(settings, RedisProxy.get_instance(settings), authenticator,
-                                listeners if listeners is not None else bound, rate_limiter)
+                                listeners if listeners is not None else bound, rate_limiter,
+                                metrics_folder)
 
     def close() -> None:
         for listener in bound:
@@ -467,6 +502,33 @@ def check_config(settings: Settings) -> int:
     return 0
 
 
+def warm_cache(settings: Settings, options: command_line.Options) -> int:
+    """`warm FILE`: the file's URLs fetched through a RedisProxy on the configured Redis, then
+    the summary on stdout; 0 when all were stored or fresh, 1 otherwise (see warm.py)."""
+    if not settings.redis_configured:
+        sys.stderr.write("redis-proxy warm: set REDIS_URL (or --redis-url, REDIS_HOST, a cluster or "
+                         "Sentinel) to the Redis to fill; an embedded one would be thrown away\n")
+        return 2
+    try:
+        with open(options.warm_file or "", encoding="utf-8", errors="replace") as file:
+            lines = file.readlines()
+    except OSError as exc:
+        sys.stderr.write(f"redis-proxy warm: cannot read {options.warm_file!r}: {exc.strerror}\n")
+        return 2
+    try:
+        proxy = RedisProxy.from_settings(settings)
+    except (redis.RedisError, OSError) as exc:
+        process_log.error("cannot warm: %s", exc)
+        return 1
+    try:
+        summary = warm.warm(proxy, lines, concurrency=options.concurrency, errors=sys.stderr,
+                            progress=sys.stderr.isatty())  # a bar on a terminal only
+    finally:
+        proxy.close()
+    sys.stdout.write(summary.text())
+    return 0 if summary.ok else 1
+
+
 def run(argv: list[str] | None = None) -> int:
     options = command_line.parse(argv)  # --help, and a flag argparse cannot take, exit here
     try:
@@ -478,6 +540,8 @@ def run(argv: list[str] | None = None) -> int:
         except OSError as exc:
             raise ConfigError([f"LOG_FILE={settings.log_file!r}: expected a file that can be "
                                f"opened for appending ({exc.strerror})"]) from exc
+        if options.warm_file is not None:
+            return warm_cache(settings, options)
         authenticator = authenticator_of(settings)  # reads AUTH_TOKENS_FILE; may warn
         # Made before any fork: their buckets live in memory every worker shares, so a client
         # has one RATE_LIMIT and one AUTH_FAIL_LIMIT budget however many workers serve it.
@@ -489,8 +553,8 @@ def run(argv: list[str] | None = None) -> int:
     warn_if_exposed(settings.http_host, authenticator.enabled)
     if settings.http_workers > 1:
         try:
-            return workers.supervise(settings, lambda s, listeners: serve_process(
-                s, authenticator, listeners, rate_limiter))
+            return workers.supervise(settings, lambda s, listeners, folder: serve_process(
+                s, authenticator, listeners, rate_limiter, folder))
         except (LauncherError, ListenError, OSError) as exc:
             process_log.error("cannot start: %s", exc)
             return 1

@@ -348,7 +348,7 @@ class Settings:
     auth_tokens_file: str = _setting("AUTH_TOKENS_FILE", _text, "", "security",
                                      "a file of tokens, one per line (`#` comments allowed)")
     metrics_require_auth: bool = _setting("METRICS_REQUIRE_AUTH", _boolean, False, "security",
-                                          "`/metrics` needs a token too (when tokens are set)")
+                                          "`/metrics`, `/stats` and `/dashboard` need a token too (when tokens are set)")
     rate_limit: float | None = _setting("RATE_LIMIT", _optional_seconds, None, "security",
                                         "requests (HTTP) and commands (RESP) per second per client address "
                                         "(decimals allowed), one budget across all workers; "
@@ -360,11 +360,14 @@ class Settings:
                                     "failed authentications per client per minute (HTTP and RESP "
                                     "together, across all workers) before it is refused with 429 / an error; 0 = off")
     log_level: str = _setting("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "logging",
-                              "how much is logged; per-request access lines are logged at `debug`",
+                              "how much is logged; the access lines are at `info`",
                               flags=("-l",))
     log_format: str = _setting("LOG_FORMAT", _choice("text", "json"), "text", "logging",
                                "`text`, or `json` with one object a line")
     log_file: str = _setting("LOG_FILE", _text, "", "logging", "a file the log is appended to; empty = stderr")
+    access_log: bool = _setting("ACCESS_LOG", _boolean, True, "logging",
+                                "one line per HTTP request (method, path, status, cache status, bytes, "
+                                "duration, client) at `info` on the `redis_proxy.access` logger")
 
     @property
     def redis_configured(self) -> bool:

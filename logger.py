@@ -9,7 +9,8 @@ _HANDLER_NAME = "redis-proxy"
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and exception)."""
+    """One JSON object per line: time, level, logger, message (and exception), plus the
+    structured `fields` a record carries (`extra={"fields": {...}}`, as the access log's)."""
 
     def format(self, record: logging.LogRecord) -> str:
         doc = {
@@ -19,6 +20,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            doc.update(fields)
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
         return json.dumps(doc, ensure_ascii=False)

@@ -189,7 +189,11 @@ class RedisProxy:
 
     def get_value(self, key: bytes | str) -> bytes | None:
         """The value of a backing-Redis key through L1; None when it does not exist."""
-        return self.reads.get_value(key)
+        return self.read_value(key)[0]
+
+    def read_value(self, key: bytes | str) -> tuple[bytes | None, str]:
+        """The value of a backing-Redis key through L1, and HIT (L1) or MISS (Redis)."""
+        return self.reads.read_value(key)
 
     def get_values(self, keys: list[bytes | str]) -> list[bytes | None]:
         """MGET through L1: hits from memory, the misses in one Redis round trip."""

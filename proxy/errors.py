@@ -42,7 +42,8 @@ class UnrecordedSource(Forbidden):
 
 class NotFound(ProxyError):
     status, error = 404, "resource not found"
-    detail = "see the README for the routes: /?url=, /?key=, /get/<key>, /health, /metrics"
+    detail = ("see the README for the routes: /?url=, /?key=, /get/<key>, /health, /metrics, "
+              "/stats, /dashboard")
 
 
 class KeyNotFound(NotFound):

@@ -7,6 +7,7 @@ import redis
 from redis import crc
 
 from proxy.cache.local_cache import MISSING, READ_TIER, LocalCache
+from proxy.cache.result import HIT, MISS
 from proxy.core import stats as names
 from proxy.core.stats import Stats
 from proxy.errors import BadRequest, Forbidden, ServiceUnavailable
@@ -34,16 +35,21 @@ class ReadCache:
 
     def get_value(self, key: Key) -> bytes | None:
         """The value of a backing-Redis key through L1; None when it does not exist."""
+        return self.read_value(key)[0]
+
+    def read_value(self, key: Key) -> tuple[bytes | None, str]:
+        """The value of a backing-Redis key through L1, and where it came from: HIT (L1) or
+        MISS (read from Redis)."""
         raw_key = key.encode() if isinstance(key, str) else key
         self._check_readable([raw_key])
         cached = self.local.get((READ_TIER, raw_key))
         if cached is not MISSING:
             self.stats.count(names.HITS_L1)
             hit: bytes | None = cached
-            return hit
+            return hit, HIT
         value: bytes | None = self.local.get_or_load((READ_TIER, raw_key),
                                                      lambda: self.load_value(raw_key))
-        return value
+        return value, MISS
 
     def get_values(self, keys: list[Key]) -> list[bytes | None]:
         """MGET through L1: hits from memory, the misses in one Redis round trip."""

@@ -11,6 +11,7 @@ READS_REDIS = "reads_redis"
 COALESCED_WAITS = "coalesced_waits"
 UPSTREAM_FETCHES = "upstream_fetches"
 UPSTREAM_ERRORS = "upstream_errors"
+UPSTREAM_SECONDS = "upstream_seconds"  # time spent asking upstream, a float
 STORE_ERRORS = "store_errors"
 STORES_REFUSED = "stores_refused"
 INVALIDATIONS = "invalidations"
@@ -21,9 +22,10 @@ class Stats:
     """Counts by name; `counts` is the Counter metrics and INFO read."""
 
     def __init__(self) -> None:
+        # Whole counts, and one float (UPSTREAM_SECONDS): a Counter adds either.
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def count(self, name: str, amount: int = 1) -> None:
+    def count(self, name: str, amount: float = 1) -> None:
         with self._lock:
-            self.counts[name] += amount
+            self.counts[name] += amount  # type: ignore[assignment]  # Counter holds floats too

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 
@@ -53,6 +54,7 @@ from proxy.errors import (
     StoreUnavailable,
     UnrecordedSource,
 )
+from proxy.log_limit import LogLimiter
 from proxy.store.connection import RedisHealth
 from proxy.store.fetch_lock import FetchLock
 from proxy.store.purge_marker import PurgeMarkers, Start
@@ -60,7 +62,6 @@ from proxy.upstream.fetcher import Fetcher
 
 log = logging.getLogger(__name__)
 
-STORE_ERROR_LOG_INTERVAL = 10.0
 MAX_REFRESHES = 8  # background stale-while-revalidate refreshes running at once
 PLAIN = ClientRequest()  # a GET with no headers of its own: the card's behaviour
 MAX_STALE = "max-stale"  # Cache-Status detail of a stale answer the request's max-stale accepted
@@ -116,7 +117,7 @@ class UrlCache:
         self._parse_cached = functools.lru_cache(maxsize=4096)(self._parse)
         self._refreshing: set[str] = set()  # keys with a background refresh running
         self._refreshing_lock = threading.Lock()
-        self._store_error_logged_at = -math.inf
+        self.log_limiter = LogLimiter(log)  # repeated store and upstream failures
 
     def parse(self, url: str, key: str | None = None, params: Any = None) -> UrlRequest:
         """Validate a URL-role request; BadRequest / URITooLong name what is wrong."""
@@ -378,14 +379,22 @@ class UrlCache:
         window = self.limits.stale_if_error if stale is None else self.policy.stale_window(
             stale.headers, STALE_IF_ERROR, self.limits.stale_if_error, self.limits.stale_ttl)
         request_time = self.clock()
+        fetch_started = time.monotonic()
         try:
             response = self.fetcher.fetch(request.target, sent)
-        except (BadGateway, GatewayTimeout):
+        except (BadGateway, GatewayTimeout) as exc:
+            self.stats.count(names.UPSTREAM_SECONDS, time.monotonic() - fetch_started)
             self.stats.count(names.UPSTREAM_ERRORS)
+            # One line per origin per interval: an origin down must not flood the log.
+            # (The origin only: a path or query may carry a client's secrets.)
+            origin = urlsplit(request.target).netloc
+            self.log_limiter.warning(f"upstream {origin}", "upstream fetch from %s failed: %s",
+                                     origin, exc.detail)
             now = self.clock()
             if stale is not None and may_serve_stale_if_error(self.policy, stale, now, window):
                 return _from_entry(stale, now, STALE, detail=STALE_IF_ERROR)
             raise
+        self.stats.count(names.UPSTREAM_SECONDS, time.monotonic() - fetch_started)
         self.stats.count(names.UPSTREAM_FETCHES)
         now = self.clock()
         if response.status == 304 and stale is not None:
@@ -443,11 +452,8 @@ class UrlCache:
 
     def _store_error(self, exc: BaseException) -> None:
         self.stats.count(names.STORE_ERRORS)
-        now = time.monotonic()
-        if now - self._store_error_logged_at >= STORE_ERROR_LOG_INTERVAL:
-            self._store_error_logged_at = now
-            log.warning("redis refused a write on %s: %s (logged once per %g s)",
-                        self.redis_label or "redis", exc, STORE_ERROR_LOG_INTERVAL)
+        self.log_limiter.warning("store error", "redis refused a write on %s: %s",
+                                 self.redis_label or "redis", exc)
 
 
 def _from_entry(entry: Entry, now: float, cache: str, forward: str = "", detail: str = "",

@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 import os
+import sys
 import textwrap
 from collections.abc import Sequence
 from typing import Any
@@ -12,7 +13,16 @@ from proxy.store.connection import mask_url
 
 DESCRIPTION = ("A caching proxy with Redis as its store. Each setting is taken from its flag, "
                "else from the environment, else from .env, else its default.")
-EPILOG = "The full reference, by group: docs/CONFIGURATION.md."
+EPILOG = ("The full reference, by group: docs/CONFIGURATION.md. "
+          "'%(prog)s warm FILE' fetches FILE's URLs into the cache ('warm --help').")
+WARM = "warm"
+WARM_DESCRIPTION = ("Fetch a list of URLs through the proxy's core into the backing Redis (set "
+                    "REDIS_URL or its flag): one URL a line, optionally a key after a space; "
+                    "'#' comments and blank lines are skipped, a bad line is reported with its "
+                    "number and skipped. The upstream policy applies as to a client's request. "
+                    "Exits 0 when every URL is stored or already fresh, 1 when any failed, was "
+                    "refused or skipped, 2 on a bad setting or an unreadable file.")
+DEFAULT_CONCURRENCY = 8
 MASK = "***"
 
 
@@ -37,6 +47,8 @@ class Options:
 
     overrides: dict[str, str]
     check_config: bool = False
+    warm_file: str | None = None  # the `warm` subcommand's list of URLs
+    concurrency: int = DEFAULT_CONCURRENCY
 
 
 def setting_help(field: dataclasses.Field[Any]) -> str:
@@ -47,13 +59,31 @@ def setting_help(field: dataclasses.Field[Any]) -> str:
     return text.replace("%", "%%")  # argparse formats help with %
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, usage="%(prog)s [--check-config] [--SETTING VALUE ...]",
-                                     description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=_HelpFormatter)
-    parser.add_argument("--check-config", action="store_true",
-                        help="validate the settings, print the effective configuration with secrets "
-                             "masked and exit: 0 when valid, else 2 with the problems")
+def _concurrency(raw: str) -> int:
+    value = int(raw) if raw.isdigit() else 0
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to 256, got {raw!r}")
+    return value
+
+
+def build_parser(prog: str | None = None, warm: bool = False) -> argparse.ArgumentParser:
+    if warm:
+        parser = argparse.ArgumentParser(
+            prog=f"{prog or os.path.basename(sys.argv[0])} {WARM}",
+            usage="%(prog)s FILE [--concurrency N] [--SETTING VALUE ...]",
+            description=WARM_DESCRIPTION, epilog=EPILOG.split(". ")[0] + ".",
+            formatter_class=_HelpFormatter)
+        parser.add_argument("file", metavar="FILE", help="the URLs, one a line: '<url>' or '<url> <key>'")
+        parser.add_argument("--concurrency", type=_concurrency, default=DEFAULT_CONCURRENCY,
+                            help=f"fetches at once, 1 to 256; default {DEFAULT_CONCURRENCY}")
+    else:
+        parser = argparse.ArgumentParser(prog=prog,
+                                         usage="%(prog)s [--check-config] [--SETTING VALUE ...]",
+                                         description=DESCRIPTION, epilog=EPILOG,
+                                         formatter_class=_HelpFormatter)
+        parser.add_argument("--check-config", action="store_true",
+                            help="validate the settings, print the effective configuration with "
+                                 "secrets masked and exit: 0 when valid, else 2 with the problems")
     for group, fields in fields_by_group():
         title, note = GROUPS[group]
         section = parser.add_argument_group(title, note)
@@ -68,7 +98,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def parse(argv: Sequence[str] | None = None, prog: str | None = None) -> Options:
     """The command line's options; `--help` and usage errors exit here (0 and 2), as argparse does."""
-    namespace = build_parser(prog).parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == [WARM]:
+        namespace = build_parser(prog, warm=True).parse_args(args[1:])
+        overrides = {name: value for name, value in vars(namespace).items()
+                     if name not in ("file", "concurrency") and value is not None}
+        return Options(overrides, warm_file=namespace.file, concurrency=namespace.concurrency)
+    namespace = build_parser(prog).parse_args(args)
     overrides = {name: value for name, value in vars(namespace).items()
                  if name != "check_config" and value is not None}
     return Options(overrides, namespace.check_config)

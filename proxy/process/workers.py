@@ -14,8 +14,10 @@ import dataclasses
 import errno
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -71,11 +73,17 @@ def totals(settings: Settings) -> str:
             f"MAX_PARALLEL={settings.max_parallel} are per worker)")
 
 
-def supervise(settings: Settings, serve: Callable[[Settings, list[socket.socket]], int]) -> int:
-    """Run `serve(settings, listeners)` in `settings.http_workers` forked processes until a
-    signal stops them; returns the exit status of the whole."""
+Serve = Callable[[Settings, list[socket.socket], str], int]
+
+
+def supervise(settings: Settings, serve: Serve) -> int:
+    """Run `serve(settings, listeners, metrics_folder)` in `settings.http_workers` forked
+    processes until a signal stops them; returns the exit status of the whole. The workers
+    hand each other their metrics through sockets in `metrics_folder`, a private temporary
+    folder made here before the first fork and removed when the last worker has stopped."""
     listeners = bind_listeners(settings)  # first: a port in use fails before anything starts
     embedded = None
+    metrics_folder = tempfile.mkdtemp(prefix="rp-metrics-")  # mode 0700
     if not settings.redis_configured:
         # One Redis for all the workers, started here so that it outlives any one of them.
         try:
@@ -83,6 +91,7 @@ def supervise(settings: Settings, serve: Callable[[Settings, list[socket.socket]
         except BaseException:
             for listener in listeners:
                 listener.close()
+            shutil.rmtree(metrics_folder, ignore_errors=True)
             raise
         log.info("no REDIS_URL or REDIS_HOST set: started an embedded redis-server at %s",
                  embedded.url)
@@ -91,12 +100,13 @@ def supervise(settings: Settings, serve: Callable[[Settings, list[socket.socket]
              listeners[0].getsockname()[1], settings.http_workers)
     log.info("%s", totals(settings))
     try:
-        _Supervisor(settings, serve, listeners).run()
+        _Supervisor(settings, serve, listeners, metrics_folder).run()
     finally:
         for listener in listeners:
             listener.close()
         if embedded is not None:
             embedded.cleanup()
+        shutil.rmtree(metrics_folder, ignore_errors=True)
     log.info("stopped")
     return 0
 
@@ -105,11 +115,12 @@ class _Supervisor:
     """The parent's loop: fork the workers, start another when one dies, stop them all on
     SIGINT or SIGTERM."""
 
-    def __init__(self, settings: Settings, serve: Callable[[Settings, list[socket.socket]], int],
-                 listeners: list[socket.socket]):
+    def __init__(self, settings: Settings, serve: Serve, listeners: list[socket.socket],
+                 metrics_folder: str):
         self.settings = settings
         self.serve = serve
         self.listeners = listeners
+        self.metrics_folder = metrics_folder
         self.children: dict[int, float] = {}  # pid -> start time
         self.parent = os.getpid()
         self.stopping = False
@@ -157,7 +168,7 @@ class _Supervisor:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a pending one ends it
             if os.getppid() != self.parent:  # the parent died before PDEATHSIG was armed
                 return
-            code = self.serve(self.settings, self.listeners)
+            code = self.serve(self.settings, self.listeners, self.metrics_folder)
         except BaseException:  # noqa: BLE001 - a worker must report, then exit
             log.exception("worker %d failed", os.getpid())
         finally:

@@ -21,7 +21,8 @@ AUTH_BLOCKED = "too many failed authentications"
 
 # Routes anyone may reach: a load balancer's health check carries no token.
 OPEN_ROUTES = frozenset({"/health"})
-METRICS_ROUTE = "/metrics"
+# /metrics and what reads the same figures: open unless METRICS_REQUIRE_AUTH.
+METRICS_ROUTES = frozenset({"/metrics", "/stats", "/dashboard"})
 
 
 def _challenge(error: str) -> dict[str, str]:
@@ -58,7 +59,7 @@ class Authenticator:
         """Whether `path` (the route, without the query) needs a token."""
         if not self.enabled or path in OPEN_ROUTES:
             return False
-        if path == METRICS_ROUTE:
+        if path in METRICS_ROUTES:
             return self.metrics_require_auth
         return True
 

@@ -15,6 +15,7 @@ from redis.exceptions import NoPermissionError
 from redis.retry import Retry
 
 from proxy.errors import StoreUnavailable
+from proxy.log_limit import LogLimiter
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ class RedisHealth:
         self._check_lock = threading.Lock()
         self._checked_at = -math.inf
         self._last_check = True
+        self.log_limiter = LogLimiter(log)  # a flapping Redis is told once per interval
 
     @property
     def up(self) -> bool:
@@ -195,7 +197,8 @@ class RedisHealth:
             self._up = False
             self._prober = threading.Thread(target=self._probe, name="redis-probe", daemon=True)
             self._prober.start()
-        log.warning("redis unreachable (%s); serving without it until it answers again", exc)
+        self.log_limiter.warning("down", "redis unreachable (%s); serving without it until it "
+                                 "answers again", exc)
 
     def ping(self) -> bool:
         try:
@@ -231,7 +234,7 @@ class RedisHealth:
             if self.ping():
                 with self._lock:
                     self._up = True
-                log.warning("redis answers again")
+                self.log_limiter.warning("up", "redis answers again")
                 if self.on_recover:
                     self.on_recover()
                 return

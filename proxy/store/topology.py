@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RECONCILE_INTERVAL = 1.0  # seconds between checks of the node list, besides redis-py's events
-NODE_ERROR_LOG_INTERVAL = 10.0
 
 # What a request to a node that is down (or a slot nobody serves) raises, after redis-py's own
 # retry: ClusterDownError is a ResponseError, SlotNotCoveredError not even a RedisError.
@@ -301,7 +300,6 @@ class ClusterHealth(RedisHealth):
     def __init__(self, client: Any, probe_interval: float = 0.5,
                  on_recover: Callable[[], None] | None = None):
         super().__init__(client, probe_interval, on_recover)
-        self._logged_at = -float("inf")
 
     @property
     def up(self) -> bool:
@@ -323,12 +321,8 @@ class ClusterHealth(RedisHealth):
                                    "retry shortly") from exc
 
     def mark_down(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._logged_at >= NODE_ERROR_LOG_INTERVAL:
-            self._logged_at = now
-            log.warning("a Redis Cluster node is unreachable (%s): requests for its slots get 503 "
-                        "until it or its replica answers (logged once per %g s)",
-                        exc, NODE_ERROR_LOG_INTERVAL)
+        self.log_limiter.warning("node down", "a Redis Cluster node is unreachable (%s): requests "
+                                 "for its slots get 503 until it or its replica answers", exc)
 
     def ping(self) -> bool:
         """Whether every primary answers PING, each asked directly (not through the slot map)."""

@@ -338,28 +338,30 @@ class Fetcher:
             addresses = self.policy.check_connect(host, port,
                                                   timeout=max(0.0, deadline - time.monotonic()))
         except TimeoutError as exc:
-            raise GatewayTimeout(f"upstream name {host!r} was not resolved within "
-                                 f"{self.timeout:g} s") from exc
+            raise GatewayTimeout(f"timed out after {self.timeout:g} s resolving {host}") from exc
+        except socket.gaierror as exc:
+            raise BadGateway(f"could not resolve {host} ({_reason(exc)})") from exc
         except OSError as exc:
-            raise BadGateway(f"upstream unreachable: {_reason(exc)}") from exc
+            raise BadGateway(f"could not resolve {host}: {_reason(exc)}") from exc
         return host, port, addresses
 
     def _request(self, url: str, headers: Mapping[str, str] | None, deadline: float,
                  pinned: tuple[str, int, list[str]] | None = None) -> requests.Response:
         remaining = deadline - time.monotonic()
+        where = _host_port(url)
         if remaining <= 0:
-            raise GatewayTimeout(f"upstream did not answer within {self.timeout:g} s")
+            raise GatewayTimeout(f"timed out after {self.timeout:g} s waiting for {where}")
         token = _deadline.set(deadline)
         pin_token = _pinned.set(pinned)
         try:
             return self.session.get(url, headers=dict(headers or {}), stream=True,
                                     allow_redirects=False, timeout=(remaining, remaining))
         except requests.Timeout as exc:
-            raise GatewayTimeout(f"upstream did not answer within {self.timeout:g} s") from exc
+            raise GatewayTimeout(f"timed out after {self.timeout:g} s waiting for {where}") from exc
         except (requests.RequestException, ValueError) as exc:
             if time.monotonic() >= deadline:  # the deadline shut the socket mid-headers
-                raise GatewayTimeout(f"upstream did not answer within {self.timeout:g} s") from exc
-            raise BadGateway(f"upstream unreachable: {_reason(exc)}") from exc
+                raise GatewayTimeout(f"timed out after {self.timeout:g} s waiting for {where}") from exc
+            raise BadGateway(_connect_failure(exc, where)) from exc
         finally:
             _pinned.reset(pin_token)
             _deadline.reset(token)
@@ -373,7 +375,7 @@ class Fetcher:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise GatewayTimeout(f"upstream body not received within {self.timeout:g} s")
+                    raise GatewayTimeout(f"timed out after {self.timeout:g} s receiving the body")
                 _bound_next_read(response, remaining)
                 chunk = response.raw.read1(CHUNK, decode_content=True)
                 if not chunk:
@@ -384,7 +386,7 @@ class Fetcher:
                 chunks.append(chunk)
         except (requests.RequestException, OSError, HTTPError) as exc:
             if _is_timeout(exc):
-                raise GatewayTimeout(f"upstream body not received within {self.timeout:g} s") from exc
+                raise GatewayTimeout(f"timed out after {self.timeout:g} s receiving the body") from exc
             raise BadGateway(f"upstream body incomplete: {_reason(exc)}") from exc
         return b"".join(chunks)
 
@@ -404,6 +406,25 @@ def _is_timeout(exc: BaseException) -> bool:
             return True
         seen = seen.__context__ or seen.__cause__
     return False
+
+
+def _host_port(url: str) -> str:
+    """`host:port` of a URL the policy has checked, the port always given."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{f'[{host}]' if ':' in host else host}:{parts.port or SCHEMES[parts.scheme]}"
+
+
+def _connect_failure(exc: BaseException, where: str) -> str:
+    """What went wrong reaching `where`, in plain words: refused, reset, or the innermost cause."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError):
+            return f"connection refused by {where}"
+        if isinstance(seen, ConnectionResetError):
+            return f"connection reset by {where}"
+        seen = seen.__cause__ or seen.__context__
+    return f"could not get an answer from {where}: {_reason(exc)}"
 
 
 def _reason(exc: BaseException) -> str:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import idna
 
 from proxy.errors import BadRequest, Forbidden, UnrecordedSource
+from proxy.log_limit import LogLimiter
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,7 @@ class UpstreamPolicy:
         self.resolver = resolver
         self.refusals: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self.log_limiter = LogLimiter(log)  # a client retrying a refused URL is told once a while
         self._lookup_slots = threading.BoundedSemaphore(max_lookups)
 
     def refusal_counts(self) -> dict[str, int]:
@@ -301,7 +303,7 @@ class UpstreamPolicy:
     def _refuse(self, reason: str, detail: str) -> None:
         with self._lock:
             self.refusals[reason] += 1
-        log.info("upstream refused (%s): %s", reason, detail)
+        self.log_limiter.info(f"refused {reason}", "upstream refused (%s): %s", reason, detail)
         raise Forbidden(detail, error="url refused")
 
 

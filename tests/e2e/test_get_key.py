@@ -29,6 +29,35 @@ def test_hit_is_the_raw_value(proxy, r):
     assert response.headers["Content-Length"] == "5"
 
 
+def test_first_read_is_a_miss_from_redis_then_a_hit_from_l1(make_proxy, r):
+    proxy = make_proxy(invalidation="ttl")
+    r.set("tiered", b"value")
+
+    first, second = get(proxy.port, "tiered"), get(proxy.port, "tiered")
+
+    assert (first.status, first.body) == (200, b"value")
+    assert first.headers["X-Cache"] == "MISS"
+    assert first.headers["Cache-Status"] == "redis-proxy; fwd=miss"
+    assert (second.status, second.body) == (200, b"value")
+    assert second.headers["X-Cache"] == "HIT"
+    assert second.headers["Cache-Status"] == "redis-proxy; hit"
+    assert dict(proxy.proxy.stats) == {"reads_redis": 1, "hits_l1": 1}
+
+
+def test_json_form_says_the_source_cache_or_redis(make_proxy, r):
+    proxy = make_proxy(invalidation="ttl")
+    r.set("sourced", b"text")
+    accept = {"Accept": "application/json"}
+
+    first, second = get(proxy.port, "sourced", accept), get(proxy.port, "sourced", accept)
+
+    assert first.json() == {"key": "sourced", "value": "text", "source": "redis"}
+    assert first.headers["X-Cache"] == "MISS"
+    assert second.json() == {"key": "sourced", "value": "text", "source": "cache"}
+    assert second.headers["X-Cache"] == "HIT"
+    assert second.headers["Cache-Status"] == "redis-proxy; hit"
+
+
 def test_miss_is_404_key_not_found(proxy):
     response = get(proxy.port, "absent")
     assert response.status == 404
@@ -49,14 +78,15 @@ def test_json_form_for_text(proxy, r):
     response = get(proxy.port, "name", {"Accept": "application/json"})
     assert response.status == 200
     assert response.headers["Content-Type"] == "application/json"
-    assert response.json() == {"key": "name", "value": "Zoë"}
+    assert response.json() == {"key": "name", "value": "Zoë", "source": "redis"}
 
 
 def test_json_form_for_bytes_that_are_not_utf8_is_base64_flagged(proxy, r):
     value = b"\xff\xfe\x00binary"
     r.set("raw", value)
     doc = get(proxy.port, "raw", {"Accept": "application/json"}).json()
-    assert doc == {"key": "raw", "value": base64.b64encode(value).decode(), "encoding": "base64"}
+    assert doc == {"key": "raw", "value": base64.b64encode(value).decode(), "encoding": "base64",
+                   "source": "redis"}
     assert base64.b64decode(doc["value"]) == value
 
 

@@ -152,7 +152,8 @@ def _concurrent_reads(fe: HttpFrontEnd | RespFrontEnd, clients: int, parallel: i
     """`clients` connections ask at once; exactly `parallel` get inside, the rest queue."""
     server = fe.under_test.thread.server
     gauge = Gauge()
-    fe.under_test.proxy.get_value = gauge.wrap(fe.under_test.proxy.get_value)
+    # Both front ends read through read_value (/get/ directly, RESP's GET by get_value).
+    fe.under_test.proxy.read_value = gauge.wrap(fe.under_test.proxy.read_value)
     server.parallel = semaphore = CountingSemaphore(server.parallel)
     results: list[bytes] = []
 

@@ -122,7 +122,7 @@ def fork_then_stop():  # a stop request lands just as the first worker is forked
     return pid
 os.fork = fork_then_stop
 
-def serve(settings, listeners):
+def serve(settings, listeners, metrics_folder):
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stop.wait(30)

@@ -12,13 +12,14 @@ from servers import ROOT
 MAY_IMPORT = {
     "proxy": (),
     "proxy.errors": (),
+    "proxy.log_limit": (),
     "proxy.cache": ("proxy.errors", "proxy.cache"),
-    "proxy.store": ("proxy.errors", "proxy.cache", "proxy.store"),
-    "proxy.upstream": ("proxy.errors", "proxy.upstream", "proxy"),  # proxy: __version__ alone
-    "proxy.core": ("proxy.errors", "proxy.cache", "proxy.store", "proxy.upstream", "proxy.core"),
+    "proxy.store": ("proxy.errors", "proxy.log_limit", "proxy.cache", "proxy.store"),
+    "proxy.upstream": ("proxy.errors", "proxy.log_limit", "proxy.upstream", "proxy"),  # proxy: __version__ alone
+    "proxy.core": ("proxy.errors", "proxy.log_limit", "proxy.cache", "proxy.store", "proxy.upstream", "proxy.core"),
     "load_env": ("proxy.errors",),
     "logger": (),
-    "redis_proxy": ("proxy.errors", "proxy.cache", "proxy.store", "proxy.upstream", "proxy.core",
+    "redis_proxy": ("proxy.errors", "proxy.log_limit", "proxy.cache", "proxy.store", "proxy.upstream", "proxy.core",
                     "load_env"),
     "proxy.serving": ("proxy.errors", "proxy.serving"),
     "proxy.resp": ("proxy.errors", "proxy.serving", "proxy.resp", "redis_proxy", "proxy"),

@@ -1,0 +1,176 @@
+"""`GET /stats`: the JSON behind the dashboard, read from the same figures as /metrics (summed
+over the workers), plus a short history of totals for the charts and the last errors."""
+
+import collections
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client.core import Metric
+
+HISTORY_INTERVAL = 2.0  # seconds between the history's points
+HISTORY_POINTS = 150  # 5 minutes of them
+LAST_ERRORS = 20
+# The running totals a history point keeps (cumulative; rates are their differences).
+TOTALS = ("requests", "hits", "misses", "upstream_answers", "upstream_seconds")
+
+Point = tuple[float, dict[str, float]]
+
+
+class History:
+    """Running totals, at most one point per HISTORY_INTERVAL of wall-clock time (aligned, so
+    the workers' points fall on the same instants); the clock is injected for tests."""
+
+    def __init__(self, interval: float = HISTORY_INTERVAL, points: int = HISTORY_POINTS,
+                 clock: Callable[[], float] = time.time):
+        self.interval = interval
+        self.clock = clock
+        self._points: collections.deque[Point] = collections.deque(maxlen=points)
+        self._lock = threading.Lock()
+        self._next = -math.inf
+
+    def due(self) -> bool:
+        """Whether the instant after the last point has come (a request then records one)."""
+        return self.clock() >= self._next
+
+    def record(self, totals: dict[str, float]) -> None:
+        instant = math.floor(self.clock() / self.interval) * self.interval
+        self._next = instant + self.interval
+        with self._lock:
+            if self._points and self._points[-1][0] == instant:
+                self._points[-1] = (instant, totals)  # the latest totals of this instant
+            else:
+                self._points.append((instant, totals))
+
+    def points(self) -> list[Point]:
+        with self._lock:
+            return list(self._points)
+
+
+def merge_histories(histories: Iterable[list[Point]]) -> list[Point]:
+    """The sum over workers at each instant any of them recorded: a worker's totals hold from
+    its point until its next (cumulative counters: an idle worker's stand still)."""
+    histories = [sorted((float(t), totals) for t, totals in history) for history in histories]
+    instants = sorted({t for history in histories for t, _ in history})
+    merged = []
+    for instant in instants:
+        summed = dict.fromkeys(TOTALS, 0.0)
+        for history in histories:
+            latest = None
+            for t, totals in history:
+                if t > instant:
+                    break
+                latest = totals
+            for name in TOTALS:
+                summed[name] += (latest or {}).get(name, 0.0)
+        merged.append((instant, summed))
+    return merged
+
+
+def series(points: list[Point]) -> list[dict[str, Any]]:
+    """Per interval between points: requests/s, hit ratio (null when nothing was looked up)
+    and mean upstream latency in ms (null when nothing was fetched)."""
+    out = []
+    for (t0, a), (t1, b) in zip(points, points[1:], strict=False):
+        delta = {name: b.get(name, 0.0) - a.get(name, 0.0) for name in TOTALS}
+        looked_up = delta["hits"] + delta["misses"]
+        out.append({
+            "t": t1,
+            "requests_per_s": round(delta["requests"] / (t1 - t0), 3),
+            "hit_ratio": round(delta["hits"] / looked_up, 4) if looked_up else None,
+            "upstream_ms": round(1000 * delta["upstream_seconds"] / delta["upstream_answers"], 3)
+            if delta["upstream_answers"] else None,
+        })
+    return out
+
+
+class RecentErrors:
+    """The last LAST_ERRORS answers with a 5xx status: when, what and where."""
+
+    def __init__(self, size: int = LAST_ERRORS, clock: Callable[[], float] = time.time):
+        self.clock = clock
+        self._items: collections.deque[dict[str, Any]] = collections.deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def add(self, status: int, error: str, detail: str, path: str) -> None:
+        with self._lock:
+            self._items.append({"time": round(self.clock(), 3), "status": status, "error": error,
+                                "detail": detail, "path": path})
+
+    def items(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._items)
+
+
+class Figures:
+    """Sample values of a list of metric families, by sample name and labels."""
+
+    def __init__(self, families: Iterable[Metric]):
+        self.samples: dict[str, list[tuple[dict[str, str], float]]] = collections.defaultdict(list)
+        for family in families:
+            for sample in family.samples:
+                self.samples[sample.name].append((sample.labels, sample.value))
+
+    def get(self, name: str, **labels: str) -> float:
+        return sum(value for have, value in self.samples.get(name, ())
+                   if all(have.get(k) == v for k, v in labels.items()))
+
+    def has(self, name: str) -> bool:
+        return name in self.samples
+
+    def by(self, name: str, label: str) -> dict[str, float]:
+        out: dict[str, float] = collections.defaultdict(float)
+        for labels, value in self.samples.get(name, ()):
+            if label in labels:
+                out[labels[label]] += value
+        return dict(out)
+
+
+def totals_of(figures: Figures) -> dict[str, float]:
+    """A history point's totals, from one worker's figures."""
+    return {"requests": figures.get("redis_proxy_requests_total"),
+            "hits": figures.get("redis_proxy_cache_hits_total"),
+            "misses": figures.get("redis_proxy_cache_misses_total"),
+            "upstream_answers": figures.get("redis_proxy_upstream_fetches_total")
+            + figures.get("redis_proxy_upstream_errors_total"),
+            "upstream_seconds": figures.get("redis_proxy_upstream_duration_seconds_total")}
+
+
+def build(figures: Figures, points: list[Point], errors: list[dict[str, Any]], *, workers: int,
+          l1_capacity: int, l1_max_bytes: int) -> dict[str, Any]:
+    """The /stats document."""
+    hits = {tier: int(value) for tier, value in figures.by("redis_proxy_cache_hits_total", "tier").items()}
+    misses = int(figures.get("redis_proxy_cache_misses_total"))
+    looked_up = sum(hits.values()) + misses
+    fetches = figures.get("redis_proxy_upstream_fetches_total")
+    failures = figures.get("redis_proxy_upstream_errors_total")
+    seconds = figures.get("redis_proxy_upstream_duration_seconds_total")
+    redis: dict[str, Any] = {"up": figures.get("redis_proxy_redis_up") >= 1}
+    for key, name in (("used_memory", "redis_proxy_redis_used_memory_bytes"),
+                      ("maxmemory", "redis_proxy_redis_maxmemory_bytes"),
+                      ("evicted_keys", "redis_proxy_redis_evicted_keys_total"),
+                      ("keyspace_hits", "redis_proxy_redis_keyspace_hits_total"),
+                      ("keyspace_misses", "redis_proxy_redis_keyspace_misses_total")):
+        redis[key] = int(figures.get(name)) if figures.has(name) else None
+    return {
+        "workers": workers,
+        "requests": {"total": int(figures.get("redis_proxy_requests_total")),
+                     "by_status": {status: int(value) for status, value in sorted(
+                         figures.by("redis_proxy_requests_total", "status").items())}},
+        "cache": {"hits": hits, "misses": misses,
+                  "hit_ratio": round(sum(hits.values()) / looked_up, 4) if looked_up else None},
+        "upstream": {"fetches": int(fetches), "errors": int(failures),
+                     "mean_ms": round(1000 * seconds / (fetches + failures), 3)
+                     if fetches + failures else None,
+                     "refusals": {k: int(v) for k, v in figures.by(
+                         "redis_proxy_upstream_refusals_total", "reason").items()}},
+        "redis": redis,
+        "l1": {"entries": int(figures.get("redis_proxy_l1_entries")),
+               "bytes": int(figures.get("redis_proxy_l1_bytes")),
+               "capacity": l1_capacity * workers, "max_bytes": l1_max_bytes * workers},
+        "connections": {front: int(v) for front, v in figures.by("redis_proxy_connections", "front").items()},
+        "series": series(points),
+        "errors": errors,
+    }

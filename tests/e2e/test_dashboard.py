@@ -1,0 +1,168 @@
+"""GET /stats and GET /dashboard (issue 11): the JSON behind the page, read from real traffic,
+and the page itself loaded in a real headless Chromium, whose chart points are checked in the
+DOM it renders. The history's clock is injected, so the chart's instants are set, not waited for."""
+
+import os
+import re
+import shutil
+import subprocess
+from urllib.parse import quote
+
+import pytest
+
+from http_server import make_server
+from proxy.serving.auth import Authenticator
+from proxy.serving.metrics import Metrics
+from proxy.serving.stats import History
+from servers import ServerThread, q, request
+
+TOKEN = "dashboard-test-token-0123456789abcdef"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def served(make_proxy):
+    """The proxy served with a history on a clock the test moves; returns (port, clock, proxy)."""
+    started = []
+
+    def build(**proxy_options):
+        under_test = make_proxy(**proxy_options)
+        clock = Clock()
+        metrics = Metrics(under_test.proxy, history=History(clock=clock))
+        thread = ServerThread(make_server("127.0.0.1", 0, under_test.proxy, metrics=metrics)).start()
+        started.append(thread)
+        return thread.port, clock, under_test.proxy
+
+    yield build
+    for thread in started:
+        thread.stop()
+
+
+def test_stats_reports_tiers_upstream_redis_l1_connections_and_errors(served, upstream, r):
+    port, _clock, _proxy = served()
+    url = upstream.serve("/s", b"stats body")
+    r.set("plain", b"v")
+    assert request(port, q(url, "s")).headers["X-Cache"] == "MISS"
+    assert request(port, q(url, "s")).headers["X-Cache"] == "HIT"
+    request(port, "/get/plain")
+    refused_url = "http://user:hunter2@127.0.0.1:1/down"  # a password, and nothing listens there
+    assert request(port, "/?url=" + quote("http://127.0.0.1:1/down", safe="") + "&key=down").status == 502
+    assert request(port, "/?url=" + quote(refused_url, safe="")).status == 403
+
+    got = request(port, "/stats")
+
+    assert got.status == 200 and got.headers["Content-Type"] == "application/json"
+    assert got.headers["Cache-Control"] == "no-store"
+    s = got.json()
+    assert s["workers"] == 1
+    assert s["requests"] == {"total": 5, "by_status": {"200": 3, "403": 1, "502": 1}}
+    assert s["cache"] == {"hits": {"l1": 1, "redis": 0, "stale": 0}, "misses": 2, "hit_ratio": 0.3333}
+    assert s["upstream"]["fetches"] == 1 and s["upstream"]["errors"] == 1
+    assert s["upstream"]["refusals"] == {"userinfo": 1}
+    assert s["upstream"]["mean_ms"] > 0
+    info = r.info()
+    assert s["redis"]["up"] is True and s["redis"]["maxmemory"] == info["maxmemory"]
+    assert s["redis"]["used_memory"] > 0 and s["redis"]["evicted_keys"] == info["evicted_keys"]
+    assert s["l1"] == {"entries": 2, "bytes": len(b"stats body") + 1, "capacity": 1024,
+                       "max_bytes": 64 * 1024 * 1024}
+    # This one, and earlier ones until their server threads notice they closed.
+    assert list(s["connections"]) == ["http"] and s["connections"]["http"] >= 1
+    (error,) = s["errors"]
+    assert error["status"] == 502 and error["path"] == "/?url=" + quote("http://127.0.0.1:1/down", safe="") + "&key=down"
+    assert error["detail"] == "connection refused by 127.0.0.1:1"
+
+
+def test_stats_history_gives_requests_per_second_and_hit_ratio_per_interval(served, upstream):
+    port, clock, _proxy = served()
+    url = upstream.serve("/h", b"h")
+    request(port, "/stats")  # the first point: nothing yet (a request counts once answered)
+    clock.now += 2
+    for _ in range(4):
+        request(port, q(url, "h"))  # 1 miss, 3 hits
+    request(port, "/stats")
+    clock.now += 2
+    for _ in range(8):
+        request(port, "/get/absent")  # no cache lookup: no hit ratio
+    series = request(port, "/stats").json()["series"]
+
+    t0 = 1_800_000_000.0
+    assert series == [
+        {"t": t0 + 2, "requests_per_s": 2.5, "hit_ratio": 0.75, "upstream_ms": series[0]["upstream_ms"]},
+        {"t": t0 + 4, "requests_per_s": 4.5, "hit_ratio": None, "upstream_ms": None},
+    ]
+    assert series[0]["upstream_ms"] > 0
+
+
+@pytest.mark.parametrize("route", ["/stats", "/dashboard"])
+@pytest.mark.parametrize("require, status", [(False, 200), (True, 401)])
+def test_stats_and_dashboard_follow_the_metrics_auth_rule(make_proxy, route, require, status):
+    proxy = make_proxy(server_options={"authenticator": Authenticator(
+        [TOKEN], metrics_require_auth=require)})
+    assert request(proxy.port, route).status == status
+    assert request(proxy.port, route, headers={"Authorization": f"Bearer {TOKEN}"}).status == 200
+    assert request(proxy.port, route, method="DELETE").status in (405, status)
+
+
+def test_dashboard_is_one_page_with_nothing_fetched_from_elsewhere(make_proxy):
+    proxy = make_proxy()
+    got = request(proxy.port, "/dashboard")
+    assert got.status == 200
+    assert got.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert got.headers["Content-Security-Policy"].startswith("default-src 'none';")
+    page = got.body.decode()
+    assert page.startswith("<!doctype html>")
+    assert not re.search(r"\b(src|href)\s*=|@import|url\(|<link", page)  # no external asset
+    assert 'fetch("/stats"' in page and "setInterval(refresh, REFRESH_MS)" in page
+
+
+def chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    profile = tmp_path / "chromium-profile"
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run",
+         "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1280,900",
+         "--virtual-time-budget=5000", *args],
+        capture_output=True, text=True, timeout=90, env={**os.environ, "HOME": str(tmp_path)})
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs "
+                    "Debian's chromium); the dashboard's browser test needs it")
+def test_dashboard_in_chromium_draws_the_chart_points(served, upstream, tmp_path):
+    port, clock, _proxy = served()
+    url = upstream.serve("/d", b"dashboard")
+    request(port, "/stats")
+    for batch in (3, 9, 5):  # three intervals of traffic, 2 s apart on the injected clock
+        clock.now += 2
+        for _ in range(batch):
+            request(port, q(url, "d"))
+        request(port, "/stats")
+    clock.now += 2
+    # Per interval: its requests, and the /stats request that closed the one before (answered
+    # after its own point was taken), over 2 s.
+    expected = [(1 + 3) / 2, (1 + 9) / 2, (1 + 5) / 2]
+
+    page = f"http://127.0.0.1:{port}/dashboard"
+    dom = chromium(tmp_path, "--dump-dom", page)
+    shot = tmp_path / "dashboard.png"
+    picture = chromium(tmp_path, f"--screenshot={shot}", page)
+
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    rps_chart = re.search(r'<svg id="chart-rps".*?</svg>', dom.stdout, re.S).group(0)
+    values = [float(v) for v in re.findall(r'<circle class="point"[^>]*data-value="([\d.]+)"', rps_chart)]
+    # The page's own /stats requests add a point at the clock's instant: one more interval.
+    assert values[:3] == expected and len(values) == 4
+    hits_chart = re.search(r'<svg id="chart-hits".*?</svg>', dom.stdout, re.S).group(0)
+    assert len(re.findall(r'<circle class="point"', hits_chart)) == 3
+    shown = int(re.search(r'<div class="big" id="requests">([\d,]+)</div>', dom.stdout).group(1).replace(",", ""))
+    assert shown >= 17 + 4  # the traffic and the /stats requests, the page's own included
+    assert "4 chart points" in dom.stdout
+    assert picture.returncode == 0, picture.stderr[-2000:]
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000

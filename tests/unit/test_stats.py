@@ -1,0 +1,63 @@
+"""The dashboard's figures: the history (a point per 2 s, 5 minutes of them), the last 20
+errors, the workers' histories merged, and a worker that does not answer left out after 1 s."""
+
+import socket
+import time
+
+from proxy.log_limit import DEFAULT_INTERVAL
+from proxy.process import command_line
+from proxy.serving.stats import History, RecentErrors, merge_histories, series
+from proxy.serving.worker_metrics import PEER_TIMEOUT, SOCKET_SUFFIX, WorkerPeers
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_history_keeps_a_point_per_2_s_for_5_minutes():
+    clock = Clock()
+    history = History(clock=clock)
+    for second in range(400):
+        history.record({"requests": float(second)})
+        clock.now += 1
+    points = history.points()
+    assert len(points) == 150
+    assert [t for t, _ in points[:2]] == [1100.0, 1102.0] and points[-1][0] == 1398.0
+    assert points[-1][0] - points[0][0] == 298  # 5 minutes, a point per 2 s
+    assert points[-1][1] == {"requests": 399.0}  # the latest totals of its instant
+
+
+def test_only_the_last_20_errors_are_kept():
+    errors = RecentErrors(clock=Clock())
+    for status in range(500, 530):
+        errors.add(status, "bad gateway", "detail", "/")
+    assert [e["status"] for e in errors.items()] == list(range(510, 530))
+
+
+def test_workers_histories_sum_as_step_functions():
+    one = [(0.0, {"requests": 1.0}), (4.0, {"requests": 5.0})]
+    two = [(2.0, {"requests": 10.0})]
+    merged = merge_histories([one, two])
+    assert [(t, totals["requests"]) for t, totals in merged] == [(0.0, 1.0), (2.0, 11.0), (4.0, 15.0)]
+    assert [p["requests_per_s"] for p in series(merged)] == [5.0, 2.0]
+
+
+def test_a_worker_that_does_not_answer_is_left_out_after_1_s(tmp_path):
+    assert PEER_TIMEOUT == 1.0
+    with socket.socket(socket.AF_UNIX) as silent:
+        silent.bind(str(tmp_path / f"2{SOCKET_SUFFIX}"))
+        silent.listen()  # connects, never answers
+        started = time.monotonic()
+        assert WorkerPeers(str(tmp_path), pid=1).gather() == []
+        assert PEER_TIMEOUT <= time.monotonic() - started < PEER_TIMEOUT + 2
+
+
+def test_the_stated_defaults():
+    assert DEFAULT_INTERVAL == 10.0  # repeated warnings: once per 10 s
+    assert command_line.DEFAULT_CONCURRENCY == 8
+    assert command_line.parse(["warm", "f"]).concurrency == 8
+    assert command_line.parse(["warm", "f", "--concurrency", "256"]).concurrency == 256
