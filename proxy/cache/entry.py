@@ -15,9 +15,10 @@ _LENGTH = struct.Struct(">I")
 # are still read, with via=None, and readers of version 1 ignore the new field.
 META_VERSION = 2
 
-# End-to-end headers worth replaying to clients and needed for revalidation (RFC 9111 §3.1).
+# End-to-end headers worth replaying to clients and needed for revalidation (RFC 9111 §3.1);
+# Location so that a redirect relayed in reverse-proxy mode still says where to.
 KEPT_HEADERS = ("content-type", "content-language", "content-disposition", "etag",
-                "last-modified", "cache-control", "expires", "vary")
+                "last-modified", "cache-control", "expires", "vary", "location")
 
 
 @dataclass(frozen=True)

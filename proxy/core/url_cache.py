@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urljoin
 
 import redis
 
@@ -22,6 +23,7 @@ from proxy.cache.freshness import (
     may_serve_stale_while_revalidate,
 )
 from proxy.cache.local_cache import MISSING, URL_TIER, LocalCache
+from proxy.cache.request import SAFE_METHODS, ClientRequest, cache_fill_headers
 from proxy.cache.result import (
     BYPASS,
     HIT,
@@ -48,7 +50,7 @@ from proxy.errors import (
 from proxy.store.connection import RedisHealth
 from proxy.store.fetch_lock import FetchLock
 from proxy.store.purge_marker import PurgeMarkers, Start
-from proxy.upstream.fetcher import Fetcher
+from proxy.upstream.fetcher import Fetcher, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,9 @@ class UrlLimits:
     stale_ttl: float = 300.0  # kept in Redis past freshness, for revalidation and stale serving
     stale_if_error: float = 300.0
     stale_while_revalidate: float = 0.0
+    # ORIGIN_URL in reverse-proxy mode: a redirect from this origin is the answer, relayed to
+    # the client, never followed; "" in the URL role alone.
+    origin: str = ""
 
 
 class UrlCache:
@@ -119,8 +124,10 @@ class UrlCache:
         canonical = cache_keys.canonical_url(target)  # the key is what is actually fetched
         return UrlRequest(target, canonical, cache_keys.redis_key(self.limits.prefix, key, canonical))
 
-    def fetch(self, url: str, key: str | None = None, params: Any = None) -> CacheResult:
-        """The response for `url`: from L1, else Redis, else upstream (stored when storable)."""
+    def fetch(self, url: str, key: str | None = None, params: Any = None,
+              client: ClientRequest | None = None) -> CacheResult:
+        """The response for `url`: from L1, else Redis, else upstream (stored when storable).
+        `client`: the client's request, whose forwarded headers a fill sends the origin."""
         request = self.parse(url, key, params)
         self.fetcher.check(request.target)  # the upstream policy holds for cached entries too
         now = self.clock()
@@ -143,18 +150,18 @@ class UrlCache:
                 self.policy, stored, now, self.limits.stale_while_revalidate):
             # RFC 5861 §3: answer with the stale copy now and refresh it once, in the background.
             self.stats.count(names.HITS_STALE)
-            self._refresh_in_background(request, stored)
+            self._refresh_in_background(request, stored, client)
             return _from_entry(stored, now, STALE, detail=STALE_WHILE_REVALIDATE)
         self.stats.count(names.MISSES)
         # Keyed by URL as well: two URLs given one explicit key must never share a fetch.
         result, _shared = self.flights.do(
             (request.redis_key, request.canonical),
-            lambda: self._coalesced_forward(request, stored, redis_up),
+            lambda: self._coalesced_forward(request, stored, redis_up, client),
             wait_timeout=self.fetcher.timeout)
         return result
 
     def _coalesced_forward(self, request: UrlRequest, stale: Entry | None,
-                           redis_up: bool) -> CacheResult:
+                           redis_up: bool, client: ClientRequest | None = None) -> CacheResult:
         """One upstream fetch per entry across every proxy process sharing this Redis."""
         # One lock per key and URL: a fetch of another URL under the same explicit key
         # neither waits for this one nor is taken for it.
@@ -173,7 +180,7 @@ class UrlCache:
                 found = self._fresh_stored(request, stale)
                 if found is not None:
                     return found
-            return self._forward(request, stale, redis_up)
+            return self._forward(request, stale, redis_up, client)
         finally:
             self.fetch_lock.release(lock, token)
 
@@ -193,7 +200,8 @@ class UrlCache:
         self.local.set((URL_TIER, request.redis_key), entry, entry.remaining(now), epoch=epoch)
         return _from_entry(entry, now, HIT)
 
-    def _refresh_in_background(self, request: UrlRequest, stale: Entry) -> None:
+    def _refresh_in_background(self, request: UrlRequest, stale: Entry,
+                               client: ClientRequest | None = None) -> None:
         with self._refreshing_lock:
             # One refresh per key, and a few at once: the stale copy is served either way, and
             # a burst of keys going stale must not become a burst of threads and fetches.
@@ -206,7 +214,7 @@ class UrlCache:
                 # Another request or process may have refreshed it since `stale` was read.
                 if self._fresh_stored(request, stale) is None:
                     self.flights.do((request.redis_key, request.canonical),
-                                    lambda: self._coalesced_forward(request, stale, True))
+                                    lambda: self._coalesced_forward(request, stale, True, client))
             except ProxyError as exc:
                 log.info("background refresh of %s failed: %s", request.redis_key, exc.detail)
             except Exception:  # noqa: BLE001 - a background thread must log, not die silently
@@ -252,6 +260,47 @@ class UrlCache:
         self.stats.count(names.PURGES)
         return removed
 
+    def pass_through(self, url: str, client: ClientRequest, body: bytes | None) -> UpstreamResponse:
+        """A request the cache does not answer (an unsafe method, or one carrying credentials
+        for the origin), sent on as it came and never stored. A non-error answer to an unsafe
+        method invalidates the stored response for `url` and for its Location and
+        Content-Location when they are of the same origin (RFC 9111 §4.4)."""
+        request = self.parse(url)
+        self.fetcher.check(request.target)
+        try:
+            response = self.fetcher.send(client.method, request.target, client.forwarded, body,
+                                         follow_redirects=not self._relays(request.target))
+        except (BadGateway, GatewayTimeout):
+            self.stats.count(names.UPSTREAM_ERRORS)
+            raise
+        self.stats.count(names.UPSTREAM_FETCHES)
+        if client.method not in SAFE_METHODS and 200 <= response.status < 400:
+            self._invalidate(request.target, response)
+        return response
+
+    def _invalidate(self, target: str, response: UpstreamResponse) -> None:
+        """Purge the target URI, and Location / Content-Location of the same origin."""
+        urls = [target]
+        for name in ("location", "content-location"):
+            value = response.headers.get(name)
+            if value:
+                try:
+                    other = urljoin(target, value.strip())
+                except ValueError:
+                    continue
+                if cache_keys.same_origin(other, target):
+                    urls.append(other)
+        for url in dict.fromkeys(urls):
+            try:
+                self.purge(url)
+            except ProxyError as exc:  # an unusable Location, or Redis away: the rest still go
+                log.warning("could not invalidate %s after a %s: %s",
+                            url.partition("?")[0], response.status, exc.detail)
+
+    def _relays(self, target: str) -> bool:
+        """Whether `target` is the origin's, whose redirects go to the client as they are."""
+        return bool(self.limits.origin) and cache_keys.same_origin(target, self.limits.origin)
+
     def check_key(self, key: str) -> bool:
         """Whether an entry is stored under the explicit key `key`."""
         redis_key = self._explicit_key(key)
@@ -281,16 +330,19 @@ class UrlCache:
             return None, True
         return (cache_entry.decode(raw) if raw else None), True
 
-    def _forward(self, request: UrlRequest, stale: Entry | None, redis_up: bool) -> CacheResult:
+    def _forward(self, request: UrlRequest, stale: Entry | None, redis_up: bool,
+                 client: ClientRequest | None = None) -> CacheResult:
         """Ask upstream (conditionally when a stale copy has validators) and store the answer."""
-        conditional = self.policy.validators(stale.headers) if stale else {}
+        conditional = {**cache_fill_headers(client),
+                       **(self.policy.validators(stale.headers) if stale else {})}
         # Where L1 and the purge markers stand before upstream is asked: a purge from here on
         # means this answer is older than the purge, and it is neither stored nor kept in L1.
         epoch = self.local.epoch
         start = self.purge_markers.start(request.redis_key) if redis_up else None
         window = self.limits.stale_if_error
         try:
-            response = self.fetcher.fetch(request.target, conditional)
+            response = self.fetcher.fetch(request.target, conditional,
+                                          follow_redirects=not self._relays(request.target))
         except (BadGateway, GatewayTimeout):
             self.stats.count(names.UPSTREAM_ERRORS)
             now = self.clock()

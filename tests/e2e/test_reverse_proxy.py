@@ -1,0 +1,398 @@
+"""Reverse-proxy mode (ORIGIN_URL): routing, forwarding, pass-through of unsafe methods and the
+invalidation they cause (RFC 9111 §4.4), against a real origin, Redis and proxy."""
+
+import http.client
+import json
+import subprocess
+
+import pytest
+import requests
+
+from proxy.cache.keys import canonical_url, url_digest
+from proxy.serving.auth import Authenticator
+from proxy.serving.site import Site
+from proxy.store.launcher import free_port
+from proxy.upstream.policy import UpstreamPolicy
+from servers import Origin, q, request, start_proxy, stop_proxy, wait_until
+
+TOKEN = "proxy-token-0123456789abcdef"
+
+
+@pytest.fixture
+def origin():
+    server = Origin().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def site_proxy(make_proxy, origin):
+    """A proxy in front of `origin` (ORIGIN_URL = the origin's root unless `base` is given)."""
+    def build(base: str = "", *, max_body_bytes: int = 1024 * 1024, tokens: tuple[str, ...] = (),
+              **options):
+        origin_url = origin.url(base)
+        site = Site(origin_url, max_body_bytes=max_body_bytes)
+        return make_proxy(origin=origin_url, server_options={
+            "site": site, "authenticator": Authenticator(tokens)}, **options)
+    return build
+
+
+def raw(port: int, method: str, path: str, headers: dict[str, str] | None = None,
+        body: bytes | None = None) -> tuple[int, list[tuple[str, str]], bytes]:
+    """One request with exactly these headers (http.client adds Host and, with a body,
+    Content-Length); the status, every header line in order, the body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.getheaders(), resp.read()
+    finally:
+        conn.close()
+
+
+def header(fields: list[tuple[str, str]], name: str) -> list[str]:
+    return [value for field, value in fields if field.lower() == name.lower()]
+
+
+def redis_key_of(url: str) -> str:
+    return "rp:" + url_digest(canonical_url(url))
+
+
+def curl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["curl", "-sS", "--noproxy", "*", "--max-time", "10", *args],
+                          capture_output=True, timeout=20)
+
+
+# ----- GET and HEAD: cached under the origin's URL -------------------------------------------
+
+
+def test_get_of_a_site_path_is_fetched_once_and_stored_under_the_origin_url(site_proxy, origin, r):
+    url = origin.route("/page", lambda h: h.reply(200, b"\x00site page\xff",
+                                                  {"Content-Type": "text/html"}))
+    proxy = site_proxy()
+    session = requests.Session()
+    first = session.get(f"http://127.0.0.1:{proxy.port}/page?b=2&a=1")
+    second = session.get(f"http://127.0.0.1:{proxy.port}/page?a=1&b=2")
+    assert (first.status_code, first.content, first.headers["X-Cache"]) == (200, b"\x00site page\xff", "MISS")
+    assert (second.status_code, second.content, second.headers["X-Cache"]) == (200, b"\x00site page\xff", "HIT")
+    assert first.headers["Content-Type"] == "text/html"
+    assert origin.hits["GET /page"] == 1
+    assert [seen.target for seen in origin.seen] == ["/page?b=2&a=1"]
+    assert 3590 < r.ttl(redis_key_of(url + "?a=1&b=2")) <= 3600
+
+
+def test_curl_gets_the_site_through_the_cache(site_proxy, origin):
+    origin.serve("/curl", b"for curl", headers={"Content-Type": "text/plain; charset=utf-8"})
+    proxy = site_proxy()
+    misses = curl("-i", f"http://127.0.0.1:{proxy.port}/curl")
+    hits = curl("-i", f"http://127.0.0.1:{proxy.port}/curl")
+    assert misses.returncode == 0 and hits.returncode == 0
+    head, _, body = misses.stdout.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and body == b"for curl"
+    assert b"\r\nX-Cache: MISS" in head and b"\r\nX-Cache: HIT" in hits.stdout
+    assert hits.stdout.endswith(b"\r\n\r\nfor curl")
+    assert origin.hits["GET /curl"] == 1
+
+
+def test_head_of_a_site_path_answers_headers_only_from_a_get_to_the_origin(site_proxy, origin):
+    origin.serve("/h", b"twelve bytes")
+    proxy = site_proxy()
+    status, fields, body = raw(proxy.port, "HEAD", "/h")
+    assert (status, body, header(fields, "Content-Length")) == (200, b"", ["12"])
+    assert [seen.method for seen in origin.seen] == ["GET"]
+
+
+def test_redirect_from_the_origin_is_relayed_not_followed(site_proxy, origin):
+    origin.serve("/old", b"", status=301, headers={"Location": "/new"})
+    origin.serve("/new", b"new page")
+    proxy = site_proxy()
+    status, fields, _ = raw(proxy.port, "GET", "/old")
+    assert (status, header(fields, "Location")) == (301, ["/new"])
+    assert origin.hits["/new"] == 0
+
+
+def test_dot_segments_cannot_leave_the_origin_base_path(site_proxy, origin):
+    origin.serve("/base/secret", b"inside the base")
+    origin.serve("/secret", b"outside the base")
+    proxy = site_proxy("/base")
+    status, _, body = raw(proxy.port, "GET", "/x/../../secret")
+    assert (status, body) == (200, b"inside the base")
+    assert [seen.target for seen in origin.seen] == ["/base/secret"]
+
+
+# ----- what is forwarded -----------------------------------------------------------------------
+
+
+def test_forwarded_headers_are_the_end_to_end_ones_plus_host_and_x_forwarded(site_proxy, origin):
+    origin.serve("/f", b"ok")
+    proxy = site_proxy()
+    status, _, _ = raw(proxy.port, "GET", "/f", {
+        "Host": "www.example.com", "User-Agent": "client/1", "Accept": "text/html",
+        "Accept-Language": "fr", "Cookie": "a=1", "X-Forwarded-For": "203.0.113.7",
+        "X-Forwarded-Proto": "https", "X-Forwarded-Host": "spoofed.example",
+        "Connection": "keep-alive, X-Hop", "X-Hop": "not forwarded", "Keep-Alive": "timeout=5",
+        "TE": "trailers", "Upgrade": "websocket", "Proxy-Authorization": "Basic c2VjcmV0",
+        "Accept-Encoding": "gzip", "X-Custom": "kept"})
+    assert status == 200
+    (seen,) = origin.seen
+    assert {name.lower(): value for name, value in seen.fields} == {
+        "host": f"127.0.0.1:{origin.port}",
+        "user-agent": "client/1",
+        "accept": "text/html",
+        "accept-language": "fr",
+        "cookie": "a=1",
+        "x-custom": "kept",
+        "x-forwarded-for": "203.0.113.7, 127.0.0.1",
+        "x-forwarded-proto": "http",
+        "x-forwarded-host": "www.example.com",
+        "accept-encoding": "identity",  # the fetcher's: what is stored must suit every client
+        "connection": "keep-alive",  # the proxy's own connection to the origin
+    }
+    assert len(seen.fields) == 11  # each once
+
+
+def test_repeated_cookie_headers_are_joined_as_one_cookie_line(site_proxy, origin):
+    origin.serve("/c", b"ok")
+    proxy = site_proxy()
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    conn.putrequest("GET", "/c")
+    conn.putheader("Cookie", "a=1")
+    conn.putheader("Cookie", "b=2")
+    conn.endheaders()
+    assert conn.getresponse().status == 200
+    conn.close()
+    assert origin.seen[0].header("Cookie") == ["a=1; b=2"]
+
+
+# ----- unsafe methods: passed through, never stored, invalidating -----------------------------
+
+
+def test_post_is_passed_through_with_its_body_and_not_stored(site_proxy, origin, r):
+    def created(handler):
+        handler.reply_fields(201, b'{"id": 7}', [
+            ("Content-Type", "application/json"), ("Location", "/items/7"),
+            ("Set-Cookie", "s=1; Path=/"), ("Set-Cookie", "t=2; Path=/"), ("X-Frame-Options", "DENY")])
+    origin.route("/items", created)
+    proxy = site_proxy()
+    url = origin.url("/items")
+    payload = bytes(range(256)) * 4
+    for _ in range(2):
+        status, fields, body = raw(proxy.port, "POST", "/items", {"Content-Type": "application/octet-stream"},
+                                   payload)
+        assert (status, body) == (201, b'{"id": 7}')
+        assert header(fields, "Location") == ["/items/7"]
+        assert header(fields, "Set-Cookie") == ["s=1; Path=/", "t=2; Path=/"]
+        assert header(fields, "X-Frame-Options") == ["DENY"]
+        assert header(fields, "Cache-Status") == ["redis-proxy; fwd=method; fwd-status=201"]
+    assert origin.hits["POST /items"] == 2
+    assert [(seen.method, seen.body) for seen in origin.seen] == [("POST", payload)] * 2
+    assert origin.seen[0].header("Content-Type") == ["application/octet-stream"]
+    assert origin.seen[0].header("Content-Length") == [str(len(payload))]
+    assert r.exists(redis_key_of(url)) == 0
+
+
+def test_requests_session_posts_json_and_reads_the_cached_page(site_proxy, origin):
+    origin.counter("/doc")
+    proxy = site_proxy()
+    base = f"http://127.0.0.1:{proxy.port}"
+    with requests.Session() as session:
+        assert session.get(base + "/doc").content == b"version 1"
+        assert session.get(base + "/doc").headers["X-Cache"] == "HIT"
+        posted = session.post(base + "/doc", json={"title": "new"})
+        assert posted.status_code == 204
+        assert session.get(base + "/doc").content == b"version 2"
+    assert [seen.method for seen in origin.seen] == ["GET", "POST", "GET"]
+    assert origin.seen[1].body == b'{"title": "new"}'
+    assert origin.hits["GET /doc"] == 2
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "FROBNICATE"])
+def test_a_successful_unsafe_method_invalidates_the_stored_get(site_proxy, origin, r, method):
+    url = origin.counter("/thing")
+    proxy = site_proxy()
+    assert raw(proxy.port, "GET", "/thing")[2] == b"version 1"
+    assert header(raw(proxy.port, "GET", "/thing")[1], "X-Cache") == ["HIT"]
+    status, _, _ = raw(proxy.port, method, "/thing", body=b"x")
+    assert status == 204
+    assert r.exists(redis_key_of(url)) == 0
+    status, fields, body = raw(proxy.port, "GET", "/thing")
+    assert (status, body, header(fields, "X-Cache")) == (200, b"version 2", ["MISS"])
+    assert origin.hits[f"{method} /thing"] == 1
+
+
+@pytest.mark.parametrize("status", [400, 404, 409, 500, 503])
+def test_an_unsafe_method_answered_with_an_error_keeps_the_stored_get(site_proxy, origin, status):
+    origin.route("/kept", lambda h: h.reply(200, b"stored") if h.command == "GET"
+                 else h.reply(status, b"refused"))
+    proxy = site_proxy()
+    raw(proxy.port, "GET", "/kept")
+    assert raw(proxy.port, "POST", "/kept", body=b"x")[:3:2] == (status, b"refused")
+    status_after, fields, body = raw(proxy.port, "GET", "/kept")
+    assert (status_after, body, header(fields, "X-Cache")) == (200, b"stored", ["HIT"])
+    assert origin.hits["GET /kept"] == 1
+
+
+def test_location_and_content_location_of_the_same_origin_are_invalidated(site_proxy, origin,
+                                                                          upstream, r):
+    for path in ("/a", "/b", "/untouched"):
+        origin.counter(path)
+    other = upstream.serve("/elsewhere", b"another origin's page")
+    origin.route("/form", lambda h: h.reply_fields(303, b"", [
+        ("Location", "/a"), ("Content-Location", origin.url("/b"))]))
+    origin.route("/moved", lambda h: h.reply_fields(201, b"", [("Location", other)]))
+    proxy = site_proxy()
+    for path in ("/a", "/b", "/untouched"):
+        raw(proxy.port, "GET", path)
+    assert request(proxy.port, "/_proxy" + q(other)).headers["X-Cache"] == "MISS"
+    assert raw(proxy.port, "POST", "/form", body=b"f=1")[0] == 303
+    assert raw(proxy.port, "POST", "/moved", body=b"m=1")[0] == 201
+    assert [raw(proxy.port, "GET", path)[2] for path in ("/a", "/b", "/untouched")] == \
+        [b"version 2", b"version 2", b"version 1"]
+    assert request(proxy.port, "/_proxy" + q(other)).headers["X-Cache"] == "HIT"
+    assert upstream.hits["/elsewhere"] == 1
+
+
+def test_delete_of_a_site_path_reaches_the_origin_and_the_admin_purge_does_not(site_proxy, origin, r):
+    url = origin.counter("/doomed")
+    proxy = site_proxy()
+    raw(proxy.port, "GET", "/doomed")
+    purged = request(proxy.port, "/_proxy" + q(url), method="DELETE")
+    assert (purged.status, purged.json()) == (200, {"purged": 1})
+    assert origin.hits["DELETE /doomed"] == 0
+    assert raw(proxy.port, "DELETE", "/doomed")[0] == 204
+    assert origin.hits["DELETE /doomed"] == 1
+
+
+# ----- request bodies --------------------------------------------------------------------------
+
+
+def test_a_body_of_max_body_bytes_passes_and_one_byte_more_is_413(site_proxy, origin):
+    origin.route("/upload", lambda h: h.reply(200, b"got %d" % len(h.server.seen[-1].body)))
+    proxy = site_proxy(max_body_bytes=64)
+    assert raw(proxy.port, "PUT", "/upload", body=b"x" * 64)[::2] == (200, b"got 64")
+    status, fields, body = raw(proxy.port, "PUT", "/upload", body=b"x" * 65)
+    assert status == 413
+    assert json.loads(body) == {"error": "request body too large", "detail":
+                                "the request body is 65 bytes; the limit is 64 (MAX_BODY_BYTES)"}
+    assert origin.hits["PUT /upload"] == 1
+
+
+def test_a_chunked_request_body_is_411_and_not_forwarded(site_proxy, origin):
+    origin.counter("/chunked")
+    proxy = site_proxy()
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    conn.request("POST", "/chunked", body=iter([b"part one", b"part two"]),
+                 encode_chunked=True, headers={"Transfer-Encoding": "chunked"})
+    resp = conn.getresponse()
+    assert resp.status == 411
+    assert json.loads(resp.read()) == {"error": "length required", "detail":
+                                       "send the request body with a Content-Length; chunked "
+                                       "request bodies are not accepted"}
+    conn.close()
+    assert origin.hits["/chunked"] == 0
+
+
+def test_curl_posts_a_large_body_with_expect_100_continue(site_proxy, origin, tmp_path):
+    origin.route("/big", lambda h: h.reply(200, b"%d bytes" % len(h.server.seen[-1].body)))
+    proxy = site_proxy()
+    payload = tmp_path / "payload"
+    payload.write_bytes(b"\x01\x02" * 4096)
+    # curl sends Expect by itself only past a size that changed between versions: asked for here.
+    done = curl("-v", "-H", "Expect: 100-continue", "--data-binary", f"@{payload}",
+                f"http://127.0.0.1:{proxy.port}/big")
+    assert done.returncode == 0
+    assert done.stdout == b"8192 bytes"
+    assert b"Expect: 100-continue" in done.stderr and b"HTTP/1.1 100 Continue" in done.stderr
+    assert origin.seen[-1].body == b"\x01\x02" * 4096
+    assert origin.seen[-1].header("Expect") == []
+
+
+# ----- the proxy's own routes and its tokens -------------------------------------------------
+
+
+def test_admin_routes_answer_under_the_prefix_and_root_paths_are_the_origins(site_proxy, origin,
+                                                                             upstream):
+    origin.serve("/health", b"the site's health page")
+    upstream_url = upstream.serve("/u", b"url role")
+    proxy = site_proxy()
+    health = request(proxy.port, "/_proxy/health")
+    assert (health.status, health.json()["redis"]) == (200, "ok")
+    assert request(proxy.port, "/_proxy/metrics").body.startswith(b"# HELP")
+    assert request(proxy.port, "/health").body == b"the site's health page"
+    fetched = request(proxy.port, "/_proxy" + q(upstream_url, key="k"))
+    assert (fetched.status, fetched.body) == (200, b"url role")
+    assert request(proxy.port, "/_proxy/?key=k").body == b"url role"
+    assert request(proxy.port, "/_proxy/?key=k", method="DELETE").json() == {"purged": 1}
+    assert origin.hits["/health"] == 1 and origin.hits["/"] == 0
+
+
+def test_without_an_origin_the_routes_answer_at_the_root_and_under_the_prefix(make_proxy, upstream):
+    url = upstream.serve("/u", b"url role")
+    proxy = make_proxy()
+    for prefix in ("", "/_proxy"):
+        assert request(proxy.port, prefix + "/health").status == 200
+        assert request(proxy.port, prefix + q(url)).body == b"url role"
+    assert request(proxy.port, "/elsewhere").status == 404
+    assert upstream.hits["/u"] == 1
+
+
+def test_tokens_guard_the_admin_routes_not_the_site_and_are_never_forwarded(site_proxy, origin, r):
+    url = origin.counter("/open")
+    origin.counter("/account")
+    proxy = site_proxy(tokens=(TOKEN,))
+    assert request(proxy.port, "/_proxy" + q(url)).status == 401
+    assert request(proxy.port, "/_proxy/health").status == 200
+    own = {"Authorization": f"Bearer {TOKEN}"}
+    assert raw(proxy.port, "GET", "/open", own)[2] == b"version 1"
+    assert raw(proxy.port, "GET", "/open")[2] == b"version 1"  # stored: the token stayed here
+    assert origin.seen[0].header("Authorization") == []
+    # A credential for the origin is the origin's: forwarded, and the answer never stored.
+    theirs = {"Authorization": "Basic dXNlcjpwdw=="}
+    answers = [raw(proxy.port, "GET", "/account", theirs) for _ in range(2)]
+    assert [body for _, _, body in answers] == [b"version 1", b"version 2"]
+    assert [header(fields, "X-Cache") for _, fields, _ in answers] == [["MISS"], ["MISS"]]
+    assert origin.seen[-1].header("Authorization") == ["Basic dXNlcjpwdw=="]
+    assert r.exists(redis_key_of(origin.url("/account"))) == 0
+
+
+def test_a_target_not_in_origin_form_is_400(site_proxy, origin):
+    proxy = site_proxy()
+    status, _, body = raw(proxy.port, "OPTIONS", "*")
+    assert status == 400 and json.loads(body)["error"] == "bad target"
+    assert origin.seen == []
+
+
+# ----- the upstream policy holds for the origin ------------------------------------------------
+
+
+def test_a_loopback_origin_is_refused_without_allow_private(site_proxy, origin):
+    origin.counter("/p")
+    proxy = site_proxy(allow_private=False, upstream_policy=UpstreamPolicy(
+        allow_private=False, allowed_ports=(origin.port,)))
+    for method in ("GET", "POST"):
+        status, _, body = raw(proxy.port, method, "/p", body=b"x" if method == "POST" else None)
+        assert status == 403 and json.loads(body)["error"] == "url refused"
+    assert origin.seen == []
+
+
+@pytest.mark.parametrize("allow_private", ["true", "false"])
+def test_origin_url_setting_with_curl_and_allow_private_both_ways(origin, redis_url, tmp_path,
+                                                                  allow_private):
+    origin.serve("/site", b"served through ORIGIN_URL")
+    port = free_port()
+    process = start_proxy({"REDIS_URL": redis_url, "HTTP_PORT": str(port), "RESP_PORT": "0",
+                           "ORIGIN_URL": origin.url(""), "UPSTREAM_ALLOW_PRIVATE": allow_private,
+                           "UPSTREAM_ALLOWED_PORTS": str(origin.port),
+                           "LOG_FILE": str(tmp_path / "proxy.log")})
+    try:
+        wait_until(lambda: curl(f"http://127.0.0.1:{port}/_proxy/health").returncode == 0, timeout=20)
+        done = curl("-i", f"http://127.0.0.1:{port}/site")
+        head, _, body = done.stdout.partition(b"\r\n\r\n")
+        if allow_private == "true":
+            assert head.startswith(b"HTTP/1.1 200") and body == b"served through ORIGIN_URL"
+            assert origin.hits["/site"] == 1
+        else:
+            assert head.startswith(b"HTTP/1.1 403") and json.loads(body)["error"] == "url refused"
+            assert origin.hits["/site"] == 0
+    finally:
+        stop_proxy(process)
