@@ -353,12 +353,12 @@ class ProxyHandler(BaseHTTPRequestHandler):
         if self.headers.get("Expect", "").lower() == "100-continue" and length:
             self.connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")  # RFC 9110 §10.1.1
         # As fast as a reply must be read (MIN_SEND_RATE), and at least HEADER_TIMEOUT.
-        self._reader.deadline = time.monotonic() + max(self.server.header_timeout,
-                                                       length / MIN_SEND_RATE)
+        allowed = max(self.server.header_timeout, length / MIN_SEND_RATE)
+        self._reader.deadline = time.monotonic() + allowed
         try:
             body = self.rfile.read(length)
         except (TimeoutError, OSError) as exc:
-            raise RequestTimeout("the request body did not arrive in time") from exc
+            raise RequestTimeout(f"the request body did not arrive within {allowed:g} s") from exc
         finally:
             self._reader.deadline = None
         if len(body) < length:

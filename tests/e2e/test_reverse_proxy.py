@@ -1,6 +1,7 @@
 """Reverse-proxy mode (ORIGIN_URL): routing, forwarding, pass-through of unsafe methods and the
 invalidation they cause (RFC 9111 §4.4), against a real origin, Redis and proxy."""
 
+import gzip
 import http.client
 import json
 import subprocess
@@ -8,12 +9,14 @@ import subprocess
 import pytest
 import requests
 
+from proxy import __version__
 from proxy.cache.keys import canonical_url, url_digest
 from proxy.serving.auth import Authenticator
+from proxy.serving.rate_limit import RateLimiter
 from proxy.serving.site import Site
 from proxy.store.launcher import free_port
 from proxy.upstream.policy import UpstreamPolicy
-from servers import Origin, q, request, start_proxy, stop_proxy, wait_until
+from servers import Origin, q, raw_exchange, request, start_proxy, stop_proxy, wait_until
 
 TOKEN = "proxy-token-0123456789abcdef"
 
@@ -29,11 +32,12 @@ def origin():
 def site_proxy(make_proxy, origin):
     """A proxy in front of `origin` (ORIGIN_URL = the origin's root unless `base` is given)."""
     def build(base: str = "", *, max_body_bytes: int = 1024 * 1024, tokens: tuple[str, ...] = (),
-              **options):
+              header_timeout: float = 10.0, server_options_extra: dict | None = None, **options):
         origin_url = origin.url(base)
         site = Site(origin_url, max_body_bytes=max_body_bytes)
         return make_proxy(origin=origin_url, server_options={
-            "site": site, "authenticator": Authenticator(tokens)}, **options)
+            "site": site, "authenticator": Authenticator(tokens), "header_timeout": header_timeout,
+            **(server_options_extra or {})}, **options)
     return build
 
 
@@ -292,6 +296,18 @@ def test_a_chunked_request_body_is_411_and_not_forwarded(site_proxy, origin):
     assert origin.hits["/chunked"] == 0
 
 
+def test_a_body_that_stops_arriving_is_408_after_header_timeout(site_proxy, origin):
+    origin.counter("/slow")
+    proxy = site_proxy(header_timeout=0.3)
+    answer = raw_exchange(proxy.port, b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n"
+                                      b"\r\nabc")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert json.loads(body) == {"error": "request timeout",
+                                "detail": "the request body did not arrive within 0.3 s"}
+    assert origin.hits["/slow"] == 0
+
+
 def test_curl_posts_a_large_body_with_expect_100_continue(site_proxy, origin, tmp_path):
     origin.route("/big", lambda h: h.reply(200, b"%d bytes" % len(h.server.seen[-1].body)))
     proxy = site_proxy()
@@ -351,6 +367,7 @@ def test_tokens_guard_the_admin_routes_not_the_site_and_are_never_forwarded(site
     answers = [raw(proxy.port, "GET", "/account", theirs) for _ in range(2)]
     assert [body for _, _, body in answers] == [b"version 1", b"version 2"]
     assert [header(fields, "X-Cache") for _, fields, _ in answers] == [["MISS"], ["MISS"]]
+    assert header(answers[0][1], "Cache-Status") == ["redis-proxy; fwd=request; fwd-status=200"]
     assert origin.seen[-1].header("Authorization") == ["Basic dXNlcjpwdw=="]
     assert r.exists(redis_key_of(origin.url("/account"))) == 0
 
@@ -396,3 +413,76 @@ def test_origin_url_setting_with_curl_and_allow_private_both_ways(origin, redis_
             assert origin.hits["/site"] == 0
     finally:
         stop_proxy(process)
+
+
+# ----- the rest of the routing table -----------------------------------------------------------
+
+
+def test_absolute_form_names_the_same_path_of_the_origin(site_proxy, origin):
+    origin.serve("/abs", b"absolute")
+    proxy = site_proxy()
+    status, _, body = raw(proxy.port, "GET", "http://elsewhere.example/abs")
+    assert (status, body) == (200, b"absolute")
+    assert [seen.target for seen in origin.seen] == ["/abs"]
+
+
+def test_options_is_passed_through_and_invalidates_nothing(site_proxy, origin):
+    origin.counter("/opt")
+    proxy = site_proxy()
+    raw(proxy.port, "GET", "/opt")
+    assert raw(proxy.port, "OPTIONS", "/opt")[0] == 204
+    assert header(raw(proxy.port, "GET", "/opt")[1], "X-Cache") == ["HIT"]
+    assert origin.hits["OPTIONS /opt"] == 1 and origin.hits["GET /opt"] == 1
+
+
+def test_connect_is_405(site_proxy, origin):
+    proxy = site_proxy()
+    status, fields, body = raw(proxy.port, "CONNECT", "/tunnel")
+    assert status == 405 and json.loads(body)["error"] == "method not allowed"
+    assert header(fields, "Allow") == ["GET, HEAD, POST, PUT, PATCH, DELETE"]
+    assert origin.seen == []
+
+
+def test_the_read_role_answers_under_the_prefix(site_proxy, origin, r):
+    r.set("plain", b"a value")
+    proxy = site_proxy()
+    assert request(proxy.port, "/_proxy/get/plain").body == b"a value"
+    assert origin.seen == []
+
+
+def test_rate_limit_applies_to_site_paths(site_proxy, origin):
+    origin.serve("/limited", b"ok")
+    proxy = site_proxy(server_options_extra={"rate_limiter": RateLimiter(0.001, 1)})
+    assert raw(proxy.port, "GET", "/limited")[0] == 200
+    status, fields, _ = raw(proxy.port, "GET", "/limited")
+    assert status == 429 and header(fields, "Retry-After")
+    assert origin.hits["/limited"] == 1
+
+
+def test_defaults_of_user_agent_and_accept_and_repeated_headers_joined(site_proxy, origin):
+    origin.serve("/d", b"ok")
+    proxy = site_proxy()
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    conn.putrequest("GET", "/d", skip_accept_encoding=True)
+    conn.putheader("X-Custom", "one")
+    conn.putheader("X-Custom", "two")
+    conn.endheaders()
+    assert conn.getresponse().status == 200
+    conn.close()
+    (seen,) = origin.seen
+    assert seen.header("User-Agent") == [f"redis-proxy/{__version__}"]
+    assert seen.header("Accept") == ["*/*"]
+    assert seen.header("X-Custom") == ["one, two"]
+
+
+def test_a_relayed_answer_has_the_proxys_date_and_server_and_a_decoded_body(site_proxy, origin):
+    origin.route("/gz", lambda h: h.reply_fields(200, gzip.compress(b"plain text"), [
+        ("Content-Encoding", "gzip"), ("Date", "Mon, 01 Jan 2001 00:00:00 GMT"),
+        ("Server", "origin/1")]))
+    proxy = site_proxy()
+    status, fields, body = raw(proxy.port, "POST", "/gz", body=b"x")
+    assert (status, body) == (200, b"plain text")
+    assert header(fields, "Content-Encoding") == []
+    assert header(fields, "Server") == ["redis-proxy"]
+    assert len(header(fields, "Date")) == 1 and "2001" not in header(fields, "Date")[0]
+    assert header(fields, "Connection") == ["close"]  # a request with a body ends its connection
