@@ -1,6 +1,7 @@
 """The HTTP front end: a thin stdlib `http.server` mapping requests onto RedisProxy."""
 
 import base64
+import dataclasses
 import io
 import logging
 import socket
@@ -17,7 +18,7 @@ import redis
 
 import logger
 from load_env import Settings, load_settings
-from proxy.cache.request import ClientRequest
+from proxy.cache.request import ClientRequest, relayed_fields
 from proxy.cache.result import HIT, MISS, CacheResult, cache_status
 from proxy.errors import (
     BadRequest,
@@ -25,10 +26,13 @@ from proxy.errors import (
     HeadersTooLarge,
     KeyNotFound,
     LauncherError,
+    LengthRequired,
     ListenError,
     MethodNotAllowed,
     NotFound,
+    PayloadTooLarge,
     ProxyError,
+    RequestTimeout,
     URITooLong,
 )
 from proxy.process import command_line, warm, workers
@@ -46,9 +50,11 @@ from proxy.serving.reply import REJECT as _REJECT
 from proxy.serving.reply import UNSAFE_HEADER_VALUE as _UNSAFE_HEADER_VALUE
 from proxy.serving.reply import json_bytes as _json_bytes
 from proxy.serving.request_head import Fields, read_head
+from proxy.serving.site import Site
 from proxy.serving.sockets import DeadlineReader, LimitedServerMixIn, adopt_listener
 from proxy.serving.syntax import body_framing_error, has_body, host_error, origin_form
 from proxy.serving.worker_metrics import WorkerPeers
+from proxy.upstream.fetcher import UpstreamResponse
 from redis_proxy import RedisProxy
 
 log = logging.getLogger(__name__)
@@ -82,9 +88,11 @@ class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
                  max_parallel: int = 4, header_timeout: float = 10.0,
                  keepalive_timeout: float = 15.0, authenticator: Authenticator | None = None,
                  rate_limiter: RateLimiter | None = None, metrics: Metrics | None = None,
-                 parallel: threading.Semaphore | None = None, access_log: AccessLog | None = None):
+                 parallel: threading.Semaphore | None = None, access_log: AccessLog | None = None,
+                 site: Site | None = None):
         self.proxy = proxy
         self.access_log = access_log or AccessLog()  # on, when the logger takes INFO
+        self.site = site or Site()  # no origin: the URL role alone
         self.metrics = metrics or Metrics(proxy)
         self.authenticator = authenticator or Authenticator()  # no tokens: open
         self.rate_limiter = rate_limiter  # None: no limit
@@ -113,10 +121,13 @@ class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
         else:
             log.exception("unhandled error on a connection from %s", client_address[0])
 
-    def admit(self, path: str, peer: str, headers: Fields) -> None:
-        """CONTRACT §4: authentication first, then the rate limit; raises what refuses."""
+    def admit(self, path: str | None, peer: str, headers: Fields) -> None:
+        """CONTRACT §4: authentication first, then the rate limit; raises what refuses. `path`
+        None: a request for the origin's site, which the proxy's tokens do not guard."""
         forwarded_for = headers.get_all("X-Forwarded-For") or []
-        self.authenticator.check(path, headers.get_all("Authorization") or [], peer, forwarded_for)
+        if path is not None:
+            self.authenticator.check(path, headers.get_all("Authorization") or [], peer,
+                                     forwarded_for)
         if self.rate_limiter is not None:
             self.rate_limiter.check(peer, forwarded_for)
 
@@ -214,14 +225,17 @@ class ProxyHandler(BaseHTTPRequestHandler):
         started = self._started = time.perf_counter()
         self._status = 0
         try:
-            path, _, query = origin_form(self.path).partition("?")
+            target, _, query = origin_form(self.path).partition("?")
+            path = self.server.site.route(target)
             self.server.admit(path, self.client_address[0], self.headers)
-            methods = route_methods(path)
-            if self.command not in methods:
+            if path is None:
+                self.relay(target, query)
+            elif self.command not in route_methods(path):
                 # RFC 9110 §15.5.6: Allow lists what this resource accepts, not the server.
+                methods = route_methods(path)
                 raise MethodNotAllowed(f"{self.command} is not supported here; use "
                                        + ", ".join(methods), headers={"Allow": ", ".join(methods)})
-            if path in UNMETERED_ROUTES:
+            elif path in UNMETERED_ROUTES:
                 self.route(path, query)
             else:
                 with self.server.parallel:
@@ -250,6 +264,58 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self._reply(200, dashboard.page(), dashboard.HEADERS)
         else:
             raise NotFound()
+
+    def relay(self, path: str, query: str) -> None:
+        """Reverse-proxy mode: a request for the origin. GET and HEAD go through the cache
+        (keyed by the origin's URL); a request carrying credentials for the origin, and every
+        other method, is passed through with its body and never stored."""
+        if not path.startswith("/"):
+            raise BadRequest("give the request target in origin-form: a path starting with '/'",
+                             error="bad target")
+        if self.command == "CONNECT":
+            raise MethodNotAllowed("CONNECT is not supported: this is a reverse proxy, not a "
+                                   "tunnel", headers={"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE"})
+        site, server = self.server.site, self.server
+        url = site.target(path, query)
+        request = ClientRequest.of(
+            self.command, self.headers.items(),
+            site.forwarded(self.headers, self.client_address[0], server.authenticator.is_own))
+        # RFC 9111 §3.5: an answer to a request with credentials is the credential holder's.
+        cached = self.command in ("GET", "HEAD") and not any(
+            name.lower() == "authorization" for name in request.forwarded)
+        # The body is read before a MAX_PARALLEL slot is taken: a slow upload holds only its own.
+        body = None if self.command in ("GET", "HEAD") else self._read_body(site.max_body_bytes)
+        with server.parallel:
+            if cached:
+                self._reply_result(server.proxy.fetch(url, None, None, request))
+                return
+            if self.command == "HEAD":
+                request = dataclasses.replace(request, method="GET")
+            self._reply_relayed(server.proxy.pass_through(url, request, body))
+
+    def _read_body(self, most: int) -> bytes:
+        """The request body, by its Content-Length, at most `most` bytes (RFC 9112 §6.3)."""
+        if "Transfer-Encoding" in self.headers:
+            raise LengthRequired("send the request body with a Content-Length; chunked request "
+                                 "bodies are not accepted")
+        length = int((self.headers.get("Content-Length") or "0").split(",")[0].strip() or 0)
+        if length > most:
+            raise PayloadTooLarge(f"the request body is {length} bytes; the limit is {most} "
+                                  "(MAX_BODY_BYTES)", error="request body too large")
+        if (self.headers.get("Expect") or "").lower() == "100-continue" and length:
+            self.connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")  # RFC 9110 §10.1.1
+        # As fast as a reply must be read (MIN_SEND_RATE), and at least HEADER_TIMEOUT.
+        allowed = max(self.server.header_timeout, length / MIN_SEND_RATE)
+        self._reader.deadline = time.monotonic() + allowed
+        try:
+            body = self.rfile.read(length)
+        except (TimeoutError, OSError) as exc:
+            raise RequestTimeout(f"the request body did not arrive within {allowed:g} s") from exc
+        finally:
+            self._reader.deadline = None
+        if len(body) < length:
+            raise BadRequest("the request body ended before its Content-Length", error="bad body")
+        return body
 
     def url_role(self, fields: dict[str, str]) -> None:
         unknown = sorted(set(fields) - set(QUERY_FIELDS))
@@ -307,6 +373,13 @@ class ProxyHandler(BaseHTTPRequestHandler):
             else cache_status(result)
         self._reply(result.status, result.body, headers)
 
+    def _reply_relayed(self, response: UpstreamResponse) -> None:
+        fields = relayed_fields(list(response.fields))
+        fields += [("X-Cache", "MISS"), ("Cache-Status", cache_status(CacheResult(
+            response.status, b"", {}, "MISS", forward="method" if self.command not in ("GET", "HEAD")
+            else "request", upstream_status=response.status)))]
+        self._reply(response.status, response.body, fields)
+
     def _reply_json(self, status: int, doc: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         self._reply(status, _json_bytes(doc), {"Content-Type": "application/json", **(headers or {})})
 
@@ -318,7 +391,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
                                            masked_target(self.path) if self.command else "-")
         self._reply_json(exc.status, {"error": exc.error, "detail": exc.detail}, exc.headers)
 
-    def _reply(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+    def _reply(self, status: int, body: bytes,
+               headers: dict[str, str] | list[tuple[str, str]]) -> None:
         """Status line, headers and body in one send (piecemeal writes stall on delayed ACKs)."""
         self._status = status
         try:
@@ -326,12 +400,13 @@ class ProxyHandler(BaseHTTPRequestHandler):
         except ValueError:
             phrase = "Unknown"
         # The origin's Date when relaying a stored response (RFC 9110 §6.6.1), else now.
-        date = headers.pop("Date", None) or _dates.now()
+        date = (headers.pop("Date", None) if isinstance(headers, dict) else None) or _dates.now()
         lines = [f"HTTP/1.1 {status} {phrase}", f"Date: {date}", f"Server: {self.server_version}"]
         if status != 304:  # a 304's Content-Length would have to be the 200's (RFC 9110 §8.6)
             lines.append(f"Content-Length: {len(body)}")
         # A CR or LF in a value (from a stored entry someone else wrote) would split the reply.
-        lines.extend(f"{name}: {value}" for name, value in headers.items()
+        pairs = headers.items() if isinstance(headers, dict) else headers
+        lines.extend(f"{name}: {value}" for name, value in pairs
                      if not _UNSAFE_HEADER_VALUE.search(value))
         if self.close_connection:
             lines.append("Connection: close")
@@ -341,7 +416,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self._pending = (head, b"" if self.command == "HEAD" else body)
         if self.server.access_log.enabled:  # decided once: off, the hit path pays this test
             self.server.access_log.record(self.command, self.path if self.command else "", status,
-                                          headers.get("X-Cache", "-"), len(self._pending[1]),
+                                          next((v for n, v in pairs if n == "X-Cache"), "-"),
+                                          len(self._pending[1]),
                                           self._started, self.client_address[0])
         self._started = 0.0
 
@@ -435,13 +511,17 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
     if rate_limiter is None:  # not `or`: a limiter with no client yet has len() 0
         rate_limiter = rate_limiter_of(settings)
     metrics = Metrics(proxy, peers=WorkerPeers(metrics_folder) if metrics_folder else None)
+    site = Site(settings.origin_url, settings.admin_prefix, settings.max_body_bytes)
     servers: list[Any] = [make_server(settings.http_host, 0 if listeners else settings.http_port,
                            proxy, **limits, authenticator=authenticator,
                            rate_limiter=rate_limiter, access_log=AccessLog(settings.access_log),
-                           metrics=metrics)]
+                           metrics=metrics, site=site)]
     if listeners:
         adopt_listener(servers[0], listeners[0])
     process_log.info("HTTP on http://%s:%d", settings.http_host, servers[0].port)
+    if site.origin:
+        process_log.info("reverse proxy for %s; the proxy's own routes under %s", site.origin,
+                         site.admin_prefix)
     if settings.resp_port:
         try:
             servers.append(resp_server.make_server(settings.http_host,

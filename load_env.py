@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
@@ -183,6 +184,31 @@ def _text(raw: str) -> str:
 _text.expected = "text"  # type: ignore[attr-defined]
 
 
+def _origin(raw: str) -> str:
+    """`http://host[:port][/base]`: where reverse-proxy mode sends the site's requests."""
+    parts = urlsplit(raw.strip())
+    if (parts.scheme not in ("http", "https") or not parts.hostname or parts.query
+            or "@" in parts.netloc or "?" in raw or "#" in raw):
+        raise ValueError
+    parts.port  # noqa: B018 - raises ValueError for a bad port
+    return raw.strip().rstrip("/")
+
+
+_origin.expected = ("an http:// or https:// URL with a host and optionally a port and a base path, "  # type: ignore[attr-defined]
+                    "no user, query or fragment")
+
+
+def _prefix(raw: str) -> str:
+    """`/_proxy`: a path of one or more segments, where the proxy's own routes answer."""
+    prefix = raw.strip().rstrip("/")
+    if not re.fullmatch(r"(/[A-Za-z0-9\-._~!$&'()*+,;=:@]+)+", prefix) or "/." in prefix:
+        raise ValueError
+    return prefix
+
+
+_prefix.expected = "a path like /_proxy (letters, digits and -._~!$&'()*+,;=:@; not /)"  # type: ignore[attr-defined]
+
+
 def _optional_seconds(raw: str) -> float | None:
     return _seconds(positive=True)(raw)
 
@@ -197,6 +223,7 @@ GROUPS = {
     "front": ("Front ends", "where the proxy listens and how many clients it serves at once"),
     "caching": ("Caching", "how long entries live in Redis and in the local L1 cache"),
     "upstream": ("Upstream", "which URLs may be fetched, and the limits on a fetch"),
+    "reverse": ("Reverse proxy", "ORIGIN_URL puts the proxy in front of one site, as nginx or Varnish"),
     "security": ("Security", "tokens, trusted reverse proxies and rate limits"),
     "logging": ("Logging", "where the log goes and how much of it"),
 }
@@ -216,6 +243,12 @@ def _setting(env: str, parse: Callable[[str], Any], default: Any, group: str = "
 def _stale_if_error_default(settings: "Settings") -> float:
     # A default must not conflict with a setting the user chose: 300, or the stale window if less.
     return min(300.0, settings.cache_stale_ttl)
+
+
+def _default_freshness_default(settings: "Settings") -> str:
+    # In front of a site (ORIGIN_URL) the origin's headers decide, as in nginx or Varnish; the
+    # URL role keeps the card's CACHE_TTL for a response that states nothing.
+    return "rfc" if settings.origin_url else "ttl"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,7 +347,9 @@ class Settings:
                                            "honour the upstream's `Cache-Control` / `Expires`")
     default_freshness: str = _setting("DEFAULT_FRESHNESS", _choice("ttl", "rfc"), "ttl", "caching",
                                       "a response stating no freshness: `ttl` = fresh for `CACHE_TTL`; "
-                                      "`rfc` = heuristic (RFC 9111 §4.2.2), else revalidated before use")
+                                      "`rfc` = heuristic (RFC 9111 §4.2.2), else revalidated before use",
+                                      derive=_default_freshness_default,
+                                      shown="`ttl`, or `rfc` with `ORIGIN_URL`")
     heuristic_fraction: float = _setting("HEURISTIC_FRACTION", _fraction, 0.1, "caching",
                                          "with `DEFAULT_FRESHNESS=rfc`: fresh for this fraction of the "
                                          "time since `Last-Modified`")
@@ -338,6 +373,15 @@ class Settings:
     http_workers: int = _setting("HTTP_WORKERS", _integer(1), 1, "front",
                                  "pre-forked worker processes sharing the HTTP and RESP ports",
                                  flags=("-w", "--workers"))
+    origin_url: str = _setting("ORIGIN_URL", _origin, "", "reverse",
+                               "reverse-proxy mode: a path that is not under `ADMIN_PREFIX` is fetched from "
+                               "this origin (`http://host:port[/base]`) and cached; empty = off")
+    admin_prefix: str = _setting("ADMIN_PREFIX", _prefix, "/_proxy", "reverse",
+                                 "where the proxy's own routes answer (`/_proxy/health`, `/_proxy/?url=`); "
+                                 "without `ORIGIN_URL` they answer at the root too")
+    max_body_bytes: int = _setting("MAX_BODY_BYTES", _size, 1024**2, "reverse",
+                                   "largest request body passed through to the origin (POST, PUT...); a "
+                                   "larger one is 413")
     trusted_proxies: tuple[str, ...] = _setting("TRUSTED_PROXIES", _networks, (), "security",
                                                 "addresses or CIDR networks of reverse proxies whose "
                                                 "`X-Forwarded-For` is believed")

@@ -33,7 +33,7 @@ from proxy.store.invalidation import TRACKING, TTL_ONLY, Invalidator
 from proxy.store.launcher import RedisServer
 from proxy.store.purge_marker import PurgeMarkers
 from proxy.store.topology import make_cluster_client, make_sentinel_client
-from proxy.upstream.fetcher import Fetcher
+from proxy.upstream.fetcher import Fetcher, UpstreamResponse
 from proxy.upstream.policy import UpstreamPolicy
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class RedisProxy:
                  max_key_bytes: int = 1024, clock: Callable[[], float] = time.time,
                  stale_while_revalidate: float = 0.0, invalidation: str = "ttl",
                  redis_label: str = "", on_close: Iterable[Callable[[], None]] = (),
-                 get_allow_cache_prefix: bool = False):
+                 get_allow_cache_prefix: bool = False, origin: str = ""):
         self.client = client
         self.fetcher = fetcher
         self.local = local_cache if local_cache is not None else LocalCache(capacity=0)
@@ -73,7 +73,7 @@ class RedisProxy:
         self.counters = Stats()
         limits = UrlLimits(prefix=prefix, max_url_bytes=max_url_bytes, max_key_bytes=max_key_bytes,
                            stale_ttl=stale_ttl, stale_if_error=stale_if_error,
-                           stale_while_revalidate=stale_while_revalidate)
+                           stale_while_revalidate=stale_while_revalidate, origin=origin)
         self.urls = UrlCache(client, fetcher, self.local, self.health, self.fetch_lock,
                              self.purge_markers, self.policy, self.counters, limits, clock=clock,
                              redis_label=redis_label)
@@ -169,9 +169,13 @@ class RedisProxy:
     def fetch(self, url: str, key: str | None = None, params: Any = None,
               request: ClientRequest | None = None) -> CacheResult:
         """The response for `url`: from L1, else Redis, else upstream (stored when storable).
-        `request`: what the client sent (its conditionals, Cache-Control, Range); None is a
-        plain GET with none of them."""
+        `request`: what the client sent (its conditionals, Cache-Control, Range) and, in
+        reverse-proxy mode, the headers forwarded to the origin; None is a plain GET with none."""
         return self.urls.fetch(url, key, params, request)
+
+    def pass_through(self, url: str, request: ClientRequest, body: bytes | None = None) -> UpstreamResponse:
+        """Send `request` on to `url` uncached; an unsafe method's success invalidates (RFC 9111 §4.4)."""
+        return self.urls.pass_through(url, request, body)
 
     def lookup(self, key: str) -> CacheResult:
         """`?key=K` alone: what is stored under K, or KeyNotFound."""
@@ -274,7 +278,8 @@ class RedisProxy:
                     stale_while_revalidate=settings.stale_while_revalidate,
                     invalidation=settings.l1_invalidation,
                     redis_label=mask_url(url), on_close=on_close,
-                    get_allow_cache_prefix=settings.get_allow_cache_prefix, **overrides)
+                    get_allow_cache_prefix=settings.get_allow_cache_prefix,
+                    origin=settings.origin_url, **overrides)
         if check_at_start(client, mask_url(url)):
             proxy.configure_memory(settings.redis_maxmemory, settings.redis_eviction_policy)
         return proxy

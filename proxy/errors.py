@@ -55,6 +55,14 @@ class MethodNotAllowed(ProxyError):
     status, error = 405, "method not allowed"
 
 
+class RequestTimeout(ProxyError):
+    status, error = 408, "request timeout"
+
+
+class LengthRequired(ProxyError):
+    status, error = 411, "length required"
+
+
 class PayloadTooLarge(ProxyError):
     status, error = 413, "upstream body too large"
 

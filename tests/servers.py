@@ -59,9 +59,10 @@ class Upstream(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    handler_class: type[BaseHTTPRequestHandler] = UpstreamHandler
 
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), UpstreamHandler)
+        super().__init__(("127.0.0.1", 0), self.handler_class)
         self.lock = threading.Lock()
         self.hits: collections.Counter[str] = collections.Counter()
         self.requests: list[tuple[str, dict[str, str]]] = []
@@ -97,6 +98,80 @@ class Upstream(ThreadingHTTPServer):
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
+
+
+class Seen:
+    """One request as an Origin received it: method, target, header lines in order, body."""
+
+    def __init__(self, method: str, target: str, fields: list[tuple[str, str]], body: bytes):
+        self.method, self.target, self.fields, self.body = method, target, fields, body
+
+    def header(self, name: str) -> list[str]:
+        return [value for field, value in self.fields if field.lower() == name.lower()]
+
+    def __repr__(self) -> str:
+        return f"<Seen {self.method} {self.target} {self.fields} {self.body[:100]!r}>"
+
+
+class OriginHandler(UpstreamHandler):
+    """Any method; the body read by its Content-Length; routes by path see `self.command`."""
+
+    server: "Origin"
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("do_"):  # every method, unknown ones too
+            return self.do_any
+        raise AttributeError(name)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.do_any()
+
+    def do_any(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        path = self.path.split("?", 1)[0]
+        with self.server.lock:
+            self.server.hits[path] += 1
+            self.server.hits[f"{self.command} {path}"] += 1
+            self.server.seen.append(Seen(self.command, self.path, list(self.headers.items()), body))
+        route = self.server.routes.get(path)
+        if route is None:
+            self.reply(404, b"no such origin page", {"Content-Type": "text/plain"})
+        else:
+            route(self)
+
+    def reply_fields(self, status: int, body: bytes, fields: list[tuple[str, str]]) -> None:
+        """Like reply, with header lines given in order, a name repeated as often as wanted."""
+        self.send_response(status)
+        for name, value in fields:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+
+class Origin(Upstream):
+    """An origin site for reverse-proxy mode: every method, each request recorded in `seen`;
+    `hits` counts by path and by "METHOD path"."""
+
+    handler_class = OriginHandler
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[Seen] = []
+
+    def counter(self, path: str, body_prefix: bytes = b"version ") -> str:
+        """`path` answers GET with `body_prefix` + how many GETs it has had (so a refetch shows
+        in the body), and any other method with 204; returns its URL."""
+        def route(handler: OriginHandler) -> None:
+            if handler.command == "GET":
+                handler.reply(200, body_prefix + str(handler.server.hits[f"GET {path}"]).encode())
+            else:
+                handler.reply_fields(204, b"", [])
+        return self.route(path, route)
 
 
 class ServerThread:

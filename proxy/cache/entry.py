@@ -8,6 +8,8 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from proxy.cache.request import HOP_BY_HOP, connection_named
+
 _UNSAFE = re.compile(r"[\r\n\x00]")
 MAGIC = b"RPE1"  # redis-proxy entry, format 1: MAGIC, the metadata's length, JSON metadata, body
 _LENGTH = struct.Struct(">I")
@@ -20,13 +22,10 @@ READABLE_VERSIONS = (1, 2, META_VERSION)
 # What versions 1 and 2 kept: headers worth replaying and needed for revalidation.
 KEPT_HEADERS = ("content-type", "content-language", "content-disposition", "etag",
                 "last-modified", "cache-control", "expires", "vary")
-# Never stored nor relayed as received (RFC 9110 §7.6.1 hop-by-hop fields; framing and Age the
-# proxy recomputes; a body requests has decoded; a cookie that is one client's; the proxy's own
-# Server and X-Cache).
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
-                        "transfer-encoding", "upgrade", "proxy-authenticate", "proxy-authorization"})
-NOT_STORED = HOP_BY_HOP | {"content-length", "content-encoding", "age", "set-cookie", "server",
-                           "x-cache"}
+# Never stored nor relayed as received (RFC 9110 §7.6.1 hop-by-hop fields, Content-Length among
+# them; Age the proxy recomputes; a body requests has decoded; a cookie that is one client's; the
+# proxy's own Server and X-Cache). Location is end-to-end, so a relayed redirect keeps it.
+NOT_STORED = HOP_BY_HOP | {"content-encoding", "age", "set-cookie", "server", "x-cache"}
 _FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
 
 
@@ -57,7 +56,7 @@ class Entry:
 def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """Every end-to-end header of a response (names lower-case): all but NOT_STORED and the
     fields its Connection names (RFC 9110 §7.6.1)."""
-    named = {part.strip().lower() for part in headers.get("connection", "").split(",")}
+    named = connection_named(headers)
     return {name.lower(): value for name, value in headers.items()
             if name.lower() not in NOT_STORED and name.lower() not in named}
 

@@ -163,3 +163,15 @@ def url_digest(canonical: str) -> str:
 def redis_key(prefix: str, key: str | None, canonical: str) -> str:
     """`prefix + key` for an explicit key, else `prefix + sha256("2 " + canonical url)`."""
     return prefix + (key if key is not None else url_digest(canonical))
+
+
+def same_origin(url: str, other: str) -> bool:
+    """RFC 6454 §5: the same scheme, host and port (the default port written or not)."""
+    first, second = urlsplit(url), urlsplit(other)
+    try:
+        return ((first.scheme.lower(), (first.hostname or "").lower(),
+                 first.port or DEFAULT_PORTS.get(first.scheme.lower()))
+                == (second.scheme.lower(), (second.hostname or "").lower(),
+                    second.port or DEFAULT_PORTS.get(second.scheme.lower())))
+    except ValueError:  # a port that is not a number
+        return False

@@ -1,10 +1,27 @@
-"""What a client asked with its request, as the core sees it: one value from the front end."""
+"""The client's request as the cache sees it: method, headers, and what goes to the origin; and
+the hop-by-hop rules that decide which of a request's or response's fields cross the proxy."""
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+# RFC 9110 §7.6.1: hop-by-hop fields, which a proxy never forwards (plus those a Connection
+# header names). Proxy-Connection is the pre-standard one clients still send; Transfer-Encoding
+# and Content-Length are the framing of this hop, recomputed for the next.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
+                        "transfer-encoding", "upgrade", "proxy-authorization",
+                        "proxy-authenticate", "content-length"})
+# Request fields that would let one client's request shape a response stored for everyone
+# (RFC 9111 §4.3.2: a cache filling itself sends its own conditionals; a Range answer is not the
+# full response): sent to the origin only when the request is passed through, not cached. The
+# cache answers the client's own conditionals and Range from the stored response.
+CACHE_FILL_DROPPED = frozenset({"if-none-match", "if-modified-since", "if-match",
+                                "if-unmodified-since", "if-range", "range"})
+# Forwarded fields that differ per client but never select a response (an origin varying on them
+# would vary on every client): left out of the single-flight key so that concurrent cold requests
+# from clients behind different addresses share one origin fetch.
+NOT_COALESCED = frozenset({"x-forwarded-for"})
 
 
 @dataclass(frozen=True)
@@ -13,8 +30,8 @@ class ClientRequest:
 
     `headers`: the header fields the client sent, names lower-case, a repeated field's values
     joined with ", " (RFC 9110 §5.3); read for its conditionals, its Cache-Control request
-    directives and Range. `forwarded`: the header fields sent upstream on its behalf (names
-    lower-case): empty in the URL role, where every client's upstream request is the same;
+    directives and Range. `forwarded`: the end-to-end header fields sent upstream on its behalf
+    (names lower-case): empty in the URL role, where every client's upstream request is the same;
     the reverse-proxy mode fills it. The Vary secondary key is computed from `forwarded` plus
     the proxy's own fixed upstream headers, never from `headers`."""
 
@@ -34,3 +51,38 @@ class ClientRequest:
             combined[name] = f"{combined[name]}, {value}" if name in combined else value
         return cls(method.upper(), MappingProxyType(combined),
                    MappingProxyType({k.lower(): v for k, v in (forwarded or {}).items()}))
+
+
+def connection_named(headers: Mapping[str, str]) -> frozenset[str]:
+    """The fields a Connection header names (RFC 9110 §7.6.1), lower-cased: also hop-by-hop."""
+    return frozenset(token.strip().lower() for token in headers.get("connection", "").split(",")
+                     if token.strip())
+
+
+def end_to_end(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """`pairs` without the hop-by-hop fields and those their Connection header names."""
+    named = connection_named({"connection": ",".join(value for name, value in pairs
+                                                     if name.lower() == "connection")})
+    return [(name, value) for name, value in pairs
+            if name.lower() not in HOP_BY_HOP and name.lower() not in named]
+
+
+def cache_fill_headers(request: "ClientRequest | None") -> dict[str, str]:
+    """What a cache fill sends the origin of the client's forwarded headers."""
+    if request is None:
+        return {}
+    return {name: value for name, value in request.forwarded.items()
+            if name.lower() not in CACHE_FILL_DROPPED}
+
+
+# RFC 9110 §9.2.1: the safe methods. Any other, unknown ones included, may change the origin's
+# state, so its non-error answer invalidates what is stored (RFC 9111 §4.4).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+# Response fields a relay does not copy: hop-by-hop ones (end_to_end), the proxy's own Date and
+# Server, and Content-Encoding, since the fetcher hands over a decoded body.
+RELAY_DROPPED = frozenset({"date", "server", "content-encoding"})
+
+
+def relayed_fields(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The origin's response fields a relayed (uncached) answer carries to the client."""
+    return [(name, value) for name, value in end_to_end(pairs) if name.lower() not in RELAY_DROPPED]

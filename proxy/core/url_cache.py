@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import redis
 
@@ -28,7 +28,7 @@ from proxy.cache.freshness import (
     without_unvalidated,
 )
 from proxy.cache.local_cache import MISSING, URL_TIER, LocalCache
-from proxy.cache.request import ClientRequest
+from proxy.cache.request import NOT_COALESCED, SAFE_METHODS, ClientRequest, cache_fill_headers
 from proxy.cache.result import (
     BYPASS,
     HEADERS_TOO_LARGE,
@@ -58,16 +58,13 @@ from proxy.log_limit import LogLimiter
 from proxy.store.connection import RedisHealth
 from proxy.store.fetch_lock import FetchLock
 from proxy.store.purge_marker import PurgeMarkers, Start
-from proxy.upstream.fetcher import Fetcher
+from proxy.upstream.fetcher import Fetcher, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
 MAX_REFRESHES = 8  # background stale-while-revalidate refreshes running at once
 PLAIN = ClientRequest()  # a GET with no headers of its own: the card's behaviour
 MAX_STALE = "max-stale"  # Cache-Status detail of a stale answer the request's max-stale accepted
-# The client's conditionals are the cache's to answer (RFC 9111 §4.3.2): never sent upstream
-# from `forwarded`; a revalidation sends the stored response's validators instead.
-_CACHE_EVALUATED = frozenset({"if-none-match", "if-modified-since"})
 # Request fields whose values RFC 9111 §4.1 lets a cache compare case-insensitively.
 _CASELESS = frozenset({"accept", "accept-charset", "accept-encoding", "accept-language"})
 
@@ -77,7 +74,8 @@ class UrlRequest:
     target: str  # what is sent upstream
     canonical: str  # what the entry remembers and the derived key hashes
     redis_key: str
-    # The client's headers sent upstream (ClientRequest.forwarded, less its conditionals).
+    # The client's headers sent upstream (ClientRequest.forwarded, less its conditionals and
+    # Range: cache_fill_headers), names lower-case, sorted.
     forwarded: tuple[tuple[str, str], ...] = ()
     store: bool = True  # False for a request saying no-store: its answer is not stored
 
@@ -92,6 +90,9 @@ class UrlLimits:
     stale_ttl: float = 300.0  # kept in Redis past freshness, for revalidation and stale serving
     stale_if_error: float = 300.0
     stale_while_revalidate: float = 0.0
+    # ORIGIN_URL in reverse-proxy mode: a redirect from this origin is the answer, relayed to
+    # the client, never followed; "" in the URL role alone.
+    origin: str = ""
 
 
 class UrlCache:
@@ -142,13 +143,15 @@ class UrlCache:
               client: ClientRequest | None = None) -> CacheResult:
         """The response for `url`: from L1, else Redis, else upstream (stored when storable).
         `client`: what the client sent; its request directives choose what may be reused, and
-        its conditionals and Range shape the answer (proxy.cache.conditional)."""
+        its conditionals and Range shape the answer (proxy.cache.conditional); its forwarded
+        headers, less those (cache_fill_headers), go to the origin on a fill and select the
+        variant (Vary)."""
         request = self.parse(url, key, params)
         self.fetcher.check(request.target)  # the upstream policy holds for cached entries too
         client = client or PLAIN
         demands = Demands.of(client.headers) if client.headers else Demands()
-        forwarded = tuple(sorted((name, value) for name, value in client.forwarded.items()
-                                 if name not in _CACHE_EVALUATED))
+        forwarded = tuple(sorted((name.lower(), value)
+                                 for name, value in cache_fill_headers(client).items()))
         if forwarded or demands.no_store:
             request = dataclasses.replace(request, forwarded=forwarded, store=not demands.no_store)
         result = self._answer(request, demands)
@@ -195,11 +198,8 @@ class UrlCache:
         if demands.only_if_cached:
             raise NotCached()  # RFC 9111 §5.2.1.7: a stored answer or 504, never upstream
         self.stats.count(names.MISSES)
-        # Keyed by URL as well: two URLs given one explicit key must never share a fetch; and by
-        # the headers sent upstream, so no client is given an answer to another's request.
         result, _shared = self.flights.do(
-            (request.redis_key, request.canonical, request.forwarded),
-            lambda: self._coalesced_forward(request, stored, redis_up),
+            _flight_key(request), lambda: self._coalesced_forward(request, stored, redis_up),
             wait_timeout=self.fetcher.timeout)
         if stored is not None and stored.remaining(now) > 0 and result.forward == "stale":
             return dataclasses.replace(result, forward="request")  # RFC 9211: fresh, not allowed
@@ -293,7 +293,7 @@ class UrlCache:
             try:
                 # Another request or process may have refreshed it since `stale` was read.
                 if self._fresh_stored(request, stale) is None:
-                    self.flights.do((request.redis_key, request.canonical, request.forwarded),
+                    self.flights.do(_flight_key(request),
                                     lambda: self._coalesced_forward(request, stale, True))
             except ProxyError as exc:
                 log.info("background refresh of %s failed: %s", request.redis_key, exc.detail)
@@ -340,6 +340,47 @@ class UrlCache:
         self.stats.count(names.PURGES)
         return removed
 
+    def pass_through(self, url: str, client: ClientRequest, body: bytes | None) -> UpstreamResponse:
+        """A request the cache does not answer (an unsafe method, or one carrying credentials
+        for the origin), sent on as it came and never stored. A non-error answer to an unsafe
+        method invalidates the stored response for `url` and for its Location and
+        Content-Location when they are of the same origin (RFC 9111 §4.4)."""
+        request = self.parse(url)
+        self.fetcher.check(request.target)
+        try:
+            response = self.fetcher.send(client.method, request.target, client.forwarded, body,
+                                         follow_redirects=not self._relays(request.target))
+        except (BadGateway, GatewayTimeout):
+            self.stats.count(names.UPSTREAM_ERRORS)
+            raise
+        self.stats.count(names.UPSTREAM_FETCHES)
+        if client.method not in SAFE_METHODS and 200 <= response.status < 400:
+            self._invalidate(request.target, response)
+        return response
+
+    def _invalidate(self, target: str, response: UpstreamResponse) -> None:
+        """Purge the target URI, and Location / Content-Location of the same origin."""
+        urls = [target]
+        for name in ("location", "content-location"):
+            value = response.headers.get(name)
+            if value:
+                try:
+                    other = urljoin(target, value.strip())
+                except ValueError:
+                    continue
+                if cache_keys.same_origin(other, target):
+                    urls.append(other)
+        for url in dict.fromkeys(urls):
+            try:
+                self.purge(url)
+            except ProxyError as exc:  # an unusable Location, or Redis away: the rest still go
+                log.warning("could not invalidate %s after a %s: %s",
+                            url.partition("?")[0], response.status, exc.detail)
+
+    def _relays(self, target: str) -> bool:
+        """Whether `target` is the origin's, whose redirects go to the client as they are."""
+        return bool(self.limits.origin) and cache_keys.same_origin(target, self.limits.origin)
+
     def check_key(self, key: str) -> bool:
         """Whether an entry is stored under the explicit key `key`."""
         redis_key = self._explicit_key(key)
@@ -381,7 +422,8 @@ class UrlCache:
         request_time = self.clock()
         fetch_started = time.monotonic()
         try:
-            response = self.fetcher.fetch(request.target, sent)
+            response = self.fetcher.fetch(request.target, sent,
+                                          follow_redirects=not self._relays(request.target))
         except (BadGateway, GatewayTimeout) as exc:
             self.stats.count(names.UPSTREAM_SECONDS, time.monotonic() - fetch_started)
             self.stats.count(names.UPSTREAM_ERRORS)
@@ -454,6 +496,15 @@ class UrlCache:
         self.stats.count(names.STORE_ERRORS)
         self.log_limiter.warning("store error", "redis refused a write on %s: %s",
                                  self.redis_label or "redis", exc)
+
+
+def _flight_key(request: UrlRequest) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    """What concurrent fetches must share to share one: the key and the URL (two URLs given one
+    explicit key never share a fetch), and the headers sent upstream (no client is given the
+    answer to another's request), less the per-client ones no response is selected by
+    (NOT_COALESCED: X-Forwarded-For), so that clients of a reverse proxy share a cold fetch."""
+    return (request.redis_key, request.canonical,
+            tuple(pair for pair in request.forwarded if pair[0] not in NOT_COALESCED))
 
 
 def _from_entry(entry: Entry, now: float, cache: str, forward: str = "", detail: str = "",

@@ -108,6 +108,11 @@ class Authenticator:
         if self.fail_limiter is not None:
             self.fail_limiter.wait(peer, forwarded_for)
 
+    def is_own(self, authorization: str) -> bool:
+        """Whether an Authorization value is this proxy's bearer token (never forwarded)."""
+        match = _BEARER.fullmatch(authorization.strip(" \t"))
+        return match is not None and self.enabled and self.accepts(match.group(1))
+
     def accepts(self, token: str) -> bool:
         """Compare against every configured token, with no early exit that would tell
         by its timing how many tokens there are or which one came close."""

@@ -43,6 +43,8 @@ class UpstreamResponse:
     # Each hop's URL and the address it connected to (None if one was not seen): what admitted
     # the response, for a proxy with a stricter policy to check before serving it from the cache.
     hops: tuple[tuple[str, str], ...] | None = None
+    # Every header line as received, repeated names apart (Set-Cookie): what a relay passes on.
+    fields: tuple[tuple[str, str], ...] = ()
 
 
 def open_socket(addresses: Sequence[str], port: int, timeout: Any,
@@ -291,8 +293,16 @@ class Fetcher:
         """The policy for a cached response, by what its fetch recorded (UpstreamPolicy.check_source)."""
         self._sources(url, hops)
 
-    def fetch(self, url: str, headers: Mapping[str, str] | None = None) -> UpstreamResponse:
-        """Fetch `url`; raise BadGateway, GatewayTimeout, PayloadTooLarge or Forbidden."""
+    def fetch(self, url: str, headers: Mapping[str, str] | None = None, *,
+              follow_redirects: bool = True) -> UpstreamResponse:
+        """Fetch `url`; raise BadGateway, GatewayTimeout, PayloadTooLarge or Forbidden.
+        `follow_redirects=False`: a redirect is the answer (a reverse proxy relays it)."""
+        return self.send("GET", url, headers, follow_redirects=follow_redirects)
+
+    def send(self, method: str, url: str, headers: Mapping[str, str] | None = None,
+             body: bytes | None = None, *, follow_redirects: bool = False) -> UpstreamResponse:
+        """`method` to `url` with `body`, through the same policy, deadline and caps as fetch;
+        a redirect is followed only when `follow_redirects`."""
         deadline = time.monotonic() + self.timeout
         hops: list[tuple[str, str]] | None = []
         for hop in range(self.max_redirects + 1):
@@ -307,7 +317,7 @@ class Fetcher:
             peers: list[str] = []
             token = _peers.set(peers)
             try:
-                response = self._request(url, headers, deadline, pinned)
+                response = self._request(url, headers, deadline, pinned, method, body)
             finally:
                 _peers.reset(token)
             hops = hops + [(url, peers[-1])] if hops is not None and peers else None
@@ -316,8 +326,10 @@ class Fetcher:
                 response.close()
                 raise BadGateway(f"upstream answered with status {response.status_code}")
             location = response.headers.get("Location")
-            if response.status_code in REDIRECT_STATUSES and location:
+            if response.status_code in REDIRECT_STATUSES and location and follow_redirects:
                 response.close()
+                if response.status_code not in (307, 308):  # RFC 9110 §15.4: these keep both
+                    method, body = "GET", None
                 try:
                     url = urljoin(url, location)
                 except ValueError as exc:
@@ -326,7 +338,8 @@ class Fetcher:
             with response:
                 body = self._read_body(response, deadline)
             return UpstreamResponse(response.status_code, response.headers, body, url,
-                                    hops=tuple(hops) if hops is not None else None)
+                                    hops=tuple(hops) if hops is not None else None,
+                                    fields=tuple(response.raw.headers.items()))
         raise BadGateway(f"upstream redirected more than {self.max_redirects} times")
 
     def _resolve(self, url: str, deadline: float) -> tuple[str, int, list[str]]:
@@ -346,7 +359,8 @@ class Fetcher:
         return host, port, addresses
 
     def _request(self, url: str, headers: Mapping[str, str] | None, deadline: float,
-                 pinned: tuple[str, int, list[str]] | None = None) -> requests.Response:
+                 pinned: tuple[str, int, list[str]] | None = None, method: str = "GET",
+                 body: bytes | None = None) -> requests.Response:
         remaining = deadline - time.monotonic()
         where = _host_port(url)
         if remaining <= 0:
@@ -354,8 +368,9 @@ class Fetcher:
         token = _deadline.set(deadline)
         pin_token = _pinned.set(pinned)
         try:
-            return self.session.get(url, headers=dict(headers or {}), stream=True,
-                                    allow_redirects=False, timeout=(remaining, remaining))
+            return self.session.request(method, url, headers=dict(headers or {}), data=body,
+                                        stream=True, allow_redirects=False,
+                                        timeout=(remaining, remaining))
         except requests.Timeout as exc:
             raise GatewayTimeout(f"timed out after {self.timeout:g} s waiting for {where}") from exc
         except (requests.RequestException, ValueError) as exc:

@@ -61,6 +61,9 @@ CHECKED_ELSEWHERE = {
     "HTTP header lines": (request_head.MAX_HEADERS, *HEAD, "request headers too large"),
     "HTTP header line": (request_head.MAX_HEADER_LINE, *HEAD, "request headers too large"),
     "HTTP header block": (request_head.MAX_HEADER_BYTES, *HEAD, "request headers too large"),
+    "request body (reverse-proxy mode)": (
+        Settings().max_body_bytes, "tests/e2e/test_reverse_proxy.py",
+        "test_a_body_of_max_body_bytes_passes_and_one_byte_more_is_413", "request body too large"),
     "RESP keys of one `MGET` or `EXISTS`": (
         resp_commands.MAX_KEYS, "tests/e2e/test_resp.py",
         "test_mget_and_exists_take_10000_keys_and_refuse_10001_on_a_usable_connection",

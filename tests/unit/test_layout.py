@@ -21,7 +21,7 @@ MAY_IMPORT = {
     "logger": (),
     "redis_proxy": ("proxy.errors", "proxy.log_limit", "proxy.cache", "proxy.store", "proxy.upstream", "proxy.core",
                     "load_env"),
-    "proxy.serving": ("proxy.errors", "proxy.serving"),
+    "proxy.serving": ("proxy.errors", "proxy.cache", "proxy.serving"),  # cache: its pure parts
     "proxy.resp": ("proxy.errors", "proxy.serving", "proxy.resp", "redis_proxy", "proxy"),
     "proxy.process": ("proxy.errors", "proxy.store", "proxy.process", "load_env"),
 }

@@ -28,7 +28,7 @@ class FakeFetcher:
     def check_source(self, url: str, hops) -> None:  # noqa: ANN001
         pass
 
-    def fetch(self, url, headers=None):  # noqa: ANN001
+    def fetch(self, url, headers=None, *, follow_redirects=True):  # noqa: ANN001
         self.calls.append(url)
         return UpstreamResponse(self.status, self.headers, self.body, url)
 
