@@ -35,7 +35,7 @@ from proxy.resp import server as resp_server
 from proxy.serving.auth import Authenticator, tokens_of
 from proxy.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.serving.metrics import Metrics
-from proxy.serving.query import BAD_PERCENT, QUERY_FIELDS, parse_query
+from proxy.serving.query import BAD_PERCENT, PURGE_FIELDS, QUERY_FIELDS, parse_query
 from proxy.serving.rate_limit import RateLimiter
 from proxy.serving.reply import DATES as _dates
 from proxy.serving.reply import REJECT as _REJECT
@@ -57,7 +57,7 @@ from redis_proxy import RedisProxy
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("redis_proxy.access")
 
-ALLOWED_METHODS = ("GET", "HEAD", "DELETE")
+ALLOWED_METHODS = ("GET", "HEAD", "DELETE", "PURGE")  # PURGE: Varnish's dialect, on `/` only
 # The head's limits, each "at most", in bytes of a line without its CRLF (line_size): a request
 # line of 64 KiB, and 100 header lines of 8 KiB each and 32 KiB together.
 MAX_REQUEST_LINE = 64 * 1024
@@ -306,14 +306,19 @@ class ProxyHandler(BaseHTTPRequestHandler):
                                    headers={"Allow": ", ".join(methods)})
 
     def url_role(self, fields: dict[str, str]) -> None:
-        unknown = sorted(set(fields) - set(QUERY_FIELDS))
+        purging = self.command in ("DELETE", "PURGE")
+        unknown = sorted(set(fields) - set(PURGE_FIELDS if purging else QUERY_FIELDS))
         if unknown:
-            raise BadRequest(f"unknown query field {unknown[0]!r}; use url, key and params",
-                             error="bad query")
+            raise BadRequest(f"unknown query field {unknown[0]!r}; use url, key and params"
+                             + (", or tag, and soft=true" if purging else
+                                " (tag and soft are for DELETE and PURGE)"), error="bad query")
         url, key, params = fields.get("url"), fields.get("key"), fields.get("params")
         proxy = self.server.proxy
-        if self.command == "DELETE":
-            removed = proxy.purge(url, key, params)
+        if purging:
+            soft = fields.get("soft", "false")
+            if soft not in ("true", "false"):
+                raise BadRequest("soft must be true or false", error="bad query")
+            removed = proxy.purge(url, key, params, tag=fields.get("tag"), soft=soft == "true")
             self._reply_json(200, {"purged": removed})
             return
         if url is None:

@@ -47,7 +47,8 @@ from proxy.errors import (
 )
 from proxy.store.connection import RedisHealth
 from proxy.store.fetch_lock import FetchLock
-from proxy.store.purge_marker import PurgeMarkers, Start
+from proxy.store.purge_marker import PurgeMarkers, Start, marker_key
+from proxy.store.tags import MAX_TAGS, TagIndex, tags_of
 from proxy.upstream.fetcher import Fetcher
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,11 @@ class UrlLimits:
     stale_ttl: float = 300.0  # kept in Redis past freshness, for revalidation and stale serving
     stale_if_error: float = 300.0
     stale_while_revalidate: float = 0.0
+    # Fraction of freshness after which a hit starts one background refresh; 0 = off.
+    refresh_ahead: float = 0.0
+    # Response headers whose tags index the entry for purge by tag (lower case); () = off.
+    tag_headers: tuple[str, ...] = ("surrogate-key", "cache-tag")
+    tag_headers_shown: bool = False  # replay the tags to clients (in the first tag header)
 
 
 class UrlCache:
@@ -81,13 +87,14 @@ class UrlCache:
     def __init__(self, client: Any, fetcher: Fetcher, local: LocalCache, health: RedisHealth,
                  fetch_lock: FetchLock, purge_markers: PurgeMarkers, policy: Policy, stats: Stats,
                  limits: UrlLimits, *, clock: Callable[[], float] = time.time,
-                 redis_label: str = ""):
+                 redis_label: str = "", tags: TagIndex | None = None):
         self.client = client
         self.fetcher = fetcher
         self.local = local
         self.health = health
         self.fetch_lock = fetch_lock
         self.purge_markers = purge_markers
+        self.tags = tags or TagIndex(client, health, limits.prefix, purge_markers.lifetime)
         self.policy = policy
         self.stats = stats
         self.limits = limits
@@ -128,7 +135,8 @@ class UrlCache:
         if (local is not MISSING and local.url == request.canonical and local.remaining(now) > 0
                 and self._admitted(local)):
             self.stats.count(names.HITS_L1)
-            return _from_entry(local, now, HIT)
+            self._refresh_ahead(request, local, now)
+            return self._result(local, now, HIT)
         epoch = self.local.epoch
         stored, redis_up = self._read_entry(request.redis_key)
         if stored is not None and (stored.url != request.canonical or not self._admitted(stored)):
@@ -138,13 +146,14 @@ class UrlCache:
         if stored is not None and stored.remaining(now) > 0:
             self.stats.count(names.HITS_REDIS)
             self.local.set((URL_TIER, request.redis_key), stored, stored.remaining(now), epoch=epoch)
-            return _from_entry(stored, now, HIT)
+            self._refresh_ahead(request, stored, now)
+            return self._result(stored, now, HIT)
         if stored is not None and may_serve_stale_while_revalidate(
                 self.policy, stored, now, self.limits.stale_while_revalidate):
             # RFC 5861 §3: answer with the stale copy now and refresh it once, in the background.
             self.stats.count(names.HITS_STALE)
             self._refresh_in_background(request, stored)
-            return _from_entry(stored, now, STALE, detail=STALE_WHILE_REVALIDATE)
+            return self._result(stored, now, STALE, detail=STALE_WHILE_REVALIDATE)
         self.stats.count(names.MISSES)
         # Keyed by URL as well: two URLs given one explicit key must never share a fetch.
         result, _shared = self.flights.do(
@@ -191,14 +200,25 @@ class UrlCache:
         except Forbidden:
             return None  # stored by a looser proxy: our own fetch asks the policy, which answers
         self.local.set((URL_TIER, request.redis_key), entry, entry.remaining(now), epoch=epoch)
-        return _from_entry(entry, now, HIT)
+        return self._result(entry, now, HIT)
 
-    def _refresh_in_background(self, request: UrlRequest, stale: Entry) -> None:
+    def _refresh_ahead(self, request: UrlRequest, entry: Entry, now: float) -> None:
+        """REFRESH_AHEAD: a hit past that fraction of the entry's freshness starts one background
+        refresh (conditional when it has validators), so a hot entry is replaced before it
+        expires in front of a client."""
+        fraction = self.limits.refresh_ahead
+        if fraction > 0 and entry.age(now) >= fraction * entry.fresh_for > 0 \
+                and self._refresh_in_background(request, entry):
+            self.stats.count(names.REFRESHES_AHEAD)
+
+    def _refresh_in_background(self, request: UrlRequest, stale: Entry) -> bool:
+        """Start one refresh of `stale` in a thread; False when one for this key is running
+        already or MAX_REFRESHES are."""
         with self._refreshing_lock:
             # One refresh per key, and a few at once: the stale copy is served either way, and
             # a burst of keys going stale must not become a burst of threads and fetches.
             if request.redis_key in self._refreshing or len(self._refreshing) >= MAX_REFRESHES:
-                return
+                return False
             self._refreshing.add(request.redis_key)
 
         def refresh() -> None:
@@ -216,6 +236,7 @@ class UrlCache:
                     self._refreshing.discard(request.redis_key)
 
         threading.Thread(target=refresh, name="revalidate", daemon=True).start()
+        return True
 
     def lookup(self, key: str) -> CacheResult:
         """`?key=K` alone: what is stored under K, or KeyNotFound."""
@@ -225,7 +246,7 @@ class UrlCache:
         if local is not MISSING and local.remaining(now) > 0:
             self.fetcher.check_source(local.url, local.via)
             self.stats.count(names.HITS_L1)
-            return _from_entry(local, now, HIT)
+            return self._result(local, now, HIT)
         stored, redis_up = self._read_entry(redis_key)
         if stored is None:
             if not redis_up:
@@ -234,23 +255,67 @@ class UrlCache:
         # Whoever stored it, it is served only if this proxy's policy would have fetched it.
         self.fetcher.check_source(stored.url, stored.via)
         self.stats.count(names.HITS_REDIS)
-        return _from_entry(stored, now, HIT if stored.remaining(now) > 0 else STALE)
+        return self._result(stored, now, HIT if stored.remaining(now) > 0 else STALE)
 
-    def purge(self, url: str | None = None, key: str | None = None, params: Any = None) -> int:
-        """Remove an entry from Redis and L1; other proxies' L1 copies follow by invalidation
-        (or expire by their TTL with L1_INVALIDATION=ttl). Returns how many were removed."""
+    def purge(self, url: str | None = None, key: str | None = None, params: Any = None, *,
+              tag: str | None = None, soft: bool = False) -> int:
+        """Remove an entry (or every entry tagged `tag`) from Redis and L1; other proxies' L1
+        copies follow by invalidation (or expire by their TTL with L1_INVALIDATION=ttl).
+        `soft`: mark them stale instead, to be revalidated on next use. Returns how many."""
+        if tag is not None:
+            if url is not None or key is not None or params is not None:
+                raise BadRequest("give tag=<tag> alone, or key= / url= to purge one entry",
+                                 error="bad query")
+            return self._purge_tag(tag, soft)
         if url is not None:
             redis_key = self.parse(url, key, params).redis_key
         elif key is not None:
             redis_key = self._explicit_key(key)
         else:
-            raise BadRequest("give key=<name> or url=<absolute URL> to purge", error="missing key")
-        self.local.pop((URL_TIER, redis_key))
-        # The marker makes a fetch that was in flight refuse to store its older answer.
-        removed: int = redis_call(self.health, lambda: self.purge_markers.purge([redis_key]))
-        self.local.pop((URL_TIER, redis_key))  # a read that raced the delete may have refilled it
+            raise BadRequest("give key=<name>, url=<absolute URL> or tag=<tag> to purge",
+                             error="missing key")
+        return self._purge_keys([redis_key], soft)
+
+    def _purge_tag(self, tag: str, soft: bool) -> int:
+        if not cache_entry.TAG.fullmatch(tag):
+            raise BadRequest("tag must be 1 to 256 visible ASCII characters, with no space or "
+                             "comma", error="bad tag")
+        if not self.limits.tag_headers:
+            raise BadRequest("purge by tag is off: set TAG_HEADER to the response header that "
+                             "carries tags", error="tags off")
+        keys: list[str] = redis_call(self.health, lambda: self.tags.begin_purge(tag))
+        return self._purge_keys(keys, soft)
+
+    def _purge_keys(self, redis_keys: list[str], soft: bool) -> int:
+        for redis_key in redis_keys:
+            self.local.pop((URL_TIER, redis_key))
+        removed: int
+        if soft:
+            removed = redis_call(self.health, lambda: self._mark_stale(redis_keys))
+        else:
+            # The marker makes a fetch that was in flight refuse to store its older answer.
+            removed = redis_call(self.health, lambda: self.purge_markers.purge(redis_keys))
+        for redis_key in redis_keys:
+            self.local.pop((URL_TIER, redis_key))  # a read that raced the delete may have refilled it
         self.stats.count(names.PURGES)
         return removed
+
+    def _mark_stale(self, redis_keys: list[str]) -> int:
+        """Soft purge: each entry rewritten as stale from now (its TTL kept), so its next use
+        revalidates it and stale-if-error may still serve it; a fetch in flight is refused its
+        store as by a purge. How many entries were marked."""
+        self.purge_markers.purge([], marks=[marker_key(redis_key) for redis_key in redis_keys])
+        marked = 0
+        for redis_key in redis_keys:
+            raw = self.health.call(functools.partial(self.client.get, redis_key))
+            entry = cache_entry.decode(raw) if raw else None
+            if entry is None:
+                continue
+            now = self.clock()
+            stale = dataclasses.replace(entry, fresh_for=min(entry.fresh_for, entry.age(now)))
+            # Only if it is still the entry read: a newer store is left as it is.
+            marked += self.tags.replace(redis_key, raw, cache_entry.encode(stale))
+        return marked
 
     def check_key(self, key: str) -> bool:
         """Whether an entry is stored under the explicit key `key`."""
@@ -288,6 +353,7 @@ class UrlCache:
         # means this answer is older than the purge, and it is neither stored nor kept in L1.
         epoch = self.local.epoch
         start = self.purge_markers.start(request.redis_key) if redis_up else None
+        tag_start = self.tags.start() if redis_up and self.limits.tag_headers else None
         window = self.limits.stale_if_error
         try:
             response = self.fetcher.fetch(request.target, conditional)
@@ -295,42 +361,61 @@ class UrlCache:
             self.stats.count(names.UPSTREAM_ERRORS)
             now = self.clock()
             if stale is not None and may_serve_stale_if_error(self.policy, stale, now, window):
-                return _from_entry(stale, now, STALE, detail=STALE_IF_ERROR)
+                return self._result(stale, now, STALE, detail=STALE_IF_ERROR)
             raise
         self.stats.count(names.UPSTREAM_FETCHES)
         now = self.clock()
         if response.status == 304 and stale is not None:
             entry = freshened(self.policy, stale, response.headers, response.hops, now)
             stored = self.policy.storable(stale.status, entry.headers) \
-                and self._store(request.redis_key, entry, start, epoch)
-            return dataclasses.replace(_from_entry(entry, now, HIT, forward="stale"),
+                and self._store(request.redis_key, entry, start, epoch, tag_start)
+            return dataclasses.replace(self._result(entry, now, HIT, forward="stale"),
                                        upstream_status=304, stored=stored)
         if (response.status >= 500 and stale is not None
                 and may_serve_stale_if_error(self.policy, stale, now, window)):
-            return dataclasses.replace(_from_entry(stale, now, STALE, detail=STALE_IF_ERROR),
+            return dataclasses.replace(self._result(stale, now, STALE, detail=STALE_IF_ERROR),
                                        upstream_status=response.status)
-        headers = cache_entry.kept_headers(response.headers)
+        tag_headers = self.limits.tag_headers
+        headers = {name: value for name, value in cache_entry.kept_headers(response.headers).items()
+                   if name not in tag_headers}  # the tags are the entry's, not a header
+        tags = tags_of(response.headers, tag_headers) if tag_headers else ()
+        if tags is None:
+            log.info("not storing %s: its %s header holds more than %d tags or one that is not "
+                     "1-256 visible ASCII characters", request.redis_key, "/".join(tag_headers),
+                     MAX_TAGS)
         entry = Entry(status=response.status, body=response.body, url=request.canonical,
                       fetched_at=now - self.policy.initial_age(response.headers),
                       fresh_for=self.policy.lifetime(response.headers, now), headers=headers,
-                      via=response.hops)
-        stored = self.policy.storable(response.status, response.headers) \
-            and self._store(request.redis_key, entry, start, epoch)
-        return CacheResult(response.status, response.body, headers,
+                      via=response.hops, tags=tags or ())
+        stored = tags is not None and self.policy.storable(response.status, response.headers) \
+            and self._store(request.redis_key, entry, start, epoch, tag_start)
+        return CacheResult(response.status, response.body, self._shown_headers(entry),
                            MISS if redis_up else BYPASS, int(entry.age(now)),
                            forward="stale" if stale else "miss",
                            upstream_status=response.status, stored=stored)
 
-    def _store(self, redis_key: str, entry: Entry, start: Start | None, epoch: int) -> bool:
+    def _store(self, redis_key: str, entry: Entry, start: Start | None, epoch: int,
+               tag_start: int | None = None) -> bool:
         """One atomic write with a TTL (SETEX semantics): freshness left plus the stale window.
-        Refused when the entry was purged since `start` (None: Redis was not reachable then);
-        the L1 copy is kept unless the entry was invalidated since `epoch`."""
+        Refused when the entry was purged since `start` (None: Redis was not reachable then),
+        or one of its tags since `tag_start` (proxy.store.tags: named in each tag's set, then
+        checked, then written through the purge markers); the L1 copy is kept unless the entry was
+        invalidated since `epoch`."""
         fresh_left = entry.remaining(self.clock())
         keep_for = fresh_left + self.limits.stale_ttl
         if keep_for <= 0 or start is None:
             return False
+        if not self.limits.tag_headers:
+            entry = dataclasses.replace(entry, tags=())
+        elif entry.tags and tag_start is None:
+            return False
         value, ttl = cache_entry.encode(entry), max(1, math.ceil(keep_for))
         try:
+            if entry.tags and tag_start is not None and (
+                    not self.tags.add(redis_key, entry.tags, ttl)
+                    or self.tags.purged_since(entry.tags, tag_start)):
+                self.stats.count(names.STORES_REFUSED)
+                return False
             # The script reads the key back after the write (a write ends Redis's tracking of
             # it), so the L1 copy hears of a purge or a replacement by another proxy.
             if not self.purge_markers.store(redis_key, value, ttl, start):
@@ -351,6 +436,20 @@ class UrlCache:
             self._store_error_logged_at = now
             log.warning("redis refused a write on %s: %s (logged once per %g s)",
                         self.redis_label or "redis", exc, STORE_ERROR_LOG_INTERVAL)
+
+
+    def _result(self, entry: Entry, now: float, cache: str, forward: str = "",
+                detail: str = "") -> CacheResult:
+        result = _from_entry(entry, now, cache, forward, detail)
+        if entry.tags and self.limits.tag_headers_shown:
+            return dataclasses.replace(result, headers=self._shown_headers(entry))
+        return result
+
+    def _shown_headers(self, entry: Entry) -> dict[str, str]:
+        """The entry's headers, and its tags in the first tag header when they are shown."""
+        if entry.tags and self.limits.tag_headers_shown and self.limits.tag_headers:
+            return {**entry.headers, self.limits.tag_headers[0]: " ".join(entry.tags)}
+        return entry.headers
 
 
 def _from_entry(entry: Entry, now: float, cache: str, forward: str = "",
