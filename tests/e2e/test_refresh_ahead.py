@@ -89,3 +89,23 @@ def test_a_hot_entry_with_max_age_2_is_never_missed_while_read_for_6_seconds(ups
     # Refreshed about every 1.6 s: a few times, each one a new version served.
     assert 3 <= upstream.hits["/hot"] - 1 <= 5
     assert len(bodies) >= upstream.hits["/hot"] - 1  # the last may land after the reading
+
+
+def test_at_most_8_refreshes_ahead_run_at_once(upstream, make_proxy):
+    gate = threading.Event()
+    urls = [versioned(upstream, f"/many{i}", max_age=100, gate=gate) for i in range(9)]
+    now = [1_000_000.0]
+    proxy = make_proxy(refresh_ahead=0.5, clock=lambda: now[0])
+    for url in urls:
+        request(proxy.port, q(url))
+    now[0] += 60
+    try:
+        for url in urls:
+            assert request(proxy.port, q(url)).body == b"v1"
+        assert proxy.proxy.stats["refreshes_ahead"] == 8  # the ninth is not started
+        wait_until(lambda: sum(upstream.hits.values()) == 9 + 8)
+    finally:
+        gate.set()
+    wait_until(lambda: not proxy.proxy.urls._refreshing)
+    assert request(proxy.port, q(urls[8])).body == b"v1"  # its refresh starts now
+    assert proxy.proxy.stats["refreshes_ahead"] == 9

@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from proxy.cache import entry as cache_entry
-from proxy.store.tags import MAX_TAGS
+from proxy.store.tags import MAX_ENTRIES, MAX_TAGS
 from servers import q, request, wait_until
 from test_caching import fire, gated
 
@@ -274,3 +274,7 @@ def test_a_full_tag_set_drops_expired_members_and_then_refuses_live_ones(upstrea
     request(proxy.port, q(urls[2]))
     assert r.exists(proxy.proxy.parse(urls[2]).redis_key) == 1
     assert r.scard("rp:\x00tag:full") == 2
+
+
+def test_a_tag_names_at_most_10000_entries_by_default(make_proxy):
+    assert MAX_ENTRIES == 10_000 == make_proxy().proxy.urls.tags.max_entries
