@@ -325,9 +325,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
             if key is None:
                 raise BadRequest("give url=<absolute URL> (and optionally key=<name>), "
                                  "or key=<name> to read a cached entry", error="missing url")
-            self._reply_result(proxy.lookup(key))
+            self._reply_result(proxy.lookup(key, self.headers.get("Accept-Encoding")))
             return
-        self._reply_result(proxy.fetch(url, key, params))
+        self._reply_result(proxy.fetch(url, key, params, self.headers.get("Accept-Encoding")))
 
     def get_key(self, encoded: str) -> None:
         if "%" in encoded and BAD_PERCENT.search(encoded.encode("latin-1")):

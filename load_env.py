@@ -335,6 +335,9 @@ class Settings:
     refresh_ahead: float = _setting("REFRESH_AHEAD", _fraction, 0.0, "caching",
                                     "fraction of an entry's freshness after which a hit starts one "
                                     "background refresh (`0.8`); 0 = off")
+    compress_min_bytes: int = _setting("COMPRESS_MIN_BYTES", _size, 1024, "caching",
+                                       "text, JSON, JS, CSS, XML and SVG bodies this large are stored "
+                                       "compressed (zstd) and served so to clients that accept it; 0 = off")
     tag_header: tuple[str, ...] = _setting("TAG_HEADER", _header_names, ("Surrogate-Key", "Cache-Tag"),
                                            "caching",
                                            "response headers whose space- or comma-separated tags "

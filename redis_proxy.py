@@ -54,7 +54,7 @@ class RedisProxy:
                  redis_label: str = "", on_close: Iterable[Callable[[], None]] = (),
                  get_allow_cache_prefix: bool = False, refresh_ahead: float = 0.0,
                  tag_headers: Iterable[str] = ("Surrogate-Key", "Cache-Tag"),
-                 tag_headers_shown: bool = False):
+                 tag_headers_shown: bool = False, compress_min_bytes: int = 0):
         self.client = client
         self.fetcher = fetcher
         self.local = local_cache if local_cache is not None else LocalCache(capacity=0)
@@ -77,7 +77,8 @@ class RedisProxy:
                            stale_while_revalidate=stale_while_revalidate,
                            refresh_ahead=refresh_ahead,
                            tag_headers=tuple(name.lower() for name in tag_headers),
-                           tag_headers_shown=tag_headers_shown)
+                           tag_headers_shown=tag_headers_shown,
+                           compress_min_bytes=compress_min_bytes)
         self.urls = UrlCache(client, fetcher, self.local, self.health, self.fetch_lock,
                              self.purge_markers, self.policy, self.counters, limits, clock=clock,
                              redis_label=redis_label)
@@ -169,13 +170,15 @@ class RedisProxy:
         """The body of `url`, from the cache when it holds a fresh copy (the simple call)."""
         return self.urls.fetch(url, key, params).body
 
-    def fetch(self, url: str, key: str | None = None, params: Any = None) -> CacheResult:
-        """The response for `url`: from L1, else Redis, else upstream (stored when storable)."""
-        return self.urls.fetch(url, key, params)
+    def fetch(self, url: str, key: str | None = None, params: Any = None,
+              accept_encoding: str | None = None) -> CacheResult:
+        """The response for `url`: from L1, else Redis, else upstream (stored when storable);
+        compressed as stored when `accept_encoding` takes the stored coding."""
+        return self.urls.fetch(url, key, params, accept_encoding)
 
-    def lookup(self, key: str) -> CacheResult:
+    def lookup(self, key: str, accept_encoding: str | None = None) -> CacheResult:
         """`?key=K` alone: what is stored under K, or KeyNotFound."""
-        return self.urls.lookup(key)
+        return self.urls.lookup(key, accept_encoding)
 
     def purge(self, url: str | None = None, key: str | None = None, params: Any = None, *,
               tag: str | None = None, soft: bool = False) -> int:
@@ -269,7 +272,8 @@ class RedisProxy:
                     redis_label=mask_url(url), on_close=on_close,
                     get_allow_cache_prefix=settings.get_allow_cache_prefix,
                     refresh_ahead=settings.refresh_ahead, tag_headers=settings.tag_header,
-                    tag_headers_shown=settings.tag_header_shown, **overrides)
+                    tag_headers_shown=settings.tag_header_shown,
+                    compress_min_bytes=settings.compress_min_bytes, **overrides)
         if check_at_start(client, mask_url(url)):
             proxy.configure_memory(settings.redis_maxmemory, settings.redis_eviction_policy)
         return proxy

@@ -12,6 +12,7 @@ from typing import Any
 
 import redis
 
+from proxy.cache import compression
 from proxy.cache import entry as cache_entry
 from proxy.cache import keys as cache_keys
 from proxy.cache.entry import Entry
@@ -79,6 +80,7 @@ class UrlLimits:
     # Response headers whose tags index the entry for purge by tag (lower case); () = off.
     tag_headers: tuple[str, ...] = ("surrogate-key", "cache-tag")
     tag_headers_shown: bool = False  # replay the tags to clients (in the first tag header)
+    compress_min_bytes: int = 0  # bodies this large that compress are stored compressed; 0 = off
 
 
 class UrlCache:
@@ -126,8 +128,13 @@ class UrlCache:
         canonical = cache_keys.canonical_url(target)  # the key is what is actually fetched
         return UrlRequest(target, canonical, cache_keys.redis_key(self.limits.prefix, key, canonical))
 
-    def fetch(self, url: str, key: str | None = None, params: Any = None) -> CacheResult:
-        """The response for `url`: from L1, else Redis, else upstream (stored when storable)."""
+    def fetch(self, url: str, key: str | None = None, params: Any = None,
+              accept_encoding: str | None = None) -> CacheResult:
+        """The response for `url`: from L1, else Redis, else upstream (stored when storable);
+        a compressed entry's bytes as stored when `accept_encoding` accepts their coding."""
+        return represent(self._fetch(url, key, params), accept_encoding)
+
+    def _fetch(self, url: str, key: str | None, params: Any) -> CacheResult:
         request = self.parse(url, key, params)
         self.fetcher.check(request.target)  # the upstream policy holds for cached entries too
         now = self.clock()
@@ -238,8 +245,11 @@ class UrlCache:
         threading.Thread(target=refresh, name="revalidate", daemon=True).start()
         return True
 
-    def lookup(self, key: str) -> CacheResult:
+    def lookup(self, key: str, accept_encoding: str | None = None) -> CacheResult:
         """`?key=K` alone: what is stored under K, or KeyNotFound."""
+        return represent(self._lookup(key), accept_encoding)
+
+    def _lookup(self, key: str) -> CacheResult:
         redis_key = self._explicit_key(key)
         now = self.clock()
         local = self.local.get((URL_TIER, redis_key))
@@ -388,7 +398,8 @@ class UrlCache:
                       fresh_for=self.policy.lifetime(response.headers, now), headers=headers,
                       via=response.hops, tags=tags or ())
         stored = tags is not None and self.policy.storable(response.status, response.headers) \
-            and self._store(request.redis_key, entry, start, epoch, tag_start)
+            and self._store(request.redis_key, self._compressed(entry, response.headers), start,
+                            epoch, tag_start)
         return CacheResult(response.status, response.body, self._shown_headers(entry),
                            MISS if redis_up else BYPASS, int(entry.age(now)),
                            forward="stale" if stale else "miss",
@@ -429,6 +440,19 @@ class UrlCache:
         self.local.set((URL_TIER, redis_key), entry, fresh_left, epoch=epoch)
         return True
 
+    def _compressed(self, entry: Entry, upstream_headers: Any) -> Entry:
+        """The entry as stored: its body compressed when it is large enough, of a type that
+        compresses, not content-coded already, and smaller for it."""
+        least = self.limits.compress_min_bytes
+        if not least or entry.coding or len(entry.body) < least or not compression.compressible(
+                {"content-type": upstream_headers.get("content-type", ""),
+                 "content-encoding": upstream_headers.get("content-encoding", "")}):
+            return entry
+        coding = compression.STORED_CODING
+        body = compression.encode(entry.body, coding)
+        return dataclasses.replace(entry, body=body, coding=coding) if len(body) < len(entry.body) \
+            else entry
+
     def _store_error(self, exc: BaseException) -> None:
         self.stats.count(names.STORE_ERRORS)
         now = time.monotonic()
@@ -455,7 +479,30 @@ class UrlCache:
 def _from_entry(entry: Entry, now: float, cache: str, forward: str = "",
                 detail: str = "") -> CacheResult:
     return CacheResult(entry.status, entry.body, entry.headers, cache,
-                       int(entry.age(now)), entry.remaining(now), forward, detail=detail)
+                       int(entry.age(now)), entry.remaining(now), forward, detail=detail,
+                       coding=entry.coding)
+
+
+def represent(result: CacheResult, accept_encoding: str | None) -> CacheResult:
+    """A compressed entry's answer for one client: the stored bytes with `Content-Encoding`
+    (and the ETag of that representation) when its Accept-Encoding takes the coding, else the
+    body decoded; `Vary: Accept-Encoding` either way."""
+    if not result.coding:
+        return result
+    headers = dict(result.headers)
+    vary = headers.get("vary", "")
+    if "accept-encoding" not in vary.lower() and vary.strip() != "*":
+        headers["vary"] = f"{vary}, Accept-Encoding" if vary.strip() else "Accept-Encoding"
+    if compression.accepts(accept_encoding, result.coding):
+        headers["content-encoding"] = result.coding
+        if "etag" in headers:
+            headers["etag"] = compression.encoded_etag(headers["etag"], result.coding)
+        return dataclasses.replace(result, headers=headers)
+    try:
+        body = compression.decode(result.body, result.coding)
+    except ValueError as exc:
+        raise BadGateway(f"the stored entry does not decode: {exc}") from exc
+    return dataclasses.replace(result, body=body, headers=headers, coding="")
 
 
 def _json(params: Any) -> str:
