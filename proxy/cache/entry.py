@@ -81,8 +81,11 @@ def decode(raw: bytes) -> Entry | None:
         if version not in READ_VERSIONS:
             return None  # a later format: a miss, fetched again and rewritten
         via = None if version == 1 else _via(meta["via"])
-        tags = tuple(meta.get("tags") or ())
-        coding = meta.get("coding", "") if version == CODED_VERSION else ""
+        tags = meta.get("tags") or []
+        if not isinstance(tags, list):
+            raise ValueError("tags is a list")
+        tags = tuple(tags)
+        coding = str(meta["coding"]) if version == CODED_VERSION else ""  # 3 names one
         entry = Entry(status=int(meta["status"]), body=raw[start + length:], url=str(meta["url"]),
                       fetched_at=float(meta["fetched_at"]), fresh_for=float(meta["fresh_for"]),
                       headers=headers, via=via, tags=tags, coding=coding)
@@ -97,7 +100,7 @@ def decode(raw: bytes) -> Entry | None:
             name not in KEPT_HEADERS or not isinstance(value, str) or _UNSAFE.search(value)
             for name, value in headers.items()) or any(
             not isinstance(tag, str) or not TAG.fullmatch(tag) for tag in entry.tags) or (
-            entry.coding not in CODINGS):
+            entry.coding not in CODINGS) or (version == CODED_VERSION and not entry.coding):
         return None
     return entry
 

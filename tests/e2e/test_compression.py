@@ -106,3 +106,15 @@ def test_a_coded_entry_is_version_3_so_a_reader_of_version_2_takes_it_for_a_miss
     raw = cache_entry.encode(entry)
     assert b'"v":3' in raw and b'"coding":"zstd"' in raw
     assert cache_entry.decode(raw) == entry
+
+
+@pytest.mark.parametrize("change", [
+    (b'"coding":"zstd"', b'"coding":"br"'), (b',"coding":"zstd"', b""),
+    (b'"coding":"zstd"', b'"coding":"zstd","tags":"news"'),
+])
+def test_an_entry_with_an_unknown_coding_no_coding_at_version_3_or_tags_not_a_list_is_no_entry(change):
+    entry = cache_entry.Entry(status=200, body=b"x", url="http://a/", fetched_at=1.0, fresh_for=1.0,
+                              via=(("http://a/", "127.0.0.1"),), coding="zstd")
+    raw = cache_entry.encode(entry)
+    assert change[0] in raw
+    assert cache_entry.decode(raw.replace(*change)) is None

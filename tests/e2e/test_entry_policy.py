@@ -204,6 +204,7 @@ def test_entry_metadata_version_2_round_trips_and_bad_hops_are_not_entries():
         assert cache_entry.decode(raw) is None, via
     later = cache_entry.encode(entry).replace(b'"v":2', b'"v":3')
     assert cache_entry.decode(later) is None
+    assert cache_entry.decode(cache_entry.encode(entry).replace(b'"v":2', b'"v":4')) is None
 
 
 # ----- /get/ and RESP: the URL cache's keys ---------------------------------------------------
