@@ -27,3 +27,4 @@ class Stats:
     def count(self, name: str, amount: int = 1) -> None:
         with self._lock:
             self.counts[name] += amount
+REFRESHES_AHEAD = "refreshes_ahead"
