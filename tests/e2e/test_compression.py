@@ -2,7 +2,9 @@
 Accept-Encoding gets back."""
 
 import dataclasses
+import gzip
 import json
+import time
 
 import pytest
 import zstandard
@@ -56,11 +58,123 @@ def test_the_stored_bytes_go_to_clients_that_accept_zstd_and_the_body_to_the_oth
     assert alone.body == (coded if served_coded else HTML)
 
 
-def test_the_miss_that_stores_it_gets_the_upstream_body(upstream, make_proxy):
+def test_the_miss_that_stores_it_gets_the_upstream_body_and_the_vary_of_later_answers(
+        upstream, make_proxy):
     url = upstream.serve("/miss", HTML, headers={"Content-Type": "text/html"})
     proxy = make_proxy(compress_min_bytes=1024)
     got = request(proxy.port, q(url), headers={"Accept-Encoding": "zstd"})
     assert (got.body, got.headers["X-Cache"], got.headers["Content-Encoding"]) == (HTML, "MISS", None)
+    assert got.headers["Vary"] == "Accept-Encoding"
+    small = upstream.serve("/small-miss", b"short", headers={"Content-Type": "text/html"})
+    assert "Vary" not in request(proxy.port, q(small)).headers  # stored as it came: no Vary
+
+
+# ----- the RFC 9111/9110 semantics on a compressed entry -----------------------------------------
+
+def coded_page(upstream, make_proxy, r, headers: dict[str, str] | None = None):
+    """A 100 KiB page with ETag "v1" cached compressed under key `page`: its URL, the proxy and
+    the stored bytes."""
+    url = upstream.serve("/page", HTML, headers={"Content-Type": "text/html", "ETag": '"v1"',
+                                                 **(headers or {})})
+    proxy = make_proxy(compress_min_bytes=1024)
+    request(proxy.port, q(url, "page"))
+    return url, proxy, cache_entry.decode(r.get("rp:page")).body
+
+
+@pytest.mark.parametrize("accept, if_none_match, status", [
+    ("zstd", '"v1-zstd"', 304), ("zstd", 'W/"v1-zstd"', 304), ("zstd", '"v1"', 200),
+    (None, '"v1"', 304), (None, '"v1-zstd"', 200), ("gzip", '"v1"', 304),
+])
+def test_if_none_match_is_compared_with_the_etag_of_the_representation_sent(
+        upstream, make_proxy, r, accept, if_none_match, status):
+    url, proxy, coded = coded_page(upstream, make_proxy, r)
+    got = request(proxy.port, q(url, "page"), headers={
+        "If-None-Match": if_none_match, **({"Accept-Encoding": accept} if accept else {})})
+    etag = '"v1-zstd"' if accept == "zstd" else '"v1"'
+    assert (got.status, got.headers["ETag"], got.headers["Vary"]) == (status, etag, "Accept-Encoding")
+    if status == 304:
+        assert (got.body, got.headers["Content-Length"]) == (b"", None)
+    else:
+        assert got.body == (coded if accept == "zstd" else HTML)
+    assert upstream.hits["/page"] == 1
+
+
+@pytest.mark.parametrize("accept", ["zstd", None])
+def test_a_range_is_over_the_representation_sent(upstream, make_proxy, r, accept):
+    url, proxy, coded = coded_page(upstream, make_proxy, r)
+    whole = coded if accept else HTML
+    coding = {"Accept-Encoding": accept} if accept else {}
+    got = request(proxy.port, q(url, "page"), headers={"Range": "bytes=0-99", **coding})
+    assert (got.status, got.body, got.headers["Content-Range"], got.headers["Content-Encoding"]) == \
+        (206, whole[:100], f"bytes 0-99/{len(whole)}", accept)
+    last = request(proxy.port, q(url, "page"), headers={"Range": f"bytes={len(whole) - 1}-", **coding})
+    assert (last.status, last.body) == (206, whole[-1:])
+    beyond = request(proxy.port, q(url, "page"), headers={"Range": f"bytes={len(whole)}-", **coding})
+    assert (beyond.status, beyond.headers["Content-Range"]) == (416, f"bytes */{len(whole)}")
+    # If-Range names the representation: the other one's ETag gets the whole of this one.
+    other = '"v1"' if accept else '"v1-zstd"'
+    ignored = request(proxy.port, q(url, "page"), headers={"Range": "bytes=0-99", "If-Range": other,
+                                                          **coding})
+    assert (ignored.status, ignored.body) == (200, whole)
+
+
+@pytest.mark.parametrize("origin_vary, vary", [
+    ("Accept-Language", "Accept-Language, Accept-Encoding"),
+    ("accept-encoding", "accept-encoding"),
+    ("Accept-Encoding, Accept-Language", "Accept-Encoding, Accept-Language"),
+])
+def test_vary_accept_encoding_is_merged_with_the_origins_vary_and_never_listed_twice(
+        upstream, make_proxy, r, origin_vary, vary):
+    url = upstream.serve("/vary", HTML, headers={"Content-Type": "text/html", "Vary": origin_vary})
+    proxy = make_proxy(compress_min_bytes=1024)
+    answers = [request(proxy.port, q(url), headers={"Accept-Encoding": "zstd"})]  # the miss
+    answers += [request(proxy.port, q(url), headers=headers)
+                for headers in ({"Accept-Encoding": "zstd"}, {})]
+    assert [got.headers["X-Cache"] for got in answers] == ["MISS", "HIT", "HIT"]
+    assert [got.headers.get_all("Vary") for got in answers] == [[vary]] * 3
+    assert upstream.hits["/vary"] == 1
+
+
+def test_a_304_from_upstream_freshens_a_compressed_entry_and_keeps_its_coding(
+        upstream, make_proxy, r):
+    def route(handler):
+        if upstream.hits["/reval"] == 1:
+            handler.reply(200, HTML, {"Content-Type": "text/html", "ETag": '"v1"',
+                                      "Cache-Control": "max-age=10"})
+        else:
+            handler.reply(304, b"", {"ETag": '"v1"', "Cache-Control": "max-age=100",
+                                     "X-Revalidated": "yes", "Content-Encoding": "gzip"})
+
+    url = upstream.route("/reval", route)
+    now = [time.time()]
+    proxy = make_proxy(compress_min_bytes=1024, clock=lambda: now[0], stale_ttl=300)
+    request(proxy.port, q(url, "reval"))
+    coded = cache_entry.decode(r.get("rp:reval")).body
+    now[0] += 20
+    got = request(proxy.port, q(url, "reval"), headers={"Accept-Encoding": "zstd"})
+    assert upstream.requests[-1][1].get("If-None-Match") == '"v1"'  # the plain validator upstream
+    assert (got.status, got.body, got.headers["Content-Encoding"], got.headers["ETag"],
+            got.headers["X-Revalidated"]) == (200, coded, "zstd", '"v1-zstd"', "yes")
+    assert "fwd-status=304" in got.headers["Cache-Status"]
+    entry = cache_entry.decode(r.get("rp:reval"))
+    assert (entry.coding, entry.body, entry.headers["x-revalidated"], entry.headers["cache-control"],
+            "content-encoding" in entry.headers) == ("zstd", coded, "yes", "max-age=100", False)
+    plain = request(proxy.port, q(url, "reval"))
+    assert (plain.body, plain.headers["X-Cache"], plain.headers["Content-Encoding"]) == (HTML, "HIT", None)
+    assert upstream.hits["/reval"] == 2
+
+
+def test_a_body_the_upstream_sent_gzip_coded_is_stored_decoded_and_not_compressed_again(
+        upstream, make_proxy, r):
+    url = upstream.serve("/gz", gzip.compress(HTML), headers={"Content-Type": "text/html",
+                                                             "Content-Encoding": "gzip"})
+    proxy = make_proxy(compress_min_bytes=1024)
+    assert request(proxy.port, q(url, "gz")).body == HTML
+    entry = cache_entry.decode(r.get("rp:gz"))
+    assert (entry.coding, entry.body, "content-encoding" in entry.headers) == ("", HTML, False)
+    got = request(proxy.port, q(url, "gz"), headers={"Accept-Encoding": "zstd, gzip"})
+    assert (got.body, got.headers["X-Cache"], got.headers["Content-Encoding"], got.headers["Vary"]) == \
+        (HTML, "HIT", None, None)
 
 
 @pytest.mark.parametrize("path, headers, size", [
