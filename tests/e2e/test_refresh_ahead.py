@@ -111,3 +111,31 @@ def test_at_most_8_refreshes_ahead_run_at_once(upstream, make_proxy):
     wait_until(lambda: not proxy.proxy.urls._refreshing)
     assert request(proxy.port, q(urls[8])).body == b"v1"  # its refresh starts now
     assert proxy.proxy.stats["refreshes_ahead"] == 9
+
+
+def test_the_fraction_is_of_the_rfc_freshness_lifetime_s_maxage_over_max_age(upstream, make_proxy):
+    url = upstream.serve("/shared", b"v1", headers={"Cache-Control": "max-age=10, s-maxage=100",
+                                                    "ETag": '"v1"'})
+    now = [1_000_000.0]
+    proxy = make_proxy(refresh_ahead=0.8, clock=lambda: now[0])
+    request(proxy.port, q(url))
+    now[0] += 79.9  # 8 s would be 80 % of max-age; a shared cache takes s-maxage's 100 s
+    assert request(proxy.port, q(url)).headers["X-Cache"] == "HIT"
+    assert proxy.proxy.stats["refreshes_ahead"] == 0
+    now[0] += 0.1
+    assert request(proxy.port, q(url)).headers["X-Cache"] == "HIT"
+    assert proxy.proxy.stats["refreshes_ahead"] == 1
+    wait_until(lambda: upstream.hits["/shared"] == 2)
+
+
+def test_a_stale_answer_the_request_accepted_starts_no_refresh_ahead(upstream, make_proxy):
+    url = upstream.serve("/stale", b"v1", headers={"Cache-Control": "max-age=10", "ETag": '"v1"'})
+    now = [1_000_000.0]
+    proxy = make_proxy(refresh_ahead=0.5, stale_ttl=300, clock=lambda: now[0])
+    request(proxy.port, q(url))
+    now[0] += 20
+    got = request(proxy.port, q(url), headers={"Cache-Control": "max-stale=60"})
+    assert (got.body, got.headers["X-Cache"]) == (b"v1", "STALE")
+    assert "detail=max-stale" in got.headers["Cache-Status"]
+    assert proxy.proxy.stats["refreshes_ahead"] == 0
+    assert upstream.hits["/stale"] == 1

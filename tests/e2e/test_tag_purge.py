@@ -1,6 +1,7 @@
 """Purge by tag (`DELETE|PURGE /?tag=T`) and soft purge (`soft=true`), on a real Redis with a
 real upstream: every proxy's L1 included, a store in flight not resurrecting what was purged."""
 
+import dataclasses
 import threading
 
 import pytest
@@ -168,11 +169,32 @@ def test_a_soft_purge_keeps_the_entry_and_revalidates_it_with_a_304(upstream, ma
     assert (again.status, again.body, again.headers["X-Cache"]) == (200, b"the body", "HIT")
     assert "fwd=stale; fwd-status=304" in again.headers["Cache-Status"]
     assert upstream.requests[-1][1].get("If-None-Match") == '"v1"'
+    # The 304's tag header updates no stored header: the tags are the entry's, and not shown.
+    assert again.headers["Surrogate-Key"] is None
+    assert "surrogate-key" not in cache_entry.decode(r.get(redis_key)).headers
     assert upstream.hits["/soft"] == 2
     assert cached(first.port, url) == "HIT"
     assert upstream.hits["/soft"] == 2
     # Revalidated, it is still tagged: a later tag purge reaches it.
     assert request(first.port, "/?tag=news", method="DELETE").json() == {"purged": 1}
+
+
+def test_a_soft_purge_keeps_a_compressed_entrys_coding_vary_key_and_tags(upstream, make_proxy, r):
+    body = b"<p>a line of news</p>\n" * 200
+    url = upstream.serve("/coded", body, headers={
+        "Content-Type": "text/html", "ETag": '"v1"', "Cache-Control": "max-age=600",
+        "Vary": "Accept-Language", "Surrogate-Key": "news"})
+    now = [1_000_000.0]
+    proxy = make_proxy(compress_min_bytes=1024, clock=lambda: now[0])
+    request(proxy.port, q(url))
+    redis_key = proxy.proxy.parse(url).redis_key
+    before = cache_entry.decode(r.get(redis_key))
+    assert (before.coding, before.tags, before.vary) == ("zstd", ("news",), {"accept-language": None})
+    now[0] += 10
+    assert request(proxy.port, "/?tag=news&soft=true", method="PURGE").json() == {"purged": 1}
+    after = cache_entry.decode(r.get(redis_key))
+    assert after == dataclasses.replace(before, fresh_for=10.0)
+    assert r.get(redis_key)[8:].startswith(b'{"v":4,')
 
 
 def test_a_soft_purged_entry_is_served_stale_if_upstream_then_fails(upstream, make_proxy):
