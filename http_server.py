@@ -43,7 +43,7 @@ from proxy.serving.access_log import AccessLog, masked_target
 from proxy.serving.auth import Authenticator, tokens_of
 from proxy.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.serving.metrics import Metrics
-from proxy.serving.query import BAD_PERCENT, QUERY_FIELDS, parse_query
+from proxy.serving.query import BAD_PERCENT, PURGE_FIELDS, QUERY_FIELDS, parse_query
 from proxy.serving.rate_limit import RateLimiter
 from proxy.serving.reply import DATES as _dates
 from proxy.serving.reply import REJECT as _REJECT
@@ -59,7 +59,7 @@ from redis_proxy import RedisProxy
 
 log = logging.getLogger(__name__)
 
-ALLOWED_METHODS = ("GET", "HEAD", "DELETE")
+ALLOWED_METHODS = ("GET", "HEAD", "DELETE", "PURGE")  # PURGE: Varnish's dialect, on `/` only
 READ_METHODS = ("GET", "HEAD")
 
 # The same short names as the errors.py classes for these statuses.
@@ -318,24 +318,29 @@ class ProxyHandler(BaseHTTPRequestHandler):
         return body
 
     def url_role(self, fields: dict[str, str]) -> None:
-        unknown = sorted(set(fields) - set(QUERY_FIELDS))
+        purging = self.command in ("DELETE", "PURGE")
+        unknown = sorted(set(fields) - set(PURGE_FIELDS if purging else QUERY_FIELDS))
         if unknown:
-            raise BadRequest(f"unknown query field {unknown[0]!r}; use url, key and params",
-                             error="bad query")
+            raise BadRequest(f"unknown query field {unknown[0]!r}; use url, key and params"
+                             + (", or tag, and soft=true" if purging else
+                                " (tag and soft are for DELETE and PURGE)"), error="bad query")
         url, key, params = fields.get("url"), fields.get("key"), fields.get("params")
         proxy = self.server.proxy
-        if self.command == "DELETE":
-            removed = proxy.purge(url, key, params)
+        if purging:
+            soft = fields.get("soft", "false")
+            if soft not in ("true", "false"):
+                raise BadRequest("soft must be true or false", error="bad query")
+            removed = proxy.purge(url, key, params, tag=fields.get("tag"), soft=soft == "true")
             self._reply_json(200, {"purged": removed})
             return
+        client = ClientRequest.of(self.command, self.headers.items())
         if url is None:
             if key is None:
                 raise BadRequest("give url=<absolute URL> (and optionally key=<name>), "
                                  "or key=<name> to read a cached entry", error="missing url")
-            self._reply_result(proxy.lookup(key))
+            self._reply_result(proxy.lookup(key, client))
             return
-        self._reply_result(proxy.fetch(url, key, params, ClientRequest.of(self.command,
-                                                                            self.headers.items())))
+        self._reply_result(proxy.fetch(url, key, params, client))
 
     def get_key(self, encoded: str) -> None:
         if "%" in encoded and BAD_PERCENT.search(encoded.encode("latin-1")):
@@ -449,7 +454,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
 
 def route_methods(path: str) -> tuple[str, ...]:
-    """The methods a path accepts: DELETE (purge) on the URL role only. An unknown path gets
+    """The methods a path accepts: DELETE and PURGE (purge) on the URL role only. An unknown path gets
     404 for any of the proxy's methods."""
     if path.startswith("/get/") or path in UNMETERED_ROUTES:
         return READ_METHODS

@@ -177,6 +177,27 @@ def _show_statuses(statuses: frozenset[int]) -> str:
 _statuses.show = _show_statuses  # type: ignore[attr-defined]
 
 
+def _fraction_below_one(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value < 1:  # also refuses nan
+        raise ValueError
+    return value
+
+
+_fraction_below_one.expected = "a fraction from 0 up to (not including) 1"  # type: ignore[attr-defined]
+
+
+def _header_names(raw: str) -> tuple[str, ...]:
+    """HTTP field names (RFC 9110 §5.1 tokens), comma-separated; empty = none."""
+    names = _words(raw)
+    if any(not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", name) for name in names):
+        raise ValueError
+    return names
+
+
+_header_names.expected = "a comma-separated list of header names"  # type: ignore[attr-defined]
+
+
 def _text(raw: str) -> str:
     return raw
 
@@ -370,6 +391,19 @@ class Settings:
     stale_while_revalidate: float = _setting("STALE_WHILE_REVALIDATE", _seconds(False), 0.0, "caching",
                                              "seconds past freshness a stale copy is served at once while "
                                              "one background refresh runs; 0 = off")
+    refresh_ahead: float = _setting("REFRESH_AHEAD", _fraction_below_one, 0.0, "caching",
+                                    "fraction of an entry's freshness after which a hit starts one "
+                                    "background refresh (`0.8`); 0 = off")
+    compress_min_bytes: int = _setting("COMPRESS_MIN_BYTES", _size, 1024, "caching",
+                                       "text, JSON, JS, CSS, XML and SVG bodies this large are stored "
+                                       "compressed (zstd) and served so to clients that accept it; 0 = off")
+    tag_header: tuple[str, ...] = _setting("TAG_HEADER", _header_names, ("Surrogate-Key", "Cache-Tag"),
+                                           "caching",
+                                           "response headers whose space- or comma-separated tags "
+                                           "`DELETE /?tag=T` purges by; empty = off")
+    tag_header_shown: bool = _setting("TAG_HEADER_SHOWN", _boolean, False, "caching",
+                                      "give clients the tags (in the first `TAG_HEADER`); false = "
+                                      "stripped")
     http_workers: int = _setting("HTTP_WORKERS", _integer(1), 1, "front",
                                  "pre-forked worker processes sharing the HTTP and RESP ports",
                                  flags=("-w", "--workers"))

@@ -53,7 +53,10 @@ class RedisProxy:
                  max_key_bytes: int = 1024, clock: Callable[[], float] = time.time,
                  stale_while_revalidate: float = 0.0, invalidation: str = "ttl",
                  redis_label: str = "", on_close: Iterable[Callable[[], None]] = (),
-                 get_allow_cache_prefix: bool = False, origin: str = ""):
+                 get_allow_cache_prefix: bool = False, origin: str = "",
+                 refresh_ahead: float = 0.0,
+                 tag_headers: Iterable[str] = ("Surrogate-Key", "Cache-Tag"),
+                 tag_headers_shown: bool = False, compress_min_bytes: int = 0):
         self.client = client
         self.fetcher = fetcher
         self.local = local_cache if local_cache is not None else LocalCache(capacity=0)
@@ -73,7 +76,11 @@ class RedisProxy:
         self.counters = Stats()
         limits = UrlLimits(prefix=prefix, max_url_bytes=max_url_bytes, max_key_bytes=max_key_bytes,
                            stale_ttl=stale_ttl, stale_if_error=stale_if_error,
-                           stale_while_revalidate=stale_while_revalidate, origin=origin)
+                           stale_while_revalidate=stale_while_revalidate, origin=origin,
+                           refresh_ahead=refresh_ahead,
+                           tag_headers=tuple(name.lower() for name in tag_headers),
+                           tag_headers_shown=tag_headers_shown,
+                           compress_min_bytes=compress_min_bytes)
         self.urls = UrlCache(client, fetcher, self.local, self.health, self.fetch_lock,
                              self.purge_markers, self.policy, self.counters, limits, clock=clock,
                              redis_label=redis_label)
@@ -169,21 +176,25 @@ class RedisProxy:
     def fetch(self, url: str, key: str | None = None, params: Any = None,
               request: ClientRequest | None = None) -> CacheResult:
         """The response for `url`: from L1, else Redis, else upstream (stored when storable).
-        `request`: what the client sent (its conditionals, Cache-Control, Range) and, in
-        reverse-proxy mode, the headers forwarded to the origin; None is a plain GET with none."""
+        `request`: what the client sent (its conditionals, Cache-Control, Range, and the
+        Accept-Encoding that chooses a compressed entry's representation) and, in reverse-proxy
+        mode, the headers forwarded to the origin; None is a plain GET with none of them."""
         return self.urls.fetch(url, key, params, request)
 
     def pass_through(self, url: str, request: ClientRequest, body: bytes | None = None) -> UpstreamResponse:
         """Send `request` on to `url` uncached; an unsafe method's success invalidates (RFC 9111 §4.4)."""
         return self.urls.pass_through(url, request, body)
 
-    def lookup(self, key: str) -> CacheResult:
-        """`?key=K` alone: what is stored under K, or KeyNotFound."""
-        return self.urls.lookup(key)
+    def lookup(self, key: str, request: ClientRequest | None = None) -> CacheResult:
+        """`?key=K` alone: what is stored under K, or KeyNotFound (of `request`, only its
+        Accept-Encoding is read)."""
+        return self.urls.lookup(key, request)
 
-    def purge(self, url: str | None = None, key: str | None = None, params: Any = None) -> int:
-        """Remove an entry from Redis and every proxy's L1; how many were removed."""
-        return self.urls.purge(url, key, params)
+    def purge(self, url: str | None = None, key: str | None = None, params: Any = None, *,
+              tag: str | None = None, soft: bool = False) -> int:
+        """Remove an entry (or every entry tagged `tag`) from Redis and every proxy's L1, or
+        with `soft` mark them stale; how many."""
+        return self.urls.purge(url, key, params, tag=tag, soft=soft)
 
     def check_key(self, key: str) -> bool:
         """Whether an entry is stored under the explicit key `key`."""
@@ -279,7 +290,10 @@ class RedisProxy:
                     invalidation=settings.l1_invalidation,
                     redis_label=mask_url(url), on_close=on_close,
                     get_allow_cache_prefix=settings.get_allow_cache_prefix,
-                    origin=settings.origin_url, **overrides)
+                    origin=settings.origin_url,
+                    refresh_ahead=settings.refresh_ahead, tag_headers=settings.tag_header,
+                    tag_headers_shown=settings.tag_header_shown,
+                    compress_min_bytes=settings.compress_min_bytes, **overrides)
         if check_at_start(client, mask_url(url)):
             proxy.configure_memory(settings.redis_maxmemory, settings.redis_eviction_policy)
         return proxy

@@ -11,13 +11,21 @@ from dataclasses import dataclass, field
 from proxy.cache.request import HOP_BY_HOP, connection_named
 
 _UNSAFE = re.compile(r"[\r\n\x00]")
+# A purge tag: visible ASCII but for the separators of the tag header (space and comma).
+TAG = re.compile(r"[!-+\--~]{1,256}")
+CODINGS = ("", "gzip", "zstd")  # content codings a body may be stored in ("" = identity)
 MAGIC = b"RPE1"  # redis-proxy entry, format 1: MAGIC, the metadata's length, JSON metadata, body
 _LENGTH = struct.Struct(">I")
 # Version of the JSON metadata. 2 adds "via", what admitted the entry; 3 keeps every end-to-end
-# header (not only KEPT_HEADERS) and "vary", the request header values the response's Vary names.
-# Entries of versions 1 (no "v", via=None) and 2 are still read; readers of 2 take a 3 as a miss.
+# header (not only KEPT_HEADERS) and "vary", the request header values the response's Vary names;
+# 4 is 3 plus "coding", the content coding the body is stored in (gzip or zstd): a reader of 3
+# would serve those bytes as they are, so it must take a 4 for a miss, and an identity body is
+# still written as a 3. "tags" (the entry's purge tags; absent = none) is optional in 3 and 4: a
+# reader that ignores it serves the entry rightly. Entries of versions 1 (no "v", via=None) and
+# 2 are still read; readers of 2 take a 3 as a miss.
 META_VERSION = 3
-READABLE_VERSIONS = (1, 2, META_VERSION)
+CODED_VERSION = 4
+READABLE_VERSIONS = (1, 2, META_VERSION, CODED_VERSION)
 
 # What versions 1 and 2 kept: headers worth replaying and needed for revalidation.
 KEPT_HEADERS = ("content-type", "content-language", "content-disposition", "etag",
@@ -44,6 +52,8 @@ class Entry:
     # The values of the request headers its Vary names, as sent upstream (RFC 9111 §4.1), names
     # lower-case, an absent header as None; None when the response has no Vary.
     vary: dict[str, str | None] | None = None
+    tags: tuple[str, ...] = ()  # purge tags from the response's tag header (proxy.store.tags)
+    coding: str = ""  # content coding of `body` as stored ("" = identity; proxy.cache.compression)
 
     def age(self, now: float) -> float:
         return max(0.0, now - self.fetched_at)
@@ -67,10 +77,15 @@ def header_bytes(headers: Mapping[str, str]) -> int:
 
 
 def encode(entry: Entry) -> bytes:
-    fields: dict[str, object] = {"v": META_VERSION, "status": entry.status, "url": entry.url,
+    fields: dict[str, object] = {"v": CODED_VERSION if entry.coding else META_VERSION,
+                                 "status": entry.status, "url": entry.url,
                                  "fetched_at": entry.fetched_at, "fresh_for": entry.fresh_for,
                                  "headers": entry.headers, "vary": entry.vary,
                                  "via": None if entry.via is None else [list(hop) for hop in entry.via]}
+    if entry.tags:
+        fields["tags"] = list(entry.tags)
+    if entry.coding:
+        fields["coding"] = entry.coding
     meta = json.dumps(fields, separators=(",", ":")).encode()
     return MAGIC + _LENGTH.pack(len(meta)) + meta + entry.body
 
@@ -88,22 +103,30 @@ def decode(raw: bytes) -> Entry | None:
         if version not in READABLE_VERSIONS:
             return None  # a later format: a miss, fetched again and rewritten
         via = None if version == 1 or meta.get("via") is None else _via(meta["via"])
-        vary = _vary(meta.get("vary")) if version == META_VERSION else None
+        vary = _vary(meta.get("vary")) if version >= META_VERSION else None
+        tags = meta.get("tags") or []
+        if not isinstance(tags, list):
+            raise ValueError("tags is a list")
+        # Only a 4 names a coding, and it must: a coded body under any other number is no entry.
+        coding = meta["coding"] if version == CODED_VERSION else meta.get("coding", "")
         entry = Entry(status=int(meta["status"]), body=raw[start + length:], url=str(meta["url"]),
                       fetched_at=float(meta["fetched_at"]), fresh_for=float(meta["fresh_for"]),
-                      headers=headers, via=via, vary=vary)
+                      headers=headers, via=via, vary=vary, tags=tuple(tags), coding=coding)
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
     allowed = (lambda name: _FIELD_NAME.fullmatch(name) is not None and name not in NOT_STORED) \
-        if version == META_VERSION else KEPT_HEADERS.__contains__
+        if version >= META_VERSION else KEPT_HEADERS.__contains__
     # Anyone who can write this Redis can write an entry: replay only headers this format
-    # stores (any end-to-end field from version 3; the eight KEPT_HEADERS before), as text with no CR, LF or NUL (which would split the response), and a status a
-    # client can be given.
+    # stores (any end-to-end field from version 3; the eight KEPT_HEADERS before), as text with
+    # no CR, LF or NUL (which would split the response), a status a client can be given, tags a
+    # tag purge could name, and a coding this proxy decodes.
     if not 200 <= entry.status <= 599 or not all(
             math.isfinite(number) and 0 <= number < 1e11 for number in (entry.fetched_at, entry.fresh_for)
     ) or any(
             not allowed(name) or not isinstance(value, str) or _UNSAFE.search(value)
-            for name, value in headers.items()):
+            for name, value in headers.items()) or any(
+            not isinstance(tag, str) or not TAG.fullmatch(tag) for tag in entry.tags) or (
+            entry.coding not in CODINGS) or ((version == CODED_VERSION) != bool(entry.coding)):
         return None
     return entry
 

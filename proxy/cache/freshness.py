@@ -167,6 +167,16 @@ def vary_names(headers: Mapping[str, str]) -> list[str]:
     return [name.strip().lower() for name in headers.get("vary", "").split(",") if name.strip()]
 
 
+def with_vary(headers: Mapping[str, str], name: str) -> dict[str, str]:
+    """`headers` with `name` in their Vary: appended to what the origin listed, never twice
+    (compared without case), and nothing added to `Vary: *`, which already covers it."""
+    listed = vary_names(headers)
+    if name.lower() in listed or "*" in listed:
+        return dict(headers)
+    vary = headers.get("vary", "").strip()
+    return {**headers, "vary": f"{vary}, {name}" if vary else name}
+
+
 def with_date(headers: Mapping[str, str], response_time: float) -> dict[str, str]:
     """RFC 9110 §6.6.1: a response without Date gets the time it was received."""
     return dict(headers) if "date" in headers else {**headers, "date": format_http_date(response_time)}

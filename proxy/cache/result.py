@@ -23,6 +23,7 @@ class CacheResult:
     upstream_status: int = 0  # what upstream answered, when it was asked
     stored: bool = False
     detail: str = ""  # RFC 9211 detail= of a STALE answer: stale-if-error or stale-while-revalidate
+    coding: str = ""  # content coding of `body` as stored ("" = identity; proxy.cache.compression)
 
     @property
     def content_type(self) -> str:

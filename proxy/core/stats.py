@@ -29,3 +29,4 @@ class Stats:
     def count(self, name: str, amount: float = 1) -> None:
         with self._lock:
             self.counts[name] += amount  # type: ignore[assignment]  # Counter holds floats too
+REFRESHES_AHEAD = "refreshes_ahead"

@@ -13,7 +13,7 @@ from urllib.parse import urljoin, urlsplit
 
 import redis
 
-from proxy.cache import conditional
+from proxy.cache import compression, conditional
 from proxy.cache import entry as cache_entry
 from proxy.cache import keys as cache_keys
 from proxy.cache.conditional import Demands
@@ -25,6 +25,7 @@ from proxy.cache.freshness import (
     may_serve_stale_while_revalidate,
     vary_names,
     with_date,
+    with_vary,
     without_unvalidated,
 )
 from proxy.cache.local_cache import MISSING, URL_TIER, LocalCache
@@ -57,13 +58,15 @@ from proxy.errors import (
 from proxy.log_limit import LogLimiter
 from proxy.store.connection import RedisHealth
 from proxy.store.fetch_lock import FetchLock
-from proxy.store.purge_marker import PurgeMarkers, Start
+from proxy.store.purge_marker import PurgeMarkers, Start, marker_key
+from proxy.store.tags import MAX_TAGS, TagIndex, tags_of
 from proxy.upstream.fetcher import Fetcher, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
 MAX_REFRESHES = 8  # background stale-while-revalidate refreshes running at once
 PLAIN = ClientRequest()  # a GET with no headers of its own: the card's behaviour
+ACCEPT_ENCODING = "Accept-Encoding"  # what a compressed entry's answers vary on (`represent`)
 MAX_STALE = "max-stale"  # Cache-Status detail of a stale answer the request's max-stale accepted
 # Request fields whose values RFC 9111 §4.1 lets a cache compare case-insensitively.
 _CASELESS = frozenset({"accept", "accept-charset", "accept-encoding", "accept-language"})
@@ -93,6 +96,12 @@ class UrlLimits:
     # ORIGIN_URL in reverse-proxy mode: a redirect from this origin is the answer, relayed to
     # the client, never followed; "" in the URL role alone.
     origin: str = ""
+    # Fraction of freshness after which a hit starts one background refresh; 0 = off.
+    refresh_ahead: float = 0.0
+    # Response headers whose tags index the entry for purge by tag (lower case); () = off.
+    tag_headers: tuple[str, ...] = ("surrogate-key", "cache-tag")
+    tag_headers_shown: bool = False  # replay the tags to clients (in the first tag header)
+    compress_min_bytes: int = 0  # bodies this large that compress are stored compressed; 0 = off
 
 
 class UrlCache:
@@ -101,13 +110,14 @@ class UrlCache:
     def __init__(self, client: Any, fetcher: Fetcher, local: LocalCache, health: RedisHealth,
                  fetch_lock: FetchLock, purge_markers: PurgeMarkers, policy: Policy, stats: Stats,
                  limits: UrlLimits, *, clock: Callable[[], float] = time.time,
-                 redis_label: str = ""):
+                 redis_label: str = "", tags: TagIndex | None = None):
         self.client = client
         self.fetcher = fetcher
         self.local = local
         self.health = health
         self.fetch_lock = fetch_lock
         self.purge_markers = purge_markers
+        self.tags = tags or TagIndex(client, health, limits.prefix, purge_markers.lifetime)
         self.policy = policy
         self.stats = stats
         self.limits = limits
@@ -142,10 +152,11 @@ class UrlCache:
     def fetch(self, url: str, key: str | None = None, params: Any = None,
               client: ClientRequest | None = None) -> CacheResult:
         """The response for `url`: from L1, else Redis, else upstream (stored when storable).
-        `client`: what the client sent; its request directives choose what may be reused, and
-        its conditionals and Range shape the answer (proxy.cache.conditional); its forwarded
-        headers, less those (cache_fill_headers), go to the origin on a fill and select the
-        variant (Vary)."""
+        `client`: what the client sent; its request directives choose what may be reused, its
+        Accept-Encoding chooses a compressed entry's representation (`represent`), and its
+        conditionals and Range apply to that representation (proxy.cache.conditional); its
+        forwarded headers, less those (cache_fill_headers), go to the origin on a fill and select
+        the variant (Vary)."""
         request = self.parse(url, key, params)
         self.fetcher.check(request.target)  # the upstream policy holds for cached entries too
         client = client or PLAIN
@@ -154,7 +165,7 @@ class UrlCache:
                                  for name, value in cache_fill_headers(client).items()))
         if forwarded or demands.no_store:
             request = dataclasses.replace(request, forwarded=forwarded, store=not demands.no_store)
-        result = self._answer(request, demands)
+        result = represent(self._answer(request, demands), client.headers.get("accept-encoding"))
         return conditional.respond(client.method, client.headers, result) if client.headers else result
 
     def _answer(self, request: UrlRequest, demands: Demands) -> CacheResult:
@@ -168,6 +179,8 @@ class UrlCache:
             reused = self._reuse(request, local, now, demands)
             if reused is not None:
                 self.stats.count(names.HITS_L1)
+                if reused.cache == HIT:
+                    self._refresh_ahead(request, local, now)
                 return reused
         epoch = self.local.epoch
         stored, redis_up = self._read_entry(request.redis_key)
@@ -182,6 +195,7 @@ class UrlCache:
             if reused is not None and reused.cache == HIT:
                 self.stats.count(names.HITS_REDIS)
                 self.local.set((URL_TIER, request.redis_key), stored, stored.remaining(now), epoch=epoch)
+                self._refresh_ahead(request, stored, now)
                 return reused
             if reused is not None:
                 self.stats.count(names.HITS_STALE)
@@ -194,7 +208,7 @@ class UrlCache:
             # RFC 5861 §3: answer with the stale copy now and refresh it once, in the background.
             self.stats.count(names.HITS_STALE)
             self._refresh_in_background(request, stored)
-            return _from_entry(stored, now, STALE, detail=STALE_WHILE_REVALIDATE, policy=self.policy)
+            return self._result(stored, now, STALE, detail=STALE_WHILE_REVALIDATE, policy=self.policy)
         if demands.only_if_cached:
             raise NotCached()  # RFC 9111 §5.2.1.7: a stored answer or 504, never upstream
         self.stats.count(names.MISSES)
@@ -213,9 +227,9 @@ class UrlCache:
             return None
         age, remaining = entry.age(now), entry.remaining(now)
         if demands.fresh_enough(age, remaining):
-            return _from_entry(entry, now, HIT, policy=self.policy)
+            return self._result(entry, now, HIT, policy=self.policy)
         if demands.stale_accepted(age, remaining) and self.policy.may_serve_stale(entry.headers):
-            return _from_entry(entry, now, STALE, detail=MAX_STALE, policy=self.policy)
+            return self._result(entry, now, STALE, detail=MAX_STALE, policy=self.policy)
         return None
 
     def _secondary(self, request: UrlRequest) -> dict[str, str]:
@@ -279,14 +293,25 @@ class UrlCache:
         except Forbidden:
             return None  # stored by a looser proxy: our own fetch asks the policy, which answers
         self.local.set((URL_TIER, request.redis_key), entry, entry.remaining(now), epoch=epoch)
-        return _from_entry(entry, now, HIT, policy=self.policy)
+        return self._result(entry, now, HIT, policy=self.policy)
 
-    def _refresh_in_background(self, request: UrlRequest, stale: Entry) -> None:
+    def _refresh_ahead(self, request: UrlRequest, entry: Entry, now: float) -> None:
+        """REFRESH_AHEAD: a hit past that fraction of the entry's freshness starts one background
+        refresh (conditional when it has validators), so a hot entry is replaced before it
+        expires in front of a client."""
+        fraction = self.limits.refresh_ahead
+        if fraction > 0 and entry.age(now) >= fraction * entry.fresh_for > 0 \
+                and self._refresh_in_background(request, entry):
+            self.stats.count(names.REFRESHES_AHEAD)
+
+    def _refresh_in_background(self, request: UrlRequest, stale: Entry) -> bool:
+        """Start one refresh of `stale` in a thread; False when one for this key is running
+        already or MAX_REFRESHES are."""
         with self._refreshing_lock:
             # One refresh per key, and a few at once: the stale copy is served either way, and
             # a burst of keys going stale must not become a burst of threads and fetches.
             if request.redis_key in self._refreshing or len(self._refreshing) >= MAX_REFRESHES:
-                return
+                return False
             self._refreshing.add(request.redis_key)
 
         def refresh() -> None:
@@ -304,16 +329,21 @@ class UrlCache:
                     self._refreshing.discard(request.redis_key)
 
         threading.Thread(target=refresh, name="revalidate", daemon=True).start()
+        return True
 
-    def lookup(self, key: str) -> CacheResult:
-        """`?key=K` alone: what is stored under K, or KeyNotFound."""
+    def lookup(self, key: str, client: ClientRequest | None = None) -> CacheResult:
+        """`?key=K` alone: what is stored under K, or KeyNotFound; of `client`, only its
+        Accept-Encoding is read (no conditionals, no Range here)."""
+        return represent(self._lookup(key), (client or PLAIN).headers.get("accept-encoding"))
+
+    def _lookup(self, key: str) -> CacheResult:
         redis_key = self._explicit_key(key)
         now = self.clock()
         local = self.local.get((URL_TIER, redis_key))
         if local is not MISSING and local.remaining(now) > 0:
             self.fetcher.check_source(local.url, local.via)
             self.stats.count(names.HITS_L1)
-            return _from_entry(local, now, HIT, policy=self.policy)
+            return self._result(local, now, HIT, policy=self.policy)
         stored, redis_up = self._read_entry(redis_key)
         if stored is None:
             if not redis_up:
@@ -322,21 +352,49 @@ class UrlCache:
         # Whoever stored it, it is served only if this proxy's policy would have fetched it.
         self.fetcher.check_source(stored.url, stored.via)
         self.stats.count(names.HITS_REDIS)
-        return _from_entry(stored, now, HIT if stored.remaining(now) > 0 else STALE, policy=self.policy)
+        return self._result(stored, now, HIT if stored.remaining(now) > 0 else STALE,
+                            policy=self.policy)
 
-    def purge(self, url: str | None = None, key: str | None = None, params: Any = None) -> int:
-        """Remove an entry from Redis and L1; other proxies' L1 copies follow by invalidation
-        (or expire by their TTL with L1_INVALIDATION=ttl). Returns how many were removed."""
+    def purge(self, url: str | None = None, key: str | None = None, params: Any = None, *,
+              tag: str | None = None, soft: bool = False) -> int:
+        """Remove an entry (or every entry tagged `tag`) from Redis and L1; other proxies' L1
+        copies follow by invalidation (or expire by their TTL with L1_INVALIDATION=ttl).
+        `soft`: mark them stale instead, to be revalidated on next use. Returns how many."""
+        if tag is not None:
+            if url is not None or key is not None or params is not None:
+                raise BadRequest("give tag=<tag> alone, or key= / url= to purge one entry",
+                                 error="bad query")
+            return self._purge_tag(tag, soft)
         if url is not None:
             redis_key = self.parse(url, key, params).redis_key
         elif key is not None:
             redis_key = self._explicit_key(key)
         else:
-            raise BadRequest("give key=<name> or url=<absolute URL> to purge", error="missing key")
-        self.local.pop((URL_TIER, redis_key))
-        # The marker makes a fetch that was in flight refuse to store its older answer.
-        removed: int = redis_call(self.health, lambda: self.purge_markers.purge([redis_key]))
-        self.local.pop((URL_TIER, redis_key))  # a read that raced the delete may have refilled it
+            raise BadRequest("give key=<name>, url=<absolute URL> or tag=<tag> to purge",
+                             error="missing key")
+        return self._purge_keys([redis_key], soft)
+
+    def _purge_tag(self, tag: str, soft: bool) -> int:
+        if not cache_entry.TAG.fullmatch(tag):
+            raise BadRequest("tag must be 1 to 256 visible ASCII characters, with no space or "
+                             "comma", error="bad tag")
+        if not self.limits.tag_headers:
+            raise BadRequest("purge by tag is off: set TAG_HEADER to the response header that "
+                             "carries tags", error="tags off")
+        keys: list[str] = redis_call(self.health, lambda: self.tags.begin_purge(tag))
+        return self._purge_keys(keys, soft)
+
+    def _purge_keys(self, redis_keys: list[str], soft: bool) -> int:
+        for redis_key in redis_keys:
+            self.local.pop((URL_TIER, redis_key))
+        removed: int
+        if soft:
+            removed = redis_call(self.health, lambda: self._mark_stale(redis_keys))
+        else:
+            # The marker makes a fetch that was in flight refuse to store its older answer.
+            removed = redis_call(self.health, lambda: self.purge_markers.purge(redis_keys))
+        for redis_key in redis_keys:
+            self.local.pop((URL_TIER, redis_key))  # a read that raced the delete may have refilled it
         self.stats.count(names.PURGES)
         return removed
 
@@ -381,6 +439,23 @@ class UrlCache:
         """Whether `target` is the origin's, whose redirects go to the client as they are."""
         return bool(self.limits.origin) and cache_keys.same_origin(target, self.limits.origin)
 
+    def _mark_stale(self, redis_keys: list[str]) -> int:
+        """Soft purge: each entry rewritten as stale from now (its TTL kept), so its next use
+        revalidates it and stale-if-error may still serve it; a fetch in flight is refused its
+        store as by a purge. How many entries were marked."""
+        self.purge_markers.purge([], marks=[marker_key(redis_key) for redis_key in redis_keys])
+        marked = 0
+        for redis_key in redis_keys:
+            raw = self.health.call(functools.partial(self.client.get, redis_key))
+            entry = cache_entry.decode(raw) if raw else None
+            if entry is None:
+                continue
+            now = self.clock()
+            stale = dataclasses.replace(entry, fresh_for=min(entry.fresh_for, entry.age(now)))
+            # Only if it is still the entry read: a newer store is left as it is.
+            marked += self.tags.replace(redis_key, raw, cache_entry.encode(stale))
+        return marked
+
     def check_key(self, key: str) -> bool:
         """Whether an entry is stored under the explicit key `key`."""
         redis_key = self._explicit_key(key)
@@ -417,6 +492,7 @@ class UrlCache:
         # means this answer is older than the purge, and it is neither stored nor kept in L1.
         epoch = self.local.epoch
         start = self.purge_markers.start(request.redis_key) if redis_up else None
+        tag_start = self.tags.start() if redis_up and self.limits.tag_headers else None
         window = self.limits.stale_if_error if stale is None else self.policy.stale_window(
             stale.headers, STALE_IF_ERROR, self.limits.stale_if_error, self.limits.stale_ttl)
         request_time = self.clock()
@@ -434,51 +510,79 @@ class UrlCache:
                                      origin, exc.detail)
             now = self.clock()
             if stale is not None and may_serve_stale_if_error(self.policy, stale, now, window):
-                return _from_entry(stale, now, STALE, detail=STALE_IF_ERROR)
+                return self._result(stale, now, STALE, detail=STALE_IF_ERROR)
             raise
         self.stats.count(names.UPSTREAM_SECONDS, time.monotonic() - fetch_started)
         self.stats.count(names.UPSTREAM_FETCHES)
         now = self.clock()
         if response.status == 304 and stale is not None:
+            # The entry keeps its body, coding and tags; a tag header on the 304 is not a header.
             entry = freshened(self.policy, stale, response.headers, response.hops, now, request_time)
+            entry = dataclasses.replace(entry, headers=_without(entry.headers, self.limits.tag_headers))
             stored = self.policy.storable(stale.status, entry.headers, now) \
-                and self._store(request.redis_key, entry, start, epoch)
-            return dataclasses.replace(_from_entry(entry, now, HIT, forward="stale"),
+                and self._store(request.redis_key, entry, start, epoch, tag_start)
+            return dataclasses.replace(self._result(entry, now, HIT, forward="stale"),
                                        upstream_status=304, stored=stored)
         if (response.status >= 500 and stale is not None
                 and may_serve_stale_if_error(self.policy, stale, now, window)):
-            return dataclasses.replace(_from_entry(stale, now, STALE, detail=STALE_IF_ERROR),
+            return dataclasses.replace(self._result(stale, now, STALE, detail=STALE_IF_ERROR),
                                        upstream_status=response.status)
-        # Every end-to-end header is relayed; the origin's Date kept (one added if it sent none).
-        headers = with_date(cache_entry.kept_headers(response.headers), now)
+        tag_headers = self.limits.tag_headers
+        tags = tags_of(response.headers, tag_headers) if tag_headers else ()
+        if tags is None:
+            log.info("not storing %s: its %s header holds more than %d tags or one that is not "
+                     "1-256 visible ASCII characters", request.redis_key, "/".join(tag_headers),
+                     MAX_TAGS)
+        # Every end-to-end header is relayed (the tags are the entry's, not a header: shown only
+        # with TAG_HEADER_SHOWN); the origin's Date kept (one added if it sent none).
         entry = Entry(status=response.status, body=response.body, url=request.canonical,
                       fetched_at=now - self.policy.initial_age(response.headers, request_time, now),
                       fresh_for=self.policy.lifetime(response.headers, now, response.status),
-                      headers=with_date(self.policy.stored_headers(response.headers), now),
-                      via=response.hops, vary=self._vary_of(request, response.headers))
+                      headers=with_date(_without(self.policy.stored_headers(response.headers),
+                                                 tag_headers), now),
+                      via=response.hops, vary=self._vary_of(request, response.headers),
+                      tags=tags or ())
         refusal = self.policy.refusal(response.status, response.headers, now) if request.store \
             else "request"
         if refusal == HEADERS_TOO_LARGE:
             log.info("not storing %s: its headers exceed MAX_STORED_HEADERS (%d fields) or "
                      "MAX_STORED_HEADER_BYTES (%d bytes)", request.redis_key,
                      self.policy.max_headers, self.policy.max_header_bytes)
-        stored = not refusal and self._store(request.redis_key, entry, start, epoch)
+        kept = self._compressed(entry, response.headers)
+        stored = not refusal and tags is not None \
+            and self._store(request.redis_key, kept, start, epoch, tag_start)
+        headers = self._shown(entry, with_date(_without(cache_entry.kept_headers(response.headers),
+                                                        tag_headers), now))
+        if stored and kept.coding:
+            headers = with_vary(headers, ACCEPT_ENCODING)  # as every later answer from the entry
         return CacheResult(response.status, response.body, headers,
                            MISS if redis_up else BYPASS, int(entry.age(now)),
                            forward="stale" if stale else "miss",
                            upstream_status=response.status, stored=stored,
                            detail=HEADERS_TOO_LARGE if refusal == HEADERS_TOO_LARGE else "")
 
-    def _store(self, redis_key: str, entry: Entry, start: Start | None, epoch: int) -> bool:
+    def _store(self, redis_key: str, entry: Entry, start: Start | None, epoch: int,
+               tag_start: int | None = None) -> bool:
         """One atomic write with a TTL (SETEX semantics): freshness left plus the stale window.
-        Refused when the entry was purged since `start` (None: Redis was not reachable then);
-        the L1 copy is kept unless the entry was invalidated since `epoch`."""
+        Refused when the entry was purged since `start` (None: Redis was not reachable then),
+        or one of its tags since `tag_start` (proxy.store.tags: named in each tag's set, then
+        checked, then written through the purge markers); the L1 copy is kept unless the entry was
+        invalidated since `epoch`."""
         fresh_left = entry.remaining(self.clock())
         keep_for = fresh_left + self.limits.stale_ttl
         if keep_for <= 0 or start is None:
             return False
+        if not self.limits.tag_headers:
+            entry = dataclasses.replace(entry, tags=())
+        elif entry.tags and tag_start is None:
+            return False
         value, ttl = cache_entry.encode(entry), max(1, math.ceil(keep_for))
         try:
+            if entry.tags and tag_start is not None and (
+                    not self.tags.add(redis_key, entry.tags, ttl)
+                    or self.tags.purged_since(entry.tags, tag_start)):
+                self.stats.count(names.STORES_REFUSED)
+                return False
             # The script reads the key back after the write (a write ends Redis's tracking of
             # it), so the L1 copy hears of a purge or a replacement by another proxy.
             if not self.purge_markers.store(redis_key, value, ttl, start):
@@ -492,10 +596,39 @@ class UrlCache:
         self.local.set((URL_TIER, redis_key), entry, fresh_left, epoch=epoch)
         return True
 
+    def _compressed(self, entry: Entry, upstream_headers: Any) -> Entry:
+        """The entry as stored: its body compressed when it is large enough, of a type that
+        compresses, not content-coded already, and smaller for it."""
+        least = self.limits.compress_min_bytes
+        if not least or entry.coding or len(entry.body) < least or not compression.compressible(
+                {"content-type": upstream_headers.get("content-type", ""),
+                 "content-encoding": upstream_headers.get("content-encoding", "")}):
+            return entry
+        coding = compression.STORED_CODING
+        body = compression.encode(entry.body, coding)
+        return dataclasses.replace(entry, body=body, coding=coding) if len(body) < len(entry.body) \
+            else entry
+
     def _store_error(self, exc: BaseException) -> None:
         self.stats.count(names.STORE_ERRORS)
         self.log_limiter.warning("store error", "redis refused a write on %s: %s",
                                  self.redis_label or "redis", exc)
+
+
+    def _result(self, entry: Entry, now: float, cache: str, forward: str = "",
+                detail: str = "", policy: Policy | None = None) -> CacheResult:
+        """The answer from a stored entry; `policy` given: reused without revalidation, so less
+        the fields its `no-cache="f"` names. Its tags shown with TAG_HEADER_SHOWN."""
+        headers = entry.headers if policy is None else without_unvalidated(entry.headers, policy)
+        return CacheResult(entry.status, entry.body, self._shown(entry, headers), cache,
+                           int(entry.age(now)), entry.remaining(now), forward, detail=detail,
+                           coding=entry.coding)
+
+    def _shown(self, entry: Entry, headers: dict[str, str]) -> dict[str, str]:
+        """`headers`, and the entry's tags in the first tag header when they are shown."""
+        if entry.tags and self.limits.tag_headers_shown and self.limits.tag_headers:
+            return {**headers, self.limits.tag_headers[0]: " ".join(entry.tags)}
+        return headers
 
 
 def _flight_key(request: UrlRequest) -> tuple[str, str, tuple[tuple[str, str], ...]]:
@@ -506,14 +639,27 @@ def _flight_key(request: UrlRequest) -> tuple[str, str, tuple[tuple[str, str], .
     return (request.redis_key, request.canonical,
             tuple(pair for pair in request.forwarded if pair[0] not in NOT_COALESCED))
 
+def represent(result: CacheResult, accept_encoding: str | None) -> CacheResult:
+    """A compressed entry's answer for one client: the stored bytes with `Content-Encoding`
+    (and the ETag of that representation) when its Accept-Encoding takes the coding, else the
+    body decoded; `Vary: Accept-Encoding` either way, merged with the origin's Vary."""
+    if not result.coding:
+        return result
+    headers = with_vary(result.headers, ACCEPT_ENCODING)
+    if compression.accepts(accept_encoding, result.coding):
+        headers["content-encoding"] = result.coding
+        if "etag" in headers:
+            headers["etag"] = compression.encoded_etag(headers["etag"], result.coding)
+        return dataclasses.replace(result, headers=headers)
+    try:
+        body = compression.decode(result.body, result.coding)
+    except ValueError as exc:
+        raise BadGateway(f"the stored entry does not decode: {exc}") from exc
+    return dataclasses.replace(result, body=body, headers=headers, coding="")
 
-def _from_entry(entry: Entry, now: float, cache: str, forward: str = "", detail: str = "",
-                policy: Policy | None = None) -> CacheResult:
-    """The answer from a stored entry; `policy` given: reused without revalidation, so less the
-    fields its `no-cache="f"` names."""
-    headers = entry.headers if policy is None else without_unvalidated(entry.headers, policy)
-    return CacheResult(entry.status, entry.body, headers, cache,
-                       int(entry.age(now)), entry.remaining(now), forward, detail=detail)
+
+def _without(headers: dict[str, str], names: tuple[str, ...]) -> dict[str, str]:
+    return {name: value for name, value in headers.items() if name not in names} if names else headers
 
 
 def _normalised(name: str, value: str) -> str:

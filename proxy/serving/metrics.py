@@ -162,7 +162,9 @@ class _ProxyCollector(Collector):
                 ("store_errors", "store_errors", "Writes Redis refused (OOM, READONLY, ...)"),
                 ("coalesced_waits", "coalesced_waits", "Misses that waited for another fetch"),
                 ("invalidations", "invalidations", "L1 keys dropped on Redis invalidation"),
-                ("purges", "purges", "Purge requests")):
+                ("purges", "purges", "Purge requests"),
+                ("refreshes_ahead", "refreshes_ahead",
+                 "Background refreshes started by REFRESH_AHEAD on a hit")):
             yield CounterMetricFamily(f"redis_proxy_{name}", text, value=stats.get(key, 0))
         refusals = CounterMetricFamily("redis_proxy_upstream_refusals",
                                        "URLs refused by the upstream policy", labels=["reason"])

@@ -6,6 +6,7 @@ from urllib.parse import unquote_to_bytes
 from proxy.errors import BadRequest
 
 QUERY_FIELDS = ("url", "key", "params")
+PURGE_FIELDS = ("url", "key", "params", "tag", "soft")  # DELETE and PURGE take these
 BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")  # a '%' not followed by two hex digits
 
 

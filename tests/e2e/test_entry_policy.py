@@ -226,8 +226,10 @@ def test_entry_metadata_version_3_round_trips_and_bad_hops_are_not_entries():
             b'"via":[["http://a.example/","93.184.216.34"]]',
             b'"via":' + json.dumps(via).encode())
         assert cache_entry.decode(raw) is None, via
-    later = cache_entry.encode(entry).replace(b'"v":3', b'"v":4')
+    later = cache_entry.encode(entry).replace(b'"v":3', b'"v":5')
     assert cache_entry.decode(later) is None
+    # Version 4 is 3 plus a coding, which it must name (tests/e2e/test_compression.py).
+    assert cache_entry.decode(cache_entry.encode(entry).replace(b'"v":3', b'"v":4')) is None
 
 
 # ----- /get/ and RESP: the URL cache's keys ---------------------------------------------------

@@ -127,7 +127,7 @@ def test_bad_paths(proxy, path, status, error):
     ("DELETE", "/get/x", "GET, HEAD"),
     ("POST", "/health", "GET, HEAD"),
     ("DELETE", "/metrics", "GET, HEAD"),
-    ("PUT", "/?key=x", "GET, HEAD, DELETE"),
+    ("PUT", "/?key=x", "GET, HEAD, DELETE, PURGE"),
 ])
 def test_405_allow_lists_only_the_methods_of_the_route(proxy, r, method, path, allow):
     r.set("x", b"v")

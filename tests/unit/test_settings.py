@@ -102,3 +102,21 @@ def test_an_unusable_log_file_is_a_bad_setting_not_a_traceback(tmp_path):
     assert done.returncode == 2
     assert "LOG_FILE=" in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("raw, expected", [("0", 0.0), ("0.8", 0.8), ("0.999", 0.999)])
+def test_refresh_ahead_is_a_fraction_below_one(raw, expected):
+    assert load_settings({"REFRESH_AHEAD": raw}, env_file=None).refresh_ahead == expected
+
+
+@pytest.mark.parametrize("raw", ["1", "-0.1", "nan", "80%"])
+def test_refresh_ahead_outside_zero_to_one_is_refused(raw):
+    with pytest.raises(ConfigError, match=r"REFRESH_AHEAD=.*expected a fraction from 0 up to"):
+        load_settings({"REFRESH_AHEAD": raw}, env_file=None)
+
+
+def test_tag_headers_default_to_surrogate_key_and_cache_tag_and_take_header_names():
+    assert load_settings({}, env_file=None).tag_header == ("Surrogate-Key", "Cache-Tag")
+    assert load_settings({"TAG_HEADER": "X-Tags"}, env_file=None).tag_header == ("X-Tags",)
+    with pytest.raises(ConfigError, match="TAG_HEADER='X Tags': expected a comma-separated list of header names"):
+        load_settings({"TAG_HEADER": "X Tags"}, env_file=None)
