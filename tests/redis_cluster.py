@@ -4,13 +4,13 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Callable
 
 import redis
 
 from proxy.errors import LauncherError
 from proxy.store.launcher import RedisServer, free_port
+from servers import wait_until
 
 CLUSTER_NODE_ARGS = (
     "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
@@ -64,14 +64,11 @@ def _free(port: int) -> bool:
 
 
 def _poll(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise RuntimeError(f"{what} not within {timeout} s")
-        time.sleep(interval)
+    """servers.wait_until, saying what was waited for when it does not happen."""
+    try:
+        return wait_until(predicate, timeout, interval)
+    except AssertionError as exc:
+        raise RuntimeError(f"{what} not within {timeout} s") from exc
 
 
 def _info_field(server: RedisServer, section: str, field: str) -> str:
