@@ -62,7 +62,7 @@ from proxy.store.connection import RedisHealth
 from proxy.store.fetch_lock import FetchLock
 from proxy.store.purge_marker import PurgeMarkers, Start
 from proxy.store.tags import MAX_TAGS, TagIndex, tags_of
-from proxy.upstream.fetcher import Fetcher
+from proxy.upstream.fetcher import Fetcher, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -389,6 +389,15 @@ class UrlCache(Purging):
                 and may_serve_stale_if_error(self.policy, stale, now, window)):
             return dataclasses.replace(self._result(stale, now, STALE, detail=STALE_IF_ERROR),
                                        upstream_status=response.status)
+        return self._fresh_answer(request, response, stale, redis_up, now, request_time,
+                                  start, epoch, tag_start)
+
+    def _fresh_answer(self, request: UrlRequest, response: UpstreamResponse, stale: Entry | None,
+                      redis_up: bool, now: float, request_time: float, start: Start | None,
+                      epoch: int, tag_start: int | None) -> CacheResult:
+        """A new response from upstream (not a 304 freshening `stale`): stored when storable
+        (`start`, `epoch`, `tag_start`: where the purges stood before the fetch, see `_store`),
+        and the client's answer."""
         tag_headers = self.limits.tag_headers
         tags = tags_of(response.headers, tag_headers) if tag_headers else ()
         if tags is None:
