@@ -1,241 +1,73 @@
 """Settings: one frozen object read from `.env` and the environment (the environment wins)."""
 
 import dataclasses
-import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
 from proxy.errors import ConfigError
+from proxy.settings_parsers import (
+    addresses as _addresses,
+)
+from proxy.settings_parsers import (
+    boolean as _boolean,
+)
+from proxy.settings_parsers import (
+    choice as _choice,
+)
+from proxy.settings_parsers import (
+    fraction as _fraction,
+)
+from proxy.settings_parsers import (
+    fraction_below_one as _fraction_below_one,
+)
+from proxy.settings_parsers import (
+    header_names as _header_names,
+)
+from proxy.settings_parsers import (
+    hosts as _hosts,
+)
+from proxy.settings_parsers import (
+    integer as _integer,
+)
+from proxy.settings_parsers import (
+    networks as _networks,
+)
+from proxy.settings_parsers import (
+    optional_seconds as _optional_seconds,
+)
+from proxy.settings_parsers import (
+    origin as _origin,
+)
+from proxy.settings_parsers import (
+    ports as _ports,
+)
+from proxy.settings_parsers import (
+    prefix as _prefix,
+)
+from proxy.settings_parsers import (
+    seconds as _seconds,
+)
+from proxy.settings_parsers import (
+    size as _size,
+)
+from proxy.settings_parsers import (
+    statuses as _statuses,
+)
+from proxy.settings_parsers import (
+    text as _text,
+)
+from proxy.settings_parsers import (
+    words as _words,
+)
 
 EVICTION_POLICIES = (
     "noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random",
     "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl",
 )
-
-# Redis's own size units (redis.conf): k = 1000, kb = 1024, and so on.
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2,
-               "g": 1000**3, "gb": 1024**3}
-
-
-def _integer(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        value = int(raw)
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise ValueError
-        return value
-    parse.expected = ("an integer" + (f" from {low}" if low is not None else "")  # type: ignore[attr-defined]
-                      + (f" to {high}" if high is not None else ""))
-    return parse
-
-
-def _seconds(positive: bool) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        value = float(raw)
-        if value != value or value in (float("inf"),) or value < 0 or (positive and value == 0):
-            raise ValueError
-        return value
-    parse.expected = ("a positive" if positive else "a non-negative") + " number of seconds"  # type: ignore[attr-defined]
-    return parse
-
-
-def _size(raw: str) -> int:
-    match = re.fullmatch(r"(\d+)\s*([a-z]*)", raw.strip().lower())
-    if not match or match.group(2) not in _SIZE_UNITS:
-        raise ValueError
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
-
-
-_size.expected = "a size in bytes, optionally with a Redis unit (64mb, 512kb, 1gb)"  # type: ignore[attr-defined]
-
-
-def _show_size(value: int) -> str:
-    for unit in ("gb", "mb", "kb"):
-        if value and value % _SIZE_UNITS[unit] == 0:
-            return f"{value // _SIZE_UNITS[unit]}{unit}"
-    return str(value)
-
-
-_size.show = _show_size  # type: ignore[attr-defined]
-
-
-def _boolean(raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError
-
-
-_boolean.expected = "true or false"  # type: ignore[attr-defined]
-
-
-def _choice(*choices: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        if raw.strip().lower() not in choices:
-            raise ValueError
-        return raw.strip().lower()
-    parse.expected = "one of " + ", ".join(choices)  # type: ignore[attr-defined]
-    return parse
-
-
-def _fraction(raw: str) -> float:
-    value = float(raw)
-    if not 0 <= value <= 1:  # NaN fails both
-        raise ValueError
-    return value
-
-
-_fraction.expected = "a number from 0 to 1"  # type: ignore[attr-defined]
-
-
-def _words(raw: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
-
-
-_words.expected = "a comma-separated list"  # type: ignore[attr-defined]
-
-
-def _hosts(raw: str) -> tuple[str, ...]:
-    """Host names or `*.suffix` patterns; a URL, a port or a bare `*` is a mistake worth stopping for."""
-    hosts = _words(raw)
-    for host in hosts:
-        if not re.fullmatch(r"(\*\.)?[^\s*:/@\[\]]+", host) or host.startswith(".") or ".." in host:
-            raise ValueError
-    return hosts
-
-
-_hosts.expected = "a comma-separated list of host names or *.suffix patterns (no scheme, port or path)"  # type: ignore[attr-defined]
-
-
-def _ports(raw: str) -> tuple[int, ...]:
-    ports = tuple(int(part) for part in _words(raw))
-    if any(not 1 <= port <= 65535 for port in ports):
-        raise ValueError
-    return ports
-
-
-_ports.expected = "a comma-separated list of ports from 1 to 65535"  # type: ignore[attr-defined]
-
-
-def _networks(raw: str) -> tuple[str, ...]:
-    """Addresses or CIDR networks (`10.0.0.0/8`, `::1`), each checked here so a typo stops the
-    start instead of silently trusting nothing."""
-    words = _words(raw)
-    for word in words:
-        ipaddress.ip_network(word, strict=False)  # ValueError names nothing secret
-    return words
-
-
-_networks.expected = "a comma-separated list of IP addresses or CIDR networks"  # type: ignore[attr-defined]
-
-
-def _addresses(raw: str) -> tuple[str, ...]:
-    """`host:port` seeds (Redis Cluster nodes, Sentinels); an IPv6 host goes in brackets."""
-    words = _words(raw)
-    for word in words:
-        match = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^\s:/@\[\]]+):(\d+)", word)
-        if not match or not 1 <= int(match.group(2)) <= 65535:
-            raise ValueError
-    return words
-
-
-_addresses.expected = "a comma-separated list of host:port (port 1 to 65535)"  # type: ignore[attr-defined]
-
-
-def _statuses(raw: str) -> frozenset[int]:
-    """`2xx,404` -> every status from 200 to 299, and 404."""
-    statuses: set[int] = set()
-    for word in _words(raw):
-        if re.fullmatch(r"[1-5]xx", word.lower()):
-            base = int(word[0]) * 100
-            statuses.update(range(base, base + 100))
-        elif re.fullmatch(r"[1-5]\d\d", word):
-            statuses.add(int(word))
-        else:
-            raise ValueError
-    return frozenset(statuses)
-
-
-_statuses.expected = "a comma-separated list of statuses or classes, like 2xx,404"  # type: ignore[attr-defined]
-
-
-def _show_statuses(statuses: frozenset[int]) -> str:
-    words, rest = [], set(statuses)
-    for base in range(100, 600, 100):
-        if set(range(base, base + 100)) <= rest:
-            words.append(f"{base // 100}xx")
-            rest -= set(range(base, base + 100))
-    return ",".join(words + [str(status) for status in sorted(rest)])
-
-
-_statuses.show = _show_statuses  # type: ignore[attr-defined]
-
-
-def _fraction_below_one(raw: str) -> float:
-    value = float(raw)
-    if not 0 <= value < 1:  # also refuses nan
-        raise ValueError
-    return value
-
-
-_fraction_below_one.expected = "a fraction from 0 up to (not including) 1"  # type: ignore[attr-defined]
-
-
-def _header_names(raw: str) -> tuple[str, ...]:
-    """HTTP field names (RFC 9110 §5.1 tokens), comma-separated; empty = none."""
-    names = _words(raw)
-    if any(not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", name) for name in names):
-        raise ValueError
-    return names
-
-
-_header_names.expected = "a comma-separated list of header names"  # type: ignore[attr-defined]
-
-
-def _text(raw: str) -> str:
-    return raw
-
-
-_text.expected = "text"  # type: ignore[attr-defined]
-
-
-def _origin(raw: str) -> str:
-    """`http://host[:port][/base]`: where reverse-proxy mode sends the site's requests."""
-    parts = urlsplit(raw.strip())
-    if (parts.scheme not in ("http", "https") or not parts.hostname or parts.query
-            or "@" in parts.netloc or "?" in raw or "#" in raw):
-        raise ValueError
-    parts.port  # noqa: B018 - raises ValueError for a bad port
-    return raw.strip().rstrip("/")
-
-
-_origin.expected = ("an http:// or https:// URL with a host and optionally a port and a base path, "  # type: ignore[attr-defined]
-                    "no user, query or fragment")
-
-
-def _prefix(raw: str) -> str:
-    """`/_proxy`: a path of one or more segments, where the proxy's own routes answer."""
-    prefix = raw.strip().rstrip("/")
-    if not re.fullmatch(r"(/[A-Za-z0-9\-._~!$&'()*+,;=:@]+)+", prefix) or "/." in prefix:
-        raise ValueError
-    return prefix
-
-
-_prefix.expected = "a path like /_proxy (letters, digits and -._~!$&'()*+,;=:@; not /)"  # type: ignore[attr-defined]
-
-
-def _optional_seconds(raw: str) -> float | None:
-    return _seconds(positive=True)(raw)
-
-
-_optional_seconds.expected = "a positive number of requests per second"  # type: ignore[attr-defined]
-
 
 # Groups of the settings table, in the order the docs, `.env` and `--help` list them: key -> the
 # heading, and one line on the group as a whole.

@@ -19,7 +19,8 @@ from proxy.cache.single_flight import SingleFlight
 from proxy.core import stats as names
 from proxy.core.read_cache import ReadCache
 from proxy.core.stats import Stats
-from proxy.core.url_cache import UrlCache, UrlLimits, UrlRequest
+from proxy.core.url_cache import UrlCache
+from proxy.core.url_request import UrlLimits, UrlRequest
 from proxy.errors import ProxyError
 from proxy.store.connection import (
     RedisHealth,

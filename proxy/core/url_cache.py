@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import redis
 
@@ -29,7 +29,8 @@ from proxy.cache.freshness import (
     without_unvalidated,
 )
 from proxy.cache.local_cache import MISSING, URL_TIER, LocalCache
-from proxy.cache.request import NOT_COALESCED, SAFE_METHODS, ClientRequest, cache_fill_headers
+from proxy.cache.representation import ACCEPT_ENCODING, normalised, represent, without
+from proxy.cache.request import NOT_COALESCED, ClientRequest, cache_fill_headers
 from proxy.cache.result import (
     BYPASS,
     HEADERS_TOO_LARGE,
@@ -42,8 +43,9 @@ from proxy.cache.result import (
 )
 from proxy.cache.single_flight import SingleFlight
 from proxy.core import stats as names
-from proxy.core.read_cache import redis_call
+from proxy.core.purge import Purging
 from proxy.core.stats import Stats
+from proxy.core.url_request import UrlLimits, UrlRequest
 from proxy.errors import (
     BadGateway,
     BadRequest,
@@ -58,7 +60,7 @@ from proxy.errors import (
 from proxy.log_limit import LogLimiter
 from proxy.store.connection import RedisHealth
 from proxy.store.fetch_lock import FetchLock
-from proxy.store.purge_marker import PurgeMarkers, Start, marker_key
+from proxy.store.purge_marker import PurgeMarkers, Start
 from proxy.store.tags import MAX_TAGS, TagIndex, tags_of
 from proxy.upstream.fetcher import Fetcher, UpstreamResponse
 
@@ -66,45 +68,10 @@ log = logging.getLogger(__name__)
 
 MAX_REFRESHES = 8  # background stale-while-revalidate refreshes running at once
 PLAIN = ClientRequest()  # a GET with no headers of its own: the card's behaviour
-ACCEPT_ENCODING = "Accept-Encoding"  # what a compressed entry's answers vary on (`represent`)
 MAX_STALE = "max-stale"  # Cache-Status detail of a stale answer the request's max-stale accepted
-# Request fields whose values RFC 9111 §4.1 lets a cache compare case-insensitively.
-_CASELESS = frozenset({"accept", "accept-charset", "accept-encoding", "accept-language"})
 
 
-@dataclasses.dataclass(frozen=True)
-class UrlRequest:
-    target: str  # what is sent upstream
-    canonical: str  # what the entry remembers and the derived key hashes
-    redis_key: str
-    # The client's headers sent upstream (ClientRequest.forwarded, less its conditionals and
-    # Range: cache_fill_headers), names lower-case, sorted.
-    forwarded: tuple[tuple[str, str], ...] = ()
-    store: bool = True  # False for a request saying no-store: its answer is not stored
-
-
-@dataclasses.dataclass(frozen=True)
-class UrlLimits:
-    """The URL role's settings: sizes, prefix and the stale windows (seconds)."""
-
-    prefix: str = "rp:"
-    max_url_bytes: int = 8192
-    max_key_bytes: int = 1024
-    stale_ttl: float = 300.0  # kept in Redis past freshness, for revalidation and stale serving
-    stale_if_error: float = 300.0
-    stale_while_revalidate: float = 0.0
-    # ORIGIN_URL in reverse-proxy mode: a redirect from this origin is the answer, relayed to
-    # the client, never followed; "" in the URL role alone.
-    origin: str = ""
-    # Fraction of freshness after which a hit starts one background refresh; 0 = off.
-    refresh_ahead: float = 0.0
-    # Response headers whose tags index the entry for purge by tag (lower case); () = off.
-    tag_headers: tuple[str, ...] = ("surrogate-key", "cache-tag")
-    tag_headers_shown: bool = False  # replay the tags to clients (in the first tag header)
-    compress_min_bytes: int = 0  # bodies this large that compress are stored compressed; 0 = off
-
-
-class UrlCache:
+class UrlCache(Purging):
     """`GET /?url=U&key=K`: parse, look up, coalesce the forward, revalidate, store, purge."""
 
     def __init__(self, client: Any, fetcher: Fetcher, local: LocalCache, health: RedisHealth,
@@ -237,7 +204,7 @@ class UrlCache:
         §4.1): the fetcher's own fixed ones, then the client's forwarded ones."""
         sent = {name.lower(): str(value) for name, value in self.fetcher.session.headers.items()}
         sent.update(request.forwarded)
-        return {name: _normalised(name, value) for name, value in sent.items()}
+        return {name: normalised(name, value) for name, value in sent.items()}
 
     def _vary_of(self, request: UrlRequest, headers: Any) -> dict[str, str | None] | None:
         """The secondary key a response's Vary asks to record; None without Vary."""
@@ -355,115 +322,10 @@ class UrlCache:
         return self._result(stored, now, HIT if stored.remaining(now) > 0 else STALE,
                             policy=self.policy)
 
-    def purge(self, url: str | None = None, key: str | None = None, params: Any = None, *,
-              tag: str | None = None, soft: bool = False) -> int:
-        """Remove an entry (or every entry tagged `tag`) from Redis and L1; other proxies' L1
-        copies follow by invalidation (or expire by their TTL with L1_INVALIDATION=ttl).
-        `soft`: mark them stale instead, to be revalidated on next use. Returns how many."""
-        if tag is not None:
-            if url is not None or key is not None or params is not None:
-                raise BadRequest("give tag=<tag> alone, or key= / url= to purge one entry",
-                                 error="bad query")
-            return self._purge_tag(tag, soft)
-        if url is not None:
-            redis_key = self.parse(url, key, params).redis_key
-        elif key is not None:
-            redis_key = self._explicit_key(key)
-        else:
-            raise BadRequest("give key=<name>, url=<absolute URL> or tag=<tag> to purge",
-                             error="missing key")
-        return self._purge_keys([redis_key], soft)
-
-    def _purge_tag(self, tag: str, soft: bool) -> int:
-        if not cache_entry.TAG.fullmatch(tag):
-            raise BadRequest("tag must be 1 to 256 visible ASCII characters, with no space or "
-                             "comma", error="bad tag")
-        if not self.limits.tag_headers:
-            raise BadRequest("purge by tag is off: set TAG_HEADER to the response header that "
-                             "carries tags", error="tags off")
-        keys: list[str] = redis_call(self.health, lambda: self.tags.begin_purge(tag))
-        return self._purge_keys(keys, soft)
-
-    def _purge_keys(self, redis_keys: list[str], soft: bool) -> int:
-        for redis_key in redis_keys:
-            self.local.pop((URL_TIER, redis_key))
-        removed: int
-        if soft:
-            removed = redis_call(self.health, lambda: self._mark_stale(redis_keys))
-        else:
-            # The marker makes a fetch that was in flight refuse to store its older answer.
-            removed = redis_call(self.health, lambda: self.purge_markers.purge(redis_keys))
-        for redis_key in redis_keys:
-            self.local.pop((URL_TIER, redis_key))  # a read that raced the delete may have refilled it
-        self.stats.count(names.PURGES)
-        return removed
-
-    def pass_through(self, url: str, client: ClientRequest, body: bytes | None) -> UpstreamResponse:
-        """A request the cache does not answer (an unsafe method, or one carrying credentials
-        for the origin), sent on as it came and never stored. A non-error answer to an unsafe
-        method invalidates the stored response for `url` and for its Location and
-        Content-Location when they are of the same origin (RFC 9111 §4.4)."""
-        request = self.parse(url)
-        self.fetcher.check(request.target)
-        try:
-            response = self.fetcher.send(client.method, request.target, client.forwarded, body,
-                                         follow_redirects=not self._relays(request.target))
-        except (BadGateway, GatewayTimeout):
-            self.stats.count(names.UPSTREAM_ERRORS)
-            raise
-        self.stats.count(names.UPSTREAM_FETCHES)
-        if client.method not in SAFE_METHODS and 200 <= response.status < 400:
-            self._invalidate(request.target, response)
-        return response
-
-    def _invalidate(self, target: str, response: UpstreamResponse) -> None:
-        """Purge the target URI, and Location / Content-Location of the same origin."""
-        urls = [target]
-        for name in ("location", "content-location"):
-            value = response.headers.get(name)
-            if value:
-                try:
-                    other = urljoin(target, value.strip())
-                except ValueError:
-                    continue
-                if cache_keys.same_origin(other, target):
-                    urls.append(other)
-        for url in dict.fromkeys(urls):
-            try:
-                self.purge(url)
-            except ProxyError as exc:  # an unusable Location, or Redis away: the rest still go
-                log.warning("could not invalidate %s after a %s: %s",
-                            url.partition("?")[0], response.status, exc.detail)
-
-    def _relays(self, target: str) -> bool:
-        """Whether `target` is the origin's, whose redirects go to the client as they are."""
-        return bool(self.limits.origin) and cache_keys.same_origin(target, self.limits.origin)
-
-    def _mark_stale(self, redis_keys: list[str]) -> int:
-        """Soft purge: each entry rewritten as stale from now (its TTL kept), so its next use
-        revalidates it and stale-if-error may still serve it; a fetch in flight is refused its
-        store as by a purge. How many entries were marked."""
-        self.purge_markers.purge([], marks=[marker_key(redis_key) for redis_key in redis_keys])
-        marked = 0
-        for redis_key in redis_keys:
-            raw = self.health.call(functools.partial(self.client.get, redis_key))
-            entry = cache_entry.decode(raw) if raw else None
-            if entry is None:
-                continue
-            now = self.clock()
-            stale = dataclasses.replace(entry, fresh_for=min(entry.fresh_for, entry.age(now)))
-            # Only if it is still the entry read: a newer store is left as it is.
-            marked += self.tags.replace(redis_key, raw, cache_entry.encode(stale))
-        return marked
-
     def check_key(self, key: str) -> bool:
         """Whether an entry is stored under the explicit key `key`."""
         redis_key = self._explicit_key(key)
         return bool(self.health.call(lambda: self.client.exists(redis_key)))
-
-    def _explicit_key(self, key: str) -> str:
-        cache_keys.check_key(key, self.limits.max_key_bytes)
-        return self.limits.prefix + key
 
     def _admitted(self, entry: Entry) -> bool:
         """Whether this proxy's upstream policy admits `entry` as its fetch recorded it (URL,
@@ -518,7 +380,7 @@ class UrlCache:
         if response.status == 304 and stale is not None:
             # The entry keeps its body, coding and tags; a tag header on the 304 is not a header.
             entry = freshened(self.policy, stale, response.headers, response.hops, now, request_time)
-            entry = dataclasses.replace(entry, headers=_without(entry.headers, self.limits.tag_headers))
+            entry = dataclasses.replace(entry, headers=without(entry.headers, self.limits.tag_headers))
             stored = self.policy.storable(stale.status, entry.headers, now) \
                 and self._store(request.redis_key, entry, start, epoch, tag_start)
             return dataclasses.replace(self._result(entry, now, HIT, forward="stale"),
@@ -527,6 +389,15 @@ class UrlCache:
                 and may_serve_stale_if_error(self.policy, stale, now, window)):
             return dataclasses.replace(self._result(stale, now, STALE, detail=STALE_IF_ERROR),
                                        upstream_status=response.status)
+        return self._fresh_answer(request, response, stale, redis_up, now, request_time,
+                                  start, epoch, tag_start)
+
+    def _fresh_answer(self, request: UrlRequest, response: UpstreamResponse, stale: Entry | None,
+                      redis_up: bool, now: float, request_time: float, start: Start | None,
+                      epoch: int, tag_start: int | None) -> CacheResult:
+        """A new response from upstream (not a 304 freshening `stale`): stored when storable
+        (`start`, `epoch`, `tag_start`: where the purges stood before the fetch, see `_store`),
+        and the client's answer."""
         tag_headers = self.limits.tag_headers
         tags = tags_of(response.headers, tag_headers) if tag_headers else ()
         if tags is None:
@@ -538,7 +409,7 @@ class UrlCache:
         entry = Entry(status=response.status, body=response.body, url=request.canonical,
                       fetched_at=now - self.policy.initial_age(response.headers, request_time, now),
                       fresh_for=self.policy.lifetime(response.headers, now, response.status),
-                      headers=with_date(_without(self.policy.stored_headers(response.headers),
+                      headers=with_date(without(self.policy.stored_headers(response.headers),
                                                  tag_headers), now),
                       via=response.hops, vary=self._vary_of(request, response.headers),
                       tags=tags or ())
@@ -551,7 +422,7 @@ class UrlCache:
         kept = self._compressed(entry, response.headers)
         stored = not refusal and tags is not None \
             and self._store(request.redis_key, kept, start, epoch, tag_start)
-        headers = self._shown(entry, with_date(_without(cache_entry.kept_headers(response.headers),
+        headers = self._shown(entry, with_date(without(cache_entry.kept_headers(response.headers),
                                                         tag_headers), now))
         if stored and kept.coding:
             headers = with_vary(headers, ACCEPT_ENCODING)  # as every later answer from the entry
@@ -638,36 +509,6 @@ def _flight_key(request: UrlRequest) -> tuple[str, str, tuple[tuple[str, str], .
     (NOT_COALESCED: X-Forwarded-For), so that clients of a reverse proxy share a cold fetch."""
     return (request.redis_key, request.canonical,
             tuple(pair for pair in request.forwarded if pair[0] not in NOT_COALESCED))
-
-def represent(result: CacheResult, accept_encoding: str | None) -> CacheResult:
-    """A compressed entry's answer for one client: the stored bytes with `Content-Encoding`
-    (and the ETag of that representation) when its Accept-Encoding takes the coding, else the
-    body decoded; `Vary: Accept-Encoding` either way, merged with the origin's Vary."""
-    if not result.coding:
-        return result
-    headers = with_vary(result.headers, ACCEPT_ENCODING)
-    if compression.accepts(accept_encoding, result.coding):
-        headers["content-encoding"] = result.coding
-        if "etag" in headers:
-            headers["etag"] = compression.encoded_etag(headers["etag"], result.coding)
-        return dataclasses.replace(result, headers=headers)
-    try:
-        body = compression.decode(result.body, result.coding)
-    except ValueError as exc:
-        raise BadGateway(f"the stored entry does not decode: {exc}") from exc
-    return dataclasses.replace(result, body=body, headers=headers, coding="")
-
-
-def _without(headers: dict[str, str], names: tuple[str, ...]) -> dict[str, str]:
-    return {name: value for name, value in headers.items() if name not in names} if names else headers
-
-
-def _normalised(name: str, value: str) -> str:
-    """A request field value as RFC 9111 §4.1 lets a cache compare it: list members trimmed,
-    whitespace runs as one space, the Accept family case-insensitive."""
-    value = ", ".join(" ".join(part.split()) for part in value.split(","))
-    return value.lower() if name in _CASELESS else value
-
 
 def _json(params: Any) -> str:
     try:

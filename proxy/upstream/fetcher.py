@@ -1,29 +1,26 @@
 """The upstream fetcher: the one place that opens outbound HTTP connections."""
 
-import contextlib
-import contextvars
 import functools
-import http.client
-import http.cookiejar
 import logging
 import socket
-import sys
-import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, HTTPError, NameResolutionError, NewConnectionError
-from urllib3.util.timeout import _DEFAULT_TIMEOUT
+from urllib3.exceptions import HTTPError
 
 from proxy import __version__
-from proxy.errors import BadGateway, BadRequest, Forbidden, GatewayTimeout, PayloadTooLarge
+from proxy.errors import BadGateway, BadRequest, GatewayTimeout, PayloadTooLarge
+from proxy.upstream.connections import (
+    NoRedirectSession,
+    PolicyAdapter,
+    RefuseAllCookies,
+    fetch_deadline,
+    fetch_peers,
+    pinned_addresses,
+)
 from proxy.upstream.policy import SCHEMES, UpstreamPolicy
 
 log = logging.getLogger(__name__)
@@ -47,209 +44,6 @@ class UpstreamResponse:
     fields: tuple[tuple[str, str], ...] = ()
 
 
-def open_socket(addresses: Sequence[str], port: int, timeout: Any,
-                source_address: tuple[str, int] | None,
-                socket_options: Sequence[tuple[int, int, Any]] | None) -> socket.socket:
-    """Connect to the first of `addresses` (each already checked by the policy) that answers;
-    like urllib3's create_connection, minus the name resolution."""
-    error: OSError | None = None
-    for address in addresses:
-        sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET,
-                             socket.SOCK_STREAM)
-        try:
-            for option in socket_options or ():
-                sock.setsockopt(*option)
-            if timeout is not _DEFAULT_TIMEOUT:
-                sock.settimeout(timeout)
-            if source_address:
-                sock.bind(source_address)
-            sock.connect((address, port))
-            return sock
-        except OSError as exc:
-            error = exc
-            sock.close()
-    raise error or OSError(f"no address to connect to on port {port}")
-
-
-# The addresses Fetcher.fetch resolved and checked for the hop in progress on this thread:
-# (name, port, addresses). A new connection to that name and port goes to these, unresolved.
-_pinned: contextvars.ContextVar[tuple[str, int, list[str]] | None] = contextvars.ContextVar(
-    "upstream_pinned_addresses", default=None)
-
-
-class _CheckedConnectionMixin:
-    """Replaces urllib3 2.x's HTTPConnection._new_conn: the socket goes to one of the addresses
-    the policy resolved and checked for this hop (Fetcher.fetch pins them), so a name cannot
-    resolve to a public address at check time and to an internal one at connect time (DNS
-    rebinding), and it is looked up once per hop, not again here. Outside Fetcher.fetch the
-    policy resolves and checks here. `host` stays the name: the Host header, TLS SNI and
-    certificate verification (HTTPSConnection.connect) still use it."""
-
-    policy: UpstreamPolicy
-    _dns_host: str
-    host: str
-    port: int
-    timeout: Any
-    source_address: tuple[str, int] | None
-    socket_options: Sequence[tuple[int, int, Any]] | None
-    peer_address: str = ""  # the checked address this connection's socket went to
-
-    def _new_conn(self) -> socket.socket:
-        pinned = _pinned.get()
-        if pinned is not None and pinned[:2] == (self._dns_host.strip("[]"), self.port):
-            addresses = pinned[2]
-        else:
-            try:
-                addresses = self.policy.check_connect(self._dns_host, self.port)
-            except socket.gaierror as exc:
-                raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]
-        try:
-            sock = open_socket(addresses, self.port, self.timeout, self.source_address,
-                               self.socket_options)
-        except TimeoutError as exc:
-            raise ConnectTimeoutError(self, f"Connection to {self.host} timed out. "
-                                      f"(connect timeout={self.timeout})") from exc
-        except OSError as exc:
-            # The mixin is only ever mixed into an HTTPConnection, which the stub cannot know.
-            raise NewConnectionError(
-                self, f"Failed to establish a new connection: {exc}") from exc  # type: ignore[arg-type]
-        self.peer_address = str(sock.getpeername()[0])
-        sys.audit("http.client.connect", self, self.host, self.port)
-        return sock
-
-
-class InterimSkippingResponse(http.client.HTTPResponse):
-    """http.client skips only a 100 Continue before the final response; any other interim
-    response (a 103 Early Hints before the 200, RFC 9110 §15.2) would be taken as the final
-    one. Every 1xx but 101 (which only answers an Upgrade, never sent here) is read and skipped."""
-
-    def _read_status(self) -> tuple[str, int, str]:
-        while True:
-            version, status, reason = super()._read_status()  # type: ignore[misc]
-            if not 100 <= status < 200 or status == 101:
-                return version, status, reason
-            http.client.parse_headers(self.fp)  # the interim response's fields, discarded
-
-
-# The total deadline of the fetch in progress on this thread (Fetcher._request sets it).
-_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("upstream_deadline",
-                                                                         default=None)
-# The addresses the fetch in progress on this thread has sent requests to, one per request.
-_peers: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("upstream_peers",
-                                                                          default=None)
-
-
-class _Cutter:
-    """Shuts a connection's socket at the deadline, unless the request finished first (the
-    connection may be back in the pool, serving another request, by the time a timer fires)."""
-
-    def __init__(self, conn: Any):
-        self.conn = conn
-        self.done = False
-        self.lock = threading.Lock()
-
-    def cut(self) -> None:
-        with self.lock:
-            sock = None if self.done else getattr(self.conn, "sock", None)
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def finish(self) -> None:
-        with self.lock:
-            self.done = True
-
-
-class _DeadlinePoolMixin:
-    """Bounds the status line and headers by the fetch's total deadline. urllib3 applies its
-    read timeout to each recv, so an origin trickling a header byte at a time would otherwise
-    hold the request (and a MAX_PARALLEL slot) for ever; at the deadline the socket is shut."""
-
-    def _make_request(self, conn: Any, *args: Any, **kwargs: Any) -> Any:
-        deadline = _deadline.get()
-        if deadline is None:
-            return super()._make_request(conn, *args, **kwargs)  # type: ignore[misc]
-        cutter = _Cutter(conn)
-        timer = threading.Timer(max(0.0, deadline - time.monotonic()), cutter.cut)
-        timer.daemon = True
-        timer.start()
-        try:
-            return super()._make_request(conn, *args, **kwargs)  # type: ignore[misc]
-        finally:
-            cutter.finish()
-            timer.cancel()
-
-
-class _PeerRecordingPoolMixin:
-    """Notes the address each request went to, whether its connection is new or reused from
-    the pool (only a new one passes through _new_conn)."""
-
-    def _make_request(self, conn: Any, *args: Any, **kwargs: Any) -> Any:
-        response = super()._make_request(conn, *args, **kwargs)  # type: ignore[misc]
-        peers = _peers.get()
-        if peers is not None and getattr(conn, "peer_address", None):
-            peers.append(conn.peer_address)
-        return response
-
-
-class PolicyAdapter(HTTPAdapter):
-    """requests' adapter whose connections resolve and connect through the policy."""
-
-    def __init__(self, policy: UpstreamPolicy, **kwargs: Any):
-        self.policy = policy
-        super().__init__(**kwargs)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        # urllib3 builds a pool per host from these classes, and each pool its connections
-        # from ConnectionCls; subclasses bound to this policy put the check in every one.
-        bound = {"policy": self.policy, "response_class": InterimSkippingResponse}
-        http_cls = type("CheckedHTTPConnection", (_CheckedConnectionMixin, HTTPConnection), bound)
-        https_cls = type("CheckedHTTPSConnection", (_CheckedConnectionMixin, HTTPSConnection),
-                         bound)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": type("CheckedHTTPConnectionPool",
-                         (_PeerRecordingPoolMixin, _DeadlinePoolMixin, HTTPConnectionPool),
-                         {"ConnectionCls": http_cls}),
-            "https": type("CheckedHTTPSConnectionPool",
-                          (_PeerRecordingPoolMixin, _DeadlinePoolMixin, HTTPSConnectionPool),
-                          {"ConnectionCls": https_cls}),
-        }
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        # Through a forward proxy the address connected is the proxy's: nothing to check.
-        raise Forbidden("fetching through a forward proxy is not supported by the upstream policy")
-
-
-class _RefuseAllCookies(http.cookiejar.CookiePolicy):
-    """No cookie is kept, so none is ever sent upstream: one session serves every client, and a
-    cookie one upstream set in answer to one client's URL would otherwise go out with every
-    later request to its domain (any port, any client, redirects too) and grow without bound."""
-
-    netscape, rfc2965, hide_cookie2 = True, False, True
-
-    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
-        return False
-
-    def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
-        return False
-
-    def domain_return_ok(self, domain: str, request: Any) -> bool:
-        return False
-
-    def path_return_ok(self, path: str, request: Any) -> bool:
-        return False
-
-
-class _NoRedirectSession(requests.Session):
-    """Even with allow_redirects=False, requests reads a redirect's whole body (to 'consume the
-    socket') with no cap and only the per-read timeout; Fetcher.fetch follows Location itself,
-    so requests is told there is never a redirect to resolve."""
-
-    def get_redirect_target(self, resp: requests.Response) -> None:
-        return None
-
-
 class Fetcher:
     """GET a URL with a total deadline, a body cap and at most `max_redirects` checked hops."""
 
@@ -268,9 +62,9 @@ class Fetcher:
         self._sources = functools.lru_cache(maxsize=4096)(self.policy.check_source)
 
     def _new_session(self, pool_size: int) -> requests.Session:
-        session = _NoRedirectSession()
+        session = NoRedirectSession()
         session.trust_env = False  # never route through proxies from the environment
-        session.cookies.set_policy(_RefuseAllCookies())
+        session.cookies.set_policy(RefuseAllCookies())
         adapter = PolicyAdapter(self.policy, pool_connections=pool_size, pool_maxsize=pool_size,
                                 max_retries=0)
         session.mount("http://", adapter)
@@ -315,11 +109,11 @@ class Fetcher:
                 raise BadGateway(f"upstream redirected to an unusable url: {exc.detail}") from exc
             pinned = self._resolve(url, deadline)
             peers: list[str] = []
-            token = _peers.set(peers)
+            token = fetch_peers.set(peers)
             try:
                 response = self._request(url, headers, deadline, pinned, method, body)
             finally:
-                _peers.reset(token)
+                fetch_peers.reset(token)
             hops = hops + [(url, peers[-1])] if hops is not None and peers else None
             if not 200 <= response.status_code <= 599:
                 # A 1xx relayed as final, or 999, would break the client's framing.
@@ -365,8 +159,8 @@ class Fetcher:
         where = _host_port(url)
         if remaining <= 0:
             raise GatewayTimeout(f"timed out after {self.timeout:g} s waiting for {where}")
-        token = _deadline.set(deadline)
-        pin_token = _pinned.set(pinned)
+        token = fetch_deadline.set(deadline)
+        pin_token = pinned_addresses.set(pinned)
         try:
             return self.session.request(method, url, headers=dict(headers or {}), data=body,
                                         stream=True, allow_redirects=False,
@@ -378,8 +172,8 @@ class Fetcher:
                 raise GatewayTimeout(f"timed out after {self.timeout:g} s waiting for {where}") from exc
             raise BadGateway(_connect_failure(exc, where)) from exc
         finally:
-            _pinned.reset(pin_token)
-            _deadline.reset(token)
+            pinned_addresses.reset(pin_token)
+            fetch_deadline.reset(token)
 
     def _read_body(self, response: requests.Response, deadline: float) -> bytes:
         declared = response.headers.get("Content-Length", "")

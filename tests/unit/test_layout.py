@@ -17,7 +17,8 @@ MAY_IMPORT = {
     "proxy.store": ("proxy.errors", "proxy.log_limit", "proxy.cache", "proxy.store"),
     "proxy.upstream": ("proxy.errors", "proxy.log_limit", "proxy.upstream", "proxy"),  # proxy: __version__ alone
     "proxy.core": ("proxy.errors", "proxy.log_limit", "proxy.cache", "proxy.store", "proxy.upstream", "proxy.core"),
-    "load_env": ("proxy.errors",),
+    "proxy.settings_parsers": (),
+    "load_env": ("proxy.errors", "proxy.settings_parsers"),
     "logger": (),
     "redis_proxy": ("proxy.errors", "proxy.log_limit", "proxy.cache", "proxy.store", "proxy.upstream", "proxy.core",
                     "load_env"),
