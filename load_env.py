@@ -229,6 +229,9 @@ class Settings:
     compress_min_bytes: int = _setting("COMPRESS_MIN_BYTES", _size, 1024, "caching",
                                        "text, JSON, JS, CSS, XML and SVG bodies this large are stored "
                                        "compressed (zstd) and served so to clients that accept it; 0 = off")
+    max_variants: int = _setting("MAX_VARIANTS", _integer(1), 8, "caching",
+                                 "variants of one URL (responses selected by their `Vary` headers) "
+                                 "kept at once; beyond it the least recently stored (but the first) is replaced")
     tag_header: tuple[str, ...] = _setting("TAG_HEADER", _header_names, ("Surrogate-Key", "Cache-Tag"),
                                            "caching",
                                            "response headers whose space- or comma-separated tags "

@@ -57,7 +57,8 @@ class RedisProxy:
                  get_allow_cache_prefix: bool = False, origin: str = "",
                  refresh_ahead: float = 0.0,
                  tag_headers: Iterable[str] = ("Surrogate-Key", "Cache-Tag"),
-                 tag_headers_shown: bool = False, compress_min_bytes: int = 0):
+                 tag_headers_shown: bool = False, compress_min_bytes: int = 0,
+                 max_variants: int = 8):
         self.client = client
         self.fetcher = fetcher
         self.local = local_cache if local_cache is not None else LocalCache(capacity=0)
@@ -81,7 +82,7 @@ class RedisProxy:
                            refresh_ahead=refresh_ahead,
                            tag_headers=tuple(name.lower() for name in tag_headers),
                            tag_headers_shown=tag_headers_shown,
-                           compress_min_bytes=compress_min_bytes)
+                           compress_min_bytes=compress_min_bytes, max_variants=max_variants)
         self.urls = UrlCache(client, fetcher, self.local, self.health, self.fetch_lock,
                              self.purge_markers, self.policy, self.counters, limits, clock=clock,
                              redis_label=redis_label)
@@ -294,7 +295,8 @@ class RedisProxy:
                     origin=settings.origin_url,
                     refresh_ahead=settings.refresh_ahead, tag_headers=settings.tag_header,
                     tag_headers_shown=settings.tag_header_shown,
-                    compress_min_bytes=settings.compress_min_bytes, **overrides)
+                    compress_min_bytes=settings.compress_min_bytes,
+                    max_variants=settings.max_variants, **overrides)
         if check_at_start(client, mask_url(url)):
             proxy.configure_memory(settings.redis_maxmemory, settings.redis_eviction_policy)
         return proxy

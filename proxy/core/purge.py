@@ -20,6 +20,7 @@ from proxy.errors import BadGateway, BadRequest, GatewayTimeout, ProxyError
 from proxy.store.connection import RedisHealth
 from proxy.store.purge_marker import PurgeMarkers, marker_key
 from proxy.store.tags import TagIndex
+from proxy.store.variants import Variants
 from proxy.upstream.fetcher import Fetcher, UpstreamResponse
 
 log = logging.getLogger("proxy.core.url_cache")  # the URL role's log, as before the split
@@ -34,6 +35,7 @@ class Purging:
     health: RedisHealth
     purge_markers: PurgeMarkers
     tags: TagIndex
+    variants: Variants
     stats: Stats
     limits: UrlLimits
     clock: Callable[[], float]
@@ -69,6 +71,9 @@ class Purging:
         return self._purge_keys(keys, soft)
 
     def _purge_keys(self, redis_keys: list[str], soft: bool) -> int:
+        """Purge each key and every further variant (Vary) of its URL beside it."""
+        urls = redis_keys
+        redis_keys = [*urls, *redis_call(self.health, lambda: self.variants.of(urls))]
         for redis_key in redis_keys:
             self.local.pop((URL_TIER, redis_key))
         removed: int
@@ -76,7 +81,7 @@ class Purging:
             removed = redis_call(self.health, lambda: self._mark_stale(redis_keys))
         else:
             # The marker makes a fetch that was in flight refuse to store its older answer.
-            removed = redis_call(self.health, lambda: self.purge_markers.purge(redis_keys))
+            removed = redis_call(self.health, lambda: self._purge_hard(urls, redis_keys))
         for redis_key in redis_keys:
             self.local.pop((URL_TIER, redis_key))  # a read that raced the delete may have refilled it
         self.stats.count(names.PURGES)
@@ -122,6 +127,18 @@ class Purging:
     def _relays(self, target: str) -> bool:
         """Whether `target` is the origin's, whose redirects go to the client as they are."""
         return bool(self.limits.origin) and cache_keys.same_origin(target, self.limits.origin)
+
+    def _purge_hard(self, urls: list[str], redis_keys: list[str]) -> int:
+        """Delete and mark `redis_keys` (the URLs' keys and their variants); then the variants
+        named since (stored before the marks, so not refused by them), and the indexes."""
+        removed = self.purge_markers.purge(redis_keys)
+        later = [key for key in self.variants.of(urls) if key not in set(redis_keys)]
+        if later:
+            removed += self.purge_markers.purge(later)
+            for redis_key in later:
+                self.local.pop((URL_TIER, redis_key))
+        self.variants.drop_index(urls)
+        return removed
 
     def _mark_stale(self, redis_keys: list[str]) -> int:
         """Soft purge: each entry rewritten as stale from now (its TTL kept), so its next use

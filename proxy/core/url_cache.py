@@ -60,8 +60,9 @@ from proxy.errors import (
 from proxy.log_limit import LogLimiter
 from proxy.store.connection import RedisHealth
 from proxy.store.fetch_lock import FetchLock
-from proxy.store.purge_marker import PurgeMarkers, Start
+from proxy.store.purge_marker import PurgeMarkers, Start, marker_key
 from proxy.store.tags import MAX_TAGS, TagIndex, tags_of
+from proxy.store.variants import Variants, variant_key
 from proxy.upstream.fetcher import Fetcher, UpstreamResponse
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class UrlCache(Purging):
         self.fetch_lock = fetch_lock
         self.purge_markers = purge_markers
         self.tags = tags or TagIndex(client, health, limits.prefix, purge_markers.lifetime)
+        self.variants = Variants(client, health)
         self.policy = policy
         self.stats = stats
         self.limits = limits
@@ -142,6 +144,9 @@ class UrlCache(Purging):
             self.stats.count(names.MISSES)
             return dataclasses.replace(self._forward(request, None, True), forward="request")
         local = self.local.get((URL_TIER, request.redis_key))
+        other = None if local is MISSING else self._selected(request, local)
+        if other is not None:
+            local = self.local.get((URL_TIER, other))
         if local is not MISSING and local.url == request.canonical and self._admitted(local):
             reused = self._reuse(request, local, now, demands)
             if reused is not None:
@@ -150,18 +155,18 @@ class UrlCache(Purging):
                     self._refresh_ahead(request, local, now)
                 return reused
         epoch = self.local.epoch
-        stored, redis_up = self._read_entry(request.redis_key)
+        stored, where, redis_up = self._read_variant(request)
         if stored is not None and (stored.url != request.canonical or not self._admitted(stored)
                                    or not self._matches(request, stored)):
             # The key names another URL's entry, or one that records too little for this
             # policy to judge: a miss, never its body (fetched again, through the policy).
-            # Or another variant (Vary): this request's answer takes its place.
+            # Or another variant (Vary), this request's not stored: fetched, stored beside it.
             stored = None
         if stored is not None:
             reused = self._reuse(request, stored, now, demands)
             if reused is not None and reused.cache == HIT:
                 self.stats.count(names.HITS_REDIS)
-                self.local.set((URL_TIER, request.redis_key), stored, stored.remaining(now), epoch=epoch)
+                self.local.set((URL_TIER, where), stored, stored.remaining(now), epoch=epoch)
                 self._refresh_ahead(request, stored, now)
                 return reused
             if reused is not None:
@@ -221,6 +226,40 @@ class UrlCache(Purging):
         secondary = self._secondary(request)
         return all(name != "*" and secondary.get(name) == value for name, value in entry.vary.items())
 
+    def _selected(self, request: UrlRequest, entry: Entry) -> str | None:
+        """Where the variant this request selects lives when `entry`, stored at the URL's key, is
+        another variant of the URL (proxy.store.variants); None when it is this one or no other
+        can be (no Vary, Vary: *, or another URL under an explicit key)."""
+        if entry.url != request.canonical or entry.vary is None or "*" in entry.vary \
+                or self._matches(request, entry):
+            return None
+        secondary = self._secondary(request)
+        return variant_key(request.redis_key, {name: secondary.get(name) for name in entry.vary})
+
+    def _read_variant(self, request: UrlRequest) -> tuple[Entry | None, str, bool]:
+        """The stored entry for this request's URL, the variant it selects when there is one
+        beside the URL's own: (entry, the key it was read at, whether Redis answered)."""
+        stored, redis_up = self._read_entry(request.redis_key)
+        other = None if stored is None else self._selected(request, stored)
+        if other is None:
+            return stored, request.redis_key, redis_up
+        variant, redis_up = self._read_entry(other)
+        return (variant, other, redis_up) if variant is not None \
+            else (stored, request.redis_key, redis_up)
+
+    def _place(self, redis_key: str, entry: Entry) -> str:
+        """Where `entry` (for `redis_key`'s URL) is stored: at the URL's key when nothing else
+        of that URL is there, or the variant there is the same one, or either varies on
+        nothing, on `*` or on other names (then it replaces what is there); else beside it,
+        under the key of its own variant (MAX_VARIANTS bounds how many)."""
+        if entry.vary is None or "*" in entry.vary or self.limits.max_variants <= 1:
+            return redis_key
+        there, _up = self._read_entry(redis_key)
+        if there is None or there.url != entry.url or there.vary is None \
+                or there.vary.keys() != entry.vary.keys() or there.vary == entry.vary:
+            return redis_key
+        return variant_key(redis_key, entry.vary)
+
     def _coalesced_forward(self, request: UrlRequest, stale: Entry | None,
                            redis_up: bool) -> CacheResult:
         """One upstream fetch per entry across every proxy process sharing this Redis."""
@@ -248,7 +287,7 @@ class UrlCache(Purging):
     def _fresh_stored(self, request: UrlRequest, stale: Entry | None) -> CacheResult | None:
         """A fresh entry another process has stored since `stale` (or since nothing)."""
         epoch = self.local.epoch
-        entry, _up = self._read_entry(request.redis_key)
+        entry, where, _up = self._read_variant(request)
         now = self.clock()
         if entry is None or entry.url != request.canonical or entry.remaining(now) <= 0 \
                 or not self._matches(request, entry):
@@ -259,7 +298,7 @@ class UrlCache(Purging):
             self.fetcher.check_source(entry.url, entry.via)
         except Forbidden:
             return None  # stored by a looser proxy: our own fetch asks the policy, which answers
-        self.local.set((URL_TIER, request.redis_key), entry, entry.remaining(now), epoch=epoch)
+        self.local.set((URL_TIER, where), entry, entry.remaining(now), epoch=epoch)
         return self._result(entry, now, HIT, policy=self.policy)
 
     def _refresh_ahead(self, request: UrlRequest, entry: Entry, now: float) -> None:
@@ -449,6 +488,15 @@ class UrlCache(Purging):
             return False
         value, ttl = cache_entry.encode(entry), max(1, math.ceil(keep_for))
         try:
+            primary, redis_key = redis_key, self._place(redis_key, entry)
+            if redis_key != primary:
+                # Named before it is stored, so a purge that reads the index finds it (or the
+                # purge's marker on the URL's key refuses the store: `marks`).
+                gone = self.variants.record(primary, redis_key, ttl, self.limits.max_variants - 1)
+                if gone:
+                    self.purge_markers.purge(gone)
+                    for key in gone:
+                        self.local.pop((URL_TIER, key))
             if entry.tags and tag_start is not None and (
                     not self.tags.add(redis_key, entry.tags, ttl)
                     or self.tags.purged_since(entry.tags, tag_start)):
@@ -456,7 +504,8 @@ class UrlCache(Purging):
                 return False
             # The script reads the key back after the write (a write ends Redis's tracking of
             # it), so the L1 copy hears of a purge or a replacement by another proxy.
-            if not self.purge_markers.store(redis_key, value, ttl, start):
+            if not self.purge_markers.store(redis_key, value, ttl, start,
+                                            marks=[marker_key(primary)] if redis_key != primary else []):
                 self.stats.count(names.STORES_REFUSED)
                 return False
         except StoreUnavailable:

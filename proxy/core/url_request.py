@@ -33,3 +33,4 @@ class UrlLimits:
     tag_headers: tuple[str, ...] = ("surrogate-key", "cache-tag")
     tag_headers_shown: bool = False  # replay the tags to clients (in the first tag header)
     compress_min_bytes: int = 0  # bodies this large that compress are stored compressed; 0 = off
+    max_variants: int = 8  # Vary: variants of one URL kept at once (least recently stored replaced)

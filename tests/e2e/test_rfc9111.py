@@ -344,4 +344,6 @@ def test_vary_variants_are_selected_by_the_headers_sent_upstream(upstream, make_
     assert (got.body, got.cache) == (b"en", "MISS")  # another variant: never the German one
     sent = {name.lower(): value for name, value in upstream.requests[-1][1].items()}
     assert upstream.hits["/v"] == 2 and sent["accept-language"] == "en"
-    assert cache_entry.decode(r.get("rp:v")).vary == {"accept-language": "en"}
+    assert cache_entry.decode(r.get("rp:v")).vary == {"accept-language": "de"}  # kept: the first
+    assert (ask("de").body, ask("de").cache, ask("en").body, ask("en").cache) == (b"de", "HIT", b"en", "HIT")
+    assert upstream.hits["/v"] == 2
