@@ -5,6 +5,7 @@ import pytest
 
 from proxy.cache import entry as cache_entry
 from proxy.cache.keys import canonical_url, url_digest
+from proxy.cache.request import ClientRequest
 from proxy.serving.auth import Authenticator
 from proxy.serving.site import Site
 from proxy.store.variants import index_key, variant_key
@@ -124,3 +125,45 @@ def test_vary_star_is_never_served_from_the_cache(site_proxy, origin, r):
         assert ask(proxy, "/star", "de") == (200, b"page in de", "MISS")
     assert origin.hits["/star"] == 3
     assert r.exists(redis_key_of(url), index_key(redis_key_of(url))) == 0
+
+
+def test_purge_by_tag_removes_every_variant(site_proxy, origin, r):
+    def route(handler):
+        language = handler.headers.get("Accept-Language", "none")
+        handler.reply(200, f"news in {language}".encode(),
+                      {"Cache-Control": "max-age=60", "Vary": "Accept-Language",
+                       "Surrogate-Key": "news"})
+    url = origin.route("/news", route)
+    proxy = site_proxy()
+    for language in ("de", "en", "fr"):
+        ask(proxy, "/news", language)
+    got = request(proxy.port, "/_proxy?tag=news", method="DELETE")
+    assert (got.status, got.json()) == (200, {"purged": 3})
+    key = redis_key_of(url)
+    assert r.exists(key, index_key(key), *(variant_key(key, {"accept-language": language})
+                                           for language in ("en", "fr"))) == 0
+    for language in ("de", "en", "fr"):
+        assert ask(proxy, "/news", language) == (200, f"news in {language}".encode(), "MISS")
+    assert origin.hits["/news"] == 6
+
+
+def test_purge_by_explicit_key_removes_every_variant(make_proxy, upstream, r):
+    """The URL role with forwarded headers (as reverse-proxy mode fills them), under key=v."""
+    proxy = make_proxy().proxy
+
+    def route(handler):
+        language = handler.headers.get("Accept-Language", "none")
+        handler.reply(200, language.encode(), {"Cache-Control": "max-age=60", "Vary": "Accept-Language"})
+
+    url = upstream.route("/v", route)
+
+    def fetch(language: str):
+        got = proxy.fetch(url, "v", request=ClientRequest.of("GET", {}, {"Accept-Language": language}))
+        return got.body, got.cache
+
+    assert [fetch(language) for language in ("de", "en", "de", "en")] == \
+        [(b"de", "MISS"), (b"en", "MISS"), (b"de", "HIT"), (b"en", "HIT")]
+    assert proxy.purge(key="v") == 2
+    assert r.exists("rp:v", index_key("rp:v"), variant_key("rp:v", {"accept-language": "en"})) == 0
+    assert [fetch(language) for language in ("de", "en")] == [(b"de", "MISS"), (b"en", "MISS")]
+    assert upstream.hits["/v"] == 4
