@@ -1,15 +1,16 @@
 """Request parsing for the URL role: the url, its params, and the Redis key they map to."""
 
+import dataclasses
 import hashlib
 import json
 import math
 import re
 import string
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit
 
+from proxy.cache.target import DEFAULT_PORTS, Target, check, split
 from proxy.errors import BadRequest, URITooLong
 
-DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_PARAMS_BYTES = 8192
 MAX_PARAMS_ITEMS = 256
 KEY_RULE = 2  # the derivation of keys from URLs (README, Key rules); a new rule, a new number
@@ -26,25 +27,18 @@ _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
 
 
-def check_url(url: str, max_bytes: int) -> None:
-    """400 for a URL that cannot be fetched as given, 414 for one over the limit."""
+def check_url(url: str, max_bytes: int) -> Target:
+    """The parts of `url`; 400 for a URL that cannot be fetched as given, 414 for one over the
+    limit."""
     if len(url.encode()) > max_bytes:
         raise URITooLong(f"url is longer than {max_bytes} bytes (MAX_URL_BYTES)")
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
         raise BadRequest("url contains control characters; percent-encode them", error="bad url")
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError as exc:
-        raise BadRequest(f"url is malformed: {exc}", error="bad url") from exc
-    if _BAD_PERCENT.search(parts.path) or _BAD_PERCENT.search(parts.query):
+    given = split(url)
+    if _BAD_PERCENT.search(given.path) or _BAD_PERCENT.search(given.query):
         raise BadRequest("url has a '%' not followed by two hex digits; percent-encode '%' "
                          "as %25", error="bad url")
-    if parts.scheme.lower() not in DEFAULT_PORTS:
-        raise BadRequest("url must be an absolute http:// or https:// URL", error="bad url")
-    if not parts.hostname:
-        raise BadRequest("url has no host; give an absolute URL like https://example.com/path",
-                         error="bad url")
+    return check(given)
 
 
 def check_key(key: str, max_bytes: int) -> None:
@@ -121,37 +115,41 @@ def _remove_dot_segments(path: str) -> str:
     return "".join(output) or "/"
 
 
-def target_url(url: str, params: Pairs) -> str:
-    """The URL sent upstream: `url` with `params` appended to its own query (order kept), in
-    the normal form of RFC 3986 §6.2.2-6.2.3: percent-encodings upper-cased, those of unreserved
-    characters decoded, characters a URI cannot hold raw (non-ASCII, space, quote...) encoded
-    as UTF-8, dot-segments removed, an empty path sent as "/", an empty query and the fragment
-    dropped. requests sends such a URL's path and query byte for byte (it would otherwise
-    re-quote them, remove dot-segments and drop a bare "?" itself), so this is the exact
-    request-target the origin receives."""
-    parts = urlsplit(url)
-    query = parts.query
+def checked_target(given: Target, params: Pairs, max_bytes: int) -> Target:
+    """`sent(given, params)`; 414 when params take it over `max_bytes`."""
+    target = sent(given, params)
+    if len(target.url.encode()) > max_bytes:
+        raise URITooLong(f"url is longer than {max_bytes} bytes (MAX_URL_BYTES)")
+    return target
+
+
+def sent(given: Target, params: Pairs) -> Target:
+    """The target sent upstream: `given` with `params` appended to its own query (order kept),
+    in the normal form of RFC 3986 §6.2.2-6.2.3: percent-encodings upper-cased, those of
+    unreserved characters decoded, characters a URI cannot hold raw (non-ASCII, space,
+    quote...) encoded as UTF-8, dot-segments removed, an empty path sent as "/", an empty query
+    and the fragment dropped. requests sends such a URL's path and query byte for byte (it would
+    otherwise re-quote them, remove dot-segments and drop a bare "?" itself), so its `url` is
+    the exact request-target the origin receives, and its `canonical` the identity of what is
+    fetched: scheme and host lower-cased, the default port dropped, and the query's
+    "&"-separated items sorted as they are sent (still encoded, so "+" and "%20", ";" and
+    "%3B", "a=b=c" and "a=b%3Dc", "flag" and "flag=" stay apart)."""
+    query = given.query
     if params:
         extra = urlencode(params)  # unreserved, %XX, "+", "=" and "&" only: already normal
         query = f"{query}&{extra}" if query else extra
-    path = _remove_dot_segments(_PATH_OTHER.sub(_encode, parts.path) or "/")
-    return urlunsplit((parts.scheme, parts.netloc, path, _QUERY_OTHER.sub(_encode, query), ""))
+    path = _remove_dot_segments(_PATH_OTHER.sub(_encode, given.path) or "/")
+    return dataclasses.replace(given, path=path, query=_QUERY_OTHER.sub(_encode, query))
+
+
+def target_url(url: str, params: Pairs) -> str:
+    """`sent` for a URL string: the URL sent upstream."""
+    return sent(split(url), params).url
 
 
 def canonical_url(url: str, params: Pairs = ()) -> str:  # type: ignore[assignment]
-    """The identity of what is fetched: `target_url`, scheme and host lower-cased, the default
-    port dropped, and the query's "&"-separated items sorted as they are sent (still encoded,
-    so "+" and "%20", ";" and "%3B", "a=b=c" and "a=b%3Dc", "flag" and "flag=" stay apart)."""
-    parts = urlsplit(target_url(url, list(params)))
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host if parts.port in (None, DEFAULT_PORTS.get(scheme)) else f"{host}:{parts.port}"
-    if parts.username is not None:
-        netloc = f"{parts.username}{':' + parts.password if parts.password else ''}@{netloc}"
-    query = "&".join(sorted(parts.query.split("&"))) if parts.query else ""
-    return urlunsplit((scheme, netloc, parts.path, query, ""))
+    """`sent(...).canonical` for a URL string: the identity of what is fetched."""
+    return sent(split(url), list(params)).canonical
 
 
 def url_digest(canonical: str) -> str:

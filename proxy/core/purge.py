@@ -93,9 +93,9 @@ class Purging:
         method invalidates the stored response for `url` and for its Location and
         Content-Location when they are of the same origin (RFC 9111 §4.4)."""
         request = self.parse(url)
-        self.fetcher.check(request.target)
+        self.fetcher.check(request.parts)
         try:
-            response = self.fetcher.send(client.method, request.target, client.forwarded, body,
+            response = self.fetcher.send(client.method, request.parts, client.forwarded, body,
                                          follow_redirects=not self._relays(request.target))
         except (BadGateway, GatewayTimeout):
             self.stats.count(names.UPSTREAM_ERRORS)

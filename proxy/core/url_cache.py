@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
 
@@ -107,16 +106,15 @@ class UrlCache(Purging):
 
     def _parse(self, url: str, key: str | None, params: Any) -> UrlRequest:
         max_url_bytes = self.limits.max_url_bytes
-        cache_keys.check_url(url, max_url_bytes)
+        given = cache_keys.check_url(url, max_url_bytes)  # the url's one split
         if key is not None:
             cache_keys.check_key(key, self.limits.max_key_bytes)
         pairs = cache_keys.parse_params(params) if isinstance(params, (str, type(None))) \
             else cache_keys.parse_params(_json(params))
-        target = cache_keys.target_url(url, pairs)
-        if len(target.encode()) > max_url_bytes:
-            cache_keys.check_url(target, max_url_bytes)
-        canonical = cache_keys.canonical_url(target)  # the key is what is actually fetched
-        return UrlRequest(target, canonical, cache_keys.redis_key(self.limits.prefix, key, canonical))
+        target = cache_keys.checked_target(given, pairs, max_url_bytes)
+        canonical = target.canonical  # the key is what is actually fetched
+        return UrlRequest(target.url, canonical,
+                          cache_keys.redis_key(self.limits.prefix, key, canonical), target)
 
     def fetch(self, url: str, key: str | None = None, params: Any = None,
               client: ClientRequest | None = None) -> CacheResult:
@@ -127,7 +125,7 @@ class UrlCache(Purging):
         forwarded headers, less those (cache_fill_headers), go to the origin on a fill and select
         the variant (Vary)."""
         request = self.parse(url, key, params)
-        self.fetcher.check(request.target)  # the upstream policy holds for cached entries too
+        self.fetcher.check(request.parts)  # the upstream policy holds for cached entries too
         client = client or PLAIN
         demands = Demands.of(client.headers) if client.headers else Demands()
         forwarded = tuple(sorted((name.lower(), value)
@@ -399,14 +397,14 @@ class UrlCache(Purging):
         request_time = self.clock()
         fetch_started = time.monotonic()
         try:
-            response = self.fetcher.fetch(request.target, sent,
+            response = self.fetcher.fetch(request.parts, sent,
                                           follow_redirects=not self._relays(request.target))
         except (BadGateway, GatewayTimeout) as exc:
             self.stats.count(names.UPSTREAM_SECONDS, time.monotonic() - fetch_started)
             self.stats.count(names.UPSTREAM_ERRORS)
             # One line per origin per interval: an origin down must not flood the log.
             # (The origin only: a path or query may carry a client's secrets.)
-            origin = urlsplit(request.target).netloc
+            origin = request.parts.netloc
             self.log_limiter.warning(f"upstream {origin}", "upstream fetch from %s failed: %s",
                                      origin, exc.detail)
             now = self.clock()

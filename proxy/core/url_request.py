@@ -2,12 +2,15 @@
 
 import dataclasses
 
+from proxy.cache.target import Target
+
 
 @dataclasses.dataclass(frozen=True)
 class UrlRequest:
     target: str  # what is sent upstream
     canonical: str  # what the entry remembers and the derived key hashes
     redis_key: str
+    parts: Target  # `target` split, read by the upstream policy and the fetcher as it is
     # The client's headers sent upstream (ClientRequest.forwarded, less its conditionals and
     # Range: cache_fill_headers), names lower-case, sorted.
     forwarded: tuple[tuple[str, str], ...] = ()

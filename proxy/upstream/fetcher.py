@@ -6,12 +6,13 @@ import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import requests
 from urllib3.exceptions import HTTPError
 
 from proxy import __version__
+from proxy.cache.target import Target, split
 from proxy.errors import BadGateway, BadRequest, GatewayTimeout, PayloadTooLarge
 from proxy.upstream.connections import (
     NoRedirectSession,
@@ -21,7 +22,7 @@ from proxy.upstream.connections import (
     fetch_peers,
     pinned_addresses,
 )
-from proxy.upstream.policy import SCHEMES, UpstreamPolicy
+from proxy.upstream.policy import UpstreamPolicy
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,10 @@ class Fetcher:
         self.max_redirects = max_redirects
         self.policy = policy or UpstreamPolicy()
         self.session = self._new_session(pool_size)
-        # The check without DNS is pure for a given policy: remember URLs that passed (a refused
-        # one raises, is never remembered, and is counted each time).
+        # The check without DNS is pure for a given policy: remember targets that passed (a
+        # refused one raises, is never remembered, and is counted each time).
         self._checked = functools.lru_cache(maxsize=4096)(
-            lambda url: self.policy.check_url(url, resolve=False))
+            lambda target: self.policy.check_target(target, resolve=False))
         self._sources = functools.lru_cache(maxsize=4096)(self.policy.check_source)
 
     def _new_session(self, pool_size: int) -> requests.Session:
@@ -78,22 +79,22 @@ class Fetcher:
     def close(self) -> None:
         self.session.close()
 
-    def check(self, url: str) -> None:
+    def check(self, target: Target) -> None:
         """The upstream policy without name resolution: for a request that may be answered from
         the cache, so an entry stored under a looser policy is not served under a stricter one."""
-        self._checked(url)
+        self._checked(target)
 
     def check_source(self, url: str, hops: tuple[tuple[str, str], ...] | None) -> None:
         """The policy for a cached response, by what its fetch recorded (UpstreamPolicy.check_source)."""
         self._sources(url, hops)
 
-    def fetch(self, url: str, headers: Mapping[str, str] | None = None, *,
+    def fetch(self, url: Target | str, headers: Mapping[str, str] | None = None, *,
               follow_redirects: bool = True) -> UpstreamResponse:
         """Fetch `url`; raise BadGateway, GatewayTimeout, PayloadTooLarge or Forbidden.
         `follow_redirects=False`: a redirect is the answer (a reverse proxy relays it)."""
         return self.send("GET", url, headers, follow_redirects=follow_redirects)
 
-    def send(self, method: str, url: str, headers: Mapping[str, str] | None = None,
+    def send(self, method: str, url: Target | str, headers: Mapping[str, str] | None = None,
              body: bytes | None = None, *, follow_redirects: bool = False) -> UpstreamResponse:
         """`method` to `url` with `body`, through the same policy, deadline and caps as fetch;
         a redirect is followed only when `follow_redirects`."""
@@ -101,20 +102,22 @@ class Fetcher:
         hops: list[tuple[str, str]] | None = []
         for hop in range(self.max_redirects + 1):
             try:
-                # Every hop: a redirect is a new request. The name is looked up once, below.
-                url = self.policy.check_url(url, resolve=False)
+                # Every hop: a redirect is a new request (a new Target). The name is looked up
+                # once, below.
+                target = self.policy.check_target(split(url) if isinstance(url, str) else url,
+                                                  resolve=False)
             except BadRequest as exc:
                 if hop == 0:
                     raise
                 raise BadGateway(f"upstream redirected to an unusable url: {exc.detail}") from exc
-            pinned = self._resolve(url, deadline)
+            pinned = self._resolve(target, deadline)
             peers: list[str] = []
             token = fetch_peers.set(peers)
             try:
-                response = self._request(url, headers, deadline, pinned, method, body)
+                response = self._request(target, headers, deadline, pinned, method, body)
             finally:
                 fetch_peers.reset(token)
-            hops = hops + [(url, peers[-1])] if hops is not None and peers else None
+            hops = hops + [(target.url, peers[-1])] if hops is not None and peers else None
             if not 200 <= response.status_code <= 599:
                 # A 1xx relayed as final, or 999, would break the client's framing.
                 response.close()
@@ -125,22 +128,21 @@ class Fetcher:
                 if response.status_code not in (307, 308):  # RFC 9110 §15.4: these keep both
                     method, body = "GET", None
                 try:
-                    url = urljoin(url, location)
+                    url = urljoin(target.url, location)
                 except ValueError as exc:
                     raise BadGateway(f"upstream redirected to an unusable url: {exc}") from exc
                 continue
             with response:
                 body = self._read_body(response, deadline)
-            return UpstreamResponse(response.status_code, response.headers, body, url,
+            return UpstreamResponse(response.status_code, response.headers, body, target.url,
                                     hops=tuple(hops) if hops is not None else None,
                                     fields=tuple(response.raw.headers.items()))
         raise BadGateway(f"upstream redirected more than {self.max_redirects} times")
 
-    def _resolve(self, url: str, deadline: float) -> tuple[str, int, list[str]]:
+    def _resolve(self, target: Target, deadline: float) -> tuple[str, int, list[str]]:
         """The hop's one name lookup, bounded by the fetch's deadline, and the policy's check of
         every address: (name, port, addresses) for the connection to use."""
-        parts = urlsplit(url)  # already checked and rebuilt by the policy
-        host, port = parts.hostname or "", parts.port or SCHEMES[parts.scheme]
+        host, port = target.host, target.effective_port  # as the policy checked them
         try:
             addresses = self.policy.check_connect(host, port,
                                                   timeout=max(0.0, deadline - time.monotonic()))
@@ -152,17 +154,17 @@ class Fetcher:
             raise BadGateway(f"could not resolve {host}: {_reason(exc)}") from exc
         return host, port, addresses
 
-    def _request(self, url: str, headers: Mapping[str, str] | None, deadline: float,
+    def _request(self, target: Target, headers: Mapping[str, str] | None, deadline: float,
                  pinned: tuple[str, int, list[str]] | None = None, method: str = "GET",
                  body: bytes | None = None) -> requests.Response:
         remaining = deadline - time.monotonic()
-        where = _host_port(url)
+        where = target.host_port
         if remaining <= 0:
             raise GatewayTimeout(f"timed out after {self.timeout:g} s waiting for {where}")
         token = fetch_deadline.set(deadline)
         pin_token = pinned_addresses.set(pinned)
         try:
-            return self.session.request(method, url, headers=dict(headers or {}), data=body,
+            return self.session.request(method, target.url, headers=dict(headers or {}), data=body,
                                         stream=True, allow_redirects=False,
                                         timeout=(remaining, remaining))
         except requests.Timeout as exc:
@@ -215,13 +217,6 @@ def _is_timeout(exc: BaseException) -> bool:
             return True
         seen = seen.__context__ or seen.__cause__
     return False
-
-
-def _host_port(url: str) -> str:
-    """`host:port` of a URL the policy has checked, the port always given."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    return f"{f'[{host}]' if ':' in host else host}:{parts.port or SCHEMES[parts.scheme]}"
 
 
 def _connect_failure(exc: BaseException, where: str) -> str:

@@ -6,6 +6,7 @@ the hop's one name lookup, bounded by the fetch's deadline). The connection goes
 addresses, and no second lookup, which could answer differently (DNS rebinding), is made.
 """
 
+import dataclasses
 import ipaddress
 import logging
 import re
@@ -15,10 +16,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
-from urllib.parse import urlsplit, urlunsplit
 
 import idna
 
+from proxy.cache.target import DEFAULT_PORTS as SCHEMES
+from proxy.cache.target import Target, check_host, split
 from proxy.errors import BadRequest, Forbidden, UnrecordedSource
 from proxy.log_limit import LogLimiter
 
@@ -27,7 +29,6 @@ log = logging.getLogger(__name__)
 Resolver = Callable[[str, int], list[str]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-SCHEMES = {"http": 80, "https": 443}
 DEFAULT_PORTS = (80, 443, 8080, 8443)
 MAX_LOOKUPS = 8  # name lookups in flight at once, per policy
 
@@ -173,33 +174,30 @@ class UpstreamPolicy:
             return dict(self.refusals)
 
     def check_url(self, url: str, *, resolve: bool = True) -> str:
-        """The URL to fetch for `url` (host normalised), or Forbidden / BadRequest. With
-        `resolve=False` a name's addresses are left to the fetch (no DNS on a cache hit)."""
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as exc:
-            raise BadRequest(f"url is malformed: {exc}", error="bad url") from exc
-        scheme = parts.scheme.lower()
-        if scheme not in SCHEMES:
-            self._refuse("scheme", f"scheme {scheme!r} refused: only http and https are fetched")
-        if "@" in parts.netloc:
+        """The URL to fetch for `url` (host normalised), or Forbidden / BadRequest (check_target)."""
+        return self.check_target(split(url), resolve=resolve).url
+
+    def check_target(self, target: Target, *, resolve: bool = True) -> Target:
+        """`target` with its host normalised, or Forbidden / BadRequest. With `resolve=False` a
+        name's addresses are left to the fetch (no DNS on a cache hit)."""
+        if target.scheme not in SCHEMES:
+            self._refuse("scheme", f"scheme {target.scheme!r} refused: only http and https "
+                         "are fetched")
+        if "@" in target.netloc:
             self._refuse("userinfo", "a url with user info (user:password@) is refused: "
                          "credentials are never sent upstream from a shared cache")
-        if not parts.hostname:
-            raise BadRequest("url has no host", error="bad url")
-        effective_port = SCHEMES[scheme] if port is None else port
-        dns_name = self._check_host(parts.hostname, effective_port)
+        check_host(target)
+        dns_name = self._check_host(target.host, target.effective_port)
         if resolve or _is_ip(dns_name):
             try:
-                self.check_connect(dns_name, effective_port)
+                self.check_connect(dns_name, target.effective_port)
             except OSError:
                 pass  # unresolvable now: the fetch resolves again, checks, and reports 502
         # Rebuilt from the checked parts, so the HTTP client cannot parse it differently.
         netloc = f"[{dns_name}]" if ":" in dns_name else dns_name
-        if port is not None:
-            netloc += f":{port}"
-        return urlunsplit((scheme, netloc, parts.path, parts.query, ""))
+        if target.port is not None:
+            netloc += f":{target.port}"
+        return dataclasses.replace(target, netloc=netloc, host=dns_name)
 
     def check_source(self, url: str, hops: tuple[tuple[str, str], ...] | None) -> None:
         """Forbidden unless this policy would have fetched a cached response as it was fetched:
@@ -207,9 +205,10 @@ class UpstreamPolicy:
         judged by the address recorded when it was fetched. `hops` None (an entry that recorded
         none) passes on its URL alone only where the address check is lifted or the host is an
         address; otherwise UnrecordedSource."""
-        self.check_url(url, resolve=False)
+        target = split(url)
+        self.check_target(target, resolve=False)
         if hops is None:
-            host = urlsplit(url).hostname or ""
+            host = target.host
             if not self.allow_private and not _is_ip(host):
                 # Not counted as a refusal: through url= it is a miss, fetched again.
                 raise UnrecordedSource(f"the cached entry of {host!r} does not record the address "
@@ -218,8 +217,9 @@ class UpstreamPolicy:
                                        error="url refused")
             return
         for hop_url, address in hops:
-            self.check_url(hop_url, resolve=False)
-            self.check_address(address, host=urlsplit(hop_url).hostname or "")
+            hop = split(hop_url)
+            self.check_target(hop, resolve=False)
+            self.check_address(address, host=hop.host)
 
     def check_connect(self, host: str, port: int, timeout: float | None = None) -> list[str]:
         """Resolve `host` (one lookup, at most `timeout` seconds) and check every address; the

@@ -15,7 +15,7 @@ MAY_IMPORT = {
     "proxy.log_limit": (),
     "proxy.cache": ("proxy.errors", "proxy.cache"),
     "proxy.store": ("proxy.errors", "proxy.log_limit", "proxy.cache", "proxy.store"),
-    "proxy.upstream": ("proxy.errors", "proxy.log_limit", "proxy.upstream", "proxy"),  # proxy: __version__ alone
+    "proxy.upstream": ("proxy.errors", "proxy.log_limit", "proxy.cache", "proxy.upstream", "proxy"),  # proxy: __version__ alone
     "proxy.core": ("proxy.errors", "proxy.log_limit", "proxy.cache", "proxy.store", "proxy.upstream", "proxy.core"),
     "proxy.settings_parsers": (),
     "load_env": ("proxy.errors", "proxy.settings_parsers"),

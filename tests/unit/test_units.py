@@ -8,6 +8,7 @@ from proxy.cache import entry as cache_entry
 from proxy.cache import keys as cache_keys
 from proxy.cache.entry import Entry
 from proxy.cache.freshness import Policy
+from proxy.cache.target import Target
 from proxy.errors import BadRequest
 from proxy.upstream.fetcher import UpstreamResponse
 from redis_proxy import HIT, MISS, RedisProxy
@@ -22,15 +23,15 @@ class FakeFetcher:
         self.body, self.headers, self.status = body, headers or {}, status
         self.calls: list[str] = []
 
-    def check(self, url: str) -> None:
+    def check(self, target: Target) -> None:
         pass
 
     def check_source(self, url: str, hops) -> None:  # noqa: ANN001
         pass
 
-    def fetch(self, url, headers=None, *, follow_redirects=True):  # noqa: ANN001
-        self.calls.append(url)
-        return UpstreamResponse(self.status, self.headers, self.body, url)
+    def fetch(self, target: Target, headers=None, *, follow_redirects=True):  # noqa: ANN001
+        self.calls.append(target.url)
+        return UpstreamResponse(self.status, self.headers, self.body, target.url)
 
     def close(self) -> None:
         pass
