@@ -22,14 +22,13 @@ from proxy.cache.freshness import (
     freshened,
     may_serve_stale_if_error,
     may_serve_stale_while_revalidate,
-    vary_names,
     with_date,
     with_vary,
     without_unvalidated,
 )
 from proxy.cache.local_cache import MISSING, URL_TIER, LocalCache
-from proxy.cache.representation import ACCEPT_ENCODING, normalised, represent, without
-from proxy.cache.request import NOT_COALESCED, ClientRequest, cache_fill_headers
+from proxy.cache.representation import ACCEPT_ENCODING, represent, without
+from proxy.cache.request import ClientRequest, cache_fill_headers
 from proxy.cache.result import (
     BYPASS,
     HEADERS_TOO_LARGE,
@@ -42,17 +41,16 @@ from proxy.cache.result import (
 )
 from proxy.cache.single_flight import SingleFlight
 from proxy.core import stats as names
+from proxy.core.coalesce import Coalescing, flight_key
 from proxy.core.purge import Purging
 from proxy.core.stats import Stats
 from proxy.core.url_request import UrlLimits, UrlRequest
 from proxy.errors import (
     BadGateway,
     BadRequest,
-    Forbidden,
     GatewayTimeout,
     KeyNotFound,
     NotCached,
-    ProxyError,
     StoreUnavailable,
     UnrecordedSource,
 )
@@ -61,17 +59,16 @@ from proxy.store.connection import RedisHealth
 from proxy.store.fetch_lock import FetchLock
 from proxy.store.purge_marker import PurgeMarkers, Start, marker_key
 from proxy.store.tags import MAX_TAGS, TagIndex, tags_of
-from proxy.store.variants import Variants, variant_key
+from proxy.store.variants import Variants
 from proxy.upstream.fetcher import Fetcher, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
-MAX_REFRESHES = 8  # background stale-while-revalidate refreshes running at once
 PLAIN = ClientRequest()  # a GET with no headers of its own: the card's behaviour
 MAX_STALE = "max-stale"  # Cache-Status detail of a stale answer the request's max-stale accepted
 
 
-class UrlCache(Purging):
+class UrlCache(Coalescing, Purging):
     """`GET /?url=U&key=K`: parse, look up, coalesce the forward, revalidate, store, purge."""
 
     def __init__(self, client: Any, fetcher: Fetcher, local: LocalCache, health: RedisHealth,
@@ -183,7 +180,7 @@ class UrlCache(Purging):
             raise NotCached()  # RFC 9111 §5.2.1.7: a stored answer or 504, never upstream
         self.stats.count(names.MISSES)
         result, _shared = self.flights.do(
-            _flight_key(request), lambda: self._coalesced_forward(request, stored, redis_up),
+            flight_key(request), lambda: self._coalesced_forward(request, stored, redis_up),
             wait_timeout=self.fetcher.timeout)
         if stored is not None and stored.remaining(now) > 0 and result.forward == "stale":
             return dataclasses.replace(result, forward="request")  # RFC 9211: fresh, not allowed
@@ -201,139 +198,6 @@ class UrlCache(Purging):
         if demands.stale_accepted(age, remaining) and self.policy.may_serve_stale(entry.headers):
             return self._result(entry, now, STALE, detail=MAX_STALE, policy=self.policy)
         return None
-
-    def _secondary(self, request: UrlRequest) -> dict[str, str]:
-        """The request headers as sent upstream, names lower-case, values normalised (RFC 9111
-        §4.1): the fetcher's own fixed ones, then the client's forwarded ones."""
-        sent = {name.lower(): str(value) for name, value in self.fetcher.session.headers.items()}
-        sent.update(request.forwarded)
-        return {name: normalised(name, value) for name, value in sent.items()}
-
-    def _vary_of(self, request: UrlRequest, headers: Any) -> dict[str, str | None] | None:
-        """The secondary key a response's Vary asks to record; None without Vary."""
-        listed = vary_names(headers)
-        if not listed:
-            return None
-        secondary = self._secondary(request)
-        return {name: secondary.get(name) for name in listed}
-
-    def _matches(self, request: UrlRequest, entry: Entry) -> bool:
-        """RFC 9111 §4.1: the entry was selected by request headers equal to this request's."""
-        if entry.vary is None:
-            return True
-        secondary = self._secondary(request)
-        return all(name != "*" and secondary.get(name) == value for name, value in entry.vary.items())
-
-    def _selected(self, request: UrlRequest, entry: Entry) -> str | None:
-        """Where the variant this request selects lives when `entry`, stored at the URL's key, is
-        another variant of the URL (proxy.store.variants); None when it is this one or no other
-        can be (no Vary, Vary: *, or another URL under an explicit key)."""
-        if entry.url != request.canonical or entry.vary is None or "*" in entry.vary \
-                or self._matches(request, entry):
-            return None
-        secondary = self._secondary(request)
-        return variant_key(request.redis_key, {name: secondary.get(name) for name in entry.vary})
-
-    def _read_variant(self, request: UrlRequest) -> tuple[Entry | None, str, bool]:
-        """The stored entry for this request's URL, the variant it selects when there is one
-        beside the URL's own: (entry, the key it was read at, whether Redis answered)."""
-        stored, redis_up = self._read_entry(request.redis_key)
-        other = None if stored is None else self._selected(request, stored)
-        if other is None:
-            return stored, request.redis_key, redis_up
-        variant, redis_up = self._read_entry(other)
-        return (variant, other, redis_up) if variant is not None \
-            else (stored, request.redis_key, redis_up)
-
-    def _place(self, redis_key: str, entry: Entry) -> str:
-        """Where `entry` (for `redis_key`'s URL) is stored: at the URL's key when nothing else
-        of that URL is there, or the variant there is the same one, or either varies on
-        nothing, on `*` or on other names (then it replaces what is there); else beside it,
-        under the key of its own variant (MAX_VARIANTS bounds how many)."""
-        if entry.vary is None or "*" in entry.vary or self.limits.max_variants <= 1:
-            return redis_key
-        there, _up = self._read_entry(redis_key)
-        if there is None or there.url != entry.url or there.vary is None \
-                or there.vary.keys() != entry.vary.keys() or there.vary == entry.vary:
-            return redis_key
-        return variant_key(redis_key, entry.vary)
-
-    def _coalesced_forward(self, request: UrlRequest, stale: Entry | None,
-                           redis_up: bool) -> CacheResult:
-        """One upstream fetch per entry across every proxy process sharing this Redis."""
-        # One lock per key and URL: a fetch of another URL under the same explicit key
-        # neither waits for this one nor is taken for it.
-        lock = f"{request.redis_key}\x00{cache_keys.url_digest(request.canonical)[:16]}"
-        token = self.fetch_lock.acquire(lock) if redis_up else ""
-        if token is None:
-            self.stats.count(names.COALESCED_WAITS)
-            found = self.fetch_lock.wait(lock, lambda: self._fresh_stored(request, stale))
-            if found is not None:
-                return found
-            token = ""  # the other fetch failed or was not storable: fetch for ourselves
-        try:
-            if token:
-                # Double-checked: a fetch may have stored the entry and released the lock
-                # between our read of Redis and our taking the lock.
-                found = self._fresh_stored(request, stale)
-                if found is not None:
-                    return found
-            return self._forward(request, stale, redis_up)
-        finally:
-            self.fetch_lock.release(lock, token)
-
-    def _fresh_stored(self, request: UrlRequest, stale: Entry | None) -> CacheResult | None:
-        """A fresh entry another process has stored since `stale` (or since nothing)."""
-        epoch = self.local.epoch
-        entry, where, _up = self._read_variant(request)
-        now = self.clock()
-        if entry is None or entry.url != request.canonical or entry.remaining(now) <= 0 \
-                or not self._matches(request, entry):
-            return None
-        if stale is not None and entry.fetched_at <= stale.fetched_at:
-            return None
-        try:
-            self.fetcher.check_source(entry.url, entry.via)
-        except Forbidden:
-            return None  # stored by a looser proxy: our own fetch asks the policy, which answers
-        self.local.set((URL_TIER, where), entry, entry.remaining(now), epoch=epoch)
-        return self._result(entry, now, HIT, policy=self.policy)
-
-    def _refresh_ahead(self, request: UrlRequest, entry: Entry, now: float) -> None:
-        """REFRESH_AHEAD: a hit past that fraction of the entry's freshness starts one background
-        refresh (conditional when it has validators), so a hot entry is replaced before it
-        expires in front of a client."""
-        fraction = self.limits.refresh_ahead
-        if fraction > 0 and entry.age(now) >= fraction * entry.fresh_for > 0 \
-                and self._refresh_in_background(request, entry):
-            self.stats.count(names.REFRESHES_AHEAD)
-
-    def _refresh_in_background(self, request: UrlRequest, stale: Entry) -> bool:
-        """Start one refresh of `stale` in a thread; False when one for this key is running
-        already or MAX_REFRESHES are."""
-        with self._refreshing_lock:
-            # One refresh per key, and a few at once: the stale copy is served either way, and
-            # a burst of keys going stale must not become a burst of threads and fetches.
-            if request.redis_key in self._refreshing or len(self._refreshing) >= MAX_REFRESHES:
-                return False
-            self._refreshing.add(request.redis_key)
-
-        def refresh() -> None:
-            try:
-                # Another request or process may have refreshed it since `stale` was read.
-                if self._fresh_stored(request, stale) is None:
-                    self.flights.do(_flight_key(request),
-                                    lambda: self._coalesced_forward(request, stale, True))
-            except ProxyError as exc:
-                log.info("background refresh of %s failed: %s", request.redis_key, exc.detail)
-            except Exception:  # noqa: BLE001 - a background thread must log, not die silently
-                log.exception("background refresh of %s failed", request.redis_key)
-            finally:
-                with self._refreshing_lock:
-                    self._refreshing.discard(request.redis_key)
-
-        threading.Thread(target=refresh, name="revalidate", daemon=True).start()
-        return True
 
     def lookup(self, key: str, client: ClientRequest | None = None) -> CacheResult:
         """`?key=K` alone: what is stored under K, or KeyNotFound; of `client`, only its
@@ -548,14 +412,6 @@ class UrlCache(Purging):
             return {**headers, self.limits.tag_headers[0]: " ".join(entry.tags)}
         return headers
 
-
-def _flight_key(request: UrlRequest) -> tuple[str, str, tuple[tuple[str, str], ...]]:
-    """What concurrent fetches must share to share one: the key and the URL (two URLs given one
-    explicit key never share a fetch), and the headers sent upstream (no client is given the
-    answer to another's request), less the per-client ones no response is selected by
-    (NOT_COALESCED: X-Forwarded-For), so that clients of a reverse proxy share a cold fetch."""
-    return (request.redis_key, request.canonical,
-            tuple(pair for pair in request.forwarded if pair[0] not in NOT_COALESCED))
 
 def _json(params: Any) -> str:
     try:
