@@ -4,7 +4,6 @@ import dataclasses
 import functools
 import json
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -12,7 +11,7 @@ from typing import Any
 
 import redis
 
-from proxy.cache import compression, conditional
+from proxy.cache import conditional
 from proxy.cache import entry as cache_entry
 from proxy.cache import keys as cache_keys
 from proxy.cache.conditional import Demands
@@ -44,6 +43,7 @@ from proxy.core import stats as names
 from proxy.core.coalesce import Coalescing, flight_key
 from proxy.core.purge import Purging
 from proxy.core.stats import Stats
+from proxy.core.storing import Storing
 from proxy.core.url_request import UrlLimits, UrlRequest
 from proxy.errors import (
     BadGateway,
@@ -57,7 +57,7 @@ from proxy.errors import (
 from proxy.log_limit import LogLimiter
 from proxy.store.connection import RedisHealth
 from proxy.store.fetch_lock import FetchLock
-from proxy.store.purge_marker import PurgeMarkers, Start, marker_key
+from proxy.store.purge_marker import PurgeMarkers, Start
 from proxy.store.tags import MAX_TAGS, TagIndex, tags_of
 from proxy.store.variants import Variants
 from proxy.upstream.fetcher import Fetcher, UpstreamResponse
@@ -68,7 +68,7 @@ PLAIN = ClientRequest()  # a GET with no headers of its own: the card's behaviou
 MAX_STALE = "max-stale"  # Cache-Status detail of a stale answer the request's max-stale accepted
 
 
-class UrlCache(Coalescing, Purging):
+class UrlCache(Coalescing, Storing, Purging):
     """`GET /?url=U&key=K`: parse, look up, coalesce the forward, revalidate, store, purge."""
 
     def __init__(self, client: Any, fetcher: Fetcher, local: LocalCache, health: RedisHealth,
@@ -332,70 +332,6 @@ class UrlCache(Coalescing, Purging):
                            forward="stale" if stale else "miss",
                            upstream_status=response.status, stored=stored,
                            detail=HEADERS_TOO_LARGE if refusal == HEADERS_TOO_LARGE else "")
-
-    def _store(self, redis_key: str, entry: Entry, start: Start | None, epoch: int,
-               tag_start: int | None = None) -> bool:
-        """One atomic write with a TTL (SETEX semantics): freshness left plus the stale window.
-        Refused when the entry was purged since `start` (None: Redis was not reachable then),
-        or one of its tags since `tag_start` (proxy.store.tags: named in each tag's set, then
-        checked, then written through the purge markers); the L1 copy is kept unless the entry was
-        invalidated since `epoch`."""
-        fresh_left = entry.remaining(self.clock())
-        keep_for = fresh_left + self.limits.stale_ttl
-        if keep_for <= 0 or start is None:
-            return False
-        if not self.limits.tag_headers:
-            entry = dataclasses.replace(entry, tags=())
-        elif entry.tags and tag_start is None:
-            return False
-        value, ttl = cache_entry.encode(entry), max(1, math.ceil(keep_for))
-        try:
-            primary, redis_key = redis_key, self._place(redis_key, entry)
-            if redis_key != primary:
-                # Named before it is stored, so a purge that reads the index finds it (or the
-                # purge's marker on the URL's key refuses the store: `marks`).
-                gone = self.variants.record(primary, redis_key, ttl, self.limits.max_variants - 1)
-                if gone:
-                    self.purge_markers.purge(gone)
-                    for key in gone:
-                        self.local.pop((URL_TIER, key))
-            if entry.tags and tag_start is not None and (
-                    not self.tags.add(redis_key, entry.tags, ttl)
-                    or self.tags.purged_since(entry.tags, tag_start)):
-                self.stats.count(names.STORES_REFUSED)
-                return False
-            # The script reads the key back after the write (a write ends Redis's tracking of
-            # it), so the L1 copy hears of a purge or a replacement by another proxy.
-            if not self.purge_markers.store(redis_key, value, ttl, start,
-                                            marks=[marker_key(primary)] if redis_key != primary else []):
-                self.stats.count(names.STORES_REFUSED)
-                return False
-        except StoreUnavailable:
-            return False
-        except redis.RedisError as exc:  # OOM command not allowed, READONLY, ...
-            self._store_error(exc)
-            return False
-        self.local.set((URL_TIER, redis_key), entry, fresh_left, epoch=epoch)
-        return True
-
-    def _compressed(self, entry: Entry, upstream_headers: Any) -> Entry:
-        """The entry as stored: its body compressed when it is large enough, of a type that
-        compresses, not content-coded already, and smaller for it."""
-        least = self.limits.compress_min_bytes
-        if not least or entry.coding or len(entry.body) < least or not compression.compressible(
-                {"content-type": upstream_headers.get("content-type", ""),
-                 "content-encoding": upstream_headers.get("content-encoding", "")}):
-            return entry
-        coding = compression.STORED_CODING
-        body = compression.encode(entry.body, coding)
-        return dataclasses.replace(entry, body=body, coding=coding) if len(body) < len(entry.body) \
-            else entry
-
-    def _store_error(self, exc: BaseException) -> None:
-        self.stats.count(names.STORE_ERRORS)
-        self.log_limiter.warning("store error", "redis refused a write on %s: %s",
-                                 self.redis_label or "redis", exc)
-
 
     def _result(self, entry: Entry, now: float, cache: str, forward: str = "",
                 detail: str = "", policy: Policy | None = None) -> CacheResult:
