@@ -18,7 +18,7 @@ from proxy.store.launcher import RedisServer  # noqa: E402
 from proxy.upstream.fetcher import Fetcher  # noqa: E402
 from proxy.upstream.policy import UpstreamPolicy  # noqa: E402
 from redis_proxy import RedisProxy  # noqa: E402
-from servers import ServerThread, Upstream  # noqa: E402
+from servers import Origin, ServerThread, Upstream  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +58,14 @@ def r(redis_url):
 @pytest.fixture
 def upstream():
     server = Upstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def origin():
+    """A scripted origin on 127.0.0.1:0 for reverse-proxy mode (servers.Origin)."""
+    server = Origin().start()
     yield server
     server.stop()
 

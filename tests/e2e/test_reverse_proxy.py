@@ -18,16 +18,9 @@ from proxy.serving.rate_limit import RateLimiter
 from proxy.serving.site import Site
 from proxy.store.launcher import free_port
 from proxy.upstream.policy import UpstreamPolicy
-from servers import Origin, q, raw_exchange, request, start_proxy, stop_proxy, wait_until
+from servers import q, raw_exchange, request, start_proxy, stop_proxy, wait_until
 
 TOKEN = "proxy-token-0123456789abcdef"
-
-
-@pytest.fixture
-def origin():
-    server = Origin().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -9,16 +9,9 @@ from proxy.cache.request import ClientRequest
 from proxy.serving.auth import Authenticator
 from proxy.serving.site import Site
 from proxy.store.variants import index_key, variant_key
-from servers import Origin, q, request
+from servers import q, request
 
 LANGUAGES = ["de", "en", "fr", "it", "es", "nl", "pt", "sv", "da"]
-
-
-@pytest.fixture
-def origin():
-    server = Origin().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
