@@ -1,5 +1,5 @@
 """The HTTP front end's routes that are not plumbing: the URL role (`/`), `/get/<key>` and
-reverse-proxy mode's relay to the origin; a mixin of http_server.ProxyHandler, which holds the
+reverse-proxy mode's relay to the origin; a mixin of handler.ProxyHandler, which holds the
 connection, the parsed head and the reply framing these use."""
 
 import base64
@@ -46,7 +46,7 @@ class Relayed(Protocol):
 
 
 class Proxy(Protocol):
-    """What these routes ask of redis_proxy.RedisProxy."""
+    """What the HTTP front end asks of redis_proxy.RedisProxy."""
 
     def fetch(self, url: str, key: str | None = None, params: Any = None,
               request: ClientRequest | None = None) -> CacheResult: ...
@@ -55,10 +55,11 @@ class Proxy(Protocol):
     def purge(self, url: str | None = None, key: str | None = None, params: Any = None, *,
               tag: str | None = None, soft: bool = False) -> int: ...
     def read_value(self, key: bytes | str) -> tuple[bytes | None, str]: ...
+    def health_report(self) -> dict[str, Any]: ...
 
 
 class Server(Protocol):
-    """What these routes ask of http_server.ProxyHTTPServer."""
+    """What these routes ask of handler.ProxyHTTPServer."""
 
     @property
     def proxy(self) -> Proxy: ...

@@ -1,0 +1,331 @@
+"""The HTTP front end: a thin stdlib `http.server` mapping requests onto the proxy (the
+server, the handler's connection plumbing, routing and reply framing; the route bodies are
+routes.py's). http_server.py wires it to the settings and a RedisProxy."""
+
+import io
+import logging
+import socket
+import socketserver
+import sys
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from proxy.cache.result import CacheResult, cache_status
+from proxy.errors import HeadersTooLarge, MethodNotAllowed, NotFound, ProxyError, URITooLong
+from proxy.serving import dashboard
+from proxy.serving.access_log import AccessLog, masked_target
+from proxy.serving.auth import Authenticator
+from proxy.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from proxy.serving.metrics import Metrics
+from proxy.serving.query import parse_query
+from proxy.serving.rate_limit import RateLimiter
+from proxy.serving.reply import DATES as _dates
+from proxy.serving.reply import REJECT as _REJECT
+from proxy.serving.reply import UNSAFE_HEADER_VALUE as _UNSAFE_HEADER_VALUE
+from proxy.serving.reply import json_bytes as _json_bytes
+from proxy.serving.request_head import Fields, read_head
+from proxy.serving.routes import MIN_SEND_RATE, Proxy, Routes
+from proxy.serving.site import Site
+from proxy.serving.sockets import DeadlineReader, LimitedServerMixIn
+from proxy.serving.syntax import body_framing_error, has_body, host_error, origin_form
+
+# The name these lines had before the front end moved out of http_server.py; kept so a log
+# filter or LOG_FORMAT's %(name)s still finds them.
+log = logging.getLogger("http_server")
+
+ALLOWED_METHODS = ("GET", "HEAD", "DELETE", "PURGE")  # PURGE: Varnish's dialect, on `/` only
+READ_METHODS = ("GET", "HEAD")
+
+# The same short names as the errors.py classes for these statuses.
+_PROTOCOL_ERRORS = {414: URITooLong.error, 431: HeadersTooLarge.error}
+
+
+# Routes answered outside MAX_PARALLEL, so a busy proxy can still say how it is.
+UNMETERED_ROUTES = frozenset({"/health", "/metrics", "/stats", "/dashboard"})
+SMALL_REPLY = 64 * 1024  # up to this, headers and body go out in one write
+class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
+    """Holds the proxy, the limits and the access checks; handlers stay thin."""
+
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 1024  # the default 5 overflows under 64 connections (CONTRACT §8)
+    reject_bytes = _REJECT
+
+    def __init__(self, address: tuple[str, int], proxy: Proxy, *, max_clients: int = 1024,
+                 max_parallel: int = 4, header_timeout: float = 10.0,
+                 keepalive_timeout: float = 15.0, authenticator: Authenticator | None = None,
+                 rate_limiter: RateLimiter | None = None, metrics: Metrics | None = None,
+                 parallel: threading.Semaphore | None = None, access_log: AccessLog | None = None,
+                 site: Site | None = None):
+        self.proxy = proxy
+        self.access_log = access_log or AccessLog()  # on, when the logger takes INFO
+        self.site = site or Site()  # no origin: the URL role alone
+        self.metrics = metrics or Metrics(proxy)
+        self.authenticator = authenticator or Authenticator()  # no tokens: open
+        self.rate_limiter = rate_limiter  # None: no limit
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.init_limits(max_clients, max_parallel, parallel)
+        super().__init__(address, ProxyHandler)
+        self.metrics.watch("http", self)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks up the FQDN, which can wait on DNS; the port is enough.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), port
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """An exception that escaped a handler: one logged error (a bug to fix), never the
+        stdlib's traceback printed to stderr; a dropped connection is a debug line."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            log.debug("connection from %s ended: %s", client_address[0], exc)
+        else:
+            log.exception("unhandled error on a connection from %s", client_address[0])
+
+    def admit(self, path: str | None, peer: str, headers: Fields) -> None:
+        """CONTRACT §4: authentication first, then the rate limit; raises what refuses. `path`
+        None: a request for the origin's site, which the proxy's tokens do not guard."""
+        forwarded_for = headers.get_all("X-Forwarded-For") or []
+        if path is not None:
+            self.authenticator.check(path, headers.get_all("Authorization") or [], peer,
+                                     forwarded_for)
+        if self.rate_limiter is not None:
+            self.rate_limiter.check(peer, forwarded_for)
+
+
+class ProxyHandler(Routes, BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "redis-proxy"
+    server: ProxyHTTPServer
+    # The handler parses its own head once (request_head.read_head), not with the email parser.
+    headers: Fields  # type: ignore[assignment]
+    rfile: io.BufferedReader
+
+    # ----- connection plumbing -------------------------------------------------------------
+
+    def setup(self) -> None:
+        self.connection = self.request
+        # Responses go out in one send; NODELAY keeps Nagle from holding back the next one.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._reader = DeadlineReader(self.connection, self.server.keepalive_timeout)
+        self.rfile = io.BufferedReader(self._reader, 65536)
+        self.wfile = io.BytesIO()  # only the stdlib's 100-continue path writes here
+        self._first = True
+        self._started = 0.0  # the request's dispatch time, for the access log; 0: not dispatched
+
+    def finish(self) -> None:
+        self.rfile.close()
+
+    def handle(self) -> None:
+        self.close_connection = True
+        try:
+            self.handle_one_request()
+            while not self.close_connection:
+                self.handle_one_request()
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            log.debug("connection from %s ended: %s", self.client_address[0], exc)
+
+    def handle_one_request(self) -> None:
+        """One request; its reply is built while processing and sent at the end, outside
+        MAX_PARALLEL, so a client slow to read holds its own connection and nothing else."""
+        self._pending: tuple[bytes, bytes] | None = None
+        try:
+            self._handle_one_request()
+        finally:
+            self._send()
+
+    def _handle_one_request(self) -> None:
+        self.close_connection = True
+        self.command = self.request_version = ""
+        self.requestline = ""
+        header_timeout = self.server.header_timeout
+        if self._first:
+            # A new connection must deliver its first headers within HEADER_TIMEOUT.
+            self._reader.deadline = time.monotonic() + header_timeout
+            self._first = False
+        else:
+            # Kept alive: wait up to KEEPALIVE_TIMEOUT for the next request to begin.
+            self._reader.deadline = None
+            if not self.rfile.peek(1):
+                return
+            self._reader.deadline = time.monotonic() + header_timeout
+        try:
+            head = read_head(self.rfile)  # the one parse of the head (no parse_request)
+        except ProxyError as exc:
+            self._reply_error(exc, close=True)
+            return
+        if head is None:
+            return
+        self._reader.deadline = None
+        self.requestline, self.command, self.path = head.requestline, head.method, head.target
+        self.request_version, self.headers = head.version, head.fields
+        self.close_connection = not head.keep_alive
+        # (An Expect: 100-continue needs no answer: request bodies are never read.)
+        problem = host_error(self.headers, self.request_version) or body_framing_error(self.headers)
+        if problem is not None:
+            self.send_error(HTTPStatus.BAD_REQUEST, problem)
+            return
+        if has_body(self.headers):
+            self.close_connection = True  # request bodies are not read; do not reuse the stream
+        self.dispatch()
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Every protocol-level error as a real HTTP/1.1 response with a JSON body, then close.
+
+        The stdlib answers an HTTP/0.9-style request line with a bare body and no status line."""
+        status = HTTPStatus(code)
+        error = ProxyError(explain or message or status.description,
+                           error=_PROTOCOL_ERRORS.get(code, status.phrase.lower()))
+        error.status = code
+        self.request_version = "HTTP/1.1"
+        self._reply_error(error, close=True)
+
+    # ----- routing -----------------------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        started = self._started = time.perf_counter()
+        self._status = 0
+        try:
+            target, _, query = origin_form(self.path).partition("?")
+            path = self.server.site.route(target)
+            self.server.admit(path, self.client_address[0], self.headers)
+            if path is None:
+                self.relay(target, query)
+            elif self.command not in route_methods(path):
+                # RFC 9110 §15.5.6: Allow lists what this resource accepts, not the server.
+                methods = route_methods(path)
+                raise MethodNotAllowed(f"{self.command} is not supported here; use "
+                                       + ", ".join(methods), headers={"Allow": ", ".join(methods)})
+            elif path in UNMETERED_ROUTES:
+                self.route(path, query)
+            else:
+                with self.server.parallel:
+                    self.route(path, query)
+        except ProxyError as exc:
+            self._reply_error(exc)
+        except Exception:
+            # The path only: a query may carry an upstream URL with credentials in it.
+            log.exception("unhandled error for %s %s", self.command, self.path.partition("?")[0])
+            self._reply_error(ProxyError())
+        self.server.metrics.observe("http", self._status, started)
+
+    def route(self, path: str, query: str) -> None:
+        if path.startswith("/get/"):
+            self.get_key(path[len("/get/"):])
+        elif path == "/":
+            self.url_role(parse_query(query.encode("latin-1")))
+        elif path == "/health":
+            report = self.server.proxy.health_report()
+            self._reply_json(200 if report["redis"] == "ok" else 503, report)
+        elif path == "/metrics":
+            self._reply(200, self.server.metrics.render(), {"Content-Type": METRICS_CONTENT_TYPE})
+        elif path == "/stats":
+            self._reply_json(200, self.server.metrics.stats(), {"Cache-Control": "no-store"})
+        elif path == "/dashboard":
+            self._reply(200, dashboard.page(), dashboard.HEADERS)
+        else:
+            raise NotFound()
+
+    # ----- responses ---------------------------------------------------------------------------
+
+    def _reply_result(self, result: CacheResult) -> None:
+        headers = {name.title(): value for name, value in result.headers.items()}
+        if result.status != 304:  # a 304 sends no representation metadata (RFC 9110 §15.4.5)
+            headers["Content-Type"] = result.content_type
+        headers["X-Cache"] = result.cache
+        headers["Age"] = str(result.age)
+        # RFC 9211 §2: caches nearer the client append their member to upstream ones.
+        upstream = headers.get("Cache-Status")
+        headers["Cache-Status"] = f"{upstream}, {cache_status(result)}" if upstream \
+            else cache_status(result)
+        self._reply(result.status, result.body, headers)
+
+    def _reply_json(self, status: int, doc: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        self._reply(status, _json_bytes(doc), {"Content-Type": "application/json", **(headers or {})})
+
+    def _reply_error(self, exc: ProxyError, close: bool = False) -> None:
+        if close:
+            self.close_connection = True
+        if exc.status >= 500:  # the dashboard's last errors
+            self.server.metrics.note_error(exc.status, exc.error, exc.detail,
+                                           masked_target(self.path) if self.command else "-")
+        self._reply_json(exc.status, {"error": exc.error, "detail": exc.detail}, exc.headers)
+
+    def _reply(self, status: int, body: bytes,
+               headers: dict[str, str] | list[tuple[str, str]]) -> None:
+        """Status line, headers and body in one send (piecemeal writes stall on delayed ACKs)."""
+        self._status = status
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Unknown"
+        # The origin's Date when relaying a stored response (RFC 9110 §6.6.1), else now.
+        date = (headers.pop("Date", None) if isinstance(headers, dict) else None) or _dates.now()
+        lines = [f"HTTP/1.1 {status} {phrase}", f"Date: {date}", f"Server: {self.server_version}"]
+        if status != 304:  # a 304's Content-Length would have to be the 200's (RFC 9110 §8.6)
+            lines.append(f"Content-Length: {len(body)}")
+        # A CR or LF in a value (from a stored entry someone else wrote) would split the reply.
+        pairs = headers.items() if isinstance(headers, dict) else headers
+        lines.extend(f"{name}: {value}" for name, value in pairs
+                     if not _UNSAFE_HEADER_VALUE.search(value))
+        if self.close_connection:
+            lines.append("Connection: close")
+        elif self.request_version == "HTTP/1.0":
+            lines.append("Connection: keep-alive")  # RFC 9112 §9.3: 1.0 keeps alive only if told
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+        self._pending = (head, b"" if self.command == "HEAD" else body)
+        if self.server.access_log.enabled:  # decided once: off, the hit path pays this test
+            self.server.access_log.record(self.command, self.path if self.command else "", status,
+                                          next((v for n, v in pairs if n == "X-Cache"), "-"),
+                                          len(self._pending[1]),
+                                          self._started, self.client_address[0])
+        self._started = 0.0
+
+    def _send(self) -> None:
+        """Send the reply in one write, with a deadline scaled to its size. A failed or partial
+        send ends the connection: nothing more may be written on a broken framing."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        head, body = pending
+        deadline = time.monotonic() + max(self.server.keepalive_timeout,
+                                          (len(head) + len(body)) / MIN_SEND_RATE)
+        try:
+            if len(body) <= SMALL_REPLY:
+                self.connection.settimeout(deadline - time.monotonic())
+                self.connection.sendall(head + body)
+            else:
+                # A large body is not copied behind its headers: an L1 hit shares the cached
+                # bytes while a slow client takes them. TCP_NODELAY sends both writes at once.
+                for part in (head, body):
+                    self.connection.settimeout(max(0.001, deadline - time.monotonic()))
+                    self.connection.sendall(part)
+        except OSError:
+            self.close_connection = True
+            raise  # handle() ends the connection with a debug line
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        log.debug("%s " + format, self.client_address[0], *args)
+
+
+def route_methods(path: str) -> tuple[str, ...]:
+    """The methods a path accepts: DELETE and PURGE (purge) on the URL role only. An unknown path gets
+    404 for any of the proxy's methods."""
+    if path.startswith("/get/") or path in UNMETERED_ROUTES:
+        return READ_METHODS
+    return ALLOWED_METHODS
+
+
+def make_server(host: str, port: int, proxy: Proxy, **options: Any) -> ProxyHTTPServer:
+    """An unstarted server (port 0 picks a free one; read it back from `server.port`).
+    `options`: the limits, `authenticator` (default open) and `rate_limiter` (default none)."""
+    return ProxyHTTPServer((host, port), proxy, **options)
