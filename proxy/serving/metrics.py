@@ -55,7 +55,7 @@ class Metrics:
                 self.requests.labels(front, str(status)), self.latency.labels(front))
         children[0].inc()
         children[1].observe(time.perf_counter() - started)
-        if self.history.due():  # the dashboard's history: one point per interval at most
+        if self.history.claim():  # the dashboard's history: one point per interval, one recorder
             self.record_history()
 
     def record_history(self) -> None:

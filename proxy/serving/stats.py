@@ -31,9 +31,18 @@ class History:
         self._lock = threading.Lock()
         self._next = -math.inf
 
-    def due(self) -> bool:
-        """Whether the instant after the last point has come (a request then records one)."""
-        return self.clock() >= self._next
+    def claim(self) -> bool:
+        """True for exactly one caller once the next instant has come: the request that records
+        the point. (A bare check of the time let every request arriving before the point was written collect
+        the whole registry too, which under load was a sixth of a hit's time.)"""
+        now = self.clock()
+        if now < self._next:
+            return False
+        with self._lock:
+            if now < self._next:
+                return False
+            self._next = (math.floor(now / self.interval) + 1) * self.interval
+            return True
 
     def record(self, totals: dict[str, float]) -> None:
         instant = math.floor(self.clock() / self.interval) * self.interval

@@ -61,3 +61,13 @@ def test_the_stated_defaults():
     assert command_line.DEFAULT_CONCURRENCY == 8
     assert command_line.parse(["warm", "f"]).concurrency == 8
     assert command_line.parse(["warm", "f", "--concurrency", "256"]).concurrency == 256
+
+
+def test_one_request_an_interval_claims_the_history_point_however_many_are_due():
+    now = [100.0]
+    history = History(interval=2.0, clock=lambda: now[0])
+    assert [history.claim() for _ in range(5)] == [True, False, False, False, False]
+    now[0] = 101.9  # the same 2 s instant (100-102)
+    assert history.claim() is False
+    now[0] = 102.0
+    assert [history.claim() for _ in range(3)] == [True, False, False]
