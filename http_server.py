@@ -22,7 +22,7 @@ from proxy.serving.handler import ProxyHandler, ProxyHTTPServer, make_server
 from proxy.serving.metrics import Metrics
 from proxy.serving.rate_limit import RateLimiter
 from proxy.serving.site import Site
-from proxy.serving.sockets import adopt_listener
+from proxy.serving.sockets import Gate, adopt_listener
 from proxy.serving.worker_metrics import WorkerPeers
 from redis_proxy import RedisProxy
 
@@ -73,7 +73,7 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
     authenticator = authenticator or authenticator_of(settings)  # one set of tokens for both
     # MAX_PARALLEL bounds the whole process: both front ends draw on one semaphore.
     limits = dict(max_clients=settings.max_clients, max_parallel=settings.max_parallel,
-                  parallel=threading.Semaphore(settings.max_parallel),
+                  parallel=Gate(settings.max_parallel),
                   header_timeout=settings.header_timeout,
                   keepalive_timeout=settings.keepalive_timeout)
     # One rate limiter for both front ends: a client's RATE_LIMIT is one budget.

@@ -12,7 +12,6 @@ buffer limits).
 import logging
 import socket
 import socketserver
-import threading
 import time
 from typing import Any
 
@@ -21,7 +20,7 @@ from proxy.resp.commands import MAX_KEYS, MAX_REPLY_BYTES, RespCommands
 from proxy.resp.protocol import ProtocolError, RespParser, TooManyArguments
 from proxy.serving.auth import Authenticator
 from proxy.serving.rate_limit import RateLimiter
-from proxy.serving.sockets import DeadlineReader, ThreadingLimitedServer
+from proxy.serving.sockets import DeadlineReader, Gate, ThreadingLimitedServer
 from redis_proxy import RedisProxy
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,7 @@ class RespServer(ThreadingLimitedServer):
                  max_parallel: int = 4, header_timeout: float = 10.0,
                  keepalive_timeout: float = 15.0, max_array: int = wire.MAX_ARRAY,
                  max_bulk: int = wire.MAX_BULK, authenticator: Authenticator | None = None,
-                 parallel: threading.Semaphore | None = None, rate_limiter: RateLimiter | None = None,
+                 parallel: Gate | None = None, rate_limiter: RateLimiter | None = None,
                  max_keys: int = MAX_KEYS, max_reply_bytes: int = MAX_REPLY_BYTES):
         self.proxy = proxy
         self.header_timeout = header_timeout
@@ -159,7 +158,7 @@ class RespHandler(socketserver.BaseRequestHandler):
         """One sendall for the replies, within a deadline scaled to their size (Python's
         sendall timeout bounds the whole call, not each write). Raises on timeout or failure."""
         data = replies[0] if len(replies) == 1 else b"".join(replies)
-        self.request.settimeout(self.server.keepalive_timeout + len(data) / MIN_SEND_RATE)
+        self.reader.set_timeout(self.server.keepalive_timeout + len(data) / MIN_SEND_RATE)
         self.request.sendall(data)
 
     def _set_deadline(self, progressed: bool, started: float) -> None:

@@ -7,7 +7,6 @@ import logging
 import socket
 import socketserver
 import sys
-import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,7 +28,7 @@ from proxy.serving.reply import json_bytes as _json_bytes
 from proxy.serving.request_head import Fields, read_head
 from proxy.serving.routes import MIN_SEND_RATE, Proxy, Routes
 from proxy.serving.site import Site
-from proxy.serving.sockets import DeadlineReader, LimitedServerMixIn
+from proxy.serving.sockets import DeadlineReader, Gate, LimitedServerMixIn
 from proxy.serving.syntax import body_framing_error, has_body, host_error, origin_form
 
 # The name these lines had before the front end moved out of http_server.py; kept so a log
@@ -46,6 +45,10 @@ _PROTOCOL_ERRORS = {414: URITooLong.error, 431: HeadersTooLarge.error}
 # Routes answered outside MAX_PARALLEL, so a busy proxy can still say how it is.
 UNMETERED_ROUTES = frozenset({"/health", "/metrics", "/stats", "/dashboard"})
 SMALL_REPLY = 64 * 1024  # up to this, headers and body go out in one write
+_STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}" for status in HTTPStatus}
+_SERVER = "Server: " + "redis-proxy"
+
+
 class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
     """Holds the proxy, the limits and the access checks; handlers stay thin."""
 
@@ -58,7 +61,7 @@ class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
                  max_parallel: int = 4, header_timeout: float = 10.0,
                  keepalive_timeout: float = 15.0, authenticator: Authenticator | None = None,
                  rate_limiter: RateLimiter | None = None, metrics: Metrics | None = None,
-                 parallel: threading.Semaphore | None = None, access_log: AccessLog | None = None,
+                 parallel: Gate | None = None, access_log: AccessLog | None = None,
                  site: Site | None = None):
         self.proxy = proxy
         self.access_log = access_log or AccessLog()  # on, when the logger takes INFO
@@ -94,6 +97,8 @@ class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
     def admit(self, path: str | None, peer: str, headers: Fields) -> None:
         """CONTRACT §4: authentication first, then the rate limit; raises what refuses. `path`
         None: a request for the origin's site, which the proxy's tokens do not guard."""
+        if self.rate_limiter is None and (path is None or not self.authenticator.enabled):
+            return  # open, and no limit: nothing to read
         forwarded_for = headers.get_all("X-Forwarded-For") or []
         if path is not None:
             self.authenticator.check(path, headers.get_all("Authorization") or [], peer,
@@ -195,7 +200,7 @@ class ProxyHandler(Routes, BaseHTTPRequestHandler):
         started = self._started = time.perf_counter()
         self._status = 0
         try:
-            target, _, query = origin_form(self.path).partition("?")
+            target, _, query = (self.path if self.path[:1] == "/" else origin_form(self.path)).partition("?")
             path = self.server.site.route(target)
             self.server.admit(path, self.client_address[0], self.headers)
             if path is None:
@@ -264,24 +269,25 @@ class ProxyHandler(Routes, BaseHTTPRequestHandler):
                headers: dict[str, str] | list[tuple[str, str]]) -> None:
         """Status line, headers and body in one send (piecemeal writes stall on delayed ACKs)."""
         self._status = status
-        try:
-            phrase = HTTPStatus(status).phrase
-        except ValueError:
-            phrase = "Unknown"
         # The origin's Date when relaying a stored response (RFC 9110 §6.6.1), else now.
         date = (headers.pop("Date", None) if isinstance(headers, dict) else None) or _dates.now()
-        lines = [f"HTTP/1.1 {status} {phrase}", f"Date: {date}", f"Server: {self.server_version}"]
+        lines = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown", "Date: " + date, _SERVER]
         if status != 304:  # a 304's Content-Length would have to be the 200's (RFC 9110 §8.6)
             lines.append(f"Content-Length: {len(body)}")
-        # A CR or LF in a value (from a stored entry someone else wrote) would split the reply.
         pairs = headers.items() if isinstance(headers, dict) else headers
-        lines.extend(f"{name}: {value}" for name, value in pairs
-                     if not _UNSAFE_HEADER_VALUE.search(value))
+        lines += [f"{name}: {value}" for name, value in pairs]
         if self.close_connection:
             lines.append("Connection: close")
         elif self.request_version == "HTTP/1.0":
             lines.append("Connection: keep-alive")  # RFC 9112 §9.3: 1.0 keeps alive only if told
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+        lines.append("\r\n")
+        text = "\r\n".join(lines)
+        if text.count("\n") != len(lines) or text.count("\r") != len(lines) or "\x00" in text:
+            # A CR, LF or NUL in a value (from a stored entry someone else wrote) would split
+            # the reply: such a header is left out.
+            text = "\r\n".join(line for line in lines[:-1]
+                                 if not _UNSAFE_HEADER_VALUE.search(line.partition(": ")[2])) + "\r\n\r\n"
+        head = text.encode("latin-1", "replace")
         self._pending = (head, b"" if self.command == "HEAD" else body)
         if self.server.access_log.enabled:  # decided once: off, the hit path pays this test
             self.server.access_log.record(self.command, self.path if self.command else "", status,
@@ -297,17 +303,19 @@ class ProxyHandler(Routes, BaseHTTPRequestHandler):
         if pending is None:
             return
         head, body = pending
-        deadline = time.monotonic() + max(self.server.keepalive_timeout,
-                                          (len(head) + len(body)) / MIN_SEND_RATE)
+        allowed = max(self.server.keepalive_timeout, (len(head) + len(body)) / MIN_SEND_RATE)
         try:
             if len(body) <= SMALL_REPLY:
-                self.connection.settimeout(deadline - time.monotonic())
+                # sendall's timeout bounds the whole send; kept as it is when it is already this
+                # (a kept-alive connection's: no system call to set it again).
+                self._reader.set_timeout(allowed)
                 self.connection.sendall(head + body)
             else:
                 # A large body is not copied behind its headers: an L1 hit shares the cached
                 # bytes while a slow client takes them. TCP_NODELAY sends both writes at once.
+                deadline = time.monotonic() + allowed
                 for part in (head, body):
-                    self.connection.settimeout(max(0.001, deadline - time.monotonic()))
+                    self._reader.set_timeout(max(0.001, deadline - time.monotonic()))
                     self.connection.sendall(part)
         except OSError:
             self.close_connection = True

@@ -5,6 +5,8 @@ The stdlib's `parse_request` and the `email` header parser are not used: the hea
 read and checked line by line here, and parsing it a second time was half the time of a hit.
 """
 
+import io
+import re
 from collections.abc import Iterator
 from typing import IO, NamedTuple
 
@@ -20,31 +22,41 @@ MAX_HEADERS = 100
 VERSIONS = ("HTTP/1.1", "HTTP/1.0")
 _BLANK = (b"\r\n", b"\n")
 _OWS = " \t"
+# A whole head already in the read buffer, CRLF line ends, HTTP/1.1 or 1.0, every line as
+# syntax.py's line checks accept it: matched in one pass. A head this short is within every
+# size limit (only the count of lines is left to check); anything else, or any fault, takes the
+# line-by-line path, which answers with the precise error.
+_WHOLE_HEAD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/1\.[01]\r\n"
+                         rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*\r\n")
+_SHORT_HEAD = MAX_HEADER_LINE
 
 
 class Fields:
     """Header fields in arrival order, looked up by name without regard to case (RFC 9110
     §5.1); `get` and `get_all` read as `email.message.Message`'s do."""
 
-    __slots__ = ("_pairs",)
+    __slots__ = ("_pairs", "_index")
 
     def __init__(self, pairs: list[tuple[str, str]]):
         self._pairs = pairs  # (lower-case name, value without surrounding OWS)
+        index: dict[str, list[str]] = {}
+        for field, value in pairs:
+            if field in index:
+                index[field].append(value)
+            else:
+                index[field] = [value]
+        self._index = index
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        name = name.lower()
-        for field, value in self._pairs:
-            if field == name:
-                return value
-        return default
+        values = self._index.get(name.lower())
+        return default if values is None else values[0]
 
     def get_all(self, name: str, failobj: list[str] | None = None) -> list[str] | None:
-        name = name.lower()
-        values = [value for field, value in self._pairs if field == name]
-        return values or failobj
+        values = self._index.get(name.lower())
+        return failobj if values is None else list(values)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.get(name) is not None
+        return isinstance(name, str) and name.lower() in self._index
 
     def __len__(self) -> int:
         return len(self._pairs)
@@ -69,6 +81,46 @@ def read_head(rfile: IO[bytes]) -> RequestHead | None:
     """The next request's head from `rfile`; None when the client closed (before a request or
     in the middle of its head). A head that is refused raises the ProxyError to answer with
     (414, 431, 400, 505); the connection must close after it."""
+    if isinstance(rfile, io.BufferedReader):
+        head = _whole_head(rfile)
+        if head is not None:
+            return head
+    return _head_by_lines(rfile)
+
+
+def _whole_head(rfile: io.BufferedReader) -> RequestHead | None:
+    """The head in one pass when all of it is in the read buffer and well-formed (the usual
+    case: a client sends its head in one write); None to read it line by line instead."""
+    data = rfile.peek(1)
+    end = data.find(b"\r\n\r\n", 0, _SHORT_HEAD + 4)
+    if end < 0 or data.count(b"\n", 0, end) > MAX_HEADERS or \
+            _WHOLE_HEAD.fullmatch(data, 0, end + 4) is None:
+        return None
+    rfile.read(end + 4)  # from the buffer: no system call
+    requestline, *lines = data[:end].decode("latin-1").split("\r\n")
+    method, target, version = requestline.split(" ")
+    pairs = []
+    for line in lines:
+        name, _, value = line.partition(":")
+        pairs.append((name.lower(), value.strip(_OWS)))
+    return _request_head(requestline, method, target, version, Fields(pairs))
+
+
+def _request_head(requestline: str, method: str, target: str, version: str,
+                  fields: Fields) -> RequestHead:
+    if target.startswith("//"):
+        # As http.server does (gh-87389): '//host/...' reads as a scheme-relative URL to some.
+        target = "/" + target.lstrip("/")
+    connection = fields.get("connection")
+    if connection is None:
+        keep_alive = version == "HTTP/1.1"
+    else:
+        connection = connection.lower()
+        keep_alive = connection == "keep-alive" or (version == "HTTP/1.1" and connection != "close")
+    return RequestHead(requestline, method, target, version, fields, keep_alive)
+
+
+def _head_by_lines(rfile: IO[bytes]) -> RequestHead | None:
     line = rfile.readline(MAX_REQUEST_LINE + 2)  # one byte over and the CRLF tell a long line
     if line in _BLANK:
         line = rfile.readline(MAX_REQUEST_LINE + 2)  # RFC 9112 §2.2: one empty line is ignored
@@ -85,13 +137,7 @@ def read_head(rfile: IO[bytes]) -> RequestHead | None:
     method, target, version = requestline.split(" ")
     if version not in VERSIONS:
         raise VersionNotSupported(f"{version} is not supported; send HTTP/1.1 (or HTTP/1.0)")
-    if target.startswith("//"):
-        # As http.server does (gh-87389): '//host/...' reads as a scheme-relative URL to some.
-        target = "/" + target.lstrip("/")
-    fields = Fields(pairs)
-    connection = (fields.get("connection") or "").lower()
-    keep_alive = connection == "keep-alive" or (version == "HTTP/1.1" and connection != "close")
-    return RequestHead(requestline, method, target, version, fields, keep_alive)
+    return _request_head(requestline, method, target, version, Fields(pairs))
 
 
 def _read_fields(rfile: IO[bytes]) -> list[tuple[str, str]] | None:

@@ -5,7 +5,6 @@ connection, the parsed head and the reply framing these use."""
 import base64
 import dataclasses
 import io
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -25,13 +24,16 @@ from proxy.serving.auth import Authenticator
 from proxy.serving.query import BAD_PERCENT, PURGE_FIELDS, QUERY_FIELDS
 from proxy.serving.request_head import Fields
 from proxy.serving.site import Site
-from proxy.serving.sockets import DeadlineReader
+from proxy.serving.sockets import DeadlineReader, Gate
 
 # A client must read a large answer at least this fast (bytes/s), or the send times out.
 MIN_SEND_RATE = 64 * 1024
 # /get/<key>: where the value came from, as Cache-Status (RFC 9211 §2) and the JSON "source".
 GET_CACHE_STATUS = {HIT: "redis-proxy; hit", MISS: "redis-proxy; fwd=miss"}
 GET_SOURCE = {HIT: "cache", MISS: "redis"}
+# A raw value's headers, X-Cache and RFC 9211 Cache-Status saying whether L1 answered or Redis.
+_GET_VALUE_HEADERS = {cache: (("Content-Type", "application/octet-stream"), ("X-Cache", cache),
+                              ("Cache-Status", status)) for cache, status in GET_CACHE_STATUS.items()}
 
 
 class Relayed(Protocol):
@@ -68,7 +70,7 @@ class Server(Protocol):
     @property
     def authenticator(self) -> Authenticator: ...
     @property
-    def parallel(self) -> threading.Semaphore: ...
+    def parallel(self) -> Gate: ...
     @property
     def header_timeout(self) -> float: ...
 
@@ -165,26 +167,30 @@ class Routes:
         self._reply_result(proxy.fetch(url, key, params, client))
 
     def get_key(self, encoded: str) -> None:
-        if "%" in encoded and BAD_PERCENT.search(encoded.encode("latin-1")):
-            raise BadRequest("the key has a '%' not followed by two hex digits", error="bad key")
-        key = unquote_to_bytes(encoded)
+        if "%" in encoded:
+            if BAD_PERCENT.search(encoded.encode("latin-1")):
+                raise BadRequest("the key has a '%' not followed by two hex digits", error="bad key")
+            key = unquote_to_bytes(encoded)
+        else:
+            key = encoded.encode()  # what unquote_to_bytes gives for a key without '%'
         if not key:
             raise BadRequest("give a key: /get/<key>, percent-encoded", error="bad key")
         value, cache = self.server.proxy.read_value(key)
         if value is None:
             raise KeyNotFound("no such key in the backing Redis")
+        accept = self.headers.get("Accept")
+        if accept is None or "application/json" not in accept:
+            self._reply(200, value, list(_GET_VALUE_HEADERS[cache]))
+            return
         # X-Cache and RFC 9211 Cache-Status say whether L1 answered or Redis was read.
         headers = {"X-Cache": cache, "Cache-Status": GET_CACHE_STATUS[cache]}
-        if "application/json" in (self.headers.get("Accept") or ""):
-            try:
-                doc = {"key": key.decode(), "value": value.decode()}
-            except UnicodeDecodeError:
-                doc = {"key": key.decode(errors="replace"), "value": base64.b64encode(value).decode(),
-                       "encoding": "base64"}
-            doc["source"] = GET_SOURCE[cache]
-            self._reply_json(200, doc, headers)
-            return
-        self._reply(200, value, {"Content-Type": "application/octet-stream", **headers})
+        try:
+            doc = {"key": key.decode(), "value": value.decode()}
+        except UnicodeDecodeError:
+            doc = {"key": key.decode(errors="replace"), "value": base64.b64encode(value).decode(),
+                   "encoding": "base64"}
+        doc["source"] = GET_SOURCE[cache]
+        self._reply_json(200, doc, headers)
 
     def _reply_relayed(self, response: Relayed) -> None:
         fields = relayed_fields(list(response.fields))

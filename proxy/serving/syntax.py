@@ -67,11 +67,13 @@ def body_framing_error(headers: Message) -> str | None:
     Bodies are never read here, so the danger is a front proxy and this server disagreeing on
     where a request ends: an invalid or conflicting Content-Length (§6.3), or one beside
     Transfer-Encoding (§6.1 allows refusing it), is refused."""
-    lengths = [part.strip() for value in headers.get_all("Content-Length") or []
-               for part in value.split(",")]
+    values = headers.get_all("Content-Length")
+    if not values:
+        return None  # Transfer-Encoding alone is refused where a body would be read
+    lengths = [part.strip() for value in values for part in value.split(",")]
     if any(not (length.isascii() and length.isdigit()) for length in lengths) or len(set(lengths)) > 1:
         return "Content-Length must be one decimal number"
-    if lengths and "Transfer-Encoding" in headers:
+    if "Transfer-Encoding" in headers:
         return "Content-Length and Transfer-Encoding together are refused"
     return None
 

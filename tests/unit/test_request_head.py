@@ -3,8 +3,11 @@
 import io
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.errors import BadRequest, HeadersTooLarge, URITooLong, VersionNotSupported
+from proxy.serving import request_head
 from proxy.serving.request_head import (
     MAX_HEADER_BYTES,
     MAX_HEADER_LINE,
@@ -94,3 +97,45 @@ def test_header_limits_are_at_most_n():
 def test_refused_heads_raise_what_to_answer(data, error):
     with pytest.raises(error):
         head_of(data)
+
+
+# ----- the one-pass path for a whole head in the buffer agrees with the line-by-line path -------
+
+def _outcome(read, data: bytes):
+    stream = io.BufferedReader(io.BytesIO(data))
+    try:
+        head = read(stream)
+    except Exception as exc:  # noqa: BLE001 - the refusal is the outcome compared
+        return type(exc), None
+    return head and (head[:4], head.fields.items(), head.keep_alive), stream.read()
+
+
+_TOKENS = st.sampled_from(["GET", "HEAD", "DELETE", "G\x00T", "get", ""])
+_TARGETS = st.sampled_from(["/", "/get/k", "//x/../y", "/?url=http%3A%2F%2Fa&key=k", "/a b", "/\x7f",
+                            "http://h/p", "*"])
+_VERSIONS = st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.2", "http/1.1"])
+_FIELDS = st.lists(st.tuples(
+    st.sampled_from(["Host", "Connection", "X-Forwarded-For", "Content-Length", "Bad Name", "",
+                     "Accept"]),
+    st.sampled_from([": a", ":b", ": keep-alive", ": close ", ":\tv\t", ": \x00", ": caf\xe9",
+                     " : v", ": a\rb"])), max_size=6)
+_ENDS = st.sampled_from(["\r\n", "\n"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(_TOKENS, _TARGETS, _VERSIONS, _FIELDS, _ENDS, st.booleans())
+def test_a_whole_head_read_in_one_pass_reads_as_line_by_line(method, target, version, fields, end,
+                                                              leading_blank):
+    text = ("\r\n" if leading_blank else "") + f"{method} {target} {version}{end}" \
+        + "".join(f"{name}{value}{end}" for name, value in fields) + end + "NEXT"
+    data = text.encode("latin-1")
+    whole = _outcome(request_head._whole_head, data)
+    if whole[0] is not None:  # taken in one pass: exactly what the line-by-line path gives
+        assert whole == _outcome(request_head._head_by_lines, data)
+    assert _outcome(read_head, data) == _outcome(request_head._head_by_lines, data)
+
+
+def test_a_head_of_100_fields_is_read_in_one_pass_and_101_line_by_line():
+    for count, taken in ((MAX_HEADERS, True), (MAX_HEADERS + 1, False)):
+        data = b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * count + b"\r\n"
+        assert (request_head._whole_head(io.BufferedReader(io.BytesIO(data))) is not None) is taken

@@ -1,0 +1,35 @@
+"""The requests counter and latency histogram kept by the HTTP hot path, as /metrics exports them."""
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from proxy.serving.metrics import _Requests
+
+
+def _exposed(observations: list[tuple[str, int, float]]) -> dict[str, float]:
+    registry = CollectorRegistry()
+    requests = _Requests()
+    registry.register(requests)
+    for front, status, seconds in observations:
+        requests.observe(front, status, seconds)
+    lines = generate_latest(registry).decode().splitlines()
+    return {line.rpartition(" ")[0]: float(line.rpartition(" ")[2]) for line in lines
+            if not line.startswith("#") and "_created" not in line}
+
+
+def test_requests_are_counted_by_front_and_status():
+    exposed = _exposed([("http", 200, 0.0001)] * 3 + [("http", 404, 0.0001), ("resp", 200, 0.0001)])
+    assert exposed['redis_proxy_requests_total{front="http",status="200"}'] == 3
+    assert exposed['redis_proxy_requests_total{front="http",status="404"}'] == 1
+    assert exposed['redis_proxy_requests_total{front="resp",status="200"}'] == 1
+
+
+def test_a_latency_on_a_bucket_bound_counts_in_that_bucket_and_the_sum_is_kept():
+    exposed = _exposed([("http", 200, 0.001), ("http", 200, 0.0010001), ("http", 200, 11.0)])
+    bucket = 'redis_proxy_request_duration_seconds_bucket{front="http",le="%s"}'
+    assert exposed[bucket % "0.0005"] == 0
+    assert exposed[bucket % "0.001"] == 1  # le: at most the bound
+    assert exposed[bucket % "0.0025"] == 2
+    assert exposed[bucket % "10.0"] == 2
+    assert exposed[bucket % "+Inf"] == 3
+    assert exposed['redis_proxy_request_duration_seconds_count{front="http"}'] == 3
+    assert abs(exposed['redis_proxy_request_duration_seconds_sum{front="http"}'] - 11.0020001) < 1e-9
