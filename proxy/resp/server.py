@@ -158,8 +158,7 @@ class RespHandler(socketserver.BaseRequestHandler):
         """One sendall for the replies, within a deadline scaled to their size (Python's
         sendall timeout bounds the whole call, not each write). Raises on timeout or failure."""
         data = replies[0] if len(replies) == 1 else b"".join(replies)
-        self.reader.set_timeout(self.server.keepalive_timeout + len(data) / MIN_SEND_RATE)
-        self.request.sendall(data)
+        self.reader.send(data, self.server.keepalive_timeout + len(data) / MIN_SEND_RATE)
 
     def _set_deadline(self, progressed: bool, started: float) -> None:
         """Idle between commands: KEEPALIVE_TIMEOUT per read. Part of a command received: the

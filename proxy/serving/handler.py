@@ -306,17 +306,13 @@ class ProxyHandler(Routes, BaseHTTPRequestHandler):
         allowed = max(self.server.keepalive_timeout, (len(head) + len(body)) / MIN_SEND_RATE)
         try:
             if len(body) <= SMALL_REPLY:
-                # sendall's timeout bounds the whole send; kept as it is when it is already this
-                # (a kept-alive connection's: no system call to set it again).
-                self._reader.set_timeout(allowed)
-                self.connection.sendall(head + body)
+                self._reader.send(head + body, allowed)
             else:
                 # A large body is not copied behind its headers: an L1 hit shares the cached
                 # bytes while a slow client takes them. TCP_NODELAY sends both writes at once.
                 deadline = time.monotonic() + allowed
                 for part in (head, body):
-                    self._reader.set_timeout(max(0.001, deadline - time.monotonic()))
-                    self.connection.sendall(part)
+                    self._reader.send(part, max(0.001, deadline - time.monotonic()))
         except OSError:
             self.close_connection = True
             raise  # handle() ends the connection with a debug line

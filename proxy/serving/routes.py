@@ -127,7 +127,7 @@ class Routes:
             raise PayloadTooLarge(f"the request body is {length} bytes; the limit is {most} "
                                   "(MAX_BODY_BYTES)", error="request body too large")
         if (self.headers.get("Expect") or "").lower() == "100-continue" and length:
-            self.connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")  # RFC 9110 §10.1.1
+            self._reader.send(b"HTTP/1.1 100 Continue\r\n\r\n", self.server.header_timeout)  # RFC 9110 §10.1.1
         # As fast as a reply must be read (MIN_SEND_RATE), and at least HEADER_TIMEOUT.
         allowed = max(self.server.header_timeout, length / MIN_SEND_RATE)
         self._reader.deadline = time.monotonic() + allowed
