@@ -1,5 +1,6 @@
 """The stored entry: a small versioned header, then the body bytes exactly as received."""
 
+import functools
 import ipaddress
 import json
 import math
@@ -16,6 +17,19 @@ TAG = re.compile(r"[!-+\--~]{1,256}")
 CODINGS = ("", "gzip", "zstd")  # content codings a body may be stored in ("" = identity)
 MAGIC = b"RPE1"  # redis-proxy entry, format 1: MAGIC, the metadata's length, JSON metadata, body
 _LENGTH = struct.Struct(">I")
+# Version 5, what encode writes: the same fields in a fraction of the bytes (a stored entry's
+# overhead is its metadata plus Redis's own per key). A fixed header packs the magic, a flags
+# byte (the coding's index in CODINGS, whether `via` and `vary` were recorded), the status,
+# fetched_at and fresh_for (doubles: exact) and the length of a UTF-8 text of five sections
+# split by NUL: the URL; the headers, one `name:value` a line; the hops, one `address` a line
+# (the hop was the entry's URL) or `address url`; the vary values, `name:value`, or `name` for
+# an absent header; the tags, split by spaces. The separators are the characters no field may
+# hold (CR, LF and NUL split a response; a tag has no space), so each field is stored once with
+# no quoting; an entry whose fields this cannot carry exactly is written as version 3 or 4.
+# Readers of versions 1-4 take a 5 for a miss (its magic is not MAGIC).
+BINARY_MAGIC = b"RPE5"
+_FIXED = struct.Struct(">4sBHddH")  # magic, flags, status, fetched_at, fresh_for, text length
+_CODING_BITS, _VIA, _VARY = 0b11, 0b100, 0b1000
 # Version of the JSON metadata. 2 adds "via", what admitted the entry; 3 keeps every end-to-end
 # header (not only KEPT_HEADERS) and "vary", the request header values the response's Vary names;
 # 4 is 3 plus "coding", the content coding the body is stored in (gzip or zstd): a reader of 3
@@ -25,7 +39,7 @@ _LENGTH = struct.Struct(">I")
 # 2 are still read; readers of 2 take a 3 as a miss.
 META_VERSION = 3
 CODED_VERSION = 4
-READABLE_VERSIONS = (1, 2, META_VERSION, CODED_VERSION)
+READABLE_VERSIONS = (1, 2, META_VERSION, CODED_VERSION)  # of the JSON metadata; 5 is BINARY_MAGIC
 
 # What versions 1 and 2 kept: headers worth replaying and needed for revalidation.
 KEPT_HEADERS = ("content-type", "content-language", "content-disposition", "etag",
@@ -35,6 +49,8 @@ KEPT_HEADERS = ("content-type", "content-language", "content-disposition", "etag
 # proxy's own Server and X-Cache). Location is end-to-end, so a relayed redirect keeps it.
 NOT_STORED = HOP_BY_HOP | {"content-encoding", "age", "set-cookie", "server", "x-cache"}
 _FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
+# Version 5's header section: `name:value` lines (CR and NUL are refused before it is matched).
+_HEADER_LINES = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+:[^\n]*(?:\n[!#$%&'*+.^_`|~0-9a-z-]+:[^\n]*)*")
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,55 @@ def header_bytes(headers: Mapping[str, str]) -> int:
 
 
 def encode(entry: Entry) -> bytes:
+    """The entry as stored: version 5, or 3/4 (encode_json) for one whose fields version 5
+    cannot carry exactly (a separator inside a field, a number struct cannot pack); decode
+    judges those as it always has."""
+    try:
+        return _encode_binary(entry)
+    except (ValueError, TypeError, struct.error):  # UnicodeEncodeError is a ValueError
+        return encode_json(entry)
+
+
+def _encode_binary(entry: Entry) -> bytes:
+    url = entry.url
+    if not isinstance(url, str) or "\n" in url:
+        raise ValueError("the URL is one line")
+    for name, value in entry.headers.items():
+        _check_line(name, value)
+    hops = ""
+    if entry.via is not None:
+        for hop, address in entry.via:
+            if not isinstance(hop, str) or not hop or "\n" in hop or not isinstance(address, str) \
+                    or " " in address or "\n" in address:
+                raise ValueError("a hop is an address and a URL, each on one line")
+        hops = "\n".join(address if hop == url else f"{address} {hop}" for hop, address in entry.via)
+    vary = ""
+    if entry.vary is not None:
+        for name, sent in entry.vary.items():
+            _check_line(name, "" if sent is None else sent)
+        vary = "\n".join(name if sent is None else f"{name}:{sent}" for name, sent in entry.vary.items())
+    if not all(isinstance(tag, str) and TAG.fullmatch(tag) for tag in entry.tags):
+        raise ValueError("a tag is a TAG")
+    text = "\x00".join((url, "\n".join(f"{name}:{value}" for name, value in entry.headers.items()),
+                        hops, vary, " ".join(entry.tags)))
+    if "\r" in text or text.count("\x00") != 4:
+        raise ValueError("no field holds CR or NUL")
+    meta = text.encode()
+    flags = CODINGS.index(entry.coding) | (_VIA if entry.via is not None else 0) \
+        | (_VARY if entry.vary is not None else 0)
+    return _FIXED.pack(BINARY_MAGIC, flags, entry.status, entry.fetched_at, entry.fresh_for,
+                       len(meta)) + meta + entry.body
+
+
+def _check_line(name: object, value: object) -> None:
+    """A `name:value` line of version 5: ValueError for a field it cannot carry exactly."""
+    if not isinstance(name, str) or not isinstance(value, str) or ":" in name or "\n" in name \
+            or "\n" in value or not name:
+        raise ValueError("a field is a name without a colon and a value, on one line")
+
+
+def encode_json(entry: Entry) -> bytes:
+    """Version 3, or 4 for a coded body: MAGIC, the metadata's length, JSON metadata, body."""
     fields: dict[str, object] = {"v": CODED_VERSION if entry.coding else META_VERSION,
                                  "status": entry.status, "url": entry.url,
                                  "fetched_at": entry.fetched_at, "fresh_for": entry.fresh_for,
@@ -92,6 +157,8 @@ def encode(entry: Entry) -> bytes:
 
 def decode(raw: bytes) -> Entry | None:
     """The entry, or None for bytes that are not an entry of this format (treated as a miss)."""
+    if raw[:4] == BINARY_MAGIC:
+        return _decode_binary(raw)
     if not raw.startswith(MAGIC) or len(raw) < len(MAGIC) + _LENGTH.size:
         return None
     start = len(MAGIC) + _LENGTH.size
@@ -129,6 +196,59 @@ def decode(raw: bytes) -> Entry | None:
             entry.coding not in CODINGS) or ((version == CODED_VERSION) != bool(entry.coding)):
         return None
     return entry
+
+
+def _decode_binary(raw: bytes) -> Entry | None:
+    """Version 5 (see BINARY_MAGIC), checked as decode checks version 3: anyone who can write
+    this Redis can write an entry."""
+    try:
+        _, flags, status, fetched_at, fresh_for, length = _FIXED.unpack_from(raw)
+        start = _FIXED.size
+        meta = raw[start:start + length]
+        text = meta.decode()
+        if len(meta) != length or "\r" in text or flags > _CODING_BITS | _VIA | _VARY:
+            raise ValueError("a whole text, no CR, known flags")
+        url, header_lines, hop_lines, vary_lines, tag_text = text.split("\x00")
+        headers: dict[str, str] = {}
+        if header_lines:
+            if not _HEADER_LINES.fullmatch(header_lines):
+                raise ValueError("headers are name:value lines")
+            for line in header_lines.split("\n"):
+                name, _, value = line.partition(":")
+                headers[name] = value
+            if not NOT_STORED.isdisjoint(headers):
+                raise ValueError("a header this format never stores")
+        via = None
+        if flags & _VIA:
+            via = tuple((hop or url, _address(address)) for address, _, hop in
+                        (line.partition(" ") for line in hop_lines.split("\n")))
+        elif hop_lines:
+            raise ValueError("hops with no via")
+        vary: dict[str, str | None] | None = None
+        if flags & _VARY:
+            vary = {}
+            for line in vary_lines.split("\n") if vary_lines else ():
+                name, colon, value = line.partition(":")
+                vary[name] = value if colon else None
+        elif vary_lines:
+            raise ValueError("vary values with no vary")
+        tags = tuple(tag_text.split(" ")) if tag_text else ()
+        coding = CODINGS[flags & _CODING_BITS]
+    except (ValueError, IndexError, struct.error):  # UnicodeDecodeError is a ValueError
+        return None
+    # NaN fails every comparison and infinity the bound: no isfinite needed.
+    if not (200 <= status <= 599 and 0 <= fetched_at < 1e11 and 0 <= fresh_for < 1e11) or "\n" in url \
+            or (tags and not all(TAG.fullmatch(tag) for tag in tags)):
+        return None
+    return Entry(status=status, body=raw[start + length:], url=url, fetched_at=fetched_at,
+                 fresh_for=fresh_for, headers=headers, via=via, vary=vary, tags=tags, coding=coding)
+
+
+@functools.lru_cache(maxsize=1024)
+def _address(text: str) -> str:
+    """A hop's address, normalised as version 3 reads it; ValueError for anything else. Cached:
+    a proxy's entries come from few origins."""
+    return str(ipaddress.ip_address(text))
 
 
 def _vary(values: object) -> dict[str, str | None] | None:

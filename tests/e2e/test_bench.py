@@ -39,6 +39,7 @@ def test_quick_bench_reports_every_figure(tmp_path):
         assert row["row"] in done.stdout
     memory = report["memory"]
     assert memory["entry_body_bytes"] == 100 and memory["entry_memory_usage"] > 100
+    assert memory["entry_redis_key_bytes"] > 0 and "per key" in done.stdout
     assert memory["rss_before_bytes"] > 0 and memory["rss_peak_bytes"] >= memory["rss_before_bytes"]
     assert "MEMORY USAGE" in done.stdout and "CACHE_MAX_BYTES" in done.stdout
 

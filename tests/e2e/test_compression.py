@@ -207,8 +207,8 @@ def test_an_uncompressed_entry_is_version_3_as_before_and_still_served(upstream,
     old = cache_entry.Entry(status=200, body=HTML, url=canonical, fetched_at=2e9 - 10, fresh_for=1e9,
                             headers={"content-type": "text/html"},
                             via=((canonical, "127.0.0.1"),))
-    raw = cache_entry.encode(old)
-    assert b'"v":3' in raw and b"coding" not in raw  # what a proxy without compression writes
+    raw = cache_entry.encode_json(old)
+    assert b'"v":3' in raw and b"coding" not in raw  # what a proxy of the previous version wrote
     r.set("rp:old", raw)
     got = request(proxy.port, q(url, "old"), headers={"Accept-Encoding": "zstd"})
     assert (got.body, got.headers["X-Cache"], got.headers["Content-Encoding"]) == (HTML, "HIT", None)
@@ -220,7 +220,7 @@ def test_a_coded_entry_is_version_4_so_a_reader_of_version_3_takes_it_for_a_miss
     entry = cache_entry.Entry(status=200, body=b"x", url="http://a/", fetched_at=1.0, fresh_for=1.0,
                               via=(("http://a/", "127.0.0.1"),), coding="zstd", tags=("news",),
                               headers={"x-frame-options": "DENY"}, vary={"accept-language": "de"})
-    raw = cache_entry.encode(entry)
+    raw = cache_entry.encode_json(entry)
     assert b'"v":4' in raw and b'"coding":"zstd"' in raw and b'"tags":["news"]' in raw
     assert cache_entry.decode(raw) == entry
     assert cache_entry.decode(_edited(raw, b'"v":4', b'"v":5')) is None
@@ -229,7 +229,7 @@ def test_a_coded_entry_is_version_4_so_a_reader_of_version_3_takes_it_for_a_miss
 def test_tags_are_optional_in_version_3():
     entry = cache_entry.Entry(status=200, body=b"x", url="http://a/", fetched_at=1.0, fresh_for=1.0,
                               via=(("http://a/", "127.0.0.1"),), tags=("news", "sport"))
-    raw = cache_entry.encode(entry)
+    raw = cache_entry.encode_json(entry)
     assert b'"v":3' in raw and b'"tags":["news","sport"]' in raw
     assert cache_entry.decode(raw) == entry
     assert cache_entry.decode(_edited(raw, b',"tags":["news","sport"]', b"")) == \
@@ -245,7 +245,7 @@ def test_an_entry_with_an_unknown_coding_no_coding_at_version_4_a_coding_at_3_or
         change):
     entry = cache_entry.Entry(status=200, body=b"x", url="http://a/", fetched_at=1.0, fresh_for=1.0,
                               via=(("http://a/", "127.0.0.1"),), coding="zstd")
-    raw = cache_entry.encode(entry)
+    raw = cache_entry.encode_json(entry)
     assert change[0] in raw
     assert cache_entry.decode(_edited(raw, *change)) is None
 
