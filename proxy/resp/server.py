@@ -104,11 +104,13 @@ class RespHandler(socketserver.BaseRequestHandler):
         view = memoryview(chunk)
         try:
             sock: socket.socket = self.request
-            idle = self.server.keepalive_timeout
+            idle = self.reader.idle_timeout
             while True:
+                # What the reader does, less its settimeout (an ioctl, a GIL release) when the
+                # socket's timeout is the idle one already, as it is between commands.
                 if self.reader.deadline is None and sock.gettimeout() == idle:
-                    received = sock.recv_into(view)  # as the reader would, without resetting
-                else:                                # the timeout (an ioctl) to what it is
+                    received = sock.recv_into(view)
+                else:
                     received = self.reader.readinto(view)
                 if not received:
                     return
@@ -175,8 +177,9 @@ class RespHandler(socketserver.BaseRequestHandler):
             return self.server.commands.too_many_arguments(exc.name, exc.count)
 
     def _send(self, replies: list[bytes]) -> None:
-        """One sendall for the replies, within a deadline scaled to their size (Python's
-        sendall timeout bounds the whole call, not each write). Raises on timeout or failure."""
+        """The replies in one write, or what it left in one sendall within a deadline scaled to
+        its size (Python's sendall timeout bounds the whole call, not each write). Raises on
+        timeout or failure."""
         data = replies[0] if len(replies) == 1 else b"".join(replies)
         sock: socket.socket = self.request
         # First one write straight to the descriptor, which a socket with a timeout keeps
