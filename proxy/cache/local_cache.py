@@ -1,12 +1,18 @@
-"""L1: an in-process LRU cache with per-entry expiry, a byte bound and single-flight loads."""
+"""L1: an in-process LRU cache with per-entry expiry, a byte bound and single-flight loads.
 
+The structure is cachetools' TLRUCache algorithm (an OrderedDict in LRU order, and a heap of
+expiry times whose entries are marked removed rather than dug out), held here in a few lines
+rather than used through TLRUCache: its `__getitem__` is pure Python behind three layers
+(TLRUCache, Cache, the timer wrapper), and an L1 hit, the proxy's hottest path, paid about
+1.5 us for it against about 0.4 us for the dict lookup, expiry check and move_to_end below.
+"""
+
+import heapq
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
-
-from cachetools import TLRUCache
 
 from proxy.cache.single_flight import SingleFlight
 
@@ -17,6 +23,19 @@ READ_TIER = "g"  # (READ_TIER, raw key of the backing Redis) -> its value
 # How many recently invalidated keys are remembered one by one; a fill that began before the
 # oldest forgotten one is not kept (it might have been for that key).
 RECENT_INVALIDATIONS = 4096
+
+
+class _Slot:
+    """One held value: when it expires, its size in bytes, and whether it has left the cache
+    (its heap entry then stays until popped)."""
+
+    __slots__ = ("value", "expires", "size", "removed")
+
+    def __init__(self, value: Any, expires: float, size: int):
+        self.value = value
+        self.expires = expires
+        self.size = size
+        self.removed = False
 
 
 def _size_of(value: Any) -> int:
@@ -37,11 +56,11 @@ class LocalCache:
         self.max_bytes = max_bytes
         self.ttl = ttl
         self.timer = timer
-        # The value stored in the TLRUCache is (value, expires_at); ttu reads expires_at back.
-        self._data: TLRUCache[Hashable, tuple[Any, float]] = TLRUCache(maxsize=max(capacity, 1),
-                                          ttu=lambda _k, item, _now: item[1], timer=timer)
+        # Least recently used first; and a heap of (expires, sequence, key, slot) for expiry.
+        self._data: OrderedDict[Hashable, _Slot] = OrderedDict()
+        self._order: list[tuple[float, int, Hashable, _Slot]] = []
+        self._sequence = 0  # orders heap entries of equal expiry without comparing keys
         self._bytes = 0
-        self._sizes: dict[Hashable, int] = {}
         self._lock = threading.Lock()
         # Per-key generations: a tick per invalidation, the tick at which each recently invalidated
         # key was last invalidated, and a floor below which every fill is refused (set by a flush,
@@ -69,13 +88,13 @@ class LocalCache:
     def get(self, key: Hashable) -> Any:
         """The value, or MISSING."""
         with self._lock:
-            try:
-                value = self._data[key][0]
-            except KeyError:
+            slot = self._data.get(key)
+            if slot is None or not self.timer() < slot.expires:
                 self.misses += 1
                 return MISSING
+            self._data.move_to_end(key)
             self.hits += 1
-            return value
+            return slot.value
 
     @property
     def epoch(self) -> int:
@@ -128,13 +147,14 @@ class LocalCache:
         self._expire()
         while self._data and (len(self._data) >= self.capacity
                               or self._bytes + size > self.max_bytes):
-            old_key, _ = self._data.popitem()
-            self._bytes -= self._sizes.pop(old_key, 0)
-            self._expire()
-        self._sizes[key] = size
+            _old_key, old = self._data.popitem(last=False)  # the least recently used
+            old.removed = True
+            self._bytes -= old.size
+        expires = self.timer() + ttl
+        self._data[key] = slot = _Slot(value, expires, size)
         self._bytes += size
-        self._data[key] = (value, self.timer() + ttl)
-        self._expire()  # __setitem__ expires entries too
+        self._sequence += 1
+        heapq.heappush(self._order, (expires, self._sequence, key, slot))
 
     def pop(self, key: Hashable) -> None:
         with self._lock:
@@ -145,7 +165,7 @@ class LocalCache:
         with self._lock:
             self._invalidate_all()
             self._data.clear()
-            self._sizes.clear()
+            self._order.clear()
             self._bytes = 0
 
     def get_or_load(self, key: Hashable, load: Callable[[], tuple[Any, float | None]]) -> Any:
@@ -166,13 +186,20 @@ class LocalCache:
         return self._flights.do(key, leader)[0]
 
     def _discard(self, key: Hashable) -> None:
-        if self._data.pop(key, None) is not None:
-            self._bytes -= self._sizes.pop(key, 0)
+        slot = self._data.pop(key, None)
+        if slot is not None:
+            slot.removed = True
+            self._bytes -= slot.size
 
     def _expire(self) -> None:
-        for old_key, _item in self._data.expire():
-            self._bytes -= self._sizes.pop(old_key, 0)
-        if len(self._sizes) != len(self._data):
-            # TLRUCache.popitem expires entries on its own; forget their sizes too.
-            for gone in [k for k in self._sizes if k not in self._data]:
-                self._bytes -= self._sizes.pop(gone)
+        """Drop the expired entries, and the heap's entries of those gone before."""
+        order, now = self._order, self.timer()
+        if len(order) > 2 * len(self._data):  # mostly removed ones: rebuild (as TLRUCache)
+            self._order = order = [entry for entry in order if not entry[3].removed]
+            heapq.heapify(order)
+        while order and (order[0][3].removed or not now < order[0][0]):
+            _expires, _sequence, key, slot = heapq.heappop(order)
+            if not slot.removed:
+                del self._data[key]
+                slot.removed = True
+                self._bytes -= slot.size

@@ -1,6 +1,6 @@
 """The read role: keys of the backing Redis through L1 (`/get/<key>`, RESP GET/MGET/EXISTS)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -41,7 +41,7 @@ class ReadCache:
         """The value of a backing-Redis key through L1, and where it came from: HIT (L1) or
         MISS (read from Redis)."""
         raw_key = key.encode() if isinstance(key, str) else key
-        self._check_readable([raw_key])
+        self._check_readable((raw_key,))
         cached = self.local.get((READ_TIER, raw_key))
         if cached is not MISSING:
             self.stats.count(names.HITS_L1)
@@ -102,7 +102,7 @@ class ReadCache:
             found += int(redis_call(self.health, lambda: self.client.exists(*unknown)))
         return found
 
-    def _check_readable(self, keys: list[bytes]) -> None:
+    def _check_readable(self, keys: Sequence[bytes]) -> None:
         """The read-proxy role does not read the URL cache's keys (its entries and their lock
         keys) unless GET_ALLOW_CACHE_PREFIX: there no upstream policy would be applied to them.
         One such key refuses the whole command, as a Redis ACL key pattern does."""

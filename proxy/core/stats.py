@@ -1,5 +1,6 @@
-"""The core's counters: their names, and one thread-safe Counter the front ends read."""
+"""The core's counters: their names, and the thread-safe Counter the front ends read."""
 
+import itertools
 import threading
 from collections import Counter
 
@@ -19,14 +20,43 @@ PURGES = "purges"
 
 
 class Stats:
-    """Counts by name; `counts` is the Counter metrics and INFO read."""
+    """Counts by name; `counts` is the Counter metrics and INFO read.
+
+    A count of one (every hit, every read) takes no lock: each name has an itertools.count,
+    whose next() is one C call that the GIL does not interrupt, so no count is lost; its total
+    is read back from the count's repr. Other amounts (a float, a batch) go under the lock."""
 
     def __init__(self) -> None:
         # Whole counts, and one float (UPSTREAM_SECONDS): a Counter adds either.
-        self.counts: Counter[str] = Counter()
+        self._amounts: Counter[str] = Counter()
+        self._tallies: dict[str, itertools.count[int]] = {}
         self._lock = threading.Lock()
 
     def count(self, name: str, amount: float = 1) -> None:
+        if amount == 1 and type(amount) is int:
+            tally = self._tallies.get(name)
+            if tally is None:
+                with self._lock:
+                    tally = self._tallies.setdefault(name, itertools.count())
+            next(tally)
+            return
         with self._lock:
-            self.counts[name] += amount  # type: ignore[assignment]  # Counter holds floats too
+            self._amounts[name] += amount  # type: ignore[assignment]  # Counter holds floats too
+
+    @property
+    def counts(self) -> Counter[str]:
+        """The totals now, by name (a copy)."""
+        with self._lock:
+            totals = Counter(self._amounts)
+            tallies = list(self._tallies.items())
+        for name, tally in tallies:
+            totals[name] += _taken(tally)
+        return totals
+
+
+def _taken(tally: "itertools.count[int]") -> int:
+    """How many numbers a count started at 0 has handed out: its repr is `count(<next>)`."""
+    return int(repr(tally)[6:-1])
+
+
 REFRESHES_AHEAD = "refreshes_ahead"

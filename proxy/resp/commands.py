@@ -109,8 +109,14 @@ class RespCommands:
                        authenticated=not self.authenticator.enabled)
 
     def execute(self, session: Session, args: list[bytes]) -> bytes:
-        name = args[0].decode("latin-1").lower()
-        command = COMMANDS.get(name)
+        # Clients spell a command in lower or upper case (redis-py: GET, redis-cli: what is
+        # typed): those spellings are found by their bytes, without decoding.
+        command = _SPELLED.get(args[0])
+        if command is not None:
+            name = command.name
+        else:
+            name = args[0].decode("latin-1").lower()
+            command = COMMANDS.get(name)
         # Redis's order: an unknown command and a wrong arity are refused before NOAUTH;
         # only commands flagged no-auth (AUTH, HELLO, QUIT) run before authentication.
         if command is None:
@@ -384,3 +390,6 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
     Command("config", -2, RespCommands.config, ("admin", "loading")),
     Command("info", -1, RespCommands.info, ("loading", "stale")),
 ]}
+# Each command's name as clients send it, in lower and in upper case.
+_SPELLED: dict[bytes, Command] = {spelling: c for c in COMMANDS.values()
+                                  for spelling in (c.name.encode(), c.name.upper().encode())}

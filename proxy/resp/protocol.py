@@ -160,6 +160,12 @@ class RespParser:
             if count > UNAUTH_MAX_ARRAY:
                 return None
             limit = min(limit, UNAUTH_MAX_BULK)
+        if count == 2:  # GET key, the hot command: one format, no list
+            name, key = args
+            if type(name) is not bytes or type(key) is not bytes or len(name) > limit \
+                    or len(key) > limit:
+                return None
+            return b"*2\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(name), name, len(key), key)
         for arg in args:
             if type(arg) is not bytes or len(arg) > limit:
                 return None

@@ -116,31 +116,35 @@ class RespHandler(socketserver.BaseRequestHandler):
     def _run_commands(self, started: float) -> bool:
         """Runs every complete command received so far, in order, and sends their replies;
         returns whether to close afterwards. `started`: when this batch's bytes came in."""
-        server, session, parser = self.server, self.session, self.parser
+        server, session = self.server, self.session
         replies: list[bytes] = []
         pending = answered = 0
         close = False
         try:
-            while True:
-                parser.authenticated = session.authenticated  # AUTH lifts the limits at once
-                try:
-                    args = parser.next_command()
-                except TooManyArguments as exc:
-                    reply = server.commands.too_many_arguments(exc.name, exc.count)
-                else:
-                    if args is None:
-                        break
-                    with server.parallel:
-                        reply = server.commands.execute(session, args)
-                replies.append(reply)
-                pending += len(reply)
-                answered += 1
+            item = self._next_command()
+            while item is not None:
+                # MAX_PARALLEL is taken once for a run of pipelined commands, not per command,
+                # and given back before their replies are sent (a client that does not read
+                # holds no slot).
+                with server.parallel:
+                    while item is not None:
+                        if isinstance(item, bytes):
+                            reply = item  # the too-many-arguments error
+                        else:
+                            reply = server.commands.execute(session, item)
+                        replies.append(reply)
+                        pending += len(reply)
+                        answered += 1
+                        if session.closing or pending >= SEND_BATCH:
+                            break
+                        item = self._next_command()
                 if session.closing:
                     close = True
                     break
                 if pending >= SEND_BATCH:
                     self._send(replies)
                     replies, pending = [], 0
+                    item = self._next_command()
         except ProtocolError as exc:
             # Redis logs these at its verbose level: one client's garbage is not an operator's concern.
             log.debug("RESP protocol error from %s: %s", self.client_address[0], exc)
@@ -154,9 +158,19 @@ class RespHandler(socketserver.BaseRequestHandler):
         self._set_deadline(answered > 0, started)
         return close
 
+    def _next_command(self) -> list[bytes] | bytes | None:
+        """The next complete command received, None until more bytes arrive, or the error reply
+        to a command read and dropped for too many arguments."""
+        self.parser.authenticated = self.session.authenticated  # AUTH lifts the limits at once
+        try:
+            return self.parser.next_command()
+        except TooManyArguments as exc:
+            return self.server.commands.too_many_arguments(exc.name, exc.count)
+
     def _send(self, replies: list[bytes]) -> None:
-        """One sendall for the replies, within a deadline scaled to their size (Python's
-        sendall timeout bounds the whole call, not each write). Raises on timeout or failure."""
+        """The replies in one write, or what it left in one sendall within a deadline scaled to
+        its size (Python's sendall timeout bounds the whole call, not each write). Raises on
+        timeout or failure."""
         data = replies[0] if len(replies) == 1 else b"".join(replies)
         self.reader.send(data, self.server.keepalive_timeout + len(data) / MIN_SEND_RATE)
 

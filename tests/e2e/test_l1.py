@@ -56,6 +56,25 @@ def test_entries_expire_after_the_ttl_on_the_injected_clock():
     assert len(cache) == 0 and cache.bytes == 0
 
 
+def test_an_expired_entry_is_evicted_before_any_live_one():
+    clock = FakeClock()
+    cache = LocalCache(capacity=2, ttl=5, timer=clock)
+    cache.set("short", b"1", ttl=1)
+    cache.set("long", b"2")
+    assert cache.get("short") == b"1"  # short is now the most recently used, yet expires first
+    clock.now += 2
+    cache.set("new", b"3")
+    assert (cache.get("long"), cache.get("new"), cache.get("short")) == (b"2", b"3", MISSING)
+
+
+def test_rewriting_one_key_keeps_its_expiry_bookkeeping_bounded():
+    cache = LocalCache(capacity=4)
+    for i in range(10_000):
+        cache.set("k", b"%d" % (i % 10))
+    assert cache.get("k") == b"9" and len(cache) == 1 and cache.bytes == 1
+    assert len(cache._order) <= 3  # replaced entries' heap items are dropped, not piled up
+
+
 def test_the_byte_bound_evicts_and_refuses_values_larger_than_it():
     cache = LocalCache(capacity=100, max_bytes=10)
     cache.set("a", b"12345")

@@ -1,6 +1,8 @@
 """Fast unit tests of pure logic: the entry format, key derivation, freshness, and the core's
 store/read decisions over fakeredis (the end-to-end suite proves them against a real Redis)."""
 
+import threading
+
 import fakeredis
 import pytest
 
@@ -9,6 +11,7 @@ from proxy.cache import keys as cache_keys
 from proxy.cache.entry import Entry
 from proxy.cache.freshness import Policy
 from proxy.cache.target import Target
+from proxy.core.stats import Stats
 from proxy.errors import BadRequest
 from proxy.upstream.fetcher import UpstreamResponse
 from redis_proxy import HIT, MISS, RedisProxy
@@ -124,3 +127,29 @@ def test_an_entry_with_numbers_out_of_range_is_not_an_entry(field, value):
 def test_an_entry_with_a_status_no_client_can_be_given_is_not_an_entry():
     entry = Entry(status=103, body=b"", url="http://a/", fetched_at=0, fresh_for=1)
     assert cache_entry.decode(cache_entry.encode(entry)) is None
+
+
+def test_stats_lose_no_count_across_threads_and_add_every_kind_of_amount():
+    """Counts of one take no lock (proxy.core.stats): threads counting at once lose none, and
+    the totals add them to the counts of other amounts, whole or float."""
+    stats = Stats()
+    assert stats.counts == {}
+
+    def count_many() -> None:
+        for _ in range(20_000):
+            stats.count("hits_l1")
+
+    threads = [threading.Thread(target=count_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stats.count("hits_l1", 5)
+    stats.count("reads_redis", 2)
+    stats.count("upstream_seconds", 0.25)
+    stats.count("upstream_seconds", 1.0)
+    stats.count("misses", 0)
+    assert stats.counts == {"hits_l1": 80_005, "reads_redis": 2, "upstream_seconds": 1.25,
+                            "misses": 0}
+    assert type(stats.counts["upstream_seconds"]) is float
+    assert stats.counts["never_counted"] == 0  # a Counter, as the readers expect
