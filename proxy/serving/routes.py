@@ -155,7 +155,7 @@ class Routes:
             removed = proxy.purge(url, key, params, tag=fields.get("tag"), soft=soft == "true")
             self._reply_json(200, {"purged": removed})
             return
-        client = ClientRequest.of(self.command, self.headers.items())
+        client = ClientRequest.reading(self.command, self.headers.items())
         if url is None:
             if key is None:
                 raise BadRequest("give url=<absolute URL> (and optionally key=<name>), "
