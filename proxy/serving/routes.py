@@ -141,8 +141,9 @@ class Routes:
 
     def url_role(self, fields: dict[str, str]) -> None:
         purging = self.command in ("DELETE", "PURGE")
-        unknown = sorted(set(fields) - set(PURGE_FIELDS if purging else QUERY_FIELDS))
-        if unknown:
+        known = PURGE_FIELDS if purging else QUERY_FIELDS
+        if any(name not in known for name in fields):
+            unknown = sorted(set(fields) - set(known))
             raise BadRequest(f"unknown query field {unknown[0]!r}; use url, key and params"
                              + (", or tag, and soft=true" if purging else
                                 " (tag and soft are for DELETE and PURGE)"), error="bad query")
