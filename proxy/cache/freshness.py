@@ -187,7 +187,11 @@ def with_date(headers: Mapping[str, str], response_time: float) -> dict[str, str
 def without_unvalidated(headers: Mapping[str, str], policy: Policy) -> dict[str, str]:
     """A stored response's headers for reuse without revalidation: less what `no-cache="f"`
     names (RFC 9111 §5.2.2.4)."""
-    if not any("no-cache" in (headers.get(name) or "").lower() for name in DIRECTIVE_FIELDS):
+    for name in DIRECTIVE_FIELDS:
+        value = headers.get(name)
+        if value and "no-cache" in value.lower():
+            break
+    else:
         return dict(headers)  # no field can name it: nothing to parse (most responses)
     _bare, fields = cc.field_names(policy.directives(headers), "no-cache")
     return {name: value for name, value in headers.items() if name not in fields} \

@@ -32,6 +32,8 @@ class CacheResult:
 
 def cache_status(result: CacheResult) -> str:
     """The RFC 9211 Cache-Status value: how this response came from the cache."""
+    if result.cache == HIT and not result.forward and result.ttl is not None:
+        return f"redis-proxy; hit; ttl={math.floor(result.ttl)}"  # a hit, as most answers are
     parts = ["redis-proxy"]
     if result.cache == HIT and not result.forward:
         parts.append("hit")

@@ -12,7 +12,7 @@ BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")  # a '%' not followed by two h
 # Queries up to this size are remembered (the last MEMO_QUERIES of them): a hit asks the same
 # query again and again, and reading one is a fifth of the URL role's own work on an L1 hit.
 MEMO_QUERY_BYTES = 2048
-MEMO_QUERIES = 1024
+MEMO_QUERIES = 2048
 
 
 def parse_query(raw: bytes) -> dict[str, str]:
