@@ -19,6 +19,8 @@ SUCCESS = frozenset(range(200, 300))
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
 # RFC 9111 §5.2.2.3 must-understand: the statuses whose caching this cache implements.
 UNDERSTOOD_STATUSES = HEURISTIC_STATUSES - {206} | {302, 303, 307}
+# The response fields that carry this cache's directives (RFC 9213 §2.1, then RFC 9111 §5.2).
+DIRECTIVE_FIELDS = (*cc.TARGETED_FIELDS, "cache-control")
 TTL, RFC = "ttl", "rfc"  # DEFAULT_FRESHNESS: what a response that states no freshness gets
 
 
@@ -185,6 +187,12 @@ def with_date(headers: Mapping[str, str], response_time: float) -> dict[str, str
 def without_unvalidated(headers: Mapping[str, str], policy: Policy) -> dict[str, str]:
     """A stored response's headers for reuse without revalidation: less what `no-cache="f"`
     names (RFC 9111 §5.2.2.4)."""
+    for name in DIRECTIVE_FIELDS:
+        value = headers.get(name)
+        if value and "no-cache" in value.lower():
+            break
+    else:
+        return dict(headers)  # no field can name it: nothing to parse (most responses)
     _bare, fields = cc.field_names(policy.directives(headers), "no-cache")
     return {name: value for name, value in headers.items() if name not in fields} \
         if fields else dict(headers)

@@ -25,6 +25,7 @@ _PATH_OTHER = re.compile(r"%([0-9A-Fa-f]{2})|[^A-Za-z0-9\-._~!$&'()*+,;=:@/]")
 _QUERY_OTHER = re.compile(r"%([0-9A-Fa-f]{2})|[^A-Za-z0-9\-._~!$&'()*+,;=:@/?]")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # C0 controls and DEL: never in a url or a key
 
 
 def check_url(url: str, max_bytes: int) -> Target:
@@ -32,7 +33,7 @@ def check_url(url: str, max_bytes: int) -> Target:
     limit."""
     if len(url.encode()) > max_bytes:
         raise URITooLong(f"url is longer than {max_bytes} bytes (MAX_URL_BYTES)")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+    if _CONTROL.search(url):
         raise BadRequest("url contains control characters; percent-encode them", error="bad url")
     given = split(url)
     if _BAD_PERCENT.search(given.path) or _BAD_PERCENT.search(given.query):
@@ -46,7 +47,7 @@ def check_key(key: str, max_bytes: int) -> None:
         raise BadRequest("key is empty; give a non-empty key or leave it out", error="bad key")
     if len(key.encode("utf-8", "surrogatepass")) > max_bytes:
         raise BadRequest(f"key is longer than {max_bytes} bytes (MAX_KEY_BYTES)", error="bad key")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in key):
+    if _CONTROL.search(key):
         raise BadRequest("key contains control characters", error="bad key")
 
 

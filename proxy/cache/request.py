@@ -1,6 +1,7 @@
 """The client's request as the cache sees it: method, headers, and what goes to the origin; and
 the hop-by-hop rules that decide which of a request's or response's fields cross the proxy."""
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -22,6 +23,10 @@ CACHE_FILL_DROPPED = frozenset({"if-none-match", "if-modified-since", "if-match"
 # would vary on every client): left out of the single-flight key so that concurrent cold requests
 # from clients behind different addresses share one origin fetch.
 NOT_COALESCED = frozenset({"x-forwarded-for"})
+# The request fields the URL role reads of `headers`: Cache-Control and Pragma (its directives),
+# the conditionals and Range (proxy.cache.conditional), Accept-Encoding (its representation).
+CACHE_READ = frozenset({"cache-control", "pragma", "if-none-match", "if-modified-since",
+                        "if-match", "if-unmodified-since", "if-range", "range", "accept-encoding"})
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,19 @@ class ClientRequest:
             combined[name] = f"{combined[name]}, {value}" if name in combined else value
         return cls(method.upper(), MappingProxyType(combined),
                    MappingProxyType({k.lower(): v for k, v in (forwarded or {}).items()}))
+
+    @classmethod
+    def reading(cls, method: str, fields: list[tuple[str, str]]) -> "ClientRequest":
+        """A URL-role request (nothing forwarded) as the cache reads it: `of` its CACHE_READ
+        fields alone; with none of them, as most requests are, the one plain request of its
+        method, built once."""
+        read = [(name, value) for name, value in fields if name.lower() in CACHE_READ]
+        return cls.of(method, read) if read else _plain(method.upper())
+
+
+@functools.lru_cache(maxsize=16)  # the methods routed to the URL role: GET and HEAD
+def _plain(method: str) -> ClientRequest:
+    return ClientRequest(method)
 
 
 def connection_named(headers: Mapping[str, str]) -> frozenset[str]:

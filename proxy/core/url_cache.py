@@ -65,6 +65,7 @@ from proxy.upstream.fetcher import Fetcher, UpstreamResponse
 log = logging.getLogger(__name__)
 
 PLAIN = ClientRequest()  # a GET with no headers of its own: the card's behaviour
+NO_DEMANDS = Demands()  # what a request without Cache-Control or Pragma asks
 MAX_STALE = "max-stale"  # Cache-Status detail of a stale answer the request's max-stale accepted
 
 
@@ -124,9 +125,10 @@ class UrlCache(Coalescing, Storing, Purging):
         request = self.parse(url, key, params)
         self.fetcher.check(request.parts)  # the upstream policy holds for cached entries too
         client = client or PLAIN
-        demands = Demands.of(client.headers) if client.headers else Demands()
+        demands = Demands.of(client.headers) if client.headers else NO_DEMANDS
         forwarded = tuple(sorted((name.lower(), value)
-                                 for name, value in cache_fill_headers(client).items()))
+                                 for name, value in cache_fill_headers(client).items())) \
+            if client.forwarded else ()
         if forwarded or demands.no_store:
             request = dataclasses.replace(request, forwarded=forwarded, store=not demands.no_store)
         result = represent(self._answer(request, demands), client.headers.get("accept-encoding"))

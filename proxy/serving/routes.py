@@ -143,8 +143,9 @@ class Routes:
 
     def url_role(self, fields: dict[str, str]) -> None:
         purging = self.command in ("DELETE", "PURGE")
-        unknown = sorted(set(fields) - set(PURGE_FIELDS if purging else QUERY_FIELDS))
-        if unknown:
+        known = PURGE_FIELDS if purging else QUERY_FIELDS
+        if any(name not in known for name in fields):
+            unknown = sorted(set(fields) - set(known))
             raise BadRequest(f"unknown query field {unknown[0]!r}; use url, key and params"
                              + (", or tag, and soft=true" if purging else
                                 " (tag and soft are for DELETE and PURGE)"), error="bad query")
@@ -157,7 +158,7 @@ class Routes:
             removed = proxy.purge(url, key, params, tag=fields.get("tag"), soft=soft == "true")
             self._reply_json(200, {"purged": removed})
             return
-        client = ClientRequest.of(self.command, self.headers.items())
+        client = ClientRequest.reading(self.command, self.headers.items())
         if url is None:
             if key is None:
                 raise BadRequest("give url=<absolute URL> (and optionally key=<name>), "
