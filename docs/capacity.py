@@ -1,7 +1,7 @@
 """Capacity model: proxy cores and Redis primaries for a request rate, hit ratio and hot set.
 
-Built from the README's `make bench` figures (one Python process per core, 1 KiB values,
-loopback, 2-core machine); see docs/SCALING.md for what each term means and what it leaves out.
+Built from the README's `make bench` figures (one Python process per core, 100-byte values,
+loopback, 2-core machine shared with the load generator); see docs/SCALING.md for what each term means and what it leaves out.
 `python3 docs/capacity.py` prints the table for 10k, 100k and 1M requests/s.
 """
 
@@ -9,10 +9,11 @@ import argparse
 import dataclasses
 import math
 
-# README "Performance", make bench 2026-11-25: requests/s of one process (one core).
-URL_L1_HIT = 8718.0  # GET /?url=&key=, L1 hit
-URL_REDIS_HIT = 3944.0  # GET /?url=&key=, Redis hit (no L1)
-REDIS_GET = 110742.0  # redis-benchmark GET against Redis itself (one primary, one core)
+# README "Performance", make bench 2026-12-01 (bench/results/20261201-235917.json, 16
+# connections): requests/s of one process (about one core).
+URL_L1_HIT = 6059.0  # GET /?url=&key=, L1 hit
+URL_REDIS_HIT = 1914.0  # GET /?url=&key=, Redis hit (no L1, distinct keys)
+REDIS_GET = 49480.0  # redis-benchmark GET against Redis itself (one primary; it shares the cores)
 
 # Redis commands per request, from redis_proxy.py: a Redis hit is one GET; a miss is the GET,
 # SET NX (fetch lock), GET (double check), SET + EXISTS (store, re-read for tracking) and the
