@@ -51,11 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("path", choices=PATHS, help="the hit path to load ('resp': RESP GET)")
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--l1-off", action="store_true",
+                        help="CACHE_CAPACITY=0, L1_INVALIDATION=ttl: every hit reads Redis")
     args = parser.parse_args(argv)
     origin_port, http_port, resp_port = free_port(), free_port(), free_port()
     origin = quote(f"http://127.0.0.1:{origin_port}/page", safe="")
     with RedisServer() as store, ceiling(origin_port), \
-            proxy(store.url, http_port, origin_port, resp_port=resp_port) as child, \
+            proxy(store.url, http_port, origin_port, resp_port=resp_port,
+                  **({"cache_capacity": 0, "l1_invalidation": "ttl"} if args.l1_off else {})) as child, \
             tempfile.TemporaryDirectory() as folder:
         client = redis.Redis.from_url(store.url)
         client.set("bench", b"v" * VALUE_SIZE)

@@ -12,6 +12,7 @@ from proxy.core import stats as names
 from proxy.core.stats import Stats
 from proxy.errors import BadRequest, Forbidden, ServiceUnavailable
 from proxy.store.connection import RedisHealth
+from proxy.store.connection import get as store_get
 
 Key = bytes | str
 
@@ -121,7 +122,7 @@ class ReadCache:
         """The value and how long L1 may keep it: never past the key's own expiry in Redis."""
         self.stats.count(names.READS_REDIS)
         if not self._l1_needs_pttl():
-            return redis_call(self.health, lambda: self.client.get(key)), None
+            return redis_call(self.health, lambda: store_get(self.client, key)), None
 
         def read(pipe: Any) -> int:
             pipe.get(key)

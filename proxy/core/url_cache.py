@@ -56,6 +56,7 @@ from proxy.errors import (
 )
 from proxy.log_limit import LogLimiter
 from proxy.store.connection import RedisHealth
+from proxy.store.connection import get as store_get
 from proxy.store.fetch_lock import FetchLock
 from proxy.store.purge_marker import PurgeMarkers, Start
 from proxy.store.tags import MAX_TAGS, TagIndex, tags_of
@@ -242,7 +243,7 @@ class UrlCache(Coalescing, Storing, Purging):
 
     def _read_entry(self, redis_key: str) -> tuple[Entry | None, bool]:
         try:
-            raw = self.health.call(lambda: self.client.get(redis_key))
+            raw = self.health.call(lambda: store_get(self.client, redis_key))
         except StoreUnavailable:
             return None, False
         except redis.RedisError as exc:
