@@ -8,61 +8,8 @@ from typing import Any
 
 from dotenv import dotenv_values
 
+import proxy.settings_parsers as parsers
 from proxy.errors import ConfigError
-from proxy.settings_parsers import (
-    addresses as _addresses,
-)
-from proxy.settings_parsers import (
-    boolean as _boolean,
-)
-from proxy.settings_parsers import (
-    choice as _choice,
-)
-from proxy.settings_parsers import (
-    fraction as _fraction,
-)
-from proxy.settings_parsers import (
-    fraction_below_one as _fraction_below_one,
-)
-from proxy.settings_parsers import (
-    header_names as _header_names,
-)
-from proxy.settings_parsers import (
-    hosts as _hosts,
-)
-from proxy.settings_parsers import (
-    integer as _integer,
-)
-from proxy.settings_parsers import (
-    networks as _networks,
-)
-from proxy.settings_parsers import (
-    optional_seconds as _optional_seconds,
-)
-from proxy.settings_parsers import (
-    origin as _origin,
-)
-from proxy.settings_parsers import (
-    ports as _ports,
-)
-from proxy.settings_parsers import (
-    prefix as _prefix,
-)
-from proxy.settings_parsers import (
-    seconds as _seconds,
-)
-from proxy.settings_parsers import (
-    size as _size,
-)
-from proxy.settings_parsers import (
-    statuses as _statuses,
-)
-from proxy.settings_parsers import (
-    text as _text,
-)
-from proxy.settings_parsers import (
-    words as _words,
-)
 
 EVICTION_POLICIES = (
     "noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random",
@@ -108,177 +55,177 @@ def _default_freshness_default(settings: "Settings") -> str:
 class Settings:
     """Every tunable of the proxy; the table that docs/CONFIGURATION.md is generated from."""
 
-    redis_url: str = _setting("REDIS_URL", _text, "", "redis",
+    redis_url: str = _setting("REDIS_URL", parsers.text, "", "redis",
                               "backing Redis (`redis://`, `rediss://`, `unix://`, with user and password); "
                               "empty with `REDIS_HOST` empty = embedded", flags=("-r",))
-    redis_host: str = _setting("REDIS_HOST", _text, "", "redis",
+    redis_host: str = _setting("REDIS_HOST", parsers.text, "", "redis",
                                "Redis host when there is no `REDIS_URL`; empty with `REDIS_URL` empty = embedded")
-    redis_port: int = _setting("REDIS_PORT", _integer(1, 65535), 6379, "redis",
+    redis_port: int = _setting("REDIS_PORT", parsers.integer(1, 65535), 6379, "redis",
                                "Redis port with `REDIS_HOST`")
-    redis_db: int = _setting("REDIS_DB", _integer(0), 0, "redis", "Redis database number with `REDIS_HOST`")
-    redis_password: str = _setting("REDIS_PASSWORD", _text, "", "redis",
+    redis_db: int = _setting("REDIS_DB", parsers.integer(0), 0, "redis", "Redis database number with `REDIS_HOST`")
+    redis_password: str = _setting("REDIS_PASSWORD", parsers.text, "", "redis",
                                    "Redis password, given to the client apart from the URL; never logged",
                                    secret=True)
-    redis_socket_timeout: float = _setting("REDIS_SOCKET_TIMEOUT", _seconds(True), 0.5, "redis",
+    redis_socket_timeout: float = _setting("REDIS_SOCKET_TIMEOUT", parsers.seconds(True), 0.5, "redis",
                                            "bound on one Redis call (connect and read)")
-    redis_tls_ca: str = _setting("REDIS_TLS_CA", _text, "", "redis", "CA certificate file for `rediss://`")
-    redis_tls_cert: str = _setting("REDIS_TLS_CERT", _text, "", "redis",
+    redis_tls_ca: str = _setting("REDIS_TLS_CA", parsers.text, "", "redis", "CA certificate file for `rediss://`")
+    redis_tls_cert: str = _setting("REDIS_TLS_CERT", parsers.text, "", "redis",
                                    "client certificate file for `rediss://` (with `REDIS_TLS_KEY`)")
-    redis_tls_key: str = _setting("REDIS_TLS_KEY", _text, "", "redis", "the client certificate's key file")
-    redis_max_connections: int = _setting("REDIS_MAX_CONNECTIONS", _integer(1), 64, "redis",
+    redis_tls_key: str = _setting("REDIS_TLS_KEY", parsers.text, "", "redis", "the client certificate's key file")
+    redis_max_connections: int = _setting("REDIS_MAX_CONNECTIONS", parsers.integer(1), 64, "redis",
                                           "connection pool size; a burst waits for a connection")
-    redis_maxmemory: int = _setting("REDIS_MAXMEMORY", _size, 256 * 1024**2, "redis",
+    redis_maxmemory: int = _setting("REDIS_MAXMEMORY", parsers.size, 256 * 1024**2, "redis",
                                     "`maxmemory`, applied with `CONFIG SET` at start (on every primary of a "
                                      "cluster); a refusal is a warning")
-    redis_eviction_policy: str = _setting("REDIS_EVICTION_POLICY", _choice(*EVICTION_POLICIES),
+    redis_eviction_policy: str = _setting("REDIS_EVICTION_POLICY", parsers.choice(*EVICTION_POLICIES),
                                           "allkeys-lru", "redis",
                                           "`maxmemory-policy`, applied with `CONFIG SET` at start; a "
                                           "refusal is a warning")
-    redis_cluster_nodes: tuple[str, ...] = _setting("REDIS_CLUSTER_NODES", _addresses, (), "redis",
+    redis_cluster_nodes: tuple[str, ...] = _setting("REDIS_CLUSTER_NODES", parsers.addresses, (), "redis",
                                                     "seed nodes of a Redis Cluster (`host:port,...`), "
                                                     "instead of `REDIS_URL`")
-    redis_sentinels: tuple[str, ...] = _setting("REDIS_SENTINELS", _addresses, (), "redis",
+    redis_sentinels: tuple[str, ...] = _setting("REDIS_SENTINELS", parsers.addresses, (), "redis",
                                                 "Sentinel addresses (`host:port,...`), instead of "
                                                 "`REDIS_URL`; with `REDIS_SENTINEL_MASTER`")
-    redis_sentinel_master: str = _setting("REDIS_SENTINEL_MASTER", _text, "", "redis",
+    redis_sentinel_master: str = _setting("REDIS_SENTINEL_MASTER", parsers.text, "", "redis",
                                           "the name the sentinels monitor the primary under")
-    http_host: str = _setting("HTTP_HOST", _text, "127.0.0.1", "front",
+    http_host: str = _setting("HTTP_HOST", parsers.text, "127.0.0.1", "front",
                               "listen address of the HTTP and RESP ports", flags=("--host",))
-    http_port: int = _setting("HTTP_PORT", _integer(0, 65535), 8080, "front", "HTTP listen port",
+    http_port: int = _setting("HTTP_PORT", parsers.integer(0, 65535), 8080, "front", "HTTP listen port",
                               flags=("-p", "--port"))
-    resp_port: int = _setting("RESP_PORT", _integer(0, 65535), 6380, "front",
+    resp_port: int = _setting("RESP_PORT", parsers.integer(0, 65535), 6380, "front",
                               "Redis-protocol (RESP) listen port; 0 = off")
-    cache_ttl: float = _setting("CACHE_TTL", _seconds(True), 3600.0, "caching",
+    cache_ttl: float = _setting("CACHE_TTL", parsers.seconds(True), 3600.0, "caching",
                                 "freshness of an entry at most, and the L1 expiry")
-    cache_capacity: int = _setting("CACHE_CAPACITY", _integer(0), 1024, "caching",
+    cache_capacity: int = _setting("CACHE_CAPACITY", parsers.integer(0), 1024, "caching",
                                    "L1 bound in keys (least recently used beyond it); 0 = no L1")
-    cache_max_bytes: int = _setting("CACHE_MAX_BYTES", _size, 64 * 1024**2, "caching",
+    cache_max_bytes: int = _setting("CACHE_MAX_BYTES", parsers.size, 64 * 1024**2, "caching",
                                     "L1 bound in bytes of values")
-    cache_prefix: str = _setting("CACHE_PREFIX", _text, "rp:", "caching",
+    cache_prefix: str = _setting("CACHE_PREFIX", parsers.text, "rp:", "caching",
                                  "Redis key prefix of URL entries: key K is stored as `rp:K`")
-    get_allow_cache_prefix: bool = _setting("GET_ALLOW_CACHE_PREFIX", _boolean, False, "security",
+    get_allow_cache_prefix: bool = _setting("GET_ALLOW_CACHE_PREFIX", parsers.boolean, False, "security",
                                             "let `/get/<key>` and RESP read keys under `CACHE_PREFIX` "
                                             "(the URL cache's entries, with no upstream policy applied)")
-    l1_invalidation: str = _setting("L1_INVALIDATION", _choice("tracking", "ttl"), "tracking", "caching",
+    l1_invalidation: str = _setting("L1_INVALIDATION", parsers.choice("tracking", "ttl"), "tracking", "caching",
                                     "`tracking`: L1 follows Redis's invalidation messages; `ttl`: L1 "
                                     "entries expire by `CACHE_TTL` only (a `/get/` or RESP value sooner, "
                                     "with its key's own TTL in Redis)")
-    max_clients: int = _setting("MAX_CLIENTS", _integer(1), 1024, "front",
+    max_clients: int = _setting("MAX_CLIENTS", parsers.integer(1), 1024, "front",
                                 "concurrent connections per front end, per worker (`HTTP_WORKERS` × this in all); "
                                  "one more gets 503 at once")
-    max_parallel: int = _setting("MAX_PARALLEL", _integer(1), 2 * (os.cpu_count() or 1), "front",
+    max_parallel: int = _setting("MAX_PARALLEL", parsers.integer(1), 2 * (os.cpu_count() or 1), "front",
                                  "requests processed at once, HTTP and RESP together (`/health` and "
                                  "`/metrics` are not counted), per worker (`HTTP_WORKERS` × this in all); 1 = one "
                                   "at a time, in arrival order",
                                  shown="2 × cores")
-    upstream_timeout: float = _setting("UPSTREAM_TIMEOUT", _seconds(True), 10.0, "upstream",
+    upstream_timeout: float = _setting("UPSTREAM_TIMEOUT", parsers.seconds(True), 10.0, "upstream",
                                        "total deadline of one fetch, redirects and body included; no retries")
-    upstream_max_bytes: int = _setting("UPSTREAM_MAX_BYTES", _size, 10 * 1024**2, "upstream",
+    upstream_max_bytes: int = _setting("UPSTREAM_MAX_BYTES", parsers.size, 10 * 1024**2, "upstream",
                                        "upstream body cap; a larger body is 413 and not stored")
-    upstream_allowed_hosts: tuple[str, ...] = _setting("UPSTREAM_ALLOWED_HOSTS", _hosts, (), "upstream",
+    upstream_allowed_hosts: tuple[str, ...] = _setting("UPSTREAM_ALLOWED_HOSTS", parsers.hosts, (), "upstream",
                                                        "exact names or `*.suffix` (`*.example.com` does not "
                                                        "match `example.com`); empty = any public host")
-    upstream_allowed_ports: tuple[int, ...] = _setting("UPSTREAM_ALLOWED_PORTS", _ports,
+    upstream_allowed_ports: tuple[int, ...] = _setting("UPSTREAM_ALLOWED_PORTS", parsers.ports,
                                                        (80, 443, 8080, 8443), "upstream", "upstream ports")
-    upstream_allow_private: bool = _setting("UPSTREAM_ALLOW_PRIVATE", _boolean, False, "upstream",
+    upstream_allow_private: bool = _setting("UPSTREAM_ALLOW_PRIVATE", parsers.boolean, False, "upstream",
                                             "allow loopback and private upstream addresses (internal "
                                             "deployments, tests)")
-    max_url_bytes: int = _setting("MAX_URL_BYTES", _integer(1), 8192, "upstream",
+    max_url_bytes: int = _setting("MAX_URL_BYTES", parsers.integer(1), 8192, "upstream",
                                   "longest `url` accepted; a longer one is 414")
-    max_key_bytes: int = _setting("MAX_KEY_BYTES", _integer(1), 1024, "upstream",
+    max_key_bytes: int = _setting("MAX_KEY_BYTES", parsers.integer(1), 1024, "upstream",
                                   "longest `key` accepted; a longer one is 400")
-    header_timeout: float = _setting("HEADER_TIMEOUT", _seconds(True), 10.0, "front",
+    header_timeout: float = _setting("HEADER_TIMEOUT", parsers.seconds(True), 10.0, "front",
                                      "total time to receive a request's headers")
-    keepalive_timeout: float = _setting("KEEPALIVE_TIMEOUT", _seconds(True), 15.0, "front",
+    keepalive_timeout: float = _setting("KEEPALIVE_TIMEOUT", parsers.seconds(True), 15.0, "front",
                                         "idle time before a kept-alive connection is closed")
-    cache_store_statuses: frozenset[int] = _setting("CACHE_STORE_STATUSES", _statuses,
+    cache_store_statuses: frozenset[int] = _setting("CACHE_STORE_STATUSES", parsers.statuses,
                                                     frozenset(range(200, 300)), "caching",
                                                     "upstream statuses that are stored (`2xx,404`)")
-    cache_store_set_cookie: bool = _setting("CACHE_STORE_SET_COOKIE", _boolean, False, "caching",
+    cache_store_set_cookie: bool = _setting("CACHE_STORE_SET_COOKIE", parsers.boolean, False, "caching",
                                             "store responses that set cookies")
-    respect_cache_control: bool = _setting("RESPECT_CACHE_CONTROL", _boolean, True, "caching",
+    respect_cache_control: bool = _setting("RESPECT_CACHE_CONTROL", parsers.boolean, True, "caching",
                                            "honour the upstream's `Cache-Control` / `Expires`")
-    default_freshness: str = _setting("DEFAULT_FRESHNESS", _choice("ttl", "rfc"), "ttl", "caching",
+    default_freshness: str = _setting("DEFAULT_FRESHNESS", parsers.choice("ttl", "rfc"), "ttl", "caching",
                                       "a response stating no freshness: `ttl` = fresh for `CACHE_TTL`; "
                                       "`rfc` = heuristic (RFC 9111 §4.2.2), else revalidated before use",
                                       derive=_default_freshness_default,
                                       shown="`ttl`, or `rfc` with `ORIGIN_URL`")
-    heuristic_fraction: float = _setting("HEURISTIC_FRACTION", _fraction, 0.1, "caching",
+    heuristic_fraction: float = _setting("HEURISTIC_FRACTION", parsers.fraction, 0.1, "caching",
                                          "with `DEFAULT_FRESHNESS=rfc`: fresh for this fraction of the "
                                          "time since `Last-Modified`")
-    heuristic_max_age: float = _setting("HEURISTIC_MAX_AGE", _seconds(False), 86400.0, "caching",
+    heuristic_max_age: float = _setting("HEURISTIC_MAX_AGE", parsers.seconds(False), 86400.0, "caching",
                                         "the cap on heuristic freshness, seconds")
-    max_stored_headers: int = _setting("MAX_STORED_HEADERS", _integer(1), 100, "caching",
+    max_stored_headers: int = _setting("MAX_STORED_HEADERS", parsers.integer(1), 100, "caching",
                                        "a response with more header fields is relayed, not stored")
-    max_stored_header_bytes: int = _setting("MAX_STORED_HEADER_BYTES", _size, 32 * 1024, "caching",
+    max_stored_header_bytes: int = _setting("MAX_STORED_HEADER_BYTES", parsers.size, 32 * 1024, "caching",
                                             "a response whose header block is larger is relayed, not stored")
-    cache_stale_ttl: float = _setting("CACHE_STALE_TTL", _seconds(False), 300.0, "caching",
+    cache_stale_ttl: float = _setting("CACHE_STALE_TTL", parsers.seconds(False), 300.0, "caching",
                                       "seconds an entry stays in Redis past its freshness (revalidation, "
                                       "stale serving)")
-    stale_if_error: float = _setting("STALE_IF_ERROR", _seconds(False), 300.0, "caching",
+    stale_if_error: float = _setting("STALE_IF_ERROR", parsers.seconds(False), 300.0, "caching",
                                      "seconds past freshness a stale copy may be served when upstream "
                                      "fails; at most `CACHE_STALE_TTL`",
                                      derive=_stale_if_error_default,
                                      shown="300, or `CACHE_STALE_TTL` when less")
-    stale_while_revalidate: float = _setting("STALE_WHILE_REVALIDATE", _seconds(False), 0.0, "caching",
+    stale_while_revalidate: float = _setting("STALE_WHILE_REVALIDATE", parsers.seconds(False), 0.0, "caching",
                                              "seconds past freshness a stale copy is served at once while "
                                              "one background refresh runs; 0 = off")
-    refresh_ahead: float = _setting("REFRESH_AHEAD", _fraction_below_one, 0.0, "caching",
+    refresh_ahead: float = _setting("REFRESH_AHEAD", parsers.fraction_below_one, 0.0, "caching",
                                     "fraction of an entry's freshness after which a hit starts one "
                                     "background refresh (`0.8`); 0 = off")
-    compress_min_bytes: int = _setting("COMPRESS_MIN_BYTES", _size, 1024, "caching",
+    compress_min_bytes: int = _setting("COMPRESS_MIN_BYTES", parsers.size, 1024, "caching",
                                        "text, JSON, JS, CSS, XML and SVG bodies this large are stored "
                                        "compressed (zstd) and served so to clients that accept it; 0 = off")
-    max_variants: int = _setting("MAX_VARIANTS", _integer(1), 8, "caching",
+    max_variants: int = _setting("MAX_VARIANTS", parsers.integer(1), 8, "caching",
                                  "variants of one URL (responses selected by their `Vary` headers) "
                                  "kept at once; beyond it the least recently stored (but the first) is replaced")
-    tag_header: tuple[str, ...] = _setting("TAG_HEADER", _header_names, ("Surrogate-Key", "Cache-Tag"),
+    tag_header: tuple[str, ...] = _setting("TAG_HEADER", parsers.header_names, ("Surrogate-Key", "Cache-Tag"),
                                            "caching",
                                            "response headers whose space- or comma-separated tags "
                                            "`DELETE /?tag=T` purges by; empty = off")
-    tag_header_shown: bool = _setting("TAG_HEADER_SHOWN", _boolean, False, "caching",
+    tag_header_shown: bool = _setting("TAG_HEADER_SHOWN", parsers.boolean, False, "caching",
                                       "give clients the tags (in the first `TAG_HEADER`); false = "
                                       "stripped")
-    http_workers: int = _setting("HTTP_WORKERS", _integer(1), 1, "front",
+    http_workers: int = _setting("HTTP_WORKERS", parsers.integer(1), 1, "front",
                                  "pre-forked worker processes sharing the HTTP and RESP ports",
                                  flags=("-w", "--workers"))
-    origin_url: str = _setting("ORIGIN_URL", _origin, "", "reverse",
+    origin_url: str = _setting("ORIGIN_URL", parsers.origin, "", "reverse",
                                "reverse-proxy mode: a path that is not under `ADMIN_PREFIX` is fetched from "
                                "this origin (`http://host:port[/base]`) and cached; empty = off")
-    admin_prefix: str = _setting("ADMIN_PREFIX", _prefix, "/_proxy", "reverse",
+    admin_prefix: str = _setting("ADMIN_PREFIX", parsers.prefix, "/_proxy", "reverse",
                                  "where the proxy's own routes answer (`/_proxy/health`, `/_proxy/?url=`); "
                                  "without `ORIGIN_URL` they answer at the root too")
-    max_body_bytes: int = _setting("MAX_BODY_BYTES", _size, 1024**2, "reverse",
+    max_body_bytes: int = _setting("MAX_BODY_BYTES", parsers.size, 1024**2, "reverse",
                                    "largest request body passed through to the origin (POST, PUT...); a "
                                    "larger one is 413")
-    trusted_proxies: tuple[str, ...] = _setting("TRUSTED_PROXIES", _networks, (), "security",
+    trusted_proxies: tuple[str, ...] = _setting("TRUSTED_PROXIES", parsers.networks, (), "security",
                                                 "addresses or CIDR networks of reverse proxies whose "
                                                 "`X-Forwarded-For` is believed")
-    auth_tokens: tuple[str, ...] = _setting("AUTH_TOKENS", _words, (), "security",
+    auth_tokens: tuple[str, ...] = _setting("AUTH_TOKENS", parsers.words, (), "security",
                                             "bearer tokens for HTTP (`Authorization: Bearer`) and RESP "
                                             "(`AUTH`), comma-separated; none here or in the file = open",
                                             secret=True)
-    auth_tokens_file: str = _setting("AUTH_TOKENS_FILE", _text, "", "security",
+    auth_tokens_file: str = _setting("AUTH_TOKENS_FILE", parsers.text, "", "security",
                                      "a file of tokens, one per line (`#` comments allowed)")
-    metrics_require_auth: bool = _setting("METRICS_REQUIRE_AUTH", _boolean, False, "security",
+    metrics_require_auth: bool = _setting("METRICS_REQUIRE_AUTH", parsers.boolean, False, "security",
                                           "`/metrics`, `/stats` and `/dashboard` need a token too (when tokens are set)")
-    rate_limit: float | None = _setting("RATE_LIMIT", _optional_seconds, None, "security",
+    rate_limit: float | None = _setting("RATE_LIMIT", parsers.optional_seconds, None, "security",
                                         "requests (HTTP) and commands (RESP) per second per client address "
                                         "(decimals allowed), one budget across all workers; "
                                         "empty = no limit", shown="off")
-    rate_limit_burst: int | None = _setting("RATE_LIMIT_BURST", _integer(1), None, "security",
+    rate_limit_burst: int | None = _setting("RATE_LIMIT_BURST", parsers.integer(1), None, "security",
                                             "requests a client may make at once beyond its rate",
                                             shown="2 × rate")
-    auth_fail_limit: int = _setting("AUTH_FAIL_LIMIT", _integer(0), 10, "security",
+    auth_fail_limit: int = _setting("AUTH_FAIL_LIMIT", parsers.integer(0), 10, "security",
                                     "failed authentications per client per minute (HTTP and RESP "
                                     "together, across all workers) before it is refused with 429 / an error; 0 = off")
-    log_level: str = _setting("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "logging",
+    log_level: str = _setting("LOG_LEVEL", parsers.choice("debug", "info", "warning", "error"), "info", "logging",
                               "how much is logged; the access lines are at `info`",
                               flags=("-l",))
-    log_format: str = _setting("LOG_FORMAT", _choice("text", "json"), "text", "logging",
+    log_format: str = _setting("LOG_FORMAT", parsers.choice("text", "json"), "text", "logging",
                                "`text`, or `json` with one object a line")
-    log_file: str = _setting("LOG_FILE", _text, "", "logging", "a file the log is appended to; empty = stderr")
-    access_log: bool = _setting("ACCESS_LOG", _boolean, True, "logging",
+    log_file: str = _setting("LOG_FILE", parsers.text, "", "logging", "a file the log is appended to; empty = stderr")
+    access_log: bool = _setting("ACCESS_LOG", parsers.boolean, True, "logging",
                                 "one line per HTTP request (method, path, status, cache status, bytes, "
                                 "duration, client) at `info` on the `redis_proxy.access` logger")
 
@@ -342,7 +289,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         if raw is None or raw.strip() == "":
             continue  # unset or empty: the default
         try:
-            kwargs[field.name] = parse(raw.strip() if parse is not _text else raw)
+            kwargs[field.name] = parse(raw.strip() if parse is not parsers.text else raw)
         except ValueError:
             # The value of a secret is never echoed back.
             shown = "<hidden>" if "PASSWORD" in name or "TOKEN" in name else repr(raw)
@@ -358,40 +305,3 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         raise ConfigError(problems)
     assert settings is not None
     return settings
-
-
-# ----- the table, read back: the command line and the generated docs ------------------------
-
-
-def flag_of(field: dataclasses.Field[Any]) -> str:
-    """The long command-line flag of a setting: HTTP_PORT -> --http-port."""
-    env: str = field.metadata["env"]
-    return "--" + env.lower().replace("_", "-")
-
-
-def fields_by_group() -> list[tuple[str, list[dataclasses.Field[Any]]]]:
-    """The settings in GROUPS order, each group's in table order."""
-    fields = dataclasses.fields(Settings)
-    return [(group, [field for field in fields if field.metadata["group"] == group]) for group in GROUPS]
-
-
-def show_value(field: dataclasses.Field[Any], value: Any) -> str:
-    """A setting's value written as its variable would be set (the reverse of its parser)."""
-    show = getattr(field.metadata["parse"], "show", None)
-    if value is None:
-        return ""
-    if show is not None:
-        shown: str = show(value)
-        return shown
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, tuple | list):
-        return ",".join(str(item) for item in value)
-    return str(value)
-
-
-def default_text(field: dataclasses.Field[Any]) -> str:
-    """The default as the docs state it ("empty" when it is the empty value)."""
-    return field.metadata.get("shown") or show_value(field, field.default) or "empty"

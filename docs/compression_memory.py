@@ -64,7 +64,7 @@ def main() -> None:
     threading.Thread(target=origin.serve_forever, daemon=True).start()
     with RedisServer(unix_socket=True) as server:
         client = redis.Redis.from_url(server.url)
-        print(f"{'body':<10} {'plain B':>9} {'zstd B':>8} {'ratio':>6}")
+        out = [f"{'body':<10} {'plain B':>9} {'zstd B':>8} {'ratio':>6}"]
         rows = []
         for capacity in (1024, 0):
             for compress in (0, 1024):
@@ -89,12 +89,12 @@ def main() -> None:
         for name in BODIES:
             plain_key, packed_key = f"c0:{name.strip('/')}", f"c1024:{name.strip('/')}"
             plain, packed = client.memory_usage(plain_key), client.memory_usage(packed_key)
-            print(f"{name:<10} {plain:>9} {packed:>8} {plain / packed:>5.1f}x  (STRLEN "
-                  f"{client.strlen(plain_key)} vs {client.strlen(packed_key)})")
-        print(f"\n{'L1':<4} {'stored':<7} {'body':<11} {'Accept-Encoding':<16} {'hits/s':>8}")
-        for l1, compressed, name, accept, rate in rows:
-            print(f"{'on' if l1 else 'off':<4} {'zstd' if compressed else 'plain':<7} {name:<11} "
-                  f"{accept or '(none)':<16} {rate:>8.0f}")
+            out.append(f"{name:<10} {plain:>9} {packed:>8} {plain / packed:>5.1f}x  (STRLEN "
+                       f"{client.strlen(plain_key)} vs {client.strlen(packed_key)})")
+        out.append(f"\n{'L1':<4} {'stored':<7} {'body':<11} {'Accept-Encoding':<16} {'hits/s':>8}")
+        out += [f"{'on' if l1 else 'off':<4} {'zstd' if compressed else 'plain':<7} {name:<11} "
+                f"{accept or '(none)':<16} {rate:>8.0f}" for l1, compressed, name, accept, rate in rows]
+        sys.stdout.write("\n".join(out) + "\n")  # the command's output
         client.close()
     origin.shutdown()
 

@@ -8,7 +8,8 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any
 
-from load_env import GROUPS, Settings, default_text, fields_by_group, flag_of, show_value
+from load_env import GROUPS, Settings
+from proxy.process.settings_table import default_text, fields_by_group, flag_of, show_value
 from proxy.store.connection import mask_url
 
 DESCRIPTION = ("A caching proxy with Redis as its store. Each setting is taken from its flag, "

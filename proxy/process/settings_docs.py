@@ -13,8 +13,9 @@ from typing import Any
 from dotenv import dotenv_values
 
 import load_env
-from load_env import GROUPS, default_text, fields_by_group, flag_of
+from load_env import GROUPS
 from proxy.process.command_line import plain
+from proxy.process.settings_table import default_text, fields_by_group, flag_of
 
 README_BEGIN = "<!-- settings:begin -->"
 README_END = "<!-- settings:end -->"

@@ -13,8 +13,9 @@ import sys
 
 import pytest
 
-from load_env import Settings, default_text, fields_by_group, flag_of, load_settings
+from load_env import Settings, load_settings
 from proxy.process.command_line import parse, plain
+from proxy.process.settings_table import default_text, fields_by_group, flag_of
 from proxy.store.launcher import free_port
 from servers import ROOT, refused, request, wait_until
 

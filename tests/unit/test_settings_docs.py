@@ -8,8 +8,9 @@ import os
 import pytest
 from dotenv import dotenv_values
 
-from load_env import GROUPS, Settings, default_text, fields_by_group, load_settings
+from load_env import GROUPS, Settings, load_settings
 from proxy.process import settings_docs
+from proxy.process.settings_table import default_text, fields_by_group
 from servers import ROOT
 
 FIELDS = dataclasses.fields(Settings)
