@@ -20,7 +20,8 @@ import redis
 
 from proxy import __version__
 from proxy.errors import Forbidden, ProxyError, StoreUnavailable, TooManyRequests
-from proxy.resp import protocol as wire
+from proxy.resp import replies as wire
+from proxy.resp.protocol import parse_integer
 from proxy.serving.auth import AUTH_BLOCKED, Authenticator
 from proxy.serving.rate_limit import RateLimiter
 from redis_proxy import RedisProxy
@@ -187,7 +188,7 @@ class RespCommands:
         return wire.OK
 
     def select(self, _session: Session, args: list[bytes]) -> bytes:
-        index = wire.parse_integer(args[1])
+        index = parse_integer(args[1])
         if index is None:
             return wire.error("ERR value is not an integer or out of range")
         if index != 0:
@@ -206,7 +207,7 @@ class RespCommands:
         and answers the server's map, as Redis 7 does (src/networking.c helloCommand)."""
         version, user, password, name = session.protocol, None, None, None
         if len(args) > 1:
-            asked = wire.parse_integer(args[1])
+            asked = parse_integer(args[1])
             if asked is None:
                 return wire.error("ERR Protocol version is not an integer or out of range")
             version = asked

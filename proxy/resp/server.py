@@ -18,6 +18,7 @@ from typing import Any
 from proxy.resp import protocol as wire
 from proxy.resp.commands import MAX_KEYS, MAX_REPLY_BYTES, RespCommands
 from proxy.resp.protocol import ProtocolError, RespParser, TooManyArguments
+from proxy.resp.replies import error as error_reply
 from proxy.serving.auth import Authenticator
 from proxy.serving.rate_limit import RateLimiter
 from proxy.serving.sockets import DeadlineReader, Gate, ThreadingLimitedServer
@@ -148,7 +149,7 @@ class RespHandler(socketserver.BaseRequestHandler):
         except ProtocolError as exc:
             # Redis logs these at its verbose level: one client's garbage is not an operator's concern.
             log.debug("RESP protocol error from %s: %s", self.client_address[0], exc)
-            replies.append(wire.error(f"ERR Protocol error: {exc}"))
+            replies.append(error_reply(f"ERR Protocol error: {exc}"))
             answered += 1
             close = True
         finally:

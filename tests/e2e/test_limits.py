@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from http_server import ProxyHTTPServer
-from proxy.resp.protocol import command
+from proxy.resp.replies import command
 from servers import request, wait_until
 
 

@@ -9,7 +9,7 @@ from http_server import rate_limiter_of
 from load_env import load_settings
 from proxy.errors import ConfigError, TooManyRequests
 from proxy.resp import server as resp_server
-from proxy.resp.protocol import command
+from proxy.resp.replies import command
 from proxy.serving.auth import Authenticator
 from proxy.serving.rate_limit import ClientAddress, RateLimiter, bucket_key
 from proxy.store.launcher import free_port

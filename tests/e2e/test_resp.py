@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from http_server import start_front_ends
 from load_env import load_settings
-from proxy.resp.protocol import command
+from proxy.resp.replies import command
 from proxy.store.launcher import RedisServer, free_port
 from servers import request, wait_until
 

@@ -10,7 +10,7 @@ import redis
 from http_server import start_front_ends
 from load_env import load_settings
 from proxy.process.serve import warn_if_resp_exposed
-from proxy.resp.protocol import command
+from proxy.resp.replies import command
 from proxy.serving.auth import Authenticator
 from proxy.serving.rate_limit import RateLimiter
 from proxy.store.launcher import free_port

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from proxy.resp import server as resp_server
-from proxy.resp.protocol import bulk, command
+from proxy.resp.replies import bulk, command
 from servers import wait_until
 from test_resp import connect, exchange
 

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.resp import protocol as wire
+from proxy.resp import replies as wire
 from proxy.resp.protocol import ProtocolError, RespParser, TooManyArguments, split_args
 
 
