@@ -27,6 +27,12 @@ MAX_INLINE = 64 * 1024  # PROTO_INLINE_MAX_SIZE: also bounds the *<n> and $<n> l
 _INTEGER = re.compile(rb"-?(?:0|[1-9][0-9]{0,18})\Z")
 _ESCAPES = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("b"): b"\b", ord("a"): b"\a"}
 _HEX = b"0123456789abcdefABCDEF"
+# An aggregate header of a million elements or more, anywhere in what arrived (even inside a bulk:
+# a false alarm only costs speed): hiredis allocates an array's list at its header, before any
+# limit of ours is checked (`*2000000000` held the GIL for seconds, `*4294967295` raised
+# MemoryError), so such bytes are left to the Python reader, which refuses them at the header.
+_HUGE_AGGREGATE = re.compile(rb"[*%~>|]-?[0-9]{7}")
+_SPLIT_HEADER = 16  # bytes of the previous feed searched again: a header may span two feeds
 
 
 class ProtocolError(Exception):
@@ -74,16 +80,22 @@ class RespParser:
         self._bulk = -1  # length of the bulk being read, -1 while its $ line is awaited
         self._fast: hiredis.Reader | None = None  # while in use, it holds _buffer[_pos:] too
         self._fast_off = False  # the C reader declined a command: the Python one until the next feed
+        self._slow_until = 0  # the C reader is not used before this point of the buffer
 
     def feed(self, data: bytes | memoryview) -> None:
         if self._pos and self._pos == len(self._buffer):
             self._buffer.clear()
-            self._pos = 0
+            self._pos = self._slow_until = 0
         elif self._pos > 65536:
             del self._buffer[:self._pos]  # drop what is consumed before it piles up
+            self._slow_until = max(0, self._slow_until - self._pos)
             self._pos = 0
+        start = max(self._pos, len(self._buffer) - _SPLIT_HEADER)
         self._buffer += data
-        if self._fast is not None:
+        if _HUGE_AGGREGATE.search(self._buffer, start):
+            self._fast = None
+            self._slow_until = len(self._buffer)
+        elif self._fast is not None:
             self._fast.feed(data)  # type: ignore[arg-type]  # any buffer; the stub says bytes
         self._fast_off = False
 
@@ -96,10 +108,12 @@ class RespParser:
         if self._args is None:
             if self._pos >= len(self._buffer):
                 return None
-            if not self._fast_off:
+            if not self._fast_off and self.authenticated and self._pos >= self._slow_until:
                 args = self._next_whole_command()
                 if args is not None:
                     return args
+            else:
+                self._fast = None  # the Python reader moves on: the C one would be behind
         while True:
             if self._args is None:
                 if self._pos >= len(self._buffer):

@@ -1,5 +1,7 @@
 """The RESP parser and encoders alone: no sockets, no proxy."""
 
+import tracemalloc
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -263,3 +265,26 @@ def test_unauthenticated_limits_hold_for_whole_commands():
         with pytest.raises(ProtocolError) as err:
             parse_all(data, parser)
         assert str(err.value) == reason
+
+
+# ----- an aggregate header claiming more than the limits is refused before anything is allocated
+
+@pytest.mark.parametrize("data", [
+    b"*4294967295\r\n",  # past what a list can hold: MemoryError from the C reader
+    b"*2000000000\r\n",
+    b"*2\r\n$3\r\nGET\r\n*2000000000\r\n",  # nested, inside a command that starts well
+    b"*2\r\n$3\r\nGET\r\n*20000",  # the header split across two reads ...
+])
+def test_a_huge_array_header_is_a_protocol_error_that_allocates_nothing_for_it(data):
+    parser = RespParser()
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProtocolError):
+            parser.feed(data)
+            if data.endswith(b"20000"):
+                parser.feed(b"00000\r\n")  # ... and completed by the next
+            parser.next_command()
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024  # a list of 2e9 slots would be 16 GB
