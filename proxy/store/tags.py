@@ -134,7 +134,8 @@ class TagIndex:
 
     def add(self, redis_key: str, tags: Iterable[str], ttl: int) -> bool:
         """Name `redis_key` in each tag's set for at least `ttl` seconds; False when a set is
-        full of live entries (then the entry must not be stored) or Redis refused."""
+        full of live entries (then the entry must not be stored) or Redis is down. A refusal
+        (OOM, READONLY) is raised: the store counts and logs it as any refused write."""
         try:
             for tag in tags:
                 set_key = self.set_key(tag)
@@ -146,7 +147,7 @@ class TagIndex:
                         log.warning("tag %r names %d live entries already: %s not stored",
                                     tag, self.max_entries, redis_key)
                         return False
-        except (StoreUnavailable, redis.RedisError) as exc:
+        except StoreUnavailable as exc:
             log.debug("could not record the tags of %s: %s", redis_key, exc)
             return False
         return True

@@ -83,12 +83,14 @@ def test_get_key_with_redis_down_is_503_unless_l1_has_it(own_redis, make_proxy):
     assert cold.status == 503 and cold.json()["error"] == "redis unavailable"
 
 
-def test_full_redis_still_serves_and_counts_the_store_error(own_redis, upstream, make_proxy, caplog):
+@pytest.mark.parametrize("headers", [{}, {"Surrogate-Key": "t1"}], ids=["untagged", "tagged"])
+def test_full_redis_still_serves_and_counts_the_store_error(own_redis, upstream, make_proxy, caplog,
+                                                            headers):
     client = redis.Redis.from_url(own_redis.url)
     client.config_set("maxmemory-policy", "noeviction")
     client.set("ballast", b"x" * 2_000_000)
     client.config_set("maxmemory", 1024 * 1024)  # already over: every write is refused
-    url = upstream.serve("/oom", b"still served")
+    url = upstream.serve("/oom", b"still served", headers=headers)
     proxy = make_proxy(own_redis.url, capacity=0)
     for _ in range(3):
         got = request(proxy.port, q(url, "oom"))
