@@ -7,13 +7,6 @@ from proxy.cache import directives as cc
 from proxy.cache.entry import NOT_STORED, Entry, header_bytes, kept_headers
 from proxy.cache.http_dates import format_http_date, parse_http_date
 
-
-def parse_cache_control(value: str | None) -> dict[str, str | None]:
-    """`max-age=60, no-cache` -> {'max-age': '60', 'no-cache': None} (RFC 9111 §5.2), the first
-    of repeated directives."""
-    return {name: values[0] for name, values in cc.parse(value).items()}
-
-
 SUCCESS = frozenset(range(200, 300))
 # RFC 9110 §15.1: statuses heuristically cacheable; the only ones given heuristic freshness.
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})

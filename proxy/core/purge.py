@@ -18,6 +18,7 @@ from proxy.core.stats import Stats
 from proxy.core.url_request import UrlLimits, UrlRequest
 from proxy.errors import BadGateway, BadRequest, GatewayTimeout, ProxyError
 from proxy.store.connection import RedisHealth
+from proxy.store.connection import get as store_get
 from proxy.store.purge_marker import PurgeMarkers, marker_key
 from proxy.store.tags import TagIndex
 from proxy.store.variants import Variants
@@ -147,7 +148,7 @@ class Purging:
         self.purge_markers.purge([], marks=[marker_key(redis_key) for redis_key in redis_keys])
         marked = 0
         for redis_key in redis_keys:
-            raw = self.health.call(functools.partial(self.client.get, redis_key))
+            raw = self.health.call(functools.partial(store_get, self.client, redis_key))
             entry = cache_entry.decode(raw) if raw else None
             if entry is None:
                 continue

@@ -55,8 +55,10 @@ class Metrics:
         if self.history.claim():  # the dashboard's history: one point per interval, one recorder
             self.record_history()
 
-    def record_history(self) -> None:
-        self.history.record(stats.totals_of(stats.Figures(self.registry.collect())))
+    def record_history(self, families: list[Metric] | None = None) -> None:
+        """One point of the history from `families` (this registry's, collected now if not given)."""
+        collected = list(self.registry.collect()) if families is None else families
+        self.history.record(stats.totals_of(stats.Figures(collected)))
 
     def note_error(self, status: int, error: str, detail: str, path: str) -> None:
         """An answer with a 5xx status, for the dashboard's last errors."""
@@ -64,8 +66,9 @@ class Metrics:
 
     def snapshot(self) -> dict[str, Any]:
         """This process's own figures, history and last errors (what a peer worker asks for)."""
-        self.record_history()
-        return {"families": families_to_json(self.registry.collect()),
+        families = list(self.registry.collect())  # once, for the point and the reply
+        self.record_history(families)
+        return {"families": families_to_json(families),
                 "history": self.history.points(), "errors": self.errors.items()}
 
     def gather(self) -> tuple[list[Metric], list[dict[str, Any]]]:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 import redis
 
 from proxy.errors import StoreUnavailable
-from proxy.store.connection import RedisHealth
+from proxy.store.connection import RedisHealth, get
 from proxy.store.fetch_lock import co_located, key_slot, slot_tag
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class PurgeMarkers:
         """Take it before asking upstream for `redis_key`; None when Redis cannot say (then
         nothing is stored)."""
         try:
-            raw = self.health.call(lambda: self.client.get(self.sequence_key(redis_key)))
+            raw = self.health.call(lambda: get(self.client, self.sequence_key(redis_key)))
             return Start(int(raw or 0), self.timer())
         except (StoreUnavailable, redis.RedisError, ValueError) as exc:
             log.debug("could not read the purge sequence: %s", exc)

@@ -33,7 +33,7 @@ import redis
 
 from proxy.cache.entry import TAG
 from proxy.errors import StoreUnavailable
-from proxy.store.connection import RedisHealth
+from proxy.store.connection import RedisHealth, get
 from proxy.store.purge_marker import slot_key
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class TagIndex:
         """Take it before asking upstream; None when Redis cannot say (then a tagged answer is
         not stored)."""
         try:
-            return int(self.health.call(lambda: self.client.get(self.sequence)) or 0)
+            return int(self.health.call(lambda: get(self.client, self.sequence)) or 0)
         except (StoreUnavailable, redis.RedisError, ValueError) as exc:
             log.debug("could not read the tag purge counter: %s", exc)
             return None

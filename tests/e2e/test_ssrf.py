@@ -10,7 +10,7 @@ from http.server import ThreadingHTTPServer
 
 import pytest
 
-from net_guard import FakeDNS, is_loopback_literal, loopback_only, rebinding  # noqa: F401  # noqa: F401
+from net_guard import FakeDNS, is_loopback_literal, loopback_only  # noqa: F401 - a fixture
 from proxy.upstream.policy import DEFAULT_PORTS, UpstreamPolicy
 from servers import Upstream, UpstreamHandler, q, request
 

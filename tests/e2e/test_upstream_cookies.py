@@ -5,11 +5,10 @@ Two real upstreams on two ports of 127.0.0.1 (a cookie for a host is sent to eve
 the proxy on port 0. The upstreams record the header lines of each request as received, in
 order, and the tests compare them byte for byte, Host aside (it names the port)."""
 
-from urllib.parse import quote
 
 import pytest
 
-from servers import Upstream, request
+from servers import Upstream, q, request
 
 SECRET_COOKIE = "session=alice-secret; Path=/"
 
@@ -27,10 +26,6 @@ def recording(seen: list[bytes], status: int = 200, headers: dict[str, str] | No
         cookie = handler.headers.get("Cookie", "").encode("latin-1")
         handler.reply(status, b"cookie=" + cookie, {"Content-Type": "text/plain", **(headers or {})})
     return route
-
-
-def q(url: str, key: str) -> str:
-    return "/?url=" + quote(url, safe="") + "&key=" + quote(key)
 
 
 @pytest.fixture

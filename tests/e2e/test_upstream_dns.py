@@ -5,7 +5,6 @@ guard refuses that), to real upstreams on loopback; the proxy runs on port 0."""
 
 import threading
 import time
-from urllib.parse import quote
 
 import pytest
 
@@ -13,7 +12,7 @@ from net_guard import FakeDNS, loopback_only  # noqa: F401
 from proxy.errors import GatewayTimeout
 from proxy.upstream.fetcher import Fetcher
 from proxy.upstream.policy import MAX_LOOKUPS, UpstreamPolicy
-from servers import request, wait_until
+from servers import q, request, wait_until
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
 
@@ -35,10 +34,6 @@ class SlowDNS(FakeDNS):
 
 def lookups_running(host: str) -> int:
     return sum(1 for thread in threading.enumerate() if thread.name == f"resolve {host}")
-
-
-def q(url: str, key: str) -> str:
-    return "/?url=" + quote(url, safe="") + "&key=" + quote(key)
 
 
 def test_one_fetch_of_a_name_makes_one_lookup(upstream, make_proxy, r):
