@@ -1,6 +1,7 @@
 """Per-client rate limiting: a token bucket per client address, bounded in memory and shared
 by the pre-forked workers."""
 
+import functools
 import ipaddress
 import math
 import time
@@ -17,6 +18,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_TRACKED_CLIENTS = 16384
 
 
+@functools.lru_cache(maxsize=4096)  # each request parses its peer (twice): a few hot addresses
 def _address(text: str) -> IPAddress | None:
     """An address from a socket peer or an X-Forwarded-For hop (`1.2.3.4`, `1.2.3.4:5678`,
     `[::1]:80`, `::1`); None for anything else. IPv4-mapped IPv6 becomes IPv4."""

@@ -8,6 +8,7 @@ it holds the lock cannot stall the others; a thread lock orders the threads of o
 which share their process's record lock.
 """
 
+import contextlib
 import fcntl
 import hashlib
 import mmap
@@ -63,8 +64,12 @@ class SharedBuckets:
         fingerprint = self._fingerprint(key)
         start = fingerprint % self.slots
         memory = self._memory
-        with self._threads:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX)
+        # A look writes nothing, so it takes no lock (a lock is two system calls, and every
+        # request that needs a token looks): a slot written at that instant may read torn,
+        # misjudging that one request, as a look a moment earlier or later could anyway.
+        with self._threads if take else contextlib.nullcontext():
+            if take:
+                fcntl.lockf(self._fd, fcntl.LOCK_EX)
             try:
                 found = victim = None
                 oldest = float("inf")
@@ -88,7 +93,8 @@ class SharedBuckets:
                     SLOT.pack_into(memory, found, fingerprint,
                                    tokens - 1.0 if tokens >= 1.0 else tokens, now)
             finally:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN)
+                if take:
+                    fcntl.lockf(self._fd, fcntl.LOCK_UN)
         return tokens
 
     def live(self, now: float) -> int:
