@@ -143,6 +143,7 @@ class ProxyHandler(Routes, BaseHTTPRequestHandler):
         """One request; its reply is built while processing and sent at the end, outside
         MAX_PARALLEL, so a client slow to read holds its own connection and nothing else."""
         self._pending: tuple[bytes, bytes] | None = None
+        self._logged: tuple[str, str, int, str, int, float] | None = None  # the access line's fields
         try:
             self._handle_one_request()
         finally:
@@ -290,10 +291,10 @@ class ProxyHandler(Routes, BaseHTTPRequestHandler):
         head = text.encode("latin-1", "replace")
         self._pending = (head, b"" if self.command == "HEAD" else body)
         if self.server.access_log.enabled:  # decided once: off, the hit path pays this test
-            self.server.access_log.record(self.command, self.path if self.command else "", status,
-                                          next((v for n, v in pairs if n == "X-Cache"), "-"),
-                                          len(self._pending[1]),
-                                          self._started, self.client_address[0])
+            # Written by _send, after the reply: outside MAX_PARALLEL, and its duration whole.
+            self._logged = (self.command, self.path if self.command else "", status,
+                            next((v for n, v in pairs if n == "X-Cache"), "-"),
+                            len(self._pending[1]), self._started)
         self._started = 0.0
 
     def _send(self) -> None:
@@ -302,7 +303,14 @@ class ProxyHandler(Routes, BaseHTTPRequestHandler):
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        head, body = pending
+        logged, self._logged = self._logged, None
+        try:
+            self._write(*pending)
+        finally:
+            if logged is not None:
+                self.server.access_log.record(*logged, self.client_address[0])
+
+    def _write(self, head: bytes, body: bytes) -> None:
         allowed = max(self.server.keepalive_timeout, (len(head) + len(body)) / MIN_SEND_RATE)
         try:
             if len(body) <= SMALL_REPLY:

@@ -50,7 +50,8 @@ def test_each_request_is_one_json_line_with_its_fields(run_proxy_logging, upstre
     assert request(port, "/get/nothing", headers=auth).status == 404
     assert request(port, path).status == 401  # no token
 
-    lines = access_lines(read_log())
+    # Each line is written just after its reply is sent: wait for the fourth.
+    lines = wait_until(lambda: (found := access_lines(read_log())) and len(found) >= 4 and found)[:4]
     assert [(line["method"], line["path"], line["status"], line["cache"], line["bytes"])
             for line in lines] == [
         ("GET", path, 200, "MISS", 12),
@@ -72,7 +73,7 @@ def test_a_password_in_the_url_is_masked_and_the_key_kept(run_proxy_logging, ups
 
     assert request(port, path).status == 403  # the policy refuses user info; it is logged all the same
 
-    (line,) = access_lines(read_log())
+    (line,) = wait_until(lambda: access_lines(read_log()))
     masked = quote(f"http://alice:***@127.0.0.1:{upstream.port}/private", safe="")
     assert line["path"] == f"/?url={masked}&key=kept-key"
     assert line["status"] == 403
@@ -99,8 +100,8 @@ def test_the_text_line_says_client_request_status_cache_bytes_and_ms(make_proxy,
     request(proxy.port, q(url, "text"))
     request(proxy.port, "/health", method="HEAD")
 
-    records = [record for record in caplog.records if record.name == "redis_proxy.access"]
-    assert len(records) == 2
+    access = lambda: [record for record in caplog.records if record.name == "redis_proxy.access"]  # noqa: E731
+    records = wait_until(lambda: len(access()) == 2 and access())
     first, second = (record.getMessage() for record in records)
     assert first.startswith(f'127.0.0.1 "GET {q(url, "text")}" 200 MISS 3 ') and first.endswith("ms")
     assert second.startswith('127.0.0.1 "HEAD /health" 200 - 0 ')
