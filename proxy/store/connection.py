@@ -52,6 +52,16 @@ def _mask_query(text: str) -> str:
     return re.sub(r"((?:^|[?&])password=)[^&#]*", r"\1***", text, flags=re.IGNORECASE)
 
 
+def pool_kwargs(socket_timeout: float, max_connections: int, password: str | None) -> dict[str, Any]:
+    """The settings of every pool of ours (one Redis, each cluster node's): a blocking pool whose
+    wait and every socket operation are bounded by `socket_timeout`, RESP2."""
+    kwargs: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout,
+                              "max_connections": max_connections, "timeout": socket_timeout, "protocol": 2}
+    if password:
+        kwargs["password"] = password
+    return kwargs
+
+
 def make_client(url: str, *, socket_timeout: float = 0.5, max_connections: int = 64,
                 password: str | None = None, tls_ca: str = "", tls_cert: str = "",
                 tls_key: str = "") -> redis.Redis:
@@ -60,11 +70,7 @@ def make_client(url: str, *, socket_timeout: float = 0.5, max_connections: int =
     No retries: a request must spend at most about a second on an unreachable Redis
     (CONTRACT §7); RedisHealth backs off instead.
     """
-    kwargs: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout,
-                    "max_connections": max_connections, "timeout": socket_timeout,
-                    "retry": Retry(NoBackoff(), 0), "protocol": 2}
-    if password:
-        kwargs["password"] = password
+    kwargs = {**pool_kwargs(socket_timeout, max_connections, password), "retry": Retry(NoBackoff(), 0)}
     if url.startswith("rediss://"):
         if tls_ca:
             kwargs["ssl_ca_certs"] = tls_ca

@@ -1,6 +1,6 @@
 """Redis Cluster and Sentinel as the store: client construction, per-node L1 tracking and health.
 
-Standalone Redis stays in redis_connection.py; this module adds what the two scaled-out
+Standalone Redis stays in connection.py; this module adds what the two scaled-out
 topologies need on top of redis-py's own `RedisCluster` and `Sentinel`:
 
 - `ClusterStore`: a `RedisCluster` whose node pools are `TrackingConnectionPool`s, whose MGET is
@@ -32,6 +32,7 @@ from proxy.store.connection import (
     TrackingConnectionPool,
     _on_connect,
     pool_exhausted,
+    pool_kwargs,
 )
 from proxy.store.invalidation import CONNECTING, TRACKING, TTL_ONLY, Invalidator
 
@@ -55,15 +56,6 @@ def _reset_tracking(connection: Any) -> None:
     """A redis.Connection, given our `tracking_redirect` attribute."""
     # RedisCluster.on_connect has run the handshake; a new connection tracks nothing yet.
     connection.tracking_redirect = None
-
-
-def _client_kwargs(socket_timeout: float, max_connections: int, password: str | None) -> dict[str, Any]:
-    """The pool settings of make_client(): a blocking pool, no per-connection retries."""
-    kwargs: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout,
-                    "max_connections": max_connections, "timeout": socket_timeout, "protocol": 2}
-    if password:
-        kwargs["password"] = password
-    return kwargs
 
 
 class _SlotsRefreshed(EventListenerInterface):
@@ -112,7 +104,7 @@ class ClusterStore(RedisCluster):
             # One retry after a topology refresh: a failover or a MOVED is survived, a dead
             # primary without a replica fails within two connection attempts.
             retry=Retry(NoBackoff(), 1), require_full_coverage=False, event_dispatcher=dispatcher,
-            **_client_kwargs(socket_timeout, max_connections, password), **(tls_kwargs or {}))
+            **pool_kwargs(socket_timeout, max_connections, password), **(tls_kwargs or {}))
         self.connection_pool = _ClusterPools(self)
         self.health_class = ClusterHealth
 
@@ -367,5 +359,5 @@ def make_sentinel_client(sentinels: tuple[str, ...], master: str, *, socket_time
                         sentinel_kwargs={"socket_timeout": socket_timeout,
                                          "socket_connect_timeout": socket_timeout})
     pool = SentinelTrackingPool(master, sentinel, redis_connect_func=_on_connect,
-                                **_client_kwargs(socket_timeout, max_connections, password))
+                                **pool_kwargs(socket_timeout, max_connections, password))
     return redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
