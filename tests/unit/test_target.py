@@ -1,10 +1,12 @@
 """The upstream URL as one value (proxy.cache.target): split once, checked once, read as parts
 by the key derivation and the upstream policy."""
 
+import sys
+import urllib.parse
+
 import pytest
 
 from proxy.cache import keys as cache_keys
-from proxy.cache import target as url_target
 from proxy.cache.target import HOST_RULE, SCHEME_RULE, Target, check, split
 from proxy.errors import BadRequest, Forbidden, URITooLong
 from proxy.upstream.policy import UpstreamPolicy
@@ -53,7 +55,10 @@ def test_params_taking_the_target_over_the_limit_is_414():
 def test_the_policy_reads_the_parts_without_splitting_again(monkeypatch):
     target = split("http://Public.Test.:8080/p?q=1")
     splits = []
-    monkeypatch.setattr(url_target, "urlsplit", lambda *a: splits.append(a))
+    # Wherever a split could come from: urllib.parse itself and every product module's own name.
+    for module in [urllib.parse] + [m for name, m in sys.modules.items() if name.startswith("proxy.")]:
+        if hasattr(module, "urlsplit"):
+            monkeypatch.setattr(module, "urlsplit", lambda *a: splits.append(a))
     checked = UpstreamPolicy(resolver=lambda host, port: [PUBLIC_V4]).check_target(target)
     assert checked == Target("http", "public.test.:8080", "public.test.", 8080, "/p", "q=1")
     assert splits == []
