@@ -104,7 +104,6 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
             adopt_listener(servers[1], listeners[1])
         process_log.info("RESP on redis://%s:%d", settings.http_host, servers[1].port)
         servers[0].metrics.watch("resp", servers[1])
-        warn_if_resp_exposed(settings.http_host, settings.resp_port, authenticator.enabled)
     if metrics.peers is not None:
         try:
             servers.append(metrics.peers.serve(metrics.snapshot))  # stopped with the front ends
@@ -199,7 +198,10 @@ def run(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             sys.stderr.write(f"redis-proxy: bad setting {problem}\n")
         return 2
+    # Once, here: not once per worker (nor again for each worker replaced).
     warn_if_exposed(settings.http_host, authenticator.enabled)
+    if settings.resp_port:
+        warn_if_resp_exposed(settings.http_host, settings.resp_port, authenticator.enabled)
     if settings.http_workers > 1:
         try:
             return workers.supervise(settings, lambda s, listeners, folder: serve_process(

@@ -8,7 +8,7 @@ import pytest
 from http_server import authenticator_of
 from load_env import load_settings
 from proxy.errors import ConfigError, TooManyRequests, Unauthorized
-from proxy.process.serve import warn_if_exposed
+from proxy.process.serve import warn_if_exposed, warn_if_resp_exposed
 from proxy.serving import auth
 from proxy.serving.auth import Authenticator, read_tokens_file
 from proxy.serving.rate_limit import RateLimiter
@@ -303,3 +303,5 @@ def test_a_public_bind_without_tokens_is_warned_about(caplog, host, auth_on, war
     caplog.set_level(logging.WARNING)
     assert warn_if_exposed(host, auth_on) is warns
     assert ("exposes the proxy" in caplog.text) is warns
+    assert warn_if_resp_exposed(host, 6380, auth_on) is warns
+    assert ("RESP_PORT=6380 on" in caplog.text) is warns
