@@ -64,16 +64,15 @@ def merge_histories(histories: Iterable[list[Point]]) -> list[Point]:
     histories = [sorted((float(t), totals) for t, totals in history) for history in histories]
     instants = sorted({t for history in histories for t, _ in history})
     merged = []
+    cursors = [0] * len(histories)  # per history: how many of its points are at or before now
     for instant in instants:
         summed = dict.fromkeys(TOTALS, 0.0)
-        for history in histories:
-            latest = None
-            for t, totals in history:
-                if t > instant:
-                    break
-                latest = totals
+        for i, history in enumerate(histories):
+            while cursors[i] < len(history) and history[cursors[i]][0] <= instant:
+                cursors[i] += 1
+            latest = history[cursors[i] - 1][1] if cursors[i] else {}
             for name in TOTALS:
-                summed[name] += (latest or {}).get(name, 0.0)
+                summed[name] += latest.get(name, 0.0)
         merged.append((instant, summed))
     return merged
 
