@@ -20,7 +20,10 @@ import redis
 
 from proxy import __version__
 from proxy.errors import Forbidden, ProxyError, StoreUnavailable, TooManyRequests
+from proxy.resp import introspection
 from proxy.resp import replies as wire
+from proxy.resp.introspection import Command
+from proxy.resp.introspection import shown as _shown
 from proxy.resp.protocol import parse_integer
 from proxy.serving.auth import AUTH_BLOCKED, Authenticator
 from proxy.serving.rate_limit import RateLimiter
@@ -73,17 +76,6 @@ class Session:
     protocol: int = wire.RESP2  # HELLO 3 switches the replies to RESP3
     name: bytes | None = None
     closing: bool = False  # QUIT: reply, then close
-
-
-@dataclasses.dataclass(frozen=True)
-class Command:
-    name: str
-    arity: int  # Redis's convention: n = exactly n words (name included), -n = at least n
-    run: Callable[["RespCommands", Session, list[bytes]], bytes]
-    flags: tuple[str, ...] = ("readonly", "fast")
-
-    def arity_ok(self, words: int) -> bool:
-        return words == self.arity if self.arity > 0 else words >= -self.arity
 
 
 class RespCommands:
@@ -289,41 +281,13 @@ class RespCommands:
     # ----- introspection -------------------------------------------------------------------
 
     def command(self, session: Session, args: list[bytes]) -> bytes:
-        sub = args[1].lower() if len(args) > 1 else b""
-        resp = session.protocol
-        if not sub:
-            return wire.array([_command_info(c, resp) for c in COMMANDS.values()])
-        if sub == b"count":
-            return wire.integer(len(COMMANDS))
-        if sub == b"docs":
-            return wire.mapping([], resp)  # redis-cli then falls back to its built-in help
-        if sub == b"info":
-            found = [COMMANDS.get(a.decode("latin-1").lower()) for a in args[2:]]
-            return wire.array([_command_info(c, resp) if c else wire.null(resp) for c in found])
-        return wire.error(f"ERR unknown subcommand '{_shown(args[1])}'. Try COMMAND HELP.")
+        return introspection.command(COMMANDS, args, session.protocol)
 
     def config(self, session: Session, args: list[bytes]) -> bytes:
-        """CONFIG GET only, for tools that ask at start (redis-benchmark asks for save and
-        appendonly): the proxy persists nothing. CONFIG SET is a write."""
-        if args[1].lower() != b"get":
-            return wire.error("ERR 'config' is not supported by redis-proxy (read-only); "
-                              "only CONFIG GET is answered")
-        known = {b"save": b"", b"appendonly": b"no", b"databases": b"1"}
-        pairs = [(p.lower(), known[p.lower()]) for p in args[2:] if p.lower() in known]
-        return wire.mapping([(wire.bulk(k), wire.bulk(v)) for k, v in pairs], session.protocol)
+        return introspection.config(args, session.protocol)
 
     def info(self, session: Session, args: list[bytes]) -> bytes:
-        sections = self.info_sections()
-        wanted = {a.decode("latin-1").lower() for a in args[1:]}
-        if not wanted or wanted & {"all", "everything", "default"}:
-            wanted = set(sections)
-        parts = []
-        for title, fields in sections.items():
-            if title in wanted:
-                lines = [f"# {title.capitalize()}"] + [f"{k}:{v}" for k, v in fields.items()]
-                parts.append("\r\n".join(lines) + "\r\n")
-        # Verbatim text in RESP3, as Redis 7 sends it; redis-py and redis-cli read both.
-        return wire.verbatim("\r\n".join(parts).encode(), session.protocol)
+        return introspection.info(self.info_sections(), args, session.protocol)
 
     def info_sections(self) -> dict[str, dict[str, Any]]:
         uptime = int(self.clock() - self.started)
@@ -355,22 +319,6 @@ def _bad_name(name: bytes) -> bytes | None:
     if any(c <= 0x20 or c >= 0x7F for c in name):
         return wire.error("ERR Client names cannot contain spaces, newlines or special characters.")
     return None
-
-
-def _shown(arg: bytes) -> str:
-    """An argument as Redis quotes it in errors: at most 128 characters."""
-    return arg[:128].decode("utf-8", "replace")
-
-
-def _command_info(command: Command, resp: int) -> bytes:
-    """COMMAND's per-command reply (name, arity, flags, first key, last key, step, ACL
-    categories, tips, key specs, subcommands); Redis 7 sends the flags and the last four as
-    sets."""
-    keys = {"get": (1, 1, 1), "mget": (1, -1, 1), "exists": (1, -1, 1)}.get(command.name, (0, 0, 0))
-    empty = wire.members([], resp)
-    return wire.array([wire.bulk(command.name.encode()), wire.integer(command.arity),
-                       wire.members([wire.simple(f) for f in command.flags], resp),
-                       *[wire.integer(k) for k in keys], empty, empty, empty, empty])
 
 
 # Redis flags only AUTH, HELLO and QUIT no-auth: all a client may send before it authenticates.
