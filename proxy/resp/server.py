@@ -21,13 +21,12 @@ from proxy.resp.protocol import ProtocolError, RespParser, TooManyArguments
 from proxy.resp.replies import error as error_reply
 from proxy.serving.auth import Authenticator
 from proxy.serving.rate_limit import RateLimiter
-from proxy.serving.sockets import DeadlineReader, Gate, ThreadingLimitedServer
+from proxy.serving.sockets import DeadlineReader, Gate, ThreadingLimitedServer, linger
 from redis_proxy import RedisProxy
 
 log = logging.getLogger(__name__)
 
 RECV_SIZE = 64 * 1024
-LINGER = 1.0  # seconds to drain a refused client's input so the close is a FIN, not a RST
 SEND_BATCH = 64 * 1024  # replies pending past this are sent before the next command runs
 # A send may take KEEPALIVE_TIMEOUT plus the time to read its bytes at this rate (about a
 # 0.5 Mbit/s link); a client that reads slower, or not at all, is disconnected.
@@ -108,7 +107,7 @@ class RespHandler(socketserver.BaseRequestHandler):
                     return
                 self.parser.feed(view[:received])
                 if self._run_commands(time.monotonic()):
-                    self._linger()
+                    linger(self.request)
                     return
         except (TimeoutError, ConnectionError, OSError) as exc:
             # Also a send that failed or timed out: nothing more is written to this client.
@@ -186,21 +185,6 @@ class RespHandler(socketserver.BaseRequestHandler):
             self.reader.deadline += time.monotonic() - started
         if self.parser.pending and self.reader.deadline is None:
             self.reader.deadline = time.monotonic() + self.server.header_timeout
-
-    def _linger(self) -> None:
-        """Close after a final reply: stop sending, then read and drop what the client still
-        sends (bounded), so unread input does not turn the close into a reset that loses the
-        reply on the client's side."""
-        sock: socket.socket = self.request
-        try:
-            sock.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + LINGER
-            while (remaining := deadline - time.monotonic()) > 0:
-                sock.settimeout(remaining)
-                if not sock.recv(RECV_SIZE):
-                    return
-        except OSError:
-            pass
 
 
 def make_server(host: str, port: int, proxy: RedisProxy, **options: Any) -> RespServer:

@@ -28,7 +28,7 @@ from proxy.serving.reply import json_bytes as _json_bytes
 from proxy.serving.request_head import Fields, read_head
 from proxy.serving.routes import MIN_SEND_RATE, Proxy, Routes
 from proxy.serving.site import Site
-from proxy.serving.sockets import DeadlineReader, Gate, LimitedServerMixIn
+from proxy.serving.sockets import DeadlineReader, Gate, LimitedServerMixIn, linger
 from proxy.serving.syntax import body_framing_error, has_body, host_error, origin_form
 
 # The name these lines had before the front end moved out of http_server.py; kept so a log
@@ -125,6 +125,7 @@ class ProxyHandler(Routes, BaseHTTPRequestHandler):
         self.rfile = io.BufferedReader(self._reader, 65536)
         self.wfile = io.BytesIO()  # only the stdlib's 100-continue path writes here
         self._first = True
+        self._unread_body = False  # the last request announced a body that was not read
         self._started = 0.0  # the request's dispatch time, for the access log; 0: not dispatched
 
     def finish(self) -> None:
@@ -138,6 +139,9 @@ class ProxyHandler(Routes, BaseHTTPRequestHandler):
                 self.handle_one_request()
         except (TimeoutError, ConnectionError, OSError) as exc:
             log.debug("connection from %s ended: %s", self.client_address[0], exc)
+            return
+        if self._unread_body:
+            linger(self.connection)  # the client may still be sending the body it announced
 
     def handle_one_request(self) -> None:
         """One request; its reply is built while processing and sent at the end, outside
@@ -181,7 +185,8 @@ class ProxyHandler(Routes, BaseHTTPRequestHandler):
             self.send_error(HTTPStatus.BAD_REQUEST, problem)
             return
         if has_body(self.headers):
-            self.close_connection = True  # request bodies are not read; do not reuse the stream
+            # Read only by a relayed request (_read_body); otherwise never: do not reuse the stream.
+            self.close_connection = self._unread_body = True
         self.dispatch()
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:

@@ -85,6 +85,7 @@ class Routes:
     connection: Any
     rfile: io.BufferedReader
     _reader: DeadlineReader
+    _unread_body: bool
     _reply: Callable[[int, bytes, dict[str, str] | list[tuple[str, str]]], None]
     _reply_json: Callable[..., None]
     _reply_result: Callable[[CacheResult], None]
@@ -139,6 +140,7 @@ class Routes:
             self._reader.deadline = None
         if len(body) < length:
             raise BadRequest("the request body ended before its Content-Length", error="bad body")
+        self._unread_body = False
         return body
 
     def url_role(self, fields: dict[str, str]) -> None:

@@ -67,6 +67,26 @@ class DeadlineReader(io.RawIOBase):
             self.sock.settimeout(None)
 
 
+LINGER = 1.0  # seconds to drain a refused client's input so the close is a FIN, not a RST
+_DRAIN = 64 * 1024
+
+
+def linger(sock: socket.socket, seconds: float = LINGER) -> None:
+    """Close after a final reply to a client that may still be sending (a request body or
+    pipelined commands never read): stop sending, then read and drop what still arrives for at
+    most `seconds`, so unread input does not turn the close into a reset that loses the reply
+    on the client's side (nginx's lingering close)."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            sock.settimeout(remaining)
+            if not sock.recv(_DRAIN):
+                return
+    except OSError:
+        pass
+
+
 class Gate:
     """At most `slots` holders at once (MAX_PARALLEL), the others waiting their turn in arrival
     order: a slot freed is handed straight to the longest waiter, never taken by a newcomer.
