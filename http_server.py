@@ -11,7 +11,7 @@ from typing import Any
 import redis
 
 import logger
-from load_env import Settings, load_settings
+from load_env import Settings, load_settings, misspelled
 from proxy.errors import ConfigError, LauncherError, ListenError
 from proxy.process import command_line, warm, workers
 from proxy.process.serve import serve, warn_if_exposed, warn_if_resp_exposed
@@ -182,12 +182,16 @@ def run(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(overrides=options.overrides)
         if options.check_config:
+            for warning in misspelled():
+                sys.stderr.write(f"redis-proxy: warning: {warning}\n")
             return check_config(settings)
         try:
             logger.configure(settings.log_level, settings.log_format, settings.log_file or None)
         except OSError as exc:
             raise ConfigError([f"LOG_FILE={settings.log_file!r}: expected a file that can be "
                                f"opened for appending ({exc.strerror})"]) from exc
+        for warning in misspelled():
+            process_log.warning("%s", warning)
         if options.warm_file is not None:
             return warm_cache(settings, options)
         authenticator = authenticator_of(settings)  # reads AUTH_TOKENS_FILE; may warn

@@ -1,10 +1,12 @@
 """Settings: one frozen object read from `.env` and the environment (the environment wins)."""
 
 import dataclasses
+import difflib
 import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
@@ -243,6 +245,8 @@ def _cross_checks(settings: Settings) -> list[str]:
                         f"CACHE_STALE_TTL ({settings.cache_stale_ttl:g})")
     if settings.redis_url and not re.match(r"(rediss?|unix)://", settings.redis_url):
         problems.append("REDIS_URL: expected a redis://, rediss:// or unix:// URL")
+    elif settings.redis_url and not settings.redis_url.startswith("unix://"):
+        problems.extend(_redis_url_problems(settings.redis_url))
     if settings.auth_tokens_file and not os.path.isfile(settings.auth_tokens_file):
         problems.append(f"AUTH_TOKENS_FILE={settings.auth_tokens_file!r}: expected a readable file")
     stores = [name for name, value in (("REDIS_URL or REDIS_HOST", settings.redis_url or settings.redis_host),
@@ -272,6 +276,40 @@ def _cross_checks(settings: Settings) -> list[str]:
         problems.append("REDIS_TLS_CERT and REDIS_TLS_KEY: expected both (a client certificate "
                         "and its key) or neither")
     return problems
+
+
+def _redis_url_problems(url: str) -> list[str]:
+    """A redis:// URL's host and port, as redis-py would read them, checked at start rather
+    than at the first connection (port 99999 would otherwise pass --check-config)."""
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        return ["REDIS_URL: expected a port from 1 to 65535 after the host"]
+    if port == 0:
+        return ["REDIS_URL: expected a port from 1 to 65535 after the host"]
+    return []
+
+
+# How alike an unknown name must be to a setting's to be called a misspelling of it (difflib's
+# ratio): REDIS_PROT, CACHE_TTTL and HTTP_WORKER are; PATH or HOME are not.
+MISSPELLING_CUTOFF = 0.85
+
+
+def misspelled(environ: Mapping[str, str] | None = None, env_file: str | None = ".env") -> list[str]:
+    """Variables of `env_file` or the environment that are no setting but are close to one's
+    name: one warning each, naming where it was found and the setting meant."""
+    known = [field.metadata["env"] for field in dataclasses.fields(Settings)]
+    sources = [(".env", dotenv_values(env_file) if env_file and os.path.exists(env_file) else {}),
+               ("the environment", os.environ if environ is None else environ)]
+    warnings = []
+    for where, names in sources:
+        for name in sorted(names):
+            if name in known:
+                continue
+            close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=MISSPELLING_CUTOFF)
+            if close:
+                warnings.append(f"{name} (in {where}) is not a setting; did you mean {close[0]}?")
+    return warnings
 
 
 def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None = ".env",

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from load_env import GROUPS, Settings
+from proxy import __version__
 from proxy.process.settings_table import default_text, fields_by_group, flag_of, show_value
 from proxy.store.connection import mask_url
 
@@ -84,7 +85,10 @@ def build_parser(prog: str | None = None, warm: bool = False) -> argparse.Argume
                                          formatter_class=_HelpFormatter)
         parser.add_argument("--check-config", action="store_true",
                             help="validate the settings, print the effective configuration with "
-                                 "secrets masked and exit: 0 when valid, else 2 with the problems")
+                                 "secrets masked and exit: 0 when valid, else 2 with the problems; "
+                                 "warn of variables that look like misspelled settings")
+        parser.add_argument("--version", action="version", version=f"redis-proxy {__version__}",
+                            help="print the version and exit")
     for group, fields in fields_by_group():
         title, note = GROUPS[group]
         section = parser.add_argument_group(title, note)

@@ -44,7 +44,7 @@ def test_help_lists_every_setting_with_its_variable_flag_default_and_meaning():
         assert (f"{words(plain(field.metadata['meaning']))}. Env {env}; "
                 f"{field.metadata['parse'].expected}; default {plain(default_text(field))}") in text, env
     # No flag that the table does not hold.
-    long_flags = set(re.findall(r"(?<![\w-])--[a-z0-9-]+", done.stdout)) - {"--help", "--check-config",
+    long_flags = set(re.findall(r"(?<![\w-])--[a-z0-9-]+", done.stdout)) - {"--help", "--check-config", "--version",
                                                                             "--SETTING"}
     aliases = {flag for field in FIELDS for flag in field.metadata.get("flags", ())}
     assert long_flags == {flag_of(field) for field in FIELDS} | {a for a in aliases if a.startswith("--")}
@@ -190,3 +190,38 @@ def test_a_port_in_use_names_the_port_and_its_setting_before_starting_redis(held
             f"listens there or choose another port ({name} or {flag})") in done.stderr
     assert "redis-server" not in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_version_prints_the_product_version_and_exits_0():
+    done = run_cli("--version")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "redis-proxy 0.2.0\n", "")
+
+
+def test_redis_url_with_a_port_out_of_range_is_refused_by_check_config():
+    done = run_cli("--check-config", env={"REDIS_URL": "redis://127.0.0.1:99999/0"})
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == "redis-proxy: bad setting REDIS_URL: expected a port from 1 to 65535 after the host\n"
+    assert run_cli("--check-config", env={"REDIS_URL": "redis://127.0.0.1:65535/0"}).returncode == 0
+
+
+def test_check_config_warns_of_a_misspelled_variable_and_still_exits_0():
+    done = run_cli("--check-config", env={"REDIS_PROT": "6390", "CACHE_TTTL": "5"})
+    assert done.returncode == 0
+    assert done.stderr.splitlines() == [
+        "redis-proxy: warning: CACHE_TTTL (in the environment) is not a setting; did you mean CACHE_TTL?",
+        "redis-proxy: warning: REDIS_PROT (in the environment) is not a setting; did you mean REDIS_PORT?"]
+
+
+def test_a_misspelled_variable_is_logged_at_start(redis_url, tmp_path):
+    port, log_file = free_port(), tmp_path / "proxy.log"
+    env = {**os.environ, "HTTP_PORT": str(port), "RESP_PORT": "0", "REDIS_URL": redis_url,
+           "LOG_FILE": str(log_file), "HTTP_WORKER": "2"}
+    process = subprocess.Popen([sys.executable, "http_server.py"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: not refused(port) or process.poll() is not None, timeout=30)
+        assert "HTTP_WORKER (in the environment) is not a setting; did you mean HTTP_WORKERS?" \
+            in log_file.read_text()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0

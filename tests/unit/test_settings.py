@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from load_env import load_settings
+from load_env import load_settings, misspelled
 from proxy.errors import ConfigError
 from servers import run_proxy
 
@@ -120,3 +120,10 @@ def test_tag_headers_default_to_surrogate_key_and_cache_tag_and_take_header_name
     assert load_settings({"TAG_HEADER": "X-Tags"}, env_file=None).tag_header == ("X-Tags",)
     with pytest.raises(ConfigError, match="TAG_HEADER='X Tags': expected a comma-separated list of header names"):
         load_settings({"TAG_HEADER": "X Tags"}, env_file=None)
+
+
+def test_misspelled_names_in_the_env_file_are_named_with_the_setting_meant(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("REDIS_URI=redis://127.0.0.1:6379/0\nCACHE_TTL=5\nMY_APP_SECRET=x\n")
+    assert misspelled({"PATH": "/bin", "HTTP_PROXY": "", "HOME": "/root"}, str(env_file)) == [
+        "REDIS_URI (in .env) is not a setting; did you mean REDIS_URL?"]
