@@ -168,6 +168,12 @@ def warm_cache(settings: Settings, options: command_line.Options) -> int:
     except (redis.RedisError, OSError) as exc:
         process_log.error("cannot warm: %s", exc)
         return 1
+    if not proxy.health.check():
+        # Every fetch would be answered and thrown away: say so, and fetch nothing.
+        sys.stderr.write(f"redis-proxy warm: Redis does not answer at {proxy.redis_label}; nothing "
+                         "was fetched or stored (start it, or check REDIS_URL)\n")
+        proxy.close()
+        return 1
     try:
         summary = warm.warm(proxy, lines, concurrency=options.concurrency, errors=sys.stderr,
                             progress=sys.stderr.isatty())  # a bar on a terminal only

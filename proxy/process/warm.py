@@ -95,6 +95,8 @@ def warm(proxy: Any, lines: Iterable[str], *, concurrency: int = DEFAULT_CONCURR
         else:
             if result.cache == "STALE" and result.detail == "stale-if-error":
                 note(line, FAILED, why="upstream failed; the stale copy stays cached")
+            elif result.cache == "BYPASS":
+                note(line, FAILED, why="Redis could not be reached: fetched but not stored")
             elif result.cache in ("HIT", "STALE") and not result.forward:
                 note(line, FRESH)  # (STALE: within stale-while-revalidate, refreshed meanwhile)
             elif result.stored:

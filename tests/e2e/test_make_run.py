@@ -57,3 +57,55 @@ def test_make_run_serves_and_stops_cleanly_on_sigint(upstream, tmp_path):
     assert log_file.read_text().rstrip().endswith("stopped")
     assert refused(port)
     wait_until(lambda: refused(redis_port), timeout=5)  # the Redis it started is gone too
+
+
+def make(target: str, run_dir, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "--no-print-directory", target, f"RUN={run_dir}"], cwd=ROOT,
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+
+
+def test_a_second_redis_start_and_http_start_are_refused_and_shutdown_stops_the_first(tmp_path):
+    run_dir = tmp_path / "run"
+    redis_port, http_port = free_port(), free_port()
+    env = {"REDIS_PORT": str(redis_port), "HTTP_PORT": str(http_port), "RESP_PORT": "0",
+           "REDIS_URL": "", "REDIS_HOST": ""}
+    try:
+        assert make("redis_start", run_dir, **env).returncode == 0
+        redis_pid = (run_dir / "redis.pid").read_text()
+        again = make("redis_start", run_dir, **env)
+        assert again.returncode != 0
+        assert f"redis is already running (pid {redis_pid.strip()}); run make shutdown first" in again.stderr
+        assert (run_dir / "redis.pid").read_text() == redis_pid  # the first one's pid kept
+
+        assert make("http_start", run_dir, **env).returncode == 0
+        http_pid = (run_dir / "http.pid").read_text()
+        wait_until(lambda: not refused(http_port), timeout=30)
+        assert request(http_port, "/health").status == 200  # on the Redis of run/redis.url
+        again = make("http_start", run_dir, **env)
+        assert again.returncode != 0
+        assert f"the http server is already running (pid {http_pid.strip()}); run make shutdown first" \
+            in again.stderr
+        assert (run_dir / "http.pid").read_text() == http_pid
+    finally:
+        assert make("shutdown", run_dir).returncode == 0
+    assert refused(http_port) and refused(redis_port)
+    assert not (run_dir / "http.pid").exists() and not (run_dir / "redis.pid").exists()
+
+
+def test_make_warm_fills_the_redis_that_redis_start_started(upstream, tmp_path):
+    run_dir = tmp_path / "run"
+    url = upstream.serve("/warm-me", b"warmed")
+    urls = tmp_path / "urls.txt"
+    urls.write_text(f"{url} made-warm\n")
+    env = {"REDIS_PORT": str(free_port()), "REDIS_URL": "", "REDIS_HOST": ""}
+    try:
+        assert make("redis_start", run_dir, **env).returncode == 0
+        done = subprocess.run(["make", "--no-print-directory", "warm", f"RUN={run_dir}", f"FILE={urls}"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, **env, "UPSTREAM_ALLOW_PRIVATE": "true",
+                                   "UPSTREAM_ALLOWED_PORTS": str(upstream.port)})
+        assert done.returncode == 0, done.stderr
+        assert "warm-up: 1 stored," in done.stdout
+        assert upstream.hits["/warm-me"] == 1
+    finally:
+        assert make("shutdown", run_dir).returncode == 0

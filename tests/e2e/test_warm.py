@@ -14,6 +14,7 @@ import termios
 import pytest
 
 from proxy.process import warm
+from proxy.store.launcher import free_port
 from servers import ROOT
 
 COUNT = 50
@@ -97,6 +98,19 @@ def test_warm_without_a_configured_redis_stops_with_2(tmp_path):
     assert "set REDIS_URL" in done.stderr
 
 
+def test_warm_with_redis_down_exits_1_naming_it_and_fetches_nothing(site, tmp_path):
+    urls = tmp_path / "urls.txt"
+    urls.write_text(f"{site.url('/page0')} k0\n")
+    down = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+
+    done = run_warm(str(urls), env=env_for(down, site))
+
+    assert done.returncode == 1 and done.stdout == ""
+    assert (f"redis-proxy warm: Redis does not answer at {down}; nothing was fetched or stored "
+            "(start it, or check REDIS_URL)\n") in done.stderr
+    assert site.hits["/page0"] == 0
+
+
 def test_an_unreadable_file_and_a_bad_concurrency_stop_with_2(redis_url, tmp_path):
     missing = run_warm(str(tmp_path / "nope.txt"), env={"REDIS_URL": redis_url})
     assert missing.returncode == 2 and "cannot read" in missing.stderr
@@ -120,6 +134,23 @@ class FakeResult:
 class FakeProxy:
     def fetch(self, url: str, key: str | None = None) -> FakeResult:
         return FakeResult(int(url.rsplit("/", 1)[1]))
+
+
+class RedisLostProxy:
+    """Redis went away during the warm-up: the fetch is answered, not stored (X-Cache BYPASS)."""
+
+    def fetch(self, url: str, key: str | None = None) -> FakeResult:
+        result = FakeResult(3)
+        result.cache, result.stored = "BYPASS", False
+        return result
+
+
+def test_a_url_fetched_while_redis_is_unreachable_counts_as_failed():
+    errors = io.StringIO()
+    summary = warm.warm(RedisLostProxy(), ["http://127.0.0.1:1/a k\n"], errors=errors)
+    assert (summary.counts[warm.FAILED], summary.counts[warm.NOT_STORED], summary.ok) == (1, 0, False)
+    assert errors.getvalue() == ("line 1: http://127.0.0.1:1/a: failed: Redis could not be reached: "
+                                 "fetched but not stored\n")
 
 
 def test_the_progress_bar_counts_every_url_when_asked_for():
