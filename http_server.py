@@ -84,6 +84,8 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
     servers: list[Any] = [make_server(settings.http_host, 0 if listeners else settings.http_port,
                            proxy, **limits, authenticator=authenticator,
                            rate_limiter=rate_limiter, access_log=AccessLog(settings.access_log),
+                           get_format=settings.get_format,
+                           not_found_body=settings.not_found_body.encode() or None,
                            metrics=metrics, site=site)]
     if listeners:
         adopt_listener(servers[0], listeners[0])

@@ -97,6 +97,13 @@ class Settings:
                               flags=("-p", "--port"))
     resp_port: int = _setting("RESP_PORT", parsers.integer(0, 65535), 6380, "front",
                               "Redis-protocol (RESP) listen port; 0 = off")
+    get_format: str = _setting("GET_FORMAT", parsers.choice("raw", "json"), "raw", "front",
+                               "`GET /get/<key>`'s form when the request's `Accept` does not choose "
+                               "one: `raw` (the value's bytes) or `json` (`{\"key\", \"value\", \"source\"}`)")
+    not_found_body: str = _setting("NOT_FOUND_BODY", parsers.text, "", "front",
+                                   "the body of `/get/<key>`'s 404 (JSON when it parses as JSON, else "
+                                   "plain text), for clients written for another proxy; empty = the "
+                                   "proxy's own JSON error")
     cache_ttl: float = _setting("CACHE_TTL", parsers.seconds(True), 3600.0, "caching",
                                 "freshness of an entry at most, and the L1 expiry")
     cache_capacity: int = _setting("CACHE_CAPACITY", parsers.integer(0), 1024, "caching",

@@ -62,8 +62,11 @@ class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
                  keepalive_timeout: float = 15.0, authenticator: Authenticator | None = None,
                  rate_limiter: RateLimiter | None = None, metrics: Metrics | None = None,
                  parallel: Gate | None = None, access_log: AccessLog | None = None,
-                 site: Site | None = None):
+                 site: Site | None = None, get_format: str = "raw",
+                 not_found_body: bytes | None = None):
         self.proxy = proxy
+        self.get_format = get_format  # GET_FORMAT: /get/<key>'s form when Accept leaves it open
+        self.not_found_body = not_found_body  # NOT_FOUND_BODY: /get/<key>'s 404 body; None = ours
         self.access_log = access_log or AccessLog()  # on, when the logger takes INFO
         self.site = site or Site()  # no origin: the URL role alone
         self.metrics = metrics or Metrics(proxy)

@@ -5,6 +5,7 @@ connection, the parsed head and the reply framing these use."""
 import base64
 import dataclasses
 import io
+import json
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -20,6 +21,7 @@ from proxy.errors import (
     PayloadTooLarge,
     RequestTimeout,
 )
+from proxy.serving.accept import wants_json
 from proxy.serving.auth import Authenticator
 from proxy.serving.query import BAD_PERCENT, PURGE_FIELDS, QUERY_FIELDS
 from proxy.serving.request_head import Fields
@@ -31,9 +33,11 @@ MIN_SEND_RATE = 64 * 1024
 # /get/<key>: where the value came from, as Cache-Status (RFC 9211 §2) and the JSON "source".
 GET_CACHE_STATUS = {HIT: "redis-proxy; hit", MISS: "redis-proxy; fwd=miss"}
 GET_SOURCE = {HIT: "cache", MISS: "redis"}
-# A raw value's headers, X-Cache and RFC 9211 Cache-Status saying whether L1 answered or Redis.
+# A raw value's headers, X-Cache and RFC 9211 Cache-Status saying whether L1 answered or Redis;
+# the form depends on Accept (RFC 9110 §12.5.5).
 _GET_VALUE_HEADERS = {cache: (("Content-Type", "application/octet-stream"), ("X-Cache", cache),
-                              ("Cache-Status", status)) for cache, status in GET_CACHE_STATUS.items()}
+                              ("Cache-Status", status), ("Vary", "Accept"))
+                      for cache, status in GET_CACHE_STATUS.items()}
 
 
 class Relayed(Protocol):
@@ -73,6 +77,10 @@ class Server(Protocol):
     def parallel(self) -> Gate: ...
     @property
     def header_timeout(self) -> float: ...
+    @property
+    def get_format(self) -> str: ...
+    @property
+    def not_found_body(self) -> bytes | None: ...
 
 
 class Routes:
@@ -178,15 +186,20 @@ class Routes:
             key = encoded.encode()  # what unquote_to_bytes gives for a key without '%'
         if not key:
             raise BadRequest("give a key: /get/<key>, percent-encoded", error="bad key")
-        value, cache = self.server.proxy.read_value(key)
+        server = self.server
+        value, cache = server.proxy.read_value(key)
         if value is None:
-            raise KeyNotFound("no such key in the backing Redis")
-        accept = self.headers.get("Accept")
-        if accept is None or "application/json" not in accept:
+            if server.not_found_body is None:
+                raise KeyNotFound("no such key in the backing Redis", headers={"Vary": "Accept"})
+            # NOT_FOUND_BODY: the body another proxy's clients expect, in place of ours.
+            self._reply(404, server.not_found_body, {"Content-Type": content_type_of(server.not_found_body),
+                                                     "Vary": "Accept"})
+            return
+        if not wants_json(self.headers.get("Accept"), server.get_format == "json"):
             self._reply(200, value, list(_GET_VALUE_HEADERS[cache]))
             return
         # X-Cache and RFC 9211 Cache-Status say whether L1 answered or Redis was read.
-        headers = {"X-Cache": cache, "Cache-Status": GET_CACHE_STATUS[cache]}
+        headers = {"X-Cache": cache, "Cache-Status": GET_CACHE_STATUS[cache], "Vary": "Accept"}
         try:
             doc = {"key": key.decode(), "value": value.decode()}
         except UnicodeDecodeError:
@@ -201,3 +214,12 @@ class Routes:
             response.status, b"", {}, "MISS", forward="method" if self.command not in ("GET", "HEAD")
             else "request", upstream_status=response.status)))]
         self._reply(response.status, response.body, fields)
+
+
+def content_type_of(body: bytes) -> str:
+    """NOT_FOUND_BODY's type: JSON when it parses as JSON, else plain text."""
+    try:
+        json.loads(body)
+    except ValueError:
+        return "text/plain; charset=utf-8"
+    return "application/json"

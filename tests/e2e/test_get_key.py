@@ -7,6 +7,9 @@ from urllib.parse import quote
 import pytest
 import redis
 
+from http_server import start_front_ends
+from load_env import load_settings
+from proxy.errors import ConfigError
 from proxy.store.launcher import RedisServer
 from servers import request
 
@@ -171,3 +174,78 @@ def test_redis_down_serves_l1_copies_else_503(make_proxy):
         assert json.loads(down.body)["error"] == "redis unavailable"
     finally:
         own.cleanup()
+
+
+def test_get_format_json_answers_json_without_an_accept_header(make_proxy, r):
+    proxy = make_proxy(server_options={"get_format": "json"})
+    r.set("formatted", b"v1")
+    response = get(proxy.port, "formatted")
+    assert response.status == 200
+    assert response.json() == {"key": "formatted", "value": "v1", "source": "redis"}
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["Vary"] == "Accept"
+
+
+@pytest.mark.parametrize("get_format, accept, form", [
+    ("raw", "application/json", "json"),
+    ("raw", "APPLICATION/JSON", "json"),                          # case-insensitive
+    ("raw", "application/json;q=0", "raw"),                       # q=0: not acceptable
+    ("raw", "application/json;q=0.5, application/octet-stream", "raw"),
+    ("raw", "application/octet-stream;q=0.2, application/json;q=0.9", "json"),
+    ("json", "application/json;q=0, */*", "raw"),                 # the specific range's q wins
+    ("json", "application/octet-stream", "raw"),
+    ("json", "*/*", "json"),                                      # a tie: the default
+    ("json", "text/html", "json"),                                # neither admitted: the default
+    ("raw", "text/html", "raw"),
+    ("json", "application/json;q=oops, application/octet-stream;q=0.1", "raw"),  # bad q: 0
+])
+def test_accept_negotiation_chooses_the_form(make_proxy, r, get_format, accept, form):
+    proxy = make_proxy(server_options={"get_format": get_format})
+    r.set("negotiated", b"val")
+    response = get(proxy.port, "negotiated", {"Accept": accept})
+    assert response.status == 200 and response.headers["Vary"] == "Accept"
+    if form == "json":
+        assert response.json()["value"] == "val"
+        assert response.headers["Content-Type"] == "application/json"
+    else:
+        assert response.body == b"val"
+        assert response.headers["Content-Type"] == "application/octet-stream"
+
+
+@pytest.mark.parametrize("body, content_type", [
+    (b'{"error": "key was not found"}', "application/json"),
+    (b"Not Found", "text/plain; charset=utf-8"),
+])
+def test_not_found_body_replaces_the_404_body(make_proxy, body, content_type):
+    proxy = make_proxy(server_options={"not_found_body": body})
+    response = get(proxy.port, "absent-key")
+    assert (response.status, response.body) == (404, body)
+    assert response.headers["Content-Type"] == content_type
+    assert response.headers["Vary"] == "Accept"
+
+
+def test_the_default_404_says_vary_accept(proxy):
+    response = get(proxy.port, "absent-key")
+    assert response.status == 404 and response.json()["error"] == "key not found"
+    assert response.headers["Vary"] == "Accept"
+
+
+def test_get_format_and_not_found_body_settings_reach_the_http_front_end(make_proxy, r):
+    settings = load_settings({"HTTP_PORT": "0", "RESP_PORT": "0", "GET_FORMAT": "json",
+                              "NOT_FOUND_BODY": '{"error": "key was not found"}'}, env_file=None)
+    servers = start_front_ends(settings, make_proxy().proxy)
+    try:
+        r.set("wired", b"w")
+        assert request(servers[0].port, "/get/wired").json()["value"] == "w"
+        missing = request(servers[0].port, "/get/not-there")
+        assert (missing.status, missing.body) == (404, b'{"error": "key was not found"}')
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+def test_a_get_format_other_than_raw_or_json_is_refused():
+    with pytest.raises(ConfigError) as refused:
+        load_settings({"GET_FORMAT": "xml"}, env_file=None)
+    assert refused.value.problems == ["GET_FORMAT='xml': expected one of raw, json"]

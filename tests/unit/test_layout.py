@@ -24,7 +24,7 @@ MAY_IMPORT = {
                     "load_env"),
     "proxy.serving": ("proxy.errors", "proxy.cache", "proxy.serving"),  # cache: its pure parts
     "proxy.resp": ("proxy.errors", "proxy.serving", "proxy.resp", "redis_proxy", "proxy"),
-    "proxy.process": ("proxy.errors", "proxy.store", "proxy.process", "load_env"),
+    "proxy.process": ("proxy.errors", "proxy.store", "proxy.process", "load_env", "proxy"),  # proxy: __version__ alone
 }
 FRONT_ENDS = ("proxy.serving", "proxy.resp")
 OPTIONAL = {"hiredis"}  # may be imported inside a function, falling back when absent
