@@ -297,7 +297,8 @@ class UpstreamPolicy:
         if not self.allow_private and (host == "localhost" or host.endswith(".localhost")):
             # RFC 6761 §6.3: localhost names are loopback whatever DNS says.
             self._refuse("address", f"host {host!r} is loopback (RFC 6761); only public "
-                         "addresses are fetched")
+                         "addresses are fetched (UPSTREAM_ALLOW_PRIVATE=true lifts this for "
+                         "internal upstreams)")
         return host + "." if raw.endswith(".") and not _is_ipv4(host) else host
 
     def _refuse(self, reason: str, detail: str) -> None:

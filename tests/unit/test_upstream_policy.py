@@ -142,9 +142,12 @@ def test_canonical_literals_are_checked_as_addresses():
                                  "http://api.localhost/"])
 def test_localhost_names_are_loopback_without_asking_dns(url):
     dns = FakeDNS({"localhost": [PUBLIC_V4]})  # even if DNS lied
-    with pytest.raises(Forbidden, match="loopback"):
+    with pytest.raises(Forbidden, match="loopback") as refused:
         policy(resolver=dns).check_url(url)
     assert dns.asked == []
+    # The refusal names the setting that lifts it, as the address refusal does.
+    assert refused.value.detail.endswith("only public addresses are fetched (UPSTREAM_ALLOW_PRIVATE=true "
+                                         "lifts this for internal upstreams)")
 
 
 def test_a_trailing_dot_is_kept_for_dns_and_dropped_for_the_rules():
