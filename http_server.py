@@ -2,10 +2,12 @@
 place that reads the settings and builds the authenticator, rate limiter, RedisProxy and the
 front ends. The HTTP front end itself is proxy/serving/handler.py."""
 
+import dataclasses
 import logging
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -121,7 +123,8 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
 def serve_process(settings: Settings, authenticator: Authenticator,
                   listeners: list[socket.socket] | None = None,
                   rate_limiter: RateLimiter | None = None,
-                  metrics_folder: str | None = None) -> int:
+                  metrics_folder: str | None = None,
+                  ready: Callable[[], None] | None = None) -> int:
     """One serving process: the proxy and its front ends until SIGINT or SIGTERM. The ports
     are bound first, so a port in use stops the start before an embedded Redis is started."""
     bound: list[socket.socket] = []
@@ -138,7 +141,7 @@ def serve_process(settings: Settings, authenticator: Authenticator,
             listener.close()  # adopted by a server (closed already) or never used
         RedisProxy.reset_instance()
 
-    return serve(start, close)
+    return serve(start, close, ready)
 
 
 def check_config(settings: Settings) -> int:
@@ -214,14 +217,51 @@ def run(argv: list[str] | None = None) -> int:
     warn_if_exposed(settings.http_host, authenticator.enabled)
     if settings.resp_port:
         warn_if_resp_exposed(settings.http_host, settings.resp_port, authenticator.enabled)
-    if settings.http_workers > 1:
-        try:
-            return workers.supervise(settings, lambda s, listeners, folder: serve_process(
-                s, authenticator, listeners, rate_limiter, folder))
-        except (LauncherError, ListenError, OSError) as exc:
-            process_log.error("cannot start: %s", exc)
-            return 1
-    return serve_process(settings, authenticator, rate_limiter=rate_limiter)
+    def serving(authenticator: Authenticator, rate_limiter: RateLimiter | None) -> workers.Serve:
+        return lambda s, listeners, folder, ready: serve_process(
+            s, authenticator, listeners, rate_limiter, folder, ready)
+
+    running = _Running(settings, authenticator, rate_limiter)  # what the workers serve with now
+
+    def reload() -> tuple[Settings, workers.Serve]:
+        """SIGHUP: .env, the environment and the flags read again, and the tokens; ConfigError
+        (the running configuration kept) when anything is wrong."""
+        new = load_settings(overrides=options.overrides)
+        workers.check_reloadable(running.settings, new)
+        problem = command_line.log_file_problem(new.log_file)
+        if problem:
+            raise ConfigError([problem])
+        old = running.settings
+        # The failed-authentication and rate buckets live in memory every worker shares: kept
+        # while their limits are unchanged, so a reload does not forgive a client.
+        fail_limiter = running.authenticator.fail_limiter \
+            if (new.auth_fail_limit, new.trusted_proxies) == (old.auth_fail_limit, old.trusted_proxies) \
+            else auth_fail_limiter_of(new)
+        limiter = running.rate_limiter \
+            if (new.rate_limit, new.rate_limit_burst, new.trusted_proxies) == (
+                old.rate_limit, old.rate_limit_burst, old.trusted_proxies) else rate_limiter_of(new)
+        fresh = Authenticator(tokens_of(new.auth_tokens, new.auth_tokens_file),
+                              metrics_require_auth=new.metrics_require_auth, fail_limiter=fail_limiter)
+        logger.configure(new.log_level, new.log_format, new.log_file or None)
+        for warning in misspelled():
+            process_log.warning("%s", warning)
+        running.settings, running.authenticator, running.rate_limiter = new, fresh, limiter
+        return new, serving(fresh, limiter)
+
+    try:
+        return workers.supervise(settings, serving(authenticator, rate_limiter), reload)
+    except (LauncherError, ListenError, OSError) as exc:
+        process_log.error("cannot start: %s", exc)
+        return 1
+
+
+@dataclasses.dataclass
+class _Running:
+    """The settings, tokens and rate limiter the workers serve with, replaced by each reload."""
+
+    settings: Settings
+    authenticator: Authenticator
+    rate_limiter: RateLimiter | None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,9 +52,11 @@ class Server(Protocol):
     def server_close(self) -> None: ...
 
 
-def serve(start: Callable[[], list[Server]], close: Callable[[], None]) -> int:
+def serve(start: Callable[[], list[Server]], close: Callable[[], None],
+          ready: Callable[[], None] | None = None) -> int:
     """One serving process: `start()` binds and starts the front ends, which serve until SIGINT
-    or SIGTERM; then they are shut down and `close()` releases the rest (the proxy)."""
+    or SIGTERM; then they are shut down and `close()` releases the rest (the proxy). `ready` is
+    called once they serve (a reload waits for it before stopping the worker this one replaces)."""
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -66,6 +68,8 @@ def serve(start: Callable[[], list[Server]], close: Callable[[], None]) -> int:
     servers: list[Server] = []
     try:
         servers = start()
+        if ready is not None:
+            ready()
         while not stop.wait(3600):
             pass
     except (LauncherError, ListenError, OSError, ValueError, redis.RedisError) as exc:

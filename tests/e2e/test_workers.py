@@ -122,7 +122,7 @@ def fork_then_stop():  # a stop request lands just as the first worker is forked
     return pid
 os.fork = fork_then_stop
 
-def serve(settings, listeners, metrics_folder):
+def serve(settings, listeners, metrics_folder, ready):
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stop.wait(30)

@@ -1,0 +1,96 @@
+"""SIGHUP reloads the configuration (CONTRACT §10): `.env` and the tokens read again, a bad new
+configuration refused with its reason logged and the old one kept, the workers replaced one at a
+time on the same listening sockets."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from proxy.store.launcher import free_port
+from servers import ROOT, refused, request, wait_until
+
+TOKEN_A, TOKEN_B = "reload-token-aaaaaaaaaaaa", "reload-token-bbbbbbbbbbbb"
+
+
+class Running:
+    """The proxy as a process in `folder` (its .env there), HTTP_WORKERS=2."""
+
+    def __init__(self, folder, redis_url: str, env_text: str):
+        self.folder, self.port = folder, free_port()
+        self.log = folder / "proxy.log"
+        self.write_env(env_text)
+        env = {**os.environ, "REDIS_URL": redis_url, "LOG_FILE": str(self.log), "HTTP_WORKERS": "2"}
+        for name in ("AUTH_TOKENS", "CACHE_TTL", "HTTP_PORT", "RESP_PORT", "AUTH_FAIL_LIMIT"):
+            env.pop(name, None)  # from .env alone
+        self.process = subprocess.Popen([sys.executable, os.path.join(ROOT, "http_server.py")],
+                                        cwd=folder, env=env, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        wait_until(lambda: not refused(self.port) or self.process.poll() is not None, timeout=30)
+
+    def write_env(self, text: str, port: int | None = None) -> None:
+        (self.folder / ".env").write_text(f"HTTP_PORT={port or self.port}\nRESP_PORT=0\n"
+                                          f"AUTH_FAIL_LIMIT=0\n{text}")
+
+    def hang_up_and_wait_for(self, line: str) -> None:
+        self.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: line in self.log.read_text(), timeout=30, interval=0.05)
+
+    def status_with(self, token: str) -> int:
+        return request(self.port, "/get/k", headers={"Authorization": f"Bearer {token}"}).status
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=20)
+
+
+@pytest.fixture
+def running(tmp_path, redis_url, r):
+    r.set("k", b"v")
+    started = []
+
+    def start(env_text: str) -> Running:
+        started.append(Running(tmp_path, redis_url, env_text))
+        return started[-1]
+
+    yield start
+    for proxy in started:
+        assert proxy.stop() == 0
+
+
+def test_sighup_takes_new_tokens_from_env_and_drops_the_old_ones(running):
+    proxy = running(f"AUTH_TOKENS={TOKEN_A}\n")
+    assert (proxy.status_with(TOKEN_A), proxy.status_with(TOKEN_B)) == (200, 401)
+
+    proxy.write_env(f"AUTH_TOKENS={TOKEN_B}\n")
+    proxy.hang_up_and_wait_for("reloaded: 2 workers on the new configuration")
+
+    # Every worker now is one on the new configuration: no answer from an old one.
+    assert {proxy.status_with(TOKEN_B) for _ in range(20)} == {200}
+    assert {proxy.status_with(TOKEN_A) for _ in range(20)} == {401}
+
+
+def test_a_bad_new_configuration_is_refused_with_its_reason_and_the_old_one_kept(running):
+    proxy = running(f"AUTH_TOKENS={TOKEN_A}\n")
+    proxy.write_env(f"AUTH_TOKENS={TOKEN_B}\nCACHE_TTL=soon\n")
+
+    proxy.hang_up_and_wait_for("reload refused, the running configuration kept: CACHE_TTL='soon': "
+                               "expected a positive number of seconds")
+
+    assert {proxy.status_with(TOKEN_A) for _ in range(20)} == {200}
+    assert proxy.status_with(TOKEN_B) == 401
+    assert "reloaded:" not in proxy.log.read_text()
+
+
+def test_a_reload_that_changes_the_port_is_refused(running):
+    proxy = running(f"AUTH_TOKENS={TOKEN_A}\n")
+    other = free_port()
+    proxy.write_env(f"AUTH_TOKENS={TOKEN_B}\n", port=other)
+
+    proxy.hang_up_and_wait_for("reload refused, the running configuration kept: HTTP_PORT changed: "
+                               "the listening sockets stay open through a reload; restart to change it")
+
+    assert refused(other)
+    assert (proxy.status_with(TOKEN_A), proxy.status_with(TOKEN_B)) == (200, 401)
