@@ -89,8 +89,7 @@ class Metrics:
     def stats(self) -> dict[str, Any]:
         """The /stats document: the figures of /metrics, the history and the last errors."""
         families, snapshots = self.gather()
-        errors = sorted((error for snapshot in snapshots for error in snapshot["errors"]),
-                        key=lambda error: error["time"])[-stats.LAST_ERRORS:]
+        errors = stats.merge_errors(snapshot["errors"] for snapshot in snapshots)
         points = stats.merge_histories(snapshot["history"] for snapshot in snapshots)
         return stats.build(stats.Figures(families), points, errors, workers=len(snapshots),
                            l1_capacity=self.proxy.local.capacity,

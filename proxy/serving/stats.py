@@ -95,21 +95,51 @@ def series(points: list[Point]) -> list[dict[str, Any]]:
 
 
 class RecentErrors:
-    """The last LAST_ERRORS answers with a 5xx status: when, what and where."""
+    """The last LAST_ERRORS kinds of answer with a 5xx status: what and where, how many times,
+    first and last seen. The same error on the same path is one item counted, not repeated."""
 
     def __init__(self, size: int = LAST_ERRORS, clock: Callable[[], float] = time.time):
         self.clock = clock
-        self._items: collections.deque[dict[str, Any]] = collections.deque(maxlen=size)
+        self.size = size
+        # (status, error, detail, path) -> its item; in the order last seen, oldest first
+        self._items: collections.OrderedDict[tuple[int, str, str, str], dict[str, Any]] = \
+            collections.OrderedDict()
         self._lock = threading.Lock()
 
     def add(self, status: int, error: str, detail: str, path: str) -> None:
+        now = round(self.clock(), 3)
+        key = (status, error, detail, path)
         with self._lock:
-            self._items.append({"time": round(self.clock(), 3), "status": status, "error": error,
-                                "detail": detail, "path": path})
+            item = self._items.get(key)
+            if item is None:
+                item = self._items[key] = {"time": now, "first": now, "count": 0, "status": status,
+                                           "error": error, "detail": detail, "path": path}
+                if len(self._items) > self.size:
+                    self._items.popitem(last=False)
+            self._items.move_to_end(key)
+            item["time"] = now
+            item["count"] += 1
 
     def items(self) -> list[dict[str, Any]]:
         with self._lock:
-            return list(self._items)
+            return [dict(item) for item in self._items.values()]
+
+
+def merge_errors(lists: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The workers' last errors as one list: the same kind counted once (counts summed, first
+    and last seen across them), the LAST_ERRORS last seen, oldest first."""
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for errors in lists:
+        for error in errors:
+            key = (error["status"], error["error"], error["detail"], error["path"])
+            seen = merged.get(key)
+            if seen is None:
+                merged[key] = dict(error)
+            else:
+                seen["count"] += error["count"]
+                seen["time"] = max(seen["time"], error["time"])
+                seen["first"] = min(seen["first"], error["first"])
+    return sorted(merged.values(), key=lambda error: error["time"])[-LAST_ERRORS:]
 
 
 class Figures:

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from urllib.parse import quote
 
 import pytest
@@ -164,5 +165,10 @@ def test_dashboard_in_chromium_draws_the_chart_points(served, upstream, tmp_path
     shown = int(re.search(r'<div class="big" id="requests">([\d,]+)</div>', dom.stdout).group(1).replace(",", ""))
     assert shown >= 17 + 4  # the traffic and the /stats requests, the page's own included
     assert "4 chart points" in dom.stdout
+    # The time axis: the first, middle and last instants of the chart, in UTC.
+    ticks = re.findall(r'<text class="tick"[^>]*>([^<]+)</text>', rps_chart)
+    start = 1_800_000_000 + 2  # the first interval ends at the first 2 s step of the clock
+    assert ticks == [time.strftime("%H:%M:%S", time.gmtime(t)) for t in (start, start + 3)] + [
+        time.strftime("%H:%M:%S UTC", time.gmtime(start + 6))]
     assert picture.returncode == 0, picture.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000

@@ -6,7 +6,7 @@ import time
 
 from proxy.log_limit import DEFAULT_INTERVAL
 from proxy.process import command_line
-from proxy.serving.stats import History, RecentErrors, merge_histories, series
+from proxy.serving.stats import History, RecentErrors, merge_errors, merge_histories, series
 from proxy.serving.worker_metrics import PEER_TIMEOUT, SOCKET_SUFFIX, WorkerPeers
 
 
@@ -36,6 +36,30 @@ def test_only_the_last_20_errors_are_kept():
     for status in range(500, 530):
         errors.add(status, "bad gateway", "detail", "/")
     assert [e["status"] for e in errors.items()] == list(range(510, 530))
+
+
+def test_the_same_error_on_the_same_path_is_counted_once_with_first_and_last_seen():
+    clock = Clock()
+    errors = RecentErrors(clock=clock)
+    errors.add(502, "bad gateway", "connection refused by 127.0.0.1:1", "/a")
+    clock.now += 5
+    errors.add(504, "gateway timeout", "timed out", "/b")
+    clock.now += 5
+    errors.add(502, "bad gateway", "connection refused by 127.0.0.1:1", "/a")
+    errors.add(502, "bad gateway", "connection refused by 127.0.0.1:1", "/other")
+    items = errors.items()
+    assert [(e["path"], e["count"]) for e in items] == [("/b", 1), ("/a", 2), ("/other", 1)]
+    a = items[1]
+    assert (a["first"], a["time"]) == (clock.now - 10, clock.now)
+
+
+def test_workers_errors_merge_by_kind_with_their_counts_summed():
+    def item(path: str, count: int, first: float, last: float) -> dict:
+        return {"status": 502, "error": "bad gateway", "detail": "d", "path": path, "count": count,
+                "first": first, "time": last}
+
+    merged = merge_errors([[item("/a", 2, 1.0, 5.0)], [item("/a", 3, 0.5, 4.0), item("/b", 1, 6.0, 6.0)]])
+    assert merged == [item("/a", 5, 0.5, 5.0), item("/b", 1, 6.0, 6.0)]
 
 
 def test_workers_histories_sum_as_step_functions():
