@@ -198,6 +198,9 @@ class Settings:
     max_body_bytes: int = _setting("MAX_BODY_BYTES", parsers.size, 1024**2, "reverse",
                                    "largest request body passed through to the origin (POST, PUT...); a "
                                    "larger one is 413")
+    public_host: str = _setting("PUBLIC_HOST", parsers.host, "", "reverse",
+                                "the site's public host name, sent to the origin as `X-Forwarded-Host` "
+                                "(the client's `Host` never is); empty = the origin's own host")
     trusted_proxies: tuple[str, ...] = _setting("TRUSTED_PROXIES", parsers.networks, (), "security",
                                                 "addresses or CIDR networks of reverse proxies whose "
                                                 "`X-Forwarded-For` is believed")

@@ -10,9 +10,11 @@ import threading
 import pytest
 import requests
 
+from load_env import load_settings
 from proxy import __version__
 from proxy.cache.freshness import Policy
 from proxy.cache.keys import canonical_url, url_digest
+from proxy.errors import ConfigError
 from proxy.serving.auth import Authenticator
 from proxy.serving.rate_limit import RateLimiter
 from proxy.serving.site import Site
@@ -27,9 +29,11 @@ TOKEN = "proxy-token-0123456789abcdef"
 def site_proxy(make_proxy, origin):
     """A proxy in front of `origin` (ORIGIN_URL = the origin's root unless `base` is given)."""
     def build(base: str = "", *, max_body_bytes: int = 1024 * 1024, tokens: tuple[str, ...] = (),
-              header_timeout: float = 10.0, server_options_extra: dict | None = None, **options):
+              header_timeout: float = 10.0, server_options_extra: dict | None = None,
+              public_host: str = "", trusted_proxies: tuple[str, ...] = (), **options):
         origin_url = origin.url(base)
-        site = Site(origin_url, max_body_bytes=max_body_bytes)
+        site = Site(origin_url, max_body_bytes=max_body_bytes, public_host=public_host,
+                    trusted_proxies=trusted_proxies)
         return make_proxy(origin=origin_url, server_options={
             "site": site, "authenticator": Authenticator(tokens), "header_timeout": header_timeout,
             **(server_options_extra or {})}, **options)
@@ -132,7 +136,8 @@ def _cold_gets_from_twenty_clients(proxy, origin, path: str, origin_headers: dic
 
 
 def test_cold_gets_from_clients_behind_different_forwarded_for_make_one_origin_fetch(site_proxy, origin):
-    proxy = site_proxy(server_options_extra={"max_parallel": 64})
+    # The clients are behind a trusted proxy (on loopback), whose X-Forwarded-For is kept.
+    proxy = site_proxy(server_options_extra={"max_parallel": 64}, trusted_proxies=("127.0.0.1",))
     answers = _cold_gets_from_twenty_clients(proxy, origin, "/popular", {"Cache-Control": "max-age=60"})
     assert answers == [(200, b"one page for all")] * 20
     assert origin.hits["GET /popular"] == 1
@@ -196,13 +201,93 @@ def test_forwarded_headers_are_the_end_to_end_ones_plus_host_and_x_forwarded(sit
         "accept-language": "fr",
         "cookie": "a=1",
         "x-custom": "kept",
-        "x-forwarded-for": "203.0.113.7, 127.0.0.1",
+        "x-forwarded-for": "127.0.0.1",  # the peer is no trusted proxy: its chain is its word
         "x-forwarded-proto": "http",
-        "x-forwarded-host": "www.example.com",
+        "x-forwarded-host": f"127.0.0.1:{origin.port}",  # no PUBLIC_HOST: the origin's host
         "accept-encoding": "identity",  # the fetcher's: what is stored must suit every client
         "connection": "keep-alive",  # the proxy's own connection to the origin
     }
     assert len(seen.fields) == 11  # each once
+
+
+def _echo_forwarding(handler):
+    """An origin page built from what the request says about the client, as frameworks do."""
+    names = ("X-Forwarded-Host", "X-Forwarded-For", "X-Forwarded-Proto", "X-Original-URL")
+    handler.reply(200, b"; ".join(f"{name}={handler.headers.get(name)}".encode() for name in names),
+                  {"Content-Type": "text/plain"})
+
+
+def test_the_clients_host_is_never_forwarded_so_it_cannot_poison_the_cache(site_proxy, origin):
+    origin.route("/p", _echo_forwarding)
+    proxy = site_proxy(public_host="www.example.com")
+    poisoned = raw(proxy.port, "GET", "/p", {"Host": "evil.example"})
+    plain = raw(proxy.port, "GET", "/p")
+    expected = (b"X-Forwarded-Host=www.example.com; X-Forwarded-For=127.0.0.1; "
+                b"X-Forwarded-Proto=http; X-Original-URL=None")
+    assert (poisoned[0], poisoned[2], header(poisoned[1], "X-Cache")) == (200, expected, ["MISS"])
+    assert (plain[0], plain[2], header(plain[1], "X-Cache")) == (200, expected, ["HIT"])
+    assert origin.hits["GET /p"] == 1
+    (seen,) = origin.seen
+    assert seen.header("Host") == [f"127.0.0.1:{origin.port}"]
+
+
+def test_without_public_host_the_origins_own_host_is_the_forwarded_host(site_proxy, origin):
+    origin.route("/p", _echo_forwarding)
+    proxy = site_proxy()
+    got = raw(proxy.port, "GET", "/p", {"Host": "evil.example"})
+    assert got[2].startswith(f"X-Forwarded-Host=127.0.0.1:{origin.port}; ".encode())
+
+
+SPOOFED = {"Forwarded": "for=1.2.3.4;host=evil.example;proto=https",
+           "X-Forwarded-For": "203.0.113.7", "X-Forwarded-Host": "evil.example",
+           "X-Forwarded-Proto": "https", "X-Forwarded-Port": "8443", "X-Forwarded-Scheme": "https",
+           "X-Forwarded-Prefix": "/evil", "X-Forwarded-Server": "evil.example",
+           "X-Real-IP": "10.0.0.1", "X-Original-URL": "/admin/secret",
+           "X-Rewrite-URL": "/admin/secret", "X-HTTP-Method-Override": "DELETE",
+           "X-HTTP-Method": "DELETE", "X-Method-Override": "DELETE", "X-Host": "evil.example",
+           "X-Original-Host": "evil.example", "True-Client-IP": "10.0.0.1", "X-Client-IP": "10.0.0.1"}
+
+
+def test_forwarding_and_override_fields_from_an_untrusted_client_never_reach_the_origin(site_proxy, origin):
+    origin.route("/p", _echo_forwarding)
+    proxy = site_proxy()
+    spoofed = raw(proxy.port, "GET", "/p", SPOOFED)
+    plain = raw(proxy.port, "GET", "/p")
+    expected = (f"X-Forwarded-Host=127.0.0.1:{origin.port}; X-Forwarded-For=127.0.0.1; "
+                "X-Forwarded-Proto=http; X-Original-URL=None").encode()
+    assert (spoofed[2], plain[2], header(plain[1], "X-Cache")) == (expected, expected, ["HIT"])
+    (seen,) = origin.seen
+    sent = {name.lower() for name, _ in seen.fields}
+    assert sent == {"host", "accept-encoding", "connection", "user-agent", "accept",  # the fetcher's
+                    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+    # Passed through (not cached), the same fields are dropped.
+    assert raw(proxy.port, "POST", "/p", SPOOFED, b"x")[0] == 200
+    assert {name.lower() for name, _ in origin.seen[-1].fields} == sent | {"content-length"}
+
+
+def test_a_trusted_proxys_forwarding_fields_pass_and_its_chain_is_appended_to(site_proxy, origin):
+    origin.route("/p", _echo_forwarding)
+    proxy = site_proxy(public_host="www.example.com", trusted_proxies=("127.0.0.0/8",))
+    got = raw(proxy.port, "GET", "/p", SPOOFED)
+    assert got[2] == (b"X-Forwarded-Host=www.example.com; X-Forwarded-For=203.0.113.7, 127.0.0.1; "
+                      b"X-Forwarded-Proto=https; X-Original-URL=/admin/secret")
+    (seen,) = origin.seen
+    assert seen.header("Forwarded") == [SPOOFED["Forwarded"]]
+    assert seen.header("X-Forwarded-Port") == ["8443"]
+    assert seen.header("X-Real-IP") == ["10.0.0.1"]
+    assert seen.header("X-Forwarded-Host") == ["www.example.com"]  # PUBLIC_HOST, even from it
+
+
+def test_public_host_setting(tmp_path):
+    assert load_settings({}, env_file=None).public_host == ""
+    assert load_settings({"PUBLIC_HOST": "www.example.com:8443"}, env_file=None).public_host == \
+        "www.example.com:8443"
+    assert load_settings({"PUBLIC_HOST": "[::1]"}, env_file=None).public_host == "[::1]"
+    for bad in ("http://www.example.com", "www.example.com/x", "a b", "host:0", "host:99999", "h\r\nX: 1"):
+        with pytest.raises(ConfigError) as caught:
+            load_settings({"PUBLIC_HOST": bad}, env_file=None)
+        assert str(caught.value).startswith("PUBLIC_HOST=")
+        assert "expected a host name, optionally with :port (no scheme or path)" in str(caught.value)
 
 
 def test_repeated_cookie_headers_are_joined_as_one_cookie_line(site_proxy, origin):
