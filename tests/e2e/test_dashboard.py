@@ -6,13 +6,14 @@ import os
 import re
 import shutil
 import subprocess
-from urllib.parse import quote
+from urllib.parse import quote, urljoin
 
 import pytest
 
 from http_server import make_server
 from proxy.serving.auth import Authenticator
 from proxy.serving.metrics import Metrics
+from proxy.serving.site import Site
 from proxy.serving.stats import History
 from servers import ServerThread, q, request
 
@@ -120,7 +121,22 @@ def test_dashboard_is_one_page_with_nothing_fetched_from_elsewhere(make_proxy):
     page = got.body.decode()
     assert page.startswith("<!doctype html>")
     assert not re.search(r"\b(src|href)\s*=|@import|url\(|<link", page)  # no external asset
-    assert 'fetch("/stats"' in page and "setInterval(refresh, REFRESH_MS)" in page
+    assert 'fetch("stats"' in page and "setInterval(refresh, REFRESH_MS)" in page
+
+
+def test_the_page_reads_the_stats_beside_it_so_under_origin_url_the_proxys_not_the_origins(make_proxy, origin):
+    origin.serve("/stats", b"the origin's own stats page")
+    proxy = make_proxy(origin=origin.url(""), server_options={"site": Site(origin.url(""))})
+    page = request(proxy.port, "/_proxy/dashboard").body.decode()
+    fetched = re.search(r'fetch\("([^"]*)"', page).group(1)
+    # A browser resolves the fetch against the page's own URL (RFC 3986 §5.2).
+    stats = urljoin("/_proxy/dashboard", fetched)
+    assert stats == "/_proxy/stats"
+    got = request(proxy.port, stats)
+    assert (got.status, got.headers["Content-Type"]) == (200, "application/json")
+    assert "series" in got.json()
+    assert urljoin("/dashboard", fetched) == "/stats"  # at the root, as before
+    assert origin.hits["/stats"] == 0
 
 
 def chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:

@@ -570,6 +570,27 @@ def test_tokens_guard_the_admin_routes_not_the_site_and_are_never_forwarded(site
     assert r.exists(redis_key_of(origin.url("/account"))) == 0
 
 
+@pytest.mark.parametrize("target", ["/x/../_proxy/health", "/_proxy/./health", "/x/%2e%2e/_proxy/health",
+                                    "/%5Fproxy/health", "/a/b/../../_proxy/x/../health"])
+def test_routing_decides_on_the_normalised_path_so_dot_segments_reach_the_proxys_routes(site_proxy, origin,
+                                                                                        target):
+    origin.serve("/_proxy/health", b"the origin's page")
+    proxy = site_proxy()
+    got = request(proxy.port, target)
+    assert (got.status, got.json()["status"]) == (200, "ok")
+    assert origin.seen == []
+
+
+def test_a_dot_segment_out_of_the_admin_prefix_is_the_origins_path(site_proxy, origin):
+    origin.serve("/p", b"site page")
+    proxy = site_proxy(tokens=(TOKEN,))
+    got = request(proxy.port, "/_proxy/../p")
+    assert (got.status, got.body) == (200, b"site page")
+    assert [seen.target for seen in origin.seen] == ["/p"]
+    # Normalised, a proxy route still needs its token.
+    assert request(proxy.port, "/p/../_proxy/get/k").status == 401
+
+
 def test_a_target_not_in_origin_form_is_400(site_proxy, origin):
     proxy = site_proxy()
     status, _, body = raw(proxy.port, "OPTIONS", "*")
