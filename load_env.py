@@ -210,8 +210,9 @@ class Settings:
                                             secret=True)
     auth_tokens_file: str = _setting("AUTH_TOKENS_FILE", parsers.text, "", "security",
                                      "a file of tokens, one per line (`#` comments allowed)")
-    metrics_require_auth: bool = _setting("METRICS_REQUIRE_AUTH", parsers.boolean, False, "security",
-                                          "`/metrics`, `/stats` and `/dashboard` need a token too (when tokens are set)")
+    metrics_require_auth: bool = _setting("METRICS_REQUIRE_AUTH", parsers.boolean, True, "security",
+                                          "`/metrics` needs a token (when tokens are set); `false` opens it alone "
+                                          "to a scraper without one (`/stats` and `/dashboard` always need it)")
     rate_limit: float | None = _setting("RATE_LIMIT", parsers.optional_seconds, None, "security",
                                         "requests (HTTP) and commands (RESP) per second per client address "
                                         "(decimals allowed), one budget across all workers; "

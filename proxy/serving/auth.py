@@ -21,8 +21,9 @@ AUTH_BLOCKED = "too many failed authentications"
 
 # Routes anyone may reach: a load balancer's health check carries no token.
 OPEN_ROUTES = frozenset({"/health"})
-# /metrics and what reads the same figures: open unless METRICS_REQUIRE_AUTH.
-METRICS_ROUTES = frozenset({"/metrics", "/stats", "/dashboard"})
+# Counters alone, for a Prometheus scraper: METRICS_REQUIRE_AUTH=false opens it (and it alone:
+# /stats and /dashboard show the paths of the last errors).
+METRICS_ROUTE = "/metrics"
 
 
 def _challenge(error: str) -> dict[str, str]:
@@ -44,7 +45,7 @@ def read_tokens_file(path: str) -> list[str]:
 class Authenticator:
     """Decides whether a request may proceed. No tokens means the proxy is open."""
 
-    def __init__(self, tokens: Iterable[str] = (), *, metrics_require_auth: bool = False,
+    def __init__(self, tokens: Iterable[str] = (), *, metrics_require_auth: bool = True,
                  fail_limiter: RateLimiter | None = None):
         self._digests = tuple(_digest(token) for token in tokens)
         self.metrics_require_auth = metrics_require_auth
@@ -59,7 +60,7 @@ class Authenticator:
         """Whether `path` (the route, without the query) needs a token."""
         if not self.enabled or path in OPEN_ROUTES:
             return False
-        if path in METRICS_ROUTES:
+        if path == METRICS_ROUTE:
             return self.metrics_require_auth
         return True
 
