@@ -79,6 +79,22 @@ class Authenticator:
                 self.failed(peer, forwarded_for)
             raise
 
+    def check_site(self, authorization: Sequence[str], peer: str = "",
+                   forwarded_for: Sequence[str] = ()) -> None:
+        """A request for the origin's site, which the tokens do not guard: TooManyRequests while
+        the client is blocked, as on the proxy's routes; a bearer token in it that is not one of
+        ours counts as a failed attempt. Else the answers would be an oracle without a limit:
+        our token is kept here and the cached page answers, any other is forwarded and the
+        origin answers. Other schemes (Basic...) are the origin's business: not counted."""
+        if not self.enabled:
+            return
+        self.refuse_if_blocked(peer, forwarded_for)
+        for value in authorization:
+            match = _BEARER.fullmatch(value.strip(" \t"))
+            if match is not None and not self.accepts(match.group(1)):
+                self.failed(peer, forwarded_for)  # once per request, as on the proxy's routes
+                return
+
     def _check_header(self, authorization: Sequence[str]) -> None:
         if len(authorization) != 1:
             raise Unauthorized()  # none, or two: which one would count is ambiguous

@@ -591,6 +591,40 @@ def test_a_dot_segment_out_of_the_admin_prefix_is_the_origins_path(site_proxy, o
     assert request(proxy.port, "/p/../_proxy/get/k").status == 401
 
 
+class _Clock:
+    now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_wrong_bearer_on_a_site_path_is_a_failed_attempt_and_past_the_limit_every_answer_is_429(
+        site_proxy, origin):
+    origin.counter("/p")
+    limiter = RateLimiter(3 / 60, 3, clock=_Clock())
+    proxy = site_proxy(server_options_extra={"authenticator": Authenticator([TOKEN], fail_limiter=limiter)})
+    own, wrong = {"Authorization": f"Bearer {TOKEN}"}, {"Authorization": "Bearer not-our-token-0123"}
+    assert raw(proxy.port, "GET", "/p", own)[2] == b"version 1"  # stored
+    # The origin's own schemes are not guesses: forwarded, never counted.
+    assert [raw(proxy.port, "GET", "/p", {"Authorization": "Basic dXNlcjpwdw=="})[0]
+            for _ in range(5)] == [200] * 5
+    assert limiter.wait("127.0.0.1", take=False) == 0
+    # Under the limit a wrong bearer is forwarded, as before, but counted: 3 of 3.
+    assert [raw(proxy.port, "GET", "/p", wrong)[2] for _ in range(3)] == \
+        [b"version 7", b"version 8", b"version 9"]
+    assert limiter.wait("127.0.0.1", take=False) == 20  # spent: the next attempt in 20 s
+    # Past it, our token and a wrong one get the same answer: nothing tells them apart.
+    answers = [raw(proxy.port, "GET", "/p", headers) for headers in (own, wrong, {})]
+    assert [(status, body) for status, _, body in answers] == [(429, answers[0][2])] * 3
+    assert json.loads(answers[0][2]) == {
+        "error": "too many failed authentications",
+        "detail": "over 3 failed authentications per minute from your address; retry in 20 s"}
+    assert [header(fields, "Retry-After") for _, fields, _ in answers] == [["20"]] * 3
+    assert request(proxy.port, "/_proxy/get/k", headers=own).status == 429  # as on the proxy's routes
+    assert request(proxy.port, "/_proxy/health").status == 200
+    assert origin.hits["GET /p"] == 9
+
+
 def test_a_target_not_in_origin_form_is_400(site_proxy, origin):
     proxy = site_proxy()
     status, _, body = raw(proxy.port, "OPTIONS", "*")
