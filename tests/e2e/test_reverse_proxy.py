@@ -625,6 +625,61 @@ def test_a_wrong_bearer_on_a_site_path_is_a_failed_attempt_and_past_the_limit_ev
     assert origin.hits["GET /p"] == 9
 
 
+# ----- web cache deception: answers to requests with credentials (RFC 9111 §3.5) --------------
+
+ACCOUNT = "/account.php/1/x.css"  # a personal page behind a path that looks like a static file
+
+
+def _account_page(cache_control: str):
+    def page(handler):
+        fields = {"Content-Type": "text/css", "Last-Modified": "Mon, 01 Jan 2001 00:00:00 GMT"}
+        if cache_control:
+            fields["Cache-Control"] = cache_control
+        handler.reply(200, f"account of {handler.headers.get('Cookie')}".encode(), fields)
+    return page
+
+
+@pytest.mark.parametrize("freshness", ["ttl", "rfc"])
+@pytest.mark.parametrize("cookie_header", ["Cookie", "Authorization"])
+def test_an_answer_to_a_request_with_credentials_that_does_not_say_public_is_not_stored(
+        site_proxy, origin, r, freshness, cookie_header):
+    origin.route(ACCOUNT, _account_page(""))
+    proxy = site_proxy(policy=Policy(ttl=3600.0, default_freshness=freshness))
+    mine = raw(proxy.port, "GET", ACCOUNT, {cookie_header: "sid=alice"})
+    assert (mine[0], header(mine[1], "X-Cache")) == (200, ["MISS"])
+    assert r.exists(redis_key_of(origin.url(ACCOUNT))) == 0
+    theirs = raw(proxy.port, "GET", ACCOUNT)
+    assert (theirs[2], header(theirs[1], "X-Cache")) == (b"account of None", ["MISS"])
+    assert origin.hits["GET " + ACCOUNT] == 2
+    # Without credentials the same answer is stored as before (heuristic or CACHE_TTL freshness).
+    assert header(raw(proxy.port, "GET", ACCOUNT)[1], "X-Cache") == ["HIT"]
+
+
+@pytest.mark.parametrize("cache_control", ["public, max-age=60", "s-maxage=60", "must-revalidate, max-age=60"])
+def test_an_answer_to_a_request_with_a_cookie_that_says_it_may_be_shared_is_stored_for_its_own_freshness(
+        site_proxy, origin, r, cache_control):
+    origin.route(ACCOUNT, _account_page(cache_control))
+    proxy = site_proxy()  # DEFAULT_FRESHNESS=ttl: CACHE_TTL 3600 s would apply without credentials
+    assert raw(proxy.port, "GET", ACCOUNT, {"Cookie": "sid=alice"})[2] == b"account of sid=alice"
+    theirs = raw(proxy.port, "GET", ACCOUNT)
+    assert (theirs[2], header(theirs[1], "X-Cache")) == (b"account of sid=alice", ["HIT"])
+    assert origin.hits["GET " + ACCOUNT] == 1
+    assert 55 < r.ttl(redis_key_of(origin.url(ACCOUNT))) <= 60
+
+
+@pytest.mark.parametrize("freshness", ["ttl", "rfc"])
+def test_public_without_a_lifetime_on_a_cookie_request_is_stored_stale_never_with_default_freshness(
+        site_proxy, origin, freshness):
+    origin.route(ACCOUNT, _account_page("public"))
+    proxy = site_proxy(policy=Policy(ttl=3600.0, default_freshness=freshness), stale_ttl=300.0)
+    raw(proxy.port, "GET", ACCOUNT, {"Cookie": "sid=alice"})
+    theirs = raw(proxy.port, "GET", ACCOUNT)  # revalidated: the origin asked again
+    assert origin.hits["GET " + ACCOUNT] == 2
+    assert origin.seen[-1].header("If-Modified-Since") == ["Mon, 01 Jan 2001 00:00:00 GMT"]
+    assert origin.seen[-1].header("Cookie") == []
+    assert theirs[2] == b"account of None"
+
+
 def test_a_target_not_in_origin_form_is_400(site_proxy, origin):
     proxy = site_proxy()
     status, _, body = raw(proxy.port, "OPTIONS", "*")
