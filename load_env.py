@@ -203,7 +203,8 @@ class Settings:
                                 "(the client's `Host` never is); empty = the origin's own host")
     trusted_proxies: tuple[str, ...] = _setting("TRUSTED_PROXIES", parsers.networks, (), "security",
                                                 "addresses or CIDR networks of reverse proxies whose "
-                                                "`X-Forwarded-For` is believed")
+                                                "`X-Forwarded-For` is believed (and, in reverse-proxy "
+                                                "mode, whose forwarding fields reach the origin)")
     auth_tokens: tuple[str, ...] = _setting("AUTH_TOKENS", parsers.words, (), "security",
                                             "bearer tokens for HTTP (`Authorization: Bearer`) and RESP "
                                             "(`AUTH`), comma-separated; none here or in the file = open",
