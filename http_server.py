@@ -82,7 +82,8 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
     if rate_limiter is None:  # not `or`: a limiter with no client yet has len() 0
         rate_limiter = rate_limiter_of(settings)
     metrics = Metrics(proxy, peers=WorkerPeers(metrics_folder) if metrics_folder else None)
-    site = Site(settings.origin_url, settings.admin_prefix, settings.max_body_bytes)
+    site = Site(settings.origin_url, settings.admin_prefix, settings.max_body_bytes,
+                public_host=settings.public_host, trusted_proxies=settings.trusted_proxies)
     servers: list[Any] = [make_server(settings.http_host, 0 if listeners else settings.http_port,
                            proxy, **limits, authenticator=authenticator,
                            rate_limiter=rate_limiter, access_log=AccessLog(settings.access_log),

@@ -207,17 +207,22 @@ class Settings:
     max_body_bytes: int = _setting("MAX_BODY_BYTES", parsers.size, 1024**2, "reverse",
                                    "largest request body passed through to the origin (POST, PUT...); a "
                                    "larger one is 413")
+    public_host: str = _setting("PUBLIC_HOST", parsers.host, "", "reverse",
+                                "the site's public host name, sent to the origin as `X-Forwarded-Host` "
+                                "(the client's `Host` never is); empty = the origin's own host")
     trusted_proxies: tuple[str, ...] = _setting("TRUSTED_PROXIES", parsers.networks, (), "security",
                                                 "addresses or CIDR networks of reverse proxies whose "
-                                                "`X-Forwarded-For` is believed")
+                                                "`X-Forwarded-For` is believed (and, in reverse-proxy "
+                                                "mode, whose forwarding fields reach the origin)")
     auth_tokens: tuple[str, ...] = _setting("AUTH_TOKENS", parsers.words, (), "security",
                                             "bearer tokens for HTTP (`Authorization: Bearer`) and RESP "
                                             "(`AUTH`), comma-separated; none here or in the file = open",
                                             secret=True)
     auth_tokens_file: str = _setting("AUTH_TOKENS_FILE", parsers.text, "", "security",
                                      "a file of tokens, one per line (`#` comments allowed)")
-    metrics_require_auth: bool = _setting("METRICS_REQUIRE_AUTH", parsers.boolean, False, "security",
-                                          "`/metrics`, `/stats` and `/dashboard` need a token too (when tokens are set)")
+    metrics_require_auth: bool = _setting("METRICS_REQUIRE_AUTH", parsers.boolean, True, "security",
+                                          "`/metrics` needs a token (when tokens are set); `false` opens it alone "
+                                          "to a scraper without one (`/stats` and `/dashboard` always need it)")
     rate_limit: float | None = _setting("RATE_LIMIT", parsers.optional_seconds, None, "security",
                                         "requests (HTTP) and commands (RESP) per second per client address "
                                         "(decimals allowed), one budget across all workers; "

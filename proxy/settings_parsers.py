@@ -209,6 +209,19 @@ origin.expected = ("an http:// or https:// URL with a host and optionally a port
                     "no user, query or fragment")
 
 
+def host(raw: str) -> str:
+    """`www.example.com[:port]` (RFC 9110 §7.2 uri-host, an IPv6 literal in brackets): a Host
+    value sent as it is, so nothing that could split or bend a header."""
+    value = raw.strip()
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~]+)(?::(\d{1,5}))?", value)
+    if not match or (match.group(2) is not None and not 1 <= int(match.group(2)) <= 65535):
+        raise ValueError
+    return value
+
+
+host.expected = "a host name, optionally with :port (no scheme or path)"  # type: ignore[attr-defined]
+
+
 def prefix(raw: str) -> str:
     """`/_proxy`: a path of one or more segments, where the proxy's own routes answer."""
     prefix = raw.strip().rstrip("/")

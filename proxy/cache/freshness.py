@@ -15,6 +15,9 @@ UNDERSTOOD_STATUSES = HEURISTIC_STATUSES - {206} | {302, 303, 307}
 # The response fields that carry this cache's directives (RFC 9213 §2.1, then RFC 9111 §5.2).
 DIRECTIVE_FIELDS = (*cc.TARGETED_FIELDS, "cache-control")
 TTL, RFC = "ttl", "rfc"  # DEFAULT_FRESHNESS: what a response that states no freshness gets
+# RFC 9111 §3.5: the directives by which a response to a request with credentials says a shared
+# cache may store it.
+SHARED_DESPITE_CREDENTIALS = ("public", "s-maxage", "must-revalidate")
 
 
 class Policy:
@@ -117,6 +120,23 @@ class Policy:
         if self.default_freshness == RFC:
             return min(self.ttl, self.heuristic_lifetime(status, headers, now))
         return self.ttl
+
+    def credentialed_lifetime(self, headers: Mapping[str, str], now: float) -> float | None:
+        """For a response to a request with credentials (RFC 9111 §3.5: Authorization; Cookie
+        here too, whose answers are as personal: web cache deception stores them under a
+        static-looking path): None when it may not be stored, which is unless it says
+        `public`, `s-maxage` or `must-revalidate`; else its explicit freshness alone, at most
+        CACHE_TTL, never CACHE_TTL by default nor a heuristic (§4.2.2), so the origin's own
+        words are what shares it. Stored with no freshness, it needs a validator."""
+        directives = self.directives(headers)
+        if not any(name in directives for name in SHARED_DESPITE_CREDENTIALS):
+            return None
+        explicit = self.explicit_lifetime(headers, now)
+        lifetime = 0.0 if explicit is None or cc.field_names(directives, "no-cache")[0] \
+            else min(self.ttl, explicit)
+        if lifetime <= 0 and not ("etag" in headers or "last-modified" in headers):
+            return None  # nothing to reuse it by, and no way to revalidate it
+        return lifetime
 
     def may_serve_stale(self, headers: Mapping[str, str]) -> bool:
         """Whether a stored response may be served stale at all: not when it says no-cache,

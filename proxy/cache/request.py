@@ -23,6 +23,9 @@ CACHE_FILL_DROPPED = frozenset({"if-none-match", "if-modified-since", "if-match"
 # would vary on every client): left out of the single-flight key so that concurrent cold requests
 # from clients behind different addresses share one origin fetch.
 NOT_COALESCED = frozenset({"x-forwarded-for"})
+# Request fields that make an answer the sender's own (RFC 9111 §3.5 names Authorization; a
+# Cookie's answer is as personal): stored only when the response says it may be shared.
+CREDENTIALS = frozenset({"authorization", "cookie"})
 # The request fields the URL role reads of `headers`: Cache-Control and Pragma (its directives),
 # the conditionals and Range (proxy.cache.conditional), Accept-Encoding (its representation).
 CACHE_READ = frozenset({"cache-control", "pragma", "if-none-match", "if-modified-since",

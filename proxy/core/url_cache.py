@@ -27,7 +27,7 @@ from proxy.cache.freshness import (
 )
 from proxy.cache.local_cache import MISSING, URL_TIER, LocalCache
 from proxy.cache.representation import ACCEPT_ENCODING, represent, without
-from proxy.cache.request import ClientRequest, cache_fill_headers
+from proxy.cache.request import CREDENTIALS, ClientRequest, cache_fill_headers
 from proxy.cache.result import (
     BYPASS,
     HEADERS_TOO_LARGE,
@@ -131,7 +131,8 @@ class UrlCache(Coalescing, Storing, Purging):
                                  for name, value in cache_fill_headers(client).items())) \
             if client.forwarded else ()
         if forwarded or demands.no_store:
-            request = dataclasses.replace(request, forwarded=forwarded, store=not demands.no_store)
+            request = dataclasses.replace(request, forwarded=forwarded, store=not demands.no_store,
+                                          credentials=any(name in CREDENTIALS for name, _ in forwarded))
         result = represent(self._answer(request, demands), client.headers.get("accept-encoding"))
         return conditional.respond(client.method, client.headers, result) if client.headers else result
 
@@ -308,17 +309,25 @@ class UrlCache(Coalescing, Storing, Purging):
             log.info("not storing %s: its %s header holds more than %d tags or one that is not "
                      "1-256 visible ASCII characters", request.redis_key, "/".join(tag_headers),
                      MAX_TAGS)
+        refusal = self.policy.refusal(response.status, response.headers, now) if request.store \
+            else "request"
+        lifetime = self.policy.lifetime(response.headers, now, response.status)
+        if request.credentials and not refusal:
+            # RFC 9111 §3.5: stored only if it says so, fresh only as long as it says.
+            shared = self.policy.credentialed_lifetime(response.headers, now)
+            if shared is None:
+                refusal = "credentials"
+            else:
+                lifetime = shared
         # Every end-to-end header is relayed (the tags are the entry's, not a header: shown only
         # with TAG_HEADER_SHOWN); the origin's Date kept (one added if it sent none).
         entry = Entry(status=response.status, body=response.body, url=request.canonical,
                       fetched_at=now - self.policy.initial_age(response.headers, request_time, now),
-                      fresh_for=self.policy.lifetime(response.headers, now, response.status),
+                      fresh_for=lifetime,
                       headers=with_date(without(self.policy.stored_headers(response.headers),
                                                  tag_headers), now),
                       via=response.hops, vary=self._vary_of(request, response.headers),
                       tags=tags or ())
-        refusal = self.policy.refusal(response.status, response.headers, now) if request.store \
-            else "request"
         if refusal == HEADERS_TOO_LARGE:
             log.info("not storing %s: its headers exceed MAX_STORED_HEADERS (%d fields) or "
                      "MAX_STORED_HEADER_BYTES (%d bytes)", request.redis_key,

@@ -15,6 +15,7 @@ class UrlRequest:
     # Range: cache_fill_headers), names lower-case, sorted.
     forwarded: tuple[tuple[str, str], ...] = ()
     store: bool = True  # False for a request saying no-store: its answer is not stored
+    credentials: bool = False  # it forwards Authorization or Cookie (RFC 9111 §3.5)
 
 
 @dataclasses.dataclass(frozen=True)

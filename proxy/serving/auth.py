@@ -21,8 +21,9 @@ AUTH_BLOCKED = "too many failed authentications"
 
 # Routes anyone may reach: a load balancer's health check carries no token.
 OPEN_ROUTES = frozenset({"/health"})
-# /metrics and what reads the same figures: open unless METRICS_REQUIRE_AUTH.
-METRICS_ROUTES = frozenset({"/metrics", "/stats", "/dashboard"})
+# Counters alone, for a Prometheus scraper: METRICS_REQUIRE_AUTH=false opens it (and it alone:
+# /stats and /dashboard show the paths of the last errors).
+METRICS_ROUTE = "/metrics"
 
 
 def _challenge(error: str) -> dict[str, str]:
@@ -44,7 +45,7 @@ def read_tokens_file(path: str) -> list[str]:
 class Authenticator:
     """Decides whether a request may proceed. No tokens means the proxy is open."""
 
-    def __init__(self, tokens: Iterable[str] = (), *, metrics_require_auth: bool = False,
+    def __init__(self, tokens: Iterable[str] = (), *, metrics_require_auth: bool = True,
                  fail_limiter: RateLimiter | None = None):
         self._digests = tuple(_digest(token) for token in tokens)
         self.metrics_require_auth = metrics_require_auth
@@ -59,7 +60,7 @@ class Authenticator:
         """Whether `path` (the route, without the query) needs a token."""
         if not self.enabled or path in OPEN_ROUTES:
             return False
-        if path in METRICS_ROUTES:
+        if path == METRICS_ROUTE:
             return self.metrics_require_auth
         return True
 
@@ -77,6 +78,22 @@ class Authenticator:
             if authorization:  # credentials were presented and refused: a guess, counted
                 self.failed(peer, forwarded_for)
             raise
+
+    def check_site(self, authorization: Sequence[str], peer: str = "",
+                   forwarded_for: Sequence[str] = ()) -> None:
+        """A request for the origin's site, which the tokens do not guard: TooManyRequests while
+        the client is blocked, as on the proxy's routes; a bearer token in it that is not one of
+        ours counts as a failed attempt. Else the answers would be an oracle without a limit:
+        our token is kept here and the cached page answers, any other is forwarded and the
+        origin answers. Other schemes (Basic...) are the origin's business: not counted."""
+        if not self.enabled:
+            return
+        self.refuse_if_blocked(peer, forwarded_for)
+        for value in authorization:
+            match = _BEARER.fullmatch(value.strip(" \t"))
+            if match is not None and not self.accepts(match.group(1)):
+                self.failed(peer, forwarded_for)  # once per request, as on the proxy's routes
+                return
 
     def _check_header(self, authorization: Sequence[str]) -> None:
         if len(authorization) != 1:

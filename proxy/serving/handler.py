@@ -99,13 +99,15 @@ class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
 
     def admit(self, path: str | None, peer: str, headers: Fields) -> None:
         """CONTRACT §4: authentication first, then the rate limit; raises what refuses. `path`
-        None: a request for the origin's site, which the proxy's tokens do not guard."""
-        if self.rate_limiter is None and (path is None or not self.authenticator.enabled):
+        None: a request for the origin's site (Authenticator.check_site)."""
+        if self.rate_limiter is None and not self.authenticator.enabled:
             return  # open, and no limit: nothing to read
         forwarded_for = headers.get_all("X-Forwarded-For") or []
+        authorization = headers.get_all("Authorization") or []
         if path is not None:
-            self.authenticator.check(path, headers.get_all("Authorization") or [], peer,
-                                     forwarded_for)
+            self.authenticator.check(path, authorization, peer, forwarded_for)
+        else:
+            self.authenticator.check_site(authorization, peer, forwarded_for)
         if self.rate_limiter is not None:
             self.rate_limiter.check(peer, forwarded_for)
 

@@ -50,6 +50,11 @@ class ClientAddress:
     def is_trusted(self, address: IPAddress) -> bool:
         return any(address in net for net in self.trusted)
 
+    def trusts(self, peer: str) -> bool:
+        """Whether the socket peer `peer` is one of the trusted proxies."""
+        address = _address(peer) if self.trusted else None
+        return address is not None and self.is_trusted(address)
+
     def resolve(self, peer: str, forwarded_for: Sequence[str] = ()) -> str:
         """The client's address; `forwarded_for` is every X-Forwarded-For header, in order."""
         nearest = _address(peer)

@@ -1,37 +1,66 @@
 """Reverse-proxy mode: which paths are the origin's, the URL each maps to, and what is forwarded."""
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from proxy.cache import keys as cache_keys
 from proxy.cache.request import end_to_end
+from proxy.serving.rate_limit import ClientAddress
 from proxy.serving.request_head import Fields
 
 DEFAULT_ADMIN_PREFIX = "/_proxy"
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # nginx's client_max_body_size default, 1m
-# Request fields the proxy sets itself (Host, X-Forwarded-*), or handles on its own hop (Expect:
-# 100-continue is answered here), or replaces (Accept-Encoding: the fetcher asks for identity,
-# so what is stored is what every client can read).
-NOT_FORWARDED = frozenset({"host", "expect", "accept-encoding", "x-forwarded-proto",
-                           "x-forwarded-host"})
+# Request fields the proxy sets itself (Host, X-Forwarded-Host), or handles on its own hop
+# (Expect: 100-continue is answered here), or replaces (Accept-Encoding: the fetcher asks for
+# identity, so what is stored is what every client can read). The client's Host is never
+# forwarded: it is not in the cache key, so an origin building a page from it would have one
+# client's Host served to all (cache poisoning).
+NOT_FORWARDED = frozenset({"host", "expect", "accept-encoding", "x-forwarded-host"})
+# Fields by which a proxy in front tells the origin who the client is or what it asked for, and
+# the method overrides frameworks honour: from a peer not in TRUSTED_PROXIES they are the
+# client's own word, unkeyed, and an origin believing them (`X-Original-URL: /admin`) would have
+# its answer stored for everyone. Every `X-Forwarded-*` field is dropped likewise.
+SPOOFABLE = frozenset({"forwarded", "x-real-ip", "x-client-ip", "true-client-ip",
+                       "x-cluster-client-ip", "x-original-url", "x-rewrite-url", "x-original-host",
+                       "x-host", "x-http-host-override", "x-http-method-override",
+                       "x-http-method", "x-method-override"})
+FORWARDED_PREFIX = "x-forwarded-"
+PROTOCOLS = ("http", "https")  # the X-Forwarded-Proto values a trusted proxy may pass on
 
 
 @dataclass(frozen=True)
 class Site:
-    """ORIGIN_URL ("" = the URL role alone), ADMIN_PREFIX and MAX_BODY_BYTES, read by routing."""
+    """ORIGIN_URL ("" = the URL role alone), ADMIN_PREFIX, MAX_BODY_BYTES, PUBLIC_HOST and
+    TRUSTED_PROXIES: which paths are the origin's, and what a request for it forwards."""
 
     origin: str = ""
     admin_prefix: str = DEFAULT_ADMIN_PREFIX
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    public_host: str = ""  # "": the origin's own host
+    trusted_proxies: tuple[str, ...] = ()
+    _clients: ClientAddress = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_clients", ClientAddress(self.trusted_proxies))
 
     def route(self, path: str) -> str | None:
         """The proxy's own route that `path` names (`/_proxy/health` -> `/health`), or None
-        when the path is the origin's. Without an origin the root routes answer too."""
+        when the path is the origin's. Without an origin the root routes answer too. In front
+        of an origin the path is decided normalised, as `target` sends it (RFC 3986 §6.2.2):
+        `/x/../_proxy/stats` is the proxy's, `/_proxy/../p` the origin's `/p`."""
+        if self.origin and path[:1] == "/" and ("%" in path or "/." in path):
+            path = self.normal_path(path)  # only these can change what the prefix matches
         prefix = self.admin_prefix
         if path == prefix or path.startswith(prefix + "/"):
             return path[len(prefix):] or "/"
         return None if self.origin else path
+
+    @staticmethod
+    def normal_path(path: str) -> str:
+        """`path` in the normal form of RFC 3986 §6.2.2: percent-encodings of unreserved
+        characters decoded, the others upper-cased, dot-segments removed."""
+        return urlsplit(cache_keys.target_url("http://site" + path, [])).path
 
     def target(self, path: str, query: str) -> str:
         """The origin's URL for a site request: ORIGIN_URL + path + query, the path normalised
@@ -43,13 +72,20 @@ class Site:
                   is_own_credential: Callable[[str], bool]) -> dict[str, str]:
         """The request fields sent to the origin, as nginx sets them in front of a site:
         end-to-end fields only (RFC 9110 §7.6.1), never the proxy's own bearer token; `Host`
-        the origin's; `X-Forwarded-For` the client's chain plus the peer's address;
-        `X-Forwarded-Proto` http; `X-Forwarded-Host` the Host the client asked for."""
+        the origin's; `X-Forwarded-Host` PUBLIC_HOST (else the origin's host), never the
+        client's Host. From a peer in TRUSTED_PROXIES its forwarding fields pass, its
+        `X-Forwarded-For` chain gets the peer appended (nginx's $proxy_add_x_forwarded_for)
+        and its `X-Forwarded-Proto` (http or https) is kept; from any other peer they are
+        dropped (SPOOFABLE, every X-Forwarded-*), `X-Forwarded-For` is the peer's address and
+        `X-Forwarded-Proto` http."""
+        trusted = self._clients.trusts(peer)
         names: dict[str, str] = {}  # lower-case name -> the name as the client first wrote it
         values: dict[str, list[str]] = {}
         for name, value in end_to_end(list(headers.items())):
             lower = name.lower()
             if lower in NOT_FORWARDED or (lower == "authorization" and is_own_credential(value)):
+                continue
+            if not trusted and (lower in SPOOFABLE or lower.startswith(FORWARDED_PREFIX)):
                 continue
             names.setdefault(lower, name)
             values.setdefault(lower, []).append(value)
@@ -57,10 +93,10 @@ class Site:
         fields = {names[lower]: ("; " if lower == "cookie" else ", ").join(parts)
                   for lower, parts in values.items()}
         chain = fields.pop(names.get("x-forwarded-for", "X-Forwarded-For"), "")
-        fields["Host"] = urlsplit(self.origin).netloc
+        proto = fields.pop(names.get("x-forwarded-proto", "X-Forwarded-Proto"), "").strip().lower()
+        host = urlsplit(self.origin).netloc
+        fields["Host"] = host
         fields["X-Forwarded-For"] = f"{chain}, {peer}" if chain else peer
-        fields["X-Forwarded-Proto"] = "http"
-        host = headers.get("Host")
-        if host:
-            fields["X-Forwarded-Host"] = host
+        fields["X-Forwarded-Proto"] = proto if proto in PROTOCOLS else "http"
+        fields["X-Forwarded-Host"] = self.public_host or host
         return fields

@@ -77,13 +77,13 @@ def test_comparison_visits_every_token_without_an_early_exit(monkeypatch):
     assert calls == [(32, 32)] * 6
 
 
-def test_health_is_open_and_metrics_follows_its_setting():
+def test_health_alone_is_open_and_metrics_may_be_opened_alone():
     authn = Authenticator([TOKEN])
     assert not authn.required_for("/health")
-    assert not authn.required_for("/metrics")
-    assert Authenticator([TOKEN], metrics_require_auth=True).required_for("/metrics")
-    for path in ("/", "/get/k", "/nowhere", "/health/", "/HEALTH", "*"):
+    for path in ("/", "/get/k", "/nowhere", "/health/", "/HEALTH", "*", "/metrics", "/stats", "/dashboard"):
         assert authn.required_for(path), path
+    scraped = Authenticator([TOKEN], metrics_require_auth=False)
+    assert [scraped.required_for(path) for path in ("/metrics", "/stats", "/dashboard")] == [False, True, True]
 
 
 # ----- failed authentications: AUTH_FAIL_LIMIT per client per minute ---------------------------
@@ -204,8 +204,8 @@ def test_short_tokens_are_warned_about(caplog):
 
 
 def test_metrics_require_auth_setting():
-    assert load_settings({}, env_file=None).metrics_require_auth is False
-    assert load_settings({"METRICS_REQUIRE_AUTH": "true"}, env_file=None).metrics_require_auth is True
+    assert load_settings({}, env_file=None).metrics_require_auth is True
+    assert load_settings({"METRICS_REQUIRE_AUTH": "false"}, env_file=None).metrics_require_auth is False
 
 
 # ----- through the server ----------------------------------------------------------------------

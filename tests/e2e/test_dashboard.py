@@ -7,13 +7,14 @@ import re
 import shutil
 import subprocess
 import time
-from urllib.parse import quote
+from urllib.parse import quote, urljoin
 
 import pytest
 
 from http_server import make_server
 from proxy.serving.auth import Authenticator
 from proxy.serving.metrics import Metrics
+from proxy.serving.site import Site
 from proxy.serving.stats import History
 from servers import ServerThread, q, request
 
@@ -77,7 +78,7 @@ def test_stats_reports_tiers_upstream_redis_l1_connections_and_errors(served, up
     # This one, and earlier ones until their server threads notice they closed.
     assert list(s["connections"]) == ["http"] and s["connections"]["http"] >= 1
     (error,) = s["errors"]
-    assert error["status"] == 502 and error["path"] == "/?url=" + quote("http://127.0.0.1:1/down", safe="") + "&key=down"
+    assert error["status"] == 502 and error["path"] == "/?url=***&key=***"  # query values masked
     assert error["detail"] == "connection refused by 127.0.0.1:1"
 
 
@@ -102,14 +103,25 @@ def test_stats_history_gives_requests_per_second_and_hit_ratio_per_interval(serv
     assert series[0]["upstream_ms"] > 0
 
 
-@pytest.mark.parametrize("route", ["/stats", "/dashboard"])
-@pytest.mark.parametrize("require, status", [(False, 200), (True, 401)])
-def test_stats_and_dashboard_follow_the_metrics_auth_rule(make_proxy, route, require, status):
-    proxy = make_proxy(server_options={"authenticator": Authenticator(
-        [TOKEN], metrics_require_auth=require)})
-    assert request(proxy.port, route).status == status
+@pytest.mark.parametrize("route", ["/stats", "/dashboard", "/_proxy/stats", "/_proxy/dashboard"])
+@pytest.mark.parametrize("options", [{}, {"metrics_require_auth": False}])
+def test_stats_and_dashboard_need_the_token_even_with_metrics_open(make_proxy, route, options):
+    proxy = make_proxy(server_options={"authenticator": Authenticator([TOKEN], **options)})
+    refused = request(proxy.port, route)
+    assert refused.status == 401
+    assert refused.json()["error"] == "unauthorized"
     assert request(proxy.port, route, headers={"Authorization": f"Bearer {TOKEN}"}).status == 200
-    assert request(proxy.port, route, method="DELETE").status == (401 if require else 405)
+    assert request(proxy.port, route, method="DELETE").status == 401  # authentication first
+
+
+def test_last_errors_show_the_path_and_the_query_names_never_their_values(make_proxy):
+    # In front of an origin where nothing listens: each site request is a 502.
+    site = Site("http://127.0.0.1:1")
+    proxy = make_proxy(origin=site.origin, server_options={"site": site})
+    got = request(proxy.port, "/reset?reset_token=s3cret-reset&api_key=k3y&flag&empty=")
+    assert got.status == 502
+    (error,) = request(proxy.port, "/_proxy/stats").json()["errors"]
+    assert (error["status"], error["path"]) == (502, "/reset?reset_token=***&api_key=***&***&empty=***")
 
 
 def test_dashboard_is_one_page_with_nothing_fetched_from_elsewhere(make_proxy):
@@ -121,7 +133,22 @@ def test_dashboard_is_one_page_with_nothing_fetched_from_elsewhere(make_proxy):
     page = got.body.decode()
     assert page.startswith("<!doctype html>")
     assert not re.search(r"\b(src|href)\s*=|@import|url\(|<link", page)  # no external asset
-    assert 'fetch("/stats"' in page and "setInterval(refresh, REFRESH_MS)" in page
+    assert 'fetch("stats"' in page and "setInterval(refresh, REFRESH_MS)" in page
+
+
+def test_the_page_reads_the_stats_beside_it_so_under_origin_url_the_proxys_not_the_origins(make_proxy, origin):
+    origin.serve("/stats", b"the origin's own stats page")
+    proxy = make_proxy(origin=origin.url(""), server_options={"site": Site(origin.url(""))})
+    page = request(proxy.port, "/_proxy/dashboard").body.decode()
+    fetched = re.search(r'fetch\("([^"]*)"', page).group(1)
+    # A browser resolves the fetch against the page's own URL (RFC 3986 §5.2).
+    stats = urljoin("/_proxy/dashboard", fetched)
+    assert stats == "/_proxy/stats"
+    got = request(proxy.port, stats)
+    assert (got.status, got.headers["Content-Type"]) == (200, "application/json")
+    assert "series" in got.json()
+    assert urljoin("/dashboard", fetched) == "/stats"  # at the root, as before
+    assert origin.hits["/stats"] == 0
 
 
 def chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:

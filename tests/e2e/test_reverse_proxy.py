@@ -10,9 +10,11 @@ import threading
 import pytest
 import requests
 
+from load_env import load_settings
 from proxy import __version__
 from proxy.cache.freshness import Policy
 from proxy.cache.keys import canonical_url, url_digest
+from proxy.errors import ConfigError
 from proxy.serving.auth import Authenticator
 from proxy.serving.rate_limit import RateLimiter
 from proxy.serving.site import Site
@@ -27,9 +29,11 @@ TOKEN = "proxy-token-0123456789abcdef"
 def site_proxy(make_proxy, origin):
     """A proxy in front of `origin` (ORIGIN_URL = the origin's root unless `base` is given)."""
     def build(base: str = "", *, max_body_bytes: int = 1024 * 1024, tokens: tuple[str, ...] = (),
-              header_timeout: float = 10.0, server_options_extra: dict | None = None, **options):
+              header_timeout: float = 10.0, server_options_extra: dict | None = None,
+              public_host: str = "", trusted_proxies: tuple[str, ...] = (), **options):
         origin_url = origin.url(base)
-        site = Site(origin_url, max_body_bytes=max_body_bytes)
+        site = Site(origin_url, max_body_bytes=max_body_bytes, public_host=public_host,
+                    trusted_proxies=trusted_proxies)
         return make_proxy(origin=origin_url, server_options={
             "site": site, "authenticator": Authenticator(tokens), "header_timeout": header_timeout,
             **(server_options_extra or {})}, **options)
@@ -132,7 +136,8 @@ def _cold_gets_from_twenty_clients(proxy, origin, path: str, origin_headers: dic
 
 
 def test_cold_gets_from_clients_behind_different_forwarded_for_make_one_origin_fetch(site_proxy, origin):
-    proxy = site_proxy(server_options_extra={"max_parallel": 64})
+    # The clients are behind a trusted proxy (on loopback), whose X-Forwarded-For is kept.
+    proxy = site_proxy(server_options_extra={"max_parallel": 64}, trusted_proxies=("127.0.0.1",))
     answers = _cold_gets_from_twenty_clients(proxy, origin, "/popular", {"Cache-Control": "max-age=60"})
     assert answers == [(200, b"one page for all")] * 20
     assert origin.hits["GET /popular"] == 1
@@ -196,13 +201,93 @@ def test_forwarded_headers_are_the_end_to_end_ones_plus_host_and_x_forwarded(sit
         "accept-language": "fr",
         "cookie": "a=1",
         "x-custom": "kept",
-        "x-forwarded-for": "203.0.113.7, 127.0.0.1",
+        "x-forwarded-for": "127.0.0.1",  # the peer is no trusted proxy: its chain is its word
         "x-forwarded-proto": "http",
-        "x-forwarded-host": "www.example.com",
+        "x-forwarded-host": f"127.0.0.1:{origin.port}",  # no PUBLIC_HOST: the origin's host
         "accept-encoding": "identity",  # the fetcher's: what is stored must suit every client
         "connection": "keep-alive",  # the proxy's own connection to the origin
     }
     assert len(seen.fields) == 11  # each once
+
+
+def _echo_forwarding(handler):
+    """An origin page built from what the request says about the client, as frameworks do."""
+    names = ("X-Forwarded-Host", "X-Forwarded-For", "X-Forwarded-Proto", "X-Original-URL")
+    handler.reply(200, b"; ".join(f"{name}={handler.headers.get(name)}".encode() for name in names),
+                  {"Content-Type": "text/plain"})
+
+
+def test_the_clients_host_is_never_forwarded_so_it_cannot_poison_the_cache(site_proxy, origin):
+    origin.route("/p", _echo_forwarding)
+    proxy = site_proxy(public_host="www.example.com")
+    poisoned = raw(proxy.port, "GET", "/p", {"Host": "evil.example"})
+    plain = raw(proxy.port, "GET", "/p")
+    expected = (b"X-Forwarded-Host=www.example.com; X-Forwarded-For=127.0.0.1; "
+                b"X-Forwarded-Proto=http; X-Original-URL=None")
+    assert (poisoned[0], poisoned[2], header(poisoned[1], "X-Cache")) == (200, expected, ["MISS"])
+    assert (plain[0], plain[2], header(plain[1], "X-Cache")) == (200, expected, ["HIT"])
+    assert origin.hits["GET /p"] == 1
+    (seen,) = origin.seen
+    assert seen.header("Host") == [f"127.0.0.1:{origin.port}"]
+
+
+def test_without_public_host_the_origins_own_host_is_the_forwarded_host(site_proxy, origin):
+    origin.route("/p", _echo_forwarding)
+    proxy = site_proxy()
+    got = raw(proxy.port, "GET", "/p", {"Host": "evil.example"})
+    assert got[2].startswith(f"X-Forwarded-Host=127.0.0.1:{origin.port}; ".encode())
+
+
+SPOOFED = {"Forwarded": "for=1.2.3.4;host=evil.example;proto=https",
+           "X-Forwarded-For": "203.0.113.7", "X-Forwarded-Host": "evil.example",
+           "X-Forwarded-Proto": "https", "X-Forwarded-Port": "8443", "X-Forwarded-Scheme": "https",
+           "X-Forwarded-Prefix": "/evil", "X-Forwarded-Server": "evil.example",
+           "X-Real-IP": "10.0.0.1", "X-Original-URL": "/admin/secret",
+           "X-Rewrite-URL": "/admin/secret", "X-HTTP-Method-Override": "DELETE",
+           "X-HTTP-Method": "DELETE", "X-Method-Override": "DELETE", "X-Host": "evil.example",
+           "X-Original-Host": "evil.example", "True-Client-IP": "10.0.0.1", "X-Client-IP": "10.0.0.1"}
+
+
+def test_forwarding_and_override_fields_from_an_untrusted_client_never_reach_the_origin(site_proxy, origin):
+    origin.route("/p", _echo_forwarding)
+    proxy = site_proxy()
+    spoofed = raw(proxy.port, "GET", "/p", SPOOFED)
+    plain = raw(proxy.port, "GET", "/p")
+    expected = (f"X-Forwarded-Host=127.0.0.1:{origin.port}; X-Forwarded-For=127.0.0.1; "
+                "X-Forwarded-Proto=http; X-Original-URL=None").encode()
+    assert (spoofed[2], plain[2], header(plain[1], "X-Cache")) == (expected, expected, ["HIT"])
+    (seen,) = origin.seen
+    sent = {name.lower() for name, _ in seen.fields}
+    assert sent == {"host", "accept-encoding", "connection", "user-agent", "accept",  # the fetcher's
+                    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+    # Passed through (not cached), the same fields are dropped.
+    assert raw(proxy.port, "POST", "/p", SPOOFED, b"x")[0] == 200
+    assert {name.lower() for name, _ in origin.seen[-1].fields} == sent | {"content-length"}
+
+
+def test_a_trusted_proxys_forwarding_fields_pass_and_its_chain_is_appended_to(site_proxy, origin):
+    origin.route("/p", _echo_forwarding)
+    proxy = site_proxy(public_host="www.example.com", trusted_proxies=("127.0.0.0/8",))
+    got = raw(proxy.port, "GET", "/p", SPOOFED)
+    assert got[2] == (b"X-Forwarded-Host=www.example.com; X-Forwarded-For=203.0.113.7, 127.0.0.1; "
+                      b"X-Forwarded-Proto=https; X-Original-URL=/admin/secret")
+    (seen,) = origin.seen
+    assert seen.header("Forwarded") == [SPOOFED["Forwarded"]]
+    assert seen.header("X-Forwarded-Port") == ["8443"]
+    assert seen.header("X-Real-IP") == ["10.0.0.1"]
+    assert seen.header("X-Forwarded-Host") == ["www.example.com"]  # PUBLIC_HOST, even from it
+
+
+def test_public_host_setting(tmp_path):
+    assert load_settings({}, env_file=None).public_host == ""
+    assert load_settings({"PUBLIC_HOST": "www.example.com:8443"}, env_file=None).public_host == \
+        "www.example.com:8443"
+    assert load_settings({"PUBLIC_HOST": "[::1]"}, env_file=None).public_host == "[::1]"
+    for bad in ("http://www.example.com", "www.example.com/x", "a b", "host:0", "host:99999", "h\r\nX: 1"):
+        with pytest.raises(ConfigError) as caught:
+            load_settings({"PUBLIC_HOST": bad}, env_file=None)
+        assert str(caught.value).startswith("PUBLIC_HOST=")
+        assert "expected a host name, optionally with :port (no scheme or path)" in str(caught.value)
 
 
 def test_repeated_cookie_headers_are_joined_as_one_cookie_line(site_proxy, origin):
@@ -483,6 +568,116 @@ def test_tokens_guard_the_admin_routes_not_the_site_and_are_never_forwarded(site
     assert header(answers[0][1], "Cache-Status") == ["redis-proxy; fwd=request; fwd-status=200"]
     assert origin.seen[-1].header("Authorization") == ["Basic dXNlcjpwdw=="]
     assert r.exists(redis_key_of(origin.url("/account"))) == 0
+
+
+@pytest.mark.parametrize("target", ["/x/../_proxy/health", "/_proxy/./health", "/x/%2e%2e/_proxy/health",
+                                    "/%5Fproxy/health", "/a/b/../../_proxy/x/../health"])
+def test_routing_decides_on_the_normalised_path_so_dot_segments_reach_the_proxys_routes(site_proxy, origin,
+                                                                                        target):
+    origin.serve("/_proxy/health", b"the origin's page")
+    proxy = site_proxy()
+    got = request(proxy.port, target)
+    assert (got.status, got.json()["status"]) == (200, "ok")
+    assert origin.seen == []
+
+
+def test_a_dot_segment_out_of_the_admin_prefix_is_the_origins_path(site_proxy, origin):
+    origin.serve("/p", b"site page")
+    proxy = site_proxy(tokens=(TOKEN,))
+    got = request(proxy.port, "/_proxy/../p")
+    assert (got.status, got.body) == (200, b"site page")
+    assert [seen.target for seen in origin.seen] == ["/p"]
+    # Normalised, a proxy route still needs its token.
+    assert request(proxy.port, "/p/../_proxy/get/k").status == 401
+
+
+class _Clock:
+    now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_wrong_bearer_on_a_site_path_is_a_failed_attempt_and_past_the_limit_every_answer_is_429(
+        site_proxy, origin):
+    origin.counter("/p")
+    limiter = RateLimiter(3 / 60, 3, clock=_Clock())
+    proxy = site_proxy(server_options_extra={"authenticator": Authenticator([TOKEN], fail_limiter=limiter)})
+    own, wrong = {"Authorization": f"Bearer {TOKEN}"}, {"Authorization": "Bearer not-our-token-0123"}
+    assert raw(proxy.port, "GET", "/p", own)[2] == b"version 1"  # stored
+    # The origin's own schemes are not guesses: forwarded, never counted.
+    assert [raw(proxy.port, "GET", "/p", {"Authorization": "Basic dXNlcjpwdw=="})[0]
+            for _ in range(5)] == [200] * 5
+    assert limiter.wait("127.0.0.1", take=False) == 0
+    # Under the limit a wrong bearer is forwarded, as before, but counted: 3 of 3.
+    assert [raw(proxy.port, "GET", "/p", wrong)[2] for _ in range(3)] == \
+        [b"version 7", b"version 8", b"version 9"]
+    assert limiter.wait("127.0.0.1", take=False) == 20  # spent: the next attempt in 20 s
+    # Past it, our token and a wrong one get the same answer: nothing tells them apart.
+    answers = [raw(proxy.port, "GET", "/p", headers) for headers in (own, wrong, {})]
+    assert [(status, body) for status, _, body in answers] == [(429, answers[0][2])] * 3
+    assert json.loads(answers[0][2]) == {
+        "error": "too many failed authentications",
+        "detail": "over 3 failed authentications per minute from your address; retry in 20 s"}
+    assert [header(fields, "Retry-After") for _, fields, _ in answers] == [["20"]] * 3
+    assert request(proxy.port, "/_proxy/get/k", headers=own).status == 429  # as on the proxy's routes
+    assert request(proxy.port, "/_proxy/health").status == 200
+    assert origin.hits["GET /p"] == 9
+
+
+# ----- web cache deception: answers to requests with credentials (RFC 9111 §3.5) --------------
+
+ACCOUNT = "/account.php/1/x.css"  # a personal page behind a path that looks like a static file
+
+
+def _account_page(cache_control: str):
+    def page(handler):
+        fields = {"Content-Type": "text/css", "Last-Modified": "Mon, 01 Jan 2001 00:00:00 GMT"}
+        if cache_control:
+            fields["Cache-Control"] = cache_control
+        handler.reply(200, f"account of {handler.headers.get('Cookie')}".encode(), fields)
+    return page
+
+
+@pytest.mark.parametrize("freshness", ["ttl", "rfc"])
+@pytest.mark.parametrize("cookie_header", ["Cookie", "Authorization"])
+def test_an_answer_to_a_request_with_credentials_that_does_not_say_public_is_not_stored(
+        site_proxy, origin, r, freshness, cookie_header):
+    origin.route(ACCOUNT, _account_page(""))
+    proxy = site_proxy(policy=Policy(ttl=3600.0, default_freshness=freshness))
+    mine = raw(proxy.port, "GET", ACCOUNT, {cookie_header: "sid=alice"})
+    assert (mine[0], header(mine[1], "X-Cache")) == (200, ["MISS"])
+    assert r.exists(redis_key_of(origin.url(ACCOUNT))) == 0
+    theirs = raw(proxy.port, "GET", ACCOUNT)
+    assert (theirs[2], header(theirs[1], "X-Cache")) == (b"account of None", ["MISS"])
+    assert origin.hits["GET " + ACCOUNT] == 2
+    # Without credentials the same answer is stored as before (heuristic or CACHE_TTL freshness).
+    assert header(raw(proxy.port, "GET", ACCOUNT)[1], "X-Cache") == ["HIT"]
+
+
+@pytest.mark.parametrize("cache_control", ["public, max-age=60", "s-maxage=60", "must-revalidate, max-age=60"])
+def test_an_answer_to_a_request_with_a_cookie_that_says_it_may_be_shared_is_stored_for_its_own_freshness(
+        site_proxy, origin, r, cache_control):
+    origin.route(ACCOUNT, _account_page(cache_control))
+    proxy = site_proxy()  # DEFAULT_FRESHNESS=ttl: CACHE_TTL 3600 s would apply without credentials
+    assert raw(proxy.port, "GET", ACCOUNT, {"Cookie": "sid=alice"})[2] == b"account of sid=alice"
+    theirs = raw(proxy.port, "GET", ACCOUNT)
+    assert (theirs[2], header(theirs[1], "X-Cache")) == (b"account of sid=alice", ["HIT"])
+    assert origin.hits["GET " + ACCOUNT] == 1
+    assert 55 < r.ttl(redis_key_of(origin.url(ACCOUNT))) <= 60
+
+
+@pytest.mark.parametrize("freshness", ["ttl", "rfc"])
+def test_public_without_a_lifetime_on_a_cookie_request_is_stored_stale_never_with_default_freshness(
+        site_proxy, origin, freshness):
+    origin.route(ACCOUNT, _account_page("public"))
+    proxy = site_proxy(policy=Policy(ttl=3600.0, default_freshness=freshness), stale_ttl=300.0)
+    raw(proxy.port, "GET", ACCOUNT, {"Cookie": "sid=alice"})
+    theirs = raw(proxy.port, "GET", ACCOUNT)  # revalidated: the origin asked again
+    assert origin.hits["GET " + ACCOUNT] == 2
+    assert origin.seen[-1].header("If-Modified-Since") == ["Mon, 01 Jan 2001 00:00:00 GMT"]
+    assert origin.seen[-1].header("Cookie") == []
+    assert theirs[2] == b"account of None"
 
 
 def test_a_target_not_in_origin_form_is_400(site_proxy, origin):

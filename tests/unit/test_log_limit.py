@@ -49,10 +49,10 @@ def test_a_level_the_logger_drops_is_not_counted(caplog):
     assert limiter._kinds == {}
 
 
-def test_masked_target_hides_a_password_and_keeps_the_rest():
-    assert masked_target("/?url=http%3A%2F%2Fu%3Apw%40h%2Fp&key=k") == \
-        "/?url=http%3A%2F%2Fu%3A%2A%2A%2A%40h%2Fp&key=k"
-    plain = "/?url=http%3A%2F%2Fh%2Fp%3Fq%3D1&key=k"
-    assert masked_target(plain) is plain  # nothing to mask: not even copied
-    assert masked_target("/?url=http%3A%2F%2Fuser%40h%2F") == "/?url=http%3A%2F%2Fuser%40h%2F"
-    assert masked_target("/get/a@b") == "/get/a@b"
+def test_masked_target_keeps_the_path_and_the_query_names_and_masks_every_value():
+    assert masked_target("/?url=http%3A%2F%2Fu%3Apw%40h%2Fp%3Fapi_key%3Dk&key=k") == "/?url=***&key=***"
+    assert masked_target("/reset?reset_token=abc&api_key=xyz") == "/reset?reset_token=***&api_key=***"
+    assert masked_target("/p?bare&empty=&a=b=c&&x") == "/p?***&empty=***&a=***&&***"
+    plain = "/get/a@b"
+    assert masked_target(plain) is plain  # no query: nothing to mask, not even copied
+    assert masked_target("/p?") == "/p?"
