@@ -590,6 +590,42 @@ def test_with_origin_url_the_rfc_statuses_are_stored_and_cache_ttl_caps_max_age_
         stop_proxy(process)
 
 
+EARLY_HINTS = (b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload; as=style\r\n"
+               b"Link: </a.js>; rel=preload; as=script\r\nX-My-Header: test\r\nSet-Cookie: id=1\r\n"
+               b"Connection: x-hop\r\nX-Hop: 1\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_a_103_reaches_the_http11_client_of_the_miss_before_the_answer_and_is_never_stored(
+        site_proxy, origin):
+    """RFC 8297 / RFC 9110 §15.2: the origin's Early Hints are relayed as they come, with their
+    end-to-end fields (both Link lines) but not Set-Cookie, hop-by-hop or framing ones; a later
+    hit has none, and an HTTP/1.0 client (no interim responses) gets only the answer."""
+    def route(handler):
+        handler.wfile.write(EARLY_HINTS)
+        handler.reply(200, b"hinted page", {"Cache-Control": "max-age=60"})
+
+    origin.route("/hinted", route)
+    proxy = site_proxy()
+    get = b"GET /hinted HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n"
+    interim, _, final = raw_exchange(proxy.port, get).partition(b"\r\n\r\n")
+    assert interim.split(b"\r\n") == [b"HTTP/1.1 103 Early Hints", b"Link: </s.css>; rel=preload; as=style",
+                                       b"Link: </a.js>; rel=preload; as=script", b"X-My-Header: test"]
+    assert final.startswith(b"HTTP/1.1 200 OK\r\n") and final.endswith(b"\r\n\r\nhinted page")
+    assert b"\r\nX-Cache: MISS\r\n" in final and b"Early Hints" not in final
+    again = raw_exchange(proxy.port, get)
+    assert again.startswith(b"HTTP/1.1 200 OK\r\n") and again.endswith(b"\r\n\r\nhinted page")
+    assert b"\r\nX-Cache: HIT\r\n" in again and b"Early Hints" not in again
+    old = raw_exchange(proxy.port, b"GET /hinted?v=2 HTTP/1.0\r\nHost: site\r\n\r\n")
+    assert old.startswith(b"HTTP/1.1 200 OK\r\n") and old.endswith(b"\r\n\r\nhinted page")
+    assert b"\r\nX-Cache: MISS\r\n" in old and b"Early Hints" not in old
+    assert origin.hits["GET /hinted"] == 2
+    post = b"POST /hinted HTTP/1.1\r\nHost: site\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    interim, _, final = raw_exchange(proxy.port, post).partition(b"\r\n\r\n")  # passed through
+    assert interim.startswith(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload; as=style\r\n")
+    assert final.startswith(b"HTTP/1.1 200 OK\r\n") and final.endswith(b"\r\n\r\nhinted page")
+    assert origin.hits["POST /hinted"] == 1
+
+
 # ----- the rest of the routing table -----------------------------------------------------------
 
 
