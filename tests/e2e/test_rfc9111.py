@@ -102,6 +102,16 @@ CASES = [
          [Step(cache="MISS"), Step(cache="MISS")], 2),
     Case("max-age-wins-over-expires", [Reply(headers=(("Expires", "0"), (CC, "max-age=60")))],
          [Step(cache="MISS"), Step(30, cache="HIT")], 1),
+    # CACHE_TTL (3600 here) caps explicit freshness only with ttl_caps_origin (CACHE_TTL_CAPS_ORIGIN)
+    Case("max-age-past-cache-ttl-is-capped", [Reply(headers=((CC, "max-age=7200"),))],
+         [Step(cache="MISS"), Step(3599, cache="HIT"), Step(2, cache="MISS")], 2),
+    Case("max-age-past-cache-ttl-is-kept-when-it-caps-nothing", [Reply(headers=((CC, "max-age=7200"),))],
+         [Step(cache="MISS"), Step(7199, cache="HIT"), Step(2, cache="MISS")], 2,
+         policy={"ttl_caps_origin": False}),
+    Case("expires-in-9999-is-at-most-2-to-the-31-seconds",
+         [Reply(headers=(("Expires", "Fri, 31 Dec 9999 23:59:59 GMT"),))],
+         [Step(cache="MISS"), Step(2**31 - 1, cache="HIT"), Step(2, cache="MISS")], 2,
+         policy={"ttl_caps_origin": False}),
     # §4.2.3 / §5.1 Age
     Case("age-list-uses-its-first-member", [Reply(headers=(("Age", "7200, 0"), (CC, "max-age=3600")))],
          [Step(cache="MISS", expect={"Age": "7200"}), Step(cache="MISS")], 2),
