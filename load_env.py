@@ -42,15 +42,41 @@ def _setting(env: str, parse: Callable[[str], Any], default: Any, group: str = "
                                                         "meaning": meaning, **extra})
 
 
-def _stale_if_error_default(settings: "Settings") -> float:
+# A derived default is computed from the settings as read (each `derive` below is called with
+# them and with `given`, the names of the fields that were set), only for a field left unset.
+
+def _stale_if_error_default(settings: "Settings", given: frozenset[str]) -> float:
     # A default must not conflict with a setting the user chose: 300, or the stale window if less.
     return min(300.0, settings.cache_stale_ttl)
 
 
-def _default_freshness_default(settings: "Settings") -> str:
+def _default_freshness_default(settings: "Settings", given: frozenset[str]) -> str:
     # In front of a site (ORIGIN_URL) the origin's headers decide, as in nginx or Varnish; the
     # URL role keeps the card's CACHE_TTL for a response that states nothing.
     return "rfc" if settings.origin_url else "ttl"
+
+
+def _rfc_mode(settings: "Settings", given: frozenset[str]) -> bool:
+    """Whether DEFAULT_FRESHNESS is `rfc`, as set or as it defaults."""
+    freshness = settings.default_freshness if "default_freshness" in given \
+        else _default_freshness_default(settings, given)
+    return freshness == "rfc"
+
+
+# RFC 9110 §15.1: the statuses heuristically cacheable by default (proxy.cache.freshness's
+# HEURISTIC_STATUSES; a unit test holds the two equal, this module importing no cache code).
+HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
+
+
+def _store_statuses_default(settings: "Settings", given: frozenset[str]) -> frozenset[int]:
+    # An RFC 9111 cache stores what the RFC lets it reuse by default; the URL role any 2xx.
+    return HEURISTIC_STATUSES if _rfc_mode(settings, given) else frozenset(range(200, 300))
+
+
+def _ttl_caps_origin_default(settings: "Settings", given: frozenset[str]) -> bool:
+    # With rfc, the origin's max-age / s-maxage / Expires decide, unless CACHE_TTL is set: an
+    # operator who sets it means it as a ceiling; its default is only the URL role's SETEX TTL.
+    return "cache_ttl" in given or not _rfc_mode(settings, given)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +175,11 @@ class Settings:
                                         "idle time before a kept-alive connection is closed")
     cache_store_statuses: frozenset[int] = _setting("CACHE_STORE_STATUSES", parsers.statuses,
                                                     frozenset(range(200, 300)), "caching",
-                                                    "upstream statuses that are stored (`2xx,404`)")
+                                                    "upstream statuses that are stored (`2xx,404`)",
+                                                    derive=_store_statuses_default,
+                                                    shown="`2xx`; with `DEFAULT_FRESHNESS=rfc`, the "
+                                                          "heuristically cacheable ones (200, 203, 204, 206, "
+                                                          "300, 301, 308, 404, 405, 410, 414, 501)")
     cache_store_set_cookie: bool = _setting("CACHE_STORE_SET_COOKIE", parsers.boolean, False, "caching",
                                             "store responses that set cookies")
     respect_cache_control: bool = _setting("RESPECT_CACHE_CONTROL", parsers.boolean, True, "caching",
@@ -159,6 +189,12 @@ class Settings:
                                       "`rfc` = heuristic (RFC 9111 §4.2.2), else revalidated before use",
                                       derive=_default_freshness_default,
                                       shown="`ttl`, or `rfc` with `ORIGIN_URL`")
+    cache_ttl_caps_origin: bool = _setting("CACHE_TTL_CAPS_ORIGIN", parsers.boolean, True, "caching",
+                                           "`CACHE_TTL` also caps the freshness an origin states "
+                                           "(`s-maxage`, `max-age`, `Expires`)",
+                                           derive=_ttl_caps_origin_default,
+                                           shown="`true`; with `DEFAULT_FRESHNESS=rfc`, `true` only "
+                                                 "when `CACHE_TTL` is set")
     heuristic_fraction: float = _setting("HEURISTIC_FRACTION", parsers.fraction, 0.1, "caching",
                                          "with `DEFAULT_FRESHNESS=rfc`: fresh for this fraction of the "
                                          "time since `Last-Modified`")
@@ -347,7 +383,9 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
             problems.append(f"{name}={shown}{source}: expected {parse.expected}")
     settings = Settings(**kwargs) if not problems else None
     if settings is not None:
-        derived = {field.name: field.metadata["derive"](settings) for field in dataclasses.fields(Settings)
+        given = frozenset(kwargs)
+        derived = {field.name: field.metadata["derive"](settings, given)
+                   for field in dataclasses.fields(Settings)
                    if "derive" in field.metadata and field.name not in kwargs}
         settings = dataclasses.replace(settings, **derived)
         problems.extend(_cross_checks(settings))

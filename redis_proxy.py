@@ -280,6 +280,7 @@ class RedisProxy:
                         store_set_cookie=settings.cache_store_set_cookie,
                         respect_cache_control=settings.respect_cache_control,
                         default_freshness=settings.default_freshness,
+                        ttl_caps_origin=settings.cache_ttl_caps_origin,
                         heuristic_fraction=settings.heuristic_fraction,
                         heuristic_max=settings.heuristic_max_age,
                         max_headers=settings.max_stored_headers,

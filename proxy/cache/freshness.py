@@ -27,8 +27,9 @@ class Policy:
                  store_set_cookie: bool = False, respect_cache_control: bool = True,
                  default_freshness: str = TTL, heuristic_fraction: float = 0.1,
                  heuristic_max: float = 86400.0, max_headers: int = 100,
-                 max_header_bytes: int = 32 * 1024):
+                 max_header_bytes: int = 32 * 1024, ttl_caps_origin: bool = True):
         self.ttl = ttl
+        self.ttl_caps_origin = ttl_caps_origin  # False: `ttl` does not cap explicit freshness
         self.store_statuses = store_statuses
         self.store_set_cookie = store_set_cookie
         self.respect_cache_control = respect_cache_control
@@ -91,7 +92,9 @@ class Policy:
             if expires is None:
                 return 0.0  # §5.3: an invalid Expires (`0`, any other form) means already expired
             date = parse_http_date(headers.get("date"), now)
-            return max(0.0, expires - (now if date is None else date))
+            # At most what a delta-seconds can say (§1.2.2), so a far Expires (year 9999) keeps
+            # an entry readable when CACHE_TTL does not cap it.
+            return max(0.0, min(float(cc.MAX_DELTA), expires - (now if date is None else date)))
         return None
 
     def heuristic_lifetime(self, status: int, headers: Mapping[str, str], now: float) -> float:
@@ -107,8 +110,9 @@ class Policy:
         return max(0.0, min(self.heuristic_max, self.heuristic_fraction * since))
 
     def lifetime(self, headers: Mapping[str, str], now: float, status: int = 200) -> float:
-        """Seconds of freshness, at most CACHE_TTL: explicit (§4.2.1), else CACHE_TTL
-        (DEFAULT_FRESHNESS=ttl, the card's SETEX TTL) or the heuristic (rfc, §4.2.2)."""
+        """Seconds of freshness: explicit (§4.2.1; at most CACHE_TTL unless `ttl_caps_origin`
+        is off), else CACHE_TTL (DEFAULT_FRESHNESS=ttl, the card's SETEX TTL) or the heuristic
+        (rfc, §4.2.2, at most CACHE_TTL)."""
         if not self.respect_cache_control:
             return self.ttl
         directives = self.directives(headers)
@@ -116,7 +120,7 @@ class Policy:
             return 0.0  # §5.2.2.4: stored, but revalidated before every use
         explicit = self.explicit_lifetime(headers, now)
         if explicit is not None:
-            return min(self.ttl, explicit)
+            return min(self.ttl, explicit) if self.ttl_caps_origin else explicit
         if self.default_freshness == RFC:
             return min(self.ttl, self.heuristic_lifetime(status, headers, now))
         return self.ttl
@@ -213,9 +217,11 @@ def without_unvalidated(headers: Mapping[str, str], policy: Policy) -> dict[str,
 
 def may_serve_stale_if_error(policy: Policy, stale: Entry | None, now: float, window: float) -> bool:
     """RFC 5861 §4 stale-if-error: within `window` seconds past freshness, unless the entry
-    forbids serving it stale."""
-    return (stale is not None and window > 0 and -stale.remaining(now) <= window
-            and policy.may_serve_stale(stale.headers))
+    forbids serving it stale, and only in place of an error: a stored success (2xx) or
+    redirect (3xx) stands in, a stored error (4xx, 5xx) never does (the origin's new answer is
+    the answer)."""
+    return (stale is not None and stale.status < 400 and window > 0
+            and -stale.remaining(now) <= window and policy.may_serve_stale(stale.headers))
 
 
 def may_serve_stale_while_revalidate(policy: Policy, stale: Entry | None, now: float,

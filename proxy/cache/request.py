@@ -1,8 +1,9 @@
 """The client's request as the cache sees it: method, headers, and what goes to the origin; and
 the hop-by-hop rules that decide which of a request's or response's fields cross the proxy."""
 
+import contextvars
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -107,3 +108,20 @@ RELAY_DROPPED = frozenset({"date", "server", "content-encoding"})
 def relayed_fields(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """The origin's response fields a relayed (uncached) answer carries to the client."""
     return [(name, value) for name, value in end_to_end(pairs) if name.lower() not in RELAY_DROPPED]
+
+
+# RFC 8297 / RFC 9110 §15.2: where a 103 Early Hints that the origin sends before its final answer
+# goes, for the request this thread serves: the front end sets it for a client that can take an
+# interim response, the fetcher calls it with the 103's fields as received (the fetcher's
+# connections.InterimSkippingResponse). Unset (a background refresh's thread, a waiter that did
+# not fetch): discarded.
+early_hints: contextvars.ContextVar[Callable[[list[tuple[str, str]]], None] | None] = \
+    contextvars.ContextVar("early_hints", default=None)
+
+
+def hinted_fields(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The fields of an origin's 103 relayed to the client: the end-to-end ones (`Link` above all)
+    as relayed_fields keeps them, less Set-Cookie (never relayed for a cached request) and any
+    value that holds a CR, LF or NUL (an obs-fold would split the interim response)."""
+    return [(name, value) for name, value in relayed_fields(pairs)
+            if name.lower() != "set-cookie" and not any(char in value for char in "\r\n\0")]

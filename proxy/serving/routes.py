@@ -3,15 +3,16 @@ reverse-proxy mode's relay to the origin; a mixin of handler.ProxyHandler, which
 connection, the parsed head and the reply framing these use."""
 
 import base64
+import contextlib
 import dataclasses
 import io
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
-from proxy.cache.request import ClientRequest, relayed_fields
+from proxy.cache.request import ClientRequest, early_hints, hinted_fields, relayed_fields
 from proxy.cache.result import HIT, MISS, CacheResult, cache_status
 from proxy.errors import (
     BadRequest,
@@ -88,6 +89,8 @@ class Routes:
 
     server: Server
     command: str
+    request_version: str
+    close_connection: bool
     headers: Fields
     client_address: Any
     connection: Any
@@ -118,13 +121,40 @@ class Routes:
             name.lower() == "authorization" for name in request.forwarded)
         # The body is read before a MAX_PARALLEL slot is taken: a slow upload holds only its own.
         body = None if self.command in ("GET", "HEAD") else self._read_body(site.max_body_bytes)
-        with server.parallel:
+        with server.parallel, self._early_hints():
             if cached:
                 self._reply_result(server.proxy.fetch(url, None, None, request))
                 return
             if self.command == "HEAD":
                 request = dataclasses.replace(request, method="GET")
             self._reply_relayed(server.proxy.pass_through(url, request, body))
+
+    @contextlib.contextmanager
+    def _early_hints(self) -> Iterator[None]:
+        """While the origin is asked on this client's behalf, a 103 Early Hints it sends is
+        relayed at once as an interim response (RFC 8297; a proxy forwards 1xx, RFC 9110 §15.2),
+        before the final answer; only to an HTTP/1.1 client (HTTP/1.0 has no interim
+        responses). Never stored: a later hit has no 103."""
+        if self.request_version != "HTTP/1.1":
+            yield
+            return
+        token = early_hints.set(self._send_early_hints)
+        try:
+            yield
+        finally:
+            early_hints.reset(token)
+
+    def _send_early_hints(self, pairs: list[tuple[str, str]]) -> None:
+        fields = hinted_fields(pairs)
+        if not fields:
+            return
+        head = "".join(f"{name}: {value}\r\n" for name, value in fields)
+        try:
+            self._reader.send(f"HTTP/1.1 103 Early Hints\r\n{head}\r\n".encode("latin-1", "replace"),
+                              self.server.header_timeout)
+        except OSError:
+            # The client left, or a part was sent: its final answer cannot follow on this framing.
+            self.close_connection = True
 
     def _read_body(self, most: int) -> bytes:
         """The request body, by its Content-Length, at most `most` bytes (RFC 9112 §6.3)."""

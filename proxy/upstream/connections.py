@@ -20,6 +20,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
+from proxy.cache.request import early_hints
 from proxy.errors import Forbidden
 from proxy.upstream.policy import UpstreamPolicy
 
@@ -98,14 +99,18 @@ class _CheckedConnectionMixin:
 class InterimSkippingResponse(http.client.HTTPResponse):
     """http.client skips only a 100 Continue before the final response; any other interim
     response (a 103 Early Hints before the 200, RFC 9110 §15.2) would be taken as the final
-    one. Every 1xx but 101 (which only answers an Upgrade, never sent here) is read and skipped."""
+    one. Every 1xx but 101 (which only answers an Upgrade, never sent here) is read and skipped;
+    a 103's fields go to the request's `early_hints` callback when the front end set one."""
 
     def _read_status(self) -> tuple[str, int, str]:
         while True:
             version, status, reason = super()._read_status()  # type: ignore[misc]
             if not 100 <= status < 200 or status == 101:
                 return version, status, reason
-            http.client.parse_headers(self.fp)  # the interim response's fields, discarded
+            fields = http.client.parse_headers(self.fp)  # bounded: 100 fields of 64 KiB
+            relay = early_hints.get() if status == 103 else None
+            if relay is not None:
+                relay(list(fields.items()))
 
 
 # The total deadline of the fetch in progress on this thread (Fetcher._request sets it).

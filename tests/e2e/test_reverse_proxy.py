@@ -1,11 +1,13 @@
 """Reverse-proxy mode (ORIGIN_URL): routing, forwarding, pass-through of unsafe methods and the
 invalidation they cause (RFC 9111 §4.4), against a real origin, Redis and proxy."""
 
+import email.utils
 import gzip
 import http.client
 import json
 import subprocess
 import threading
+import time
 
 import pytest
 import requests
@@ -742,6 +744,81 @@ def test_with_origin_url_a_page_stating_no_freshness_is_not_reused_unless_defaul
         assert origin.hits["GET /plain"] == hits
     finally:
         stop_proxy(process)
+
+
+@pytest.mark.parametrize("environ, kept_for, gone_again", [
+    ({}, 7200 + 300, "HIT"),  # the origin's max-age (plus CACHE_STALE_TTL); a 404 stored
+    ({"CACHE_TTL": "600"}, 600 + 300, "HIT"),  # CACHE_TTL set: the ceiling, the origin's too
+    ({"CACHE_STORE_STATUSES": "2xx,503"}, 7200 + 300, "MISS"),  # set: it wins, no 404 stored
+])
+def test_with_origin_url_the_rfc_statuses_are_stored_and_cache_ttl_caps_max_age_only_when_set(
+        origin, redis_url, r, tmp_path, environ, kept_for, gone_again):
+    """DEFAULT_FRESHNESS=rfc (the default with ORIGIN_URL) stores the statuses RFC 9110 §15.1
+    calls heuristically cacheable (a 404, not a 503) and keeps an origin's max-age past
+    CACHE_TTL's default; a stored 503 is never served stale (STALE_IF_ERROR at its default) in
+    place of the origin's next 503."""
+    modified = {"Last-Modified": email.utils.formatdate(time.time() - 86400, usegmt=True)}
+    fresh = origin.serve("/fresh", b"fresh for two hours", headers={"Cache-Control": "max-age=7200"})
+    origin.serve("/gone", b"not here", 404, modified)
+    down = origin.route("/down", lambda h: h.reply(503, f"down {origin.hits['GET /down']}".encode(),
+                                                   modified))
+    port = free_port()
+    process = start_proxy({"REDIS_URL": redis_url, "HTTP_PORT": str(port), "RESP_PORT": "0",
+                           "ORIGIN_URL": origin.url(""), "UPSTREAM_ALLOW_PRIVATE": "true",
+                           "UPSTREAM_ALLOWED_PORTS": str(origin.port),
+                           "LOG_FILE": str(tmp_path / "proxy.log"), **environ})
+    try:
+        wait_until(lambda: curl(f"http://127.0.0.1:{port}/_proxy/health").returncode == 0, timeout=20)
+        got = request(port, "/fresh")
+        assert (got.status, got.body, got.headers["X-Cache"]) == (200, b"fresh for two hours", "MISS")
+        assert kept_for - 10 < r.ttl(redis_key_of(fresh)) <= kept_for
+        first, again = request(port, "/gone"), request(port, "/gone")
+        assert (first.status, first.body, first.headers["X-Cache"]) == (404, b"not here", "MISS")
+        assert (again.status, again.body, again.headers["X-Cache"]) == (404, b"not here", gone_again)
+        assert origin.hits["GET /gone"] == (1 if gone_again == "HIT" else 2)
+        first, again = request(port, "/down"), request(port, "/down")
+        assert (first.status, first.body, first.headers["X-Cache"]) == (503, b"down 1", "MISS")
+        assert (again.status, again.body, again.headers["X-Cache"]) == (503, b"down 2", "MISS")
+        assert origin.hits["GET /down"] == 2
+        assert r.exists(redis_key_of(down)) == ("503" in environ.get("CACHE_STORE_STATUSES", ""))
+    finally:
+        stop_proxy(process)
+
+
+EARLY_HINTS = (b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload; as=style\r\n"
+               b"Link: </a.js>; rel=preload; as=script\r\nX-My-Header: test\r\nSet-Cookie: id=1\r\n"
+               b"Connection: x-hop\r\nX-Hop: 1\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_a_103_reaches_the_http11_client_of_the_miss_before_the_answer_and_is_never_stored(
+        site_proxy, origin):
+    """RFC 8297 / RFC 9110 §15.2: the origin's Early Hints are relayed as they come, with their
+    end-to-end fields (both Link lines) but not Set-Cookie, hop-by-hop or framing ones; a later
+    hit has none, and an HTTP/1.0 client (no interim responses) gets only the answer."""
+    def route(handler):
+        handler.wfile.write(EARLY_HINTS)
+        handler.reply(200, b"hinted page", {"Cache-Control": "max-age=60"})
+
+    origin.route("/hinted", route)
+    proxy = site_proxy()
+    get = b"GET /hinted HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n"
+    interim, _, final = raw_exchange(proxy.port, get).partition(b"\r\n\r\n")
+    assert interim.split(b"\r\n") == [b"HTTP/1.1 103 Early Hints", b"Link: </s.css>; rel=preload; as=style",
+                                       b"Link: </a.js>; rel=preload; as=script", b"X-My-Header: test"]
+    assert final.startswith(b"HTTP/1.1 200 OK\r\n") and final.endswith(b"\r\n\r\nhinted page")
+    assert b"\r\nX-Cache: MISS\r\n" in final and b"Early Hints" not in final
+    again = raw_exchange(proxy.port, get)
+    assert again.startswith(b"HTTP/1.1 200 OK\r\n") and again.endswith(b"\r\n\r\nhinted page")
+    assert b"\r\nX-Cache: HIT\r\n" in again and b"Early Hints" not in again
+    old = raw_exchange(proxy.port, b"GET /hinted?v=2 HTTP/1.0\r\nHost: site\r\n\r\n")
+    assert old.startswith(b"HTTP/1.1 200 OK\r\n") and old.endswith(b"\r\n\r\nhinted page")
+    assert b"\r\nX-Cache: MISS\r\n" in old and b"Early Hints" not in old
+    assert origin.hits["GET /hinted"] == 2
+    post = b"POST /hinted HTTP/1.1\r\nHost: site\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    interim, _, final = raw_exchange(proxy.port, post).partition(b"\r\n\r\n")  # passed through
+    assert interim.startswith(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload; as=style\r\n")
+    assert final.startswith(b"HTTP/1.1 200 OK\r\n") and final.endswith(b"\r\n\r\nhinted page")
+    assert origin.hits["POST /hinted"] == 1
 
 
 # ----- the rest of the routing table -----------------------------------------------------------

@@ -102,6 +102,16 @@ CASES = [
          [Step(cache="MISS"), Step(cache="MISS")], 2),
     Case("max-age-wins-over-expires", [Reply(headers=(("Expires", "0"), (CC, "max-age=60")))],
          [Step(cache="MISS"), Step(30, cache="HIT")], 1),
+    # CACHE_TTL (3600 here) caps explicit freshness only with ttl_caps_origin (CACHE_TTL_CAPS_ORIGIN)
+    Case("max-age-past-cache-ttl-is-capped", [Reply(headers=((CC, "max-age=7200"),))],
+         [Step(cache="MISS"), Step(3599, cache="HIT"), Step(2, cache="MISS")], 2),
+    Case("max-age-past-cache-ttl-is-kept-when-it-caps-nothing", [Reply(headers=((CC, "max-age=7200"),))],
+         [Step(cache="MISS"), Step(7199, cache="HIT"), Step(2, cache="MISS")], 2,
+         policy={"ttl_caps_origin": False}),
+    Case("expires-in-9999-is-at-most-2-to-the-31-seconds",
+         [Reply(headers=(("Expires", "Fri, 31 Dec 9999 23:59:59 GMT"),))],
+         [Step(cache="MISS"), Step(2**31 - 1, cache="HIT"), Step(2, cache="MISS")], 2,
+         policy={"ttl_caps_origin": False}),
     # §4.2.3 / §5.1 Age
     Case("age-list-uses-its-first-member", [Reply(headers=(("Age", "7200, 0"), (CC, "max-age=3600")))],
          [Step(cache="MISS", expect={"Age": "7200"}), Step(cache="MISS")], 2),
@@ -121,6 +131,16 @@ CASES = [
     Case("targeted-field-ignores-expires",
          [Reply(headers=(("Expires", "0"), ("CDN-Cache-Control", "max-age=100")))],
          [Step(cache="MISS"), Step(50, cache="HIT")], 1),
+    # RFC 9213 §2.1: a targeted field that is not a valid Dictionary (RFC 8941) is ignored whole
+    Case("cdn-cache-control-not-a-dictionary-leaves-no-store",
+         [Reply(headers=(("CDN-Cache-Control", "max-age=10000, &&&&&"), (CC, "no-store")))],
+         [Step(cache="MISS"), Step(cache="MISS")], 2, stored=False),
+    Case("cdn-cache-control-max-age-as-a-string-leaves-no-store",
+         [Reply(headers=(("CDN-Cache-Control", 'max-age="10000"'), (CC, "no-store")))],
+         [Step(cache="MISS"), Step(cache="MISS")], 2, stored=False),
+    Case("cdn-cache-control-extension-and-parameters-are-valid",
+         [Reply(headers=(("CDN-Cache-Control", "foobar, max-age=100;x=1, y=(a 1)"), (CC, "no-store")))],
+         [Step(cache="MISS"), Step(99, cache="HIT"), Step(2, cache="MISS")], 2),
     # §4.2.2 heuristic freshness and the two defaults
     Case("rfc-no-freshness-no-validator-not-stored", [Reply()],
          [Step(cache="MISS"), Step(cache="MISS")], 2, policy={"default_freshness": RFC}, stored=False),
@@ -199,6 +219,25 @@ CASES = [
          [Reply(headers=((CC, "max-age=1, stale-if-error=10"),)), Reply(503, (), b"down")],
          [Step(cache="MISS"), Step(5, cache="STALE", status_has="detail=stale-if-error"),
           Step(20, status=503, body=b"down", cache="MISS")], 3),
+    # RFC 5861 §4: stale-if-error (the STALE_IF_ERROR setting) stands in with a stored success,
+    # never with a stored error: the origin's new 5xx is the answer
+    Case("stale-if-error-setting-serves-a-stale-200-for-a-503",
+         [Reply(headers=(("Last-Modified", at(-1000)),)), Reply(503, (), b"down")],
+         [Step(cache="MISS"), Step(150, cache="STALE", status_has="detail=stale-if-error")], 2,
+         policy={"default_freshness": RFC}, proxy={"stale_if_error": 300}),
+    Case("stale-if-error-setting-never-serves-a-stored-503-for-a-503",
+         [Reply(503, (("Last-Modified", at(-1000)),), b"down 1"),
+          Reply(503, (("Last-Modified", at(-1000)),), b"down 2")],
+         [Step(status=503, body=b"down 1", cache="MISS", status_has="stored"),
+          Step(1, status=503, body=b"down 2", cache="MISS", status_has="fwd=stale; fwd-status=503")], 2,
+         policy={"default_freshness": RFC, "store_statuses": frozenset({200, 503})},
+         proxy={"stale_if_error": 300}),
+    Case("stale-if-error-setting-never-serves-a-stored-404-for-a-503",
+         [Reply(404, (("Last-Modified", at(-1000)),), b"gone"), Reply(503, (), b"down")],
+         [Step(status=404, body=b"gone", cache="MISS", status_has="stored"),
+          Step(150, status=503, body=b"down", cache="MISS", status_has="fwd=stale; fwd-status=503")], 2,
+         policy={"default_freshness": RFC, "store_statuses": frozenset({200, 404})},
+         proxy={"stale_if_error": 300}),
     # RFC 9110 §15.2: interim responses
     Case("103-before-200", [Reply(headers=((CC, "max-age=60"),),
                                   interim=b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n")],
@@ -287,6 +326,24 @@ def test_rfc9111_conformance(case: Case, upstream, make_proxy, r):
         assert upstream.hits["/c"] == case.hits
     if case.stored is not None:
         assert bool(r.exists("rp:c")) == case.stored
+
+
+@pytest.mark.parametrize("targeted", [
+    "max-age=1, &&&", 'max-age="1"', "max-age=1.0", "max-age=-1", "Max-Age=1", "max-age =1",
+    "max-age= 1", "max-age=1,", "no-store=?0", "no-store=1", "private=x-user, no-store"])
+def test_an_invalid_cdn_cache_control_is_ignored_and_cache_control_governs(targeted, upstream,
+                                                                           make_proxy):
+    """RFC 9213 §2.1: parsed as a Structured Fields Dictionary (RFC 8941); one that does not
+    parse, or names a known directive with a value of the wrong type, is ignored as a whole."""
+    now = [T0]
+    proxy = make_proxy(clock=lambda: now[0], policy=Policy(ttl=3600))
+    url = scripted(upstream, "/t", [Reply(headers=(("CDN-Cache-Control", targeted), (CC, "max-age=100")))])
+    for advance, cache in ((0, "MISS"), (50, "HIT"), (51, "MISS")):
+        now[0] += advance
+        got = request(proxy.port, q(url, "t"))
+        assert (got.status, got.body, got.headers["X-Cache"]) == (200, BODY, cache)
+        assert got.headers["CDN-Cache-Control"] == targeted  # relayed as it came
+    assert upstream.hits["/t"] == 2
 
 
 @pytest.mark.parametrize("status", sorted(HEURISTIC_STATUSES - {206}))

@@ -4,7 +4,9 @@ import os
 
 import pytest
 
+from load_env import HEURISTIC_STATUSES as TABLE_STATUSES
 from load_env import load_settings, misspelled
+from proxy.cache.freshness import HEURISTIC_STATUSES
 from proxy.errors import ConfigError
 from servers import run_proxy
 
@@ -66,6 +68,32 @@ def test_an_explicit_stale_if_error_within_the_window_is_kept():
     s = load_settings({"CACHE_STALE_TTL": "1000", "STALE_IF_ERROR": "600"}, env_file=None)
     assert (s.cache_stale_ttl, s.stale_if_error) == (1000.0, 600.0)
     assert load_settings({"CACHE_STALE_TTL": "10", "STALE_IF_ERROR": "10"}, env_file=None).stale_if_error == 10.0
+
+
+RFC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
+SITE = {"ORIGIN_URL": "http://127.0.0.1:8000"}
+
+
+@pytest.mark.parametrize("environ, statuses, caps", [
+    ({}, frozenset(range(200, 300)), True),  # the URL role: any 2xx, CACHE_TTL the ceiling
+    ({"CACHE_TTL": "600"}, frozenset(range(200, 300)), True),
+    (SITE, RFC_STATUSES, False),  # rfc by default: the RFC's statuses, the origin's freshness
+    ({**SITE, "CACHE_TTL": "600"}, RFC_STATUSES, True),  # set: a ceiling on the origin's too
+    ({**SITE, "CACHE_TTL": "3600"}, RFC_STATUSES, True),  # set to the default value: still set
+    ({**SITE, "CACHE_STORE_STATUSES": "2xx"}, frozenset(range(200, 300)), False),  # set: it wins
+    ({**SITE, "DEFAULT_FRESHNESS": "ttl"}, frozenset(range(200, 300)), True),
+    ({"DEFAULT_FRESHNESS": "rfc"}, RFC_STATUSES, False),
+    ({**SITE, "CACHE_TTL_CAPS_ORIGIN": "true"}, RFC_STATUSES, True),
+    ({"CACHE_TTL_CAPS_ORIGIN": "false"}, frozenset(range(200, 300)), False),
+])
+def test_with_rfc_freshness_the_defaults_are_the_rfc_statuses_and_no_ceiling_unless_cache_ttl_is_set(
+        environ, statuses, caps):
+    s = load_settings(environ, env_file=None)
+    assert (s.cache_store_statuses, s.cache_ttl_caps_origin) == (statuses, caps)
+
+
+def test_the_settings_table_lists_the_statuses_the_cache_calls_heuristically_cacheable():
+    assert TABLE_STATUSES == HEURISTIC_STATUSES == RFC_STATUSES
 
 
 def test_the_environment_is_never_mutated(tmp_path):
