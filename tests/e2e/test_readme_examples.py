@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -86,6 +87,7 @@ class Site:
         """The example as run here: the proxy's and the origin's ports for the documented ones."""
         text = text.replace("http://127.0.0.1:8080", f"http://127.0.0.1:{self.http}")
         text = text.replace("https://example.com/", f"http://127.0.0.1:{self.origin}/")
+        text = text.replace("https%3A%2F%2Fexample.com%2F", quote(f"http://127.0.0.1:{self.origin}/", safe=""))
         return re.sub(r"\bredis-cli -p 6380\b", f"redis-cli --no-raw -p {self.resp}", text)
 
 
