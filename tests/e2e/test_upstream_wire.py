@@ -5,11 +5,15 @@ as sent, a stored body's decoding bounded."""
 
 import socket
 import threading
+import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 
 import pytest
 
+from proxy.cache import compression
+from proxy.cache import entry as cache_entry
 from proxy.serving.auth import Authenticator
 from proxy.serving.site import Site
 from servers import q, request
@@ -178,3 +182,108 @@ def test_a_malformed_origin_header_line_is_502_at_once_not_504_after_the_timeout
     assert "malformed header section from the upstream" in got.json()["detail"]
     assert r.exists("rp:bad") == 0
     assert origin.hits["/bad"] == 1
+
+
+# ----- item 5: content codings the proxy does not decode --------------------------------------
+
+
+CODED = bytes(range(256)) * 8  # opaque: the proxy cannot (and must not) read it
+
+
+@pytest.mark.parametrize("coding", ["br", "x-custom", "gzip, br"])
+def test_a_coding_the_proxy_does_not_decode_is_stored_and_served_with_its_content_encoding(
+        upstream, make_proxy, r, coding):
+    url = upstream.serve("/coded", CODED, headers={"Content-Type": "text/html",
+                                                   "Content-Encoding": coding,
+                                                   "Cache-Control": "max-age=600"})
+    proxy = make_proxy(compress_min_bytes=1024)
+    answers = [request(proxy.port, q(url, "coded"), headers=headers)
+               for headers in ({}, {}, {"Accept-Encoding": "gzip"}, {"Accept-Encoding": "br"})]
+    assert [(got.status, got.body, got.headers["Content-Encoding"], got.headers["X-Cache"])
+            for got in answers] == [(200, CODED, coding, "MISS")] + [(200, CODED, coding, "HIT")] * 3
+    assert all("Vary" not in got.headers for got in answers)  # the same answer for every client
+    entry = cache_entry.decode(r.get("rp:coded"))
+    assert (entry.coding, entry.body, entry.headers["content-encoding"]) == ("", CODED, coding)
+    assert upstream.hits["/coded"] == 1
+
+
+def test_a_304_keeps_the_stored_content_encoding_whatever_it_carries(upstream, make_proxy, r):
+    def route(handler):
+        if upstream.hits["/reval"] == 1:
+            handler.reply(200, CODED, {"Content-Encoding": "br", "ETag": '"v1"',
+                                       "Cache-Control": "max-age=10"})
+        else:
+            handler.reply(304, b"", {"ETag": '"v1"', "Cache-Control": "max-age=100",
+                                     "Content-Encoding": "gzip"})
+
+    url = upstream.route("/reval", route)
+    now = [time.time()]
+    proxy = make_proxy(clock=lambda: now[0], stale_ttl=300)
+    request(proxy.port, q(url, "reval"))
+    now[0] += 20
+    got = request(proxy.port, q(url, "reval"))
+    assert (got.status, got.body, got.headers["Content-Encoding"]) == (200, CODED, "br")
+    assert "fwd-status=304" in got.headers["Cache-Status"]
+    assert cache_entry.decode(r.get("rp:reval")).headers["content-encoding"] == "br"
+    assert upstream.hits["/reval"] == 2
+
+
+def test_a_relayed_answer_in_a_coding_the_proxy_does_not_decode_keeps_its_content_encoding(
+        make_proxy, origin):
+    origin.route("/br", lambda h: h.reply_fields(200, CODED, [("Content-Encoding", "br")]))
+    url = origin.url("")
+    proxy = make_proxy(origin=url, server_options={"site": Site(url),
+                                                   "authenticator": Authenticator(())})
+    got = request(proxy.port, "/br", method="POST")
+    assert (got.status, got.body, got.headers["Content-Encoding"]) == (200, CODED, "br")
+
+
+# ----- item 8: decoding is bounded by UPSTREAM_MAX_BYTES -------------------------------------
+
+CAP = 64 * 1024
+
+
+def stored_coded(proxy, r, url: str, key: str, decoded_size: int, coding: str) -> bytes:
+    """An entry for `url` under `key` whose body is `decoded_size` zero bytes in `coding`, as
+    anyone who can write to Redis can write it."""
+    canonical = proxy.proxy.parse(url).canonical
+    body = compression.encode(b"\0" * decoded_size, coding)
+    r.set(f"rp:{key}", cache_entry.encode(cache_entry.Entry(
+        status=200, body=body, url=canonical, fetched_at=time.time(), fresh_for=600,
+        headers={"content-type": "text/plain"}, via=((canonical, "127.0.0.1"),), coding=coding)))
+    return body
+
+
+@pytest.mark.parametrize("coding", ["zstd", "gzip"])
+def test_a_stored_body_decoding_past_upstream_max_bytes_is_a_502_and_served_coded_to_who_takes_it(
+        upstream, make_proxy, r, coding):
+    url = upstream.serve("/bomb", b"never fetched")
+    proxy = make_proxy(max_bytes=CAP)
+    stored_coded(proxy, r, url, "edge", CAP, coding)
+    assert request(proxy.port, q(url, "edge")).body == b"\0" * CAP  # the cap itself decodes
+    coded = stored_coded(proxy, r, url, "bomb", CAP + 1, coding)
+    got = request(proxy.port, q(url, "bomb"))
+    assert (got.status, got.json()["error"]) == (502, "bad gateway")
+    assert got.json()["detail"] == (f"the stored entry decodes to more than {CAP} bytes, more than "
+                                    f"UPSTREAM_MAX_BYTES: purge it, or ask with Accept-Encoding: {coding}")
+    taken = request(proxy.port, q(url, "bomb"), headers={"Accept-Encoding": coding})
+    assert (taken.status, taken.body, taken.headers["Content-Encoding"]) == (200, coded, coding)
+    assert upstream.hits["/bomb"] == 0
+    assert request(proxy.port, "/health").status == 200
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "zstd"])
+def test_an_upstream_body_decoding_past_upstream_max_bytes_is_413_and_not_stored(
+        upstream, make_proxy, r, coding):
+    def coded(size: int) -> bytes:
+        plain = b"\0" * size
+        return zlib.compress(plain) if coding == "deflate" else compression.encode(plain, coding)
+
+    fits = upstream.serve("/fits", coded(CAP), headers={"Content-Encoding": coding})
+    over = upstream.serve("/over", coded(CAP + 1), headers={"Content-Encoding": coding})
+    proxy = make_proxy(max_bytes=CAP)
+    got = request(proxy.port, q(fits, "fits"))
+    assert (got.status, got.body, got.headers["Content-Encoding"]) == (200, b"\0" * CAP, None)
+    got = request(proxy.port, q(over, "over"))
+    assert (got.status, got.json()["error"]) == (413, "upstream body too large")
+    assert r.exists("rp:over") == 0
