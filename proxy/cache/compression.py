@@ -8,7 +8,8 @@ library where zstandard is absent. A client whose Accept-Encoding accepts that c
 
 import gzip
 import re
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterator, Mapping
 
 try:
     import zstandard
@@ -18,6 +19,10 @@ except ImportError:  # pragma: no cover - zstandard is pinned; gzip keeps workin
 IDENTITY = ""
 GZIP = "gzip"
 ZSTD = "zstd"
+DEFLATE = "deflate"
+# The codings an upstream body arrives in that the fetcher decodes (decode_received).
+DECODED = frozenset({GZIP, "x-gzip", DEFLATE, ZSTD})
+_CHUNK = 64 * 1024
 STORED_CODING = ZSTD if zstandard is not None else GZIP
 ZSTD_LEVEL = 3  # zstd's default: about gzip -6's ratio on text, several times faster
 GZIP_LEVEL = 6
@@ -46,23 +51,76 @@ def encode(body: bytes, coding: str) -> bytes:
     raise ValueError(f"unknown content coding {coding!r}")
 
 
-def decode(body: bytes, coding: str) -> bytes:
-    """The body as the upstream sent it (ValueError for an unknown coding or bad bytes)."""
+class TooLarge(ValueError):
+    """A body that decodes to more than the limit it was decoded under."""
+
+
+def decode(body: bytes, coding: str, limit: int | None = None) -> bytes:
+    """The body as the upstream sent it (ValueError for an unknown coding or bad bytes;
+    TooLarge past `limit` bytes, found without ever holding more than `limit` + one chunk:
+    a few bytes of zstd or gzip can claim gigabytes)."""
     if coding == IDENTITY:
         return body
+    bound = limit if limit is not None else 1 << 62
     if coding == ZSTD:
         if zstandard is None:
             raise ValueError("zstd needs the zstandard package")
         try:
-            return bytes(zstandard.ZstdDecompressor().decompress(body))
+            with zstandard.ZstdDecompressor().stream_reader(body, read_across_frames=True) as reader:
+                return _bounded(iter(lambda: reader.read(_CHUNK), b""), bound)
         except zstandard.ZstdError as exc:
             raise ValueError(f"bad zstd body: {exc}") from exc
-    if coding == GZIP:
+    if coding in (GZIP, "x-gzip", DEFLATE):
         try:
-            return gzip.decompress(body)
-        except (OSError, EOFError) as exc:
-            raise ValueError(f"bad gzip body: {exc}") from exc
+            return _bounded(_zlib_chunks(body, coding), bound)
+        except zlib.error as exc:
+            raise ValueError(f"bad {coding} body: {exc}") from exc
     raise ValueError(f"unknown content coding {coding!r}")
+
+
+def decode_received(body: bytes, content_encoding: str, limit: int) -> bytes | None:
+    """An upstream body as it was before its `Content-Encoding` (the codings applied in the
+    order listed, RFC 9110 §8.4), or None when one of them is not one this proxy decodes (br,
+    compress, an unknown one): that body is kept as it came, header and all. ValueError for
+    bytes that do not decode, TooLarge past `limit`."""
+    codings = [name.strip().lower() for name in content_encoding.split(",") if name.strip()]
+    codings = [name for name in codings if name != "identity"]
+    if not all(name in DECODED for name in codings):
+        return None
+    for name in reversed(codings):
+        body = decode(body, name, limit)
+    return body
+
+
+def _bounded(chunks: Iterator[bytes], limit: int) -> bytes:
+    parts, size = [], 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"decodes to more than {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _zlib_chunks(body: bytes, coding: str) -> Iterator[bytes]:
+    """gzip (every member, as gzip.decompress reads them) or deflate (zlib-wrapped, or raw as
+    some servers send it), at most _CHUNK bytes out per step."""
+    wbits = 16 + zlib.MAX_WBITS
+    if coding == DEFLATE:
+        zlib_header = len(body) >= 2 and body[0] & 0x0F == 8 and (body[0] << 8 | body[1]) % 31 == 0
+        wbits = zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
+    data = body
+    while data:
+        inflater = zlib.decompressobj(wbits)
+        chunk = inflater.decompress(data, _CHUNK)
+        while chunk or inflater.unconsumed_tail:
+            yield chunk
+            chunk = inflater.decompress(inflater.unconsumed_tail, _CHUNK)
+        if not inflater.eof:
+            raise zlib.error("the stream ends early")
+        data = inflater.unused_data if coding != DEFLATE else b""
+        if not data.strip(b"\x00"):
+            return  # zero padding after the last member, which gzip.decompress allows too
 
 
 def accepts(accept_encoding: str | None, coding: str) -> bool:

@@ -45,9 +45,13 @@ READABLE_VERSIONS = (1, 2, META_VERSION, CODED_VERSION)  # of the JSON metadata;
 KEPT_HEADERS = ("content-type", "content-language", "content-disposition", "etag",
                 "last-modified", "cache-control", "expires", "vary")
 # Never stored nor relayed as received (RFC 9110 §7.6.1 hop-by-hop fields, Content-Length among
-# them; Age the proxy recomputes; a body requests has decoded; a cookie that is one client's; the
-# proxy's own Server and X-Cache). Location is end-to-end, so a relayed redirect keeps it.
-NOT_STORED = HOP_BY_HOP | {"content-encoding", "age", "set-cookie", "server", "x-cache"}
+# them; Age the proxy recomputes; a cookie that is one client's; the proxy's own Server and
+# X-Cache). Location is end-to-end, so a relayed redirect keeps it. Content-Encoding is stored:
+# the fetcher drops it from a body it decoded, so one that is left names the coding the stored
+# bytes are in as the origin sent them (br, an unknown one), and is served with them. Readers
+# before this took an entry with the field for a miss: they never serve coded bytes bare.
+NOT_STORED = HOP_BY_HOP | {"age", "set-cookie", "server", "x-cache"}
+CONTENT_ENCODING = "content-encoding"
 _FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
 # Version 5's header section: `name:value` lines (CR and NUL are refused before it is matched).
 _HEADER_LINES = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+:[^\n]*(?:\n[!#$%&'*+.^_`|~0-9a-z-]+:[^\n]*)*")
@@ -193,7 +197,8 @@ def decode(raw: bytes) -> Entry | None:
             not allowed(name) or not isinstance(value, str) or _UNSAFE.search(value)
             for name, value in headers.items()) or any(
             not isinstance(tag, str) or not TAG.fullmatch(tag) for tag in entry.tags) or (
-            entry.coding not in CODINGS) or ((version == CODED_VERSION) != bool(entry.coding)):
+            entry.coding not in CODINGS) or ((version == CODED_VERSION) != bool(entry.coding)) or (
+            entry.coding and CONTENT_ENCODING in headers):
         return None
     return entry
 
@@ -218,6 +223,8 @@ def _decode_binary(raw: bytes) -> Entry | None:
                 headers[name] = value
             if not NOT_STORED.isdisjoint(headers):
                 raise ValueError("a header this format never stores")
+            if flags & _CODING_BITS and CONTENT_ENCODING in headers:
+                raise ValueError("the proxy's coding over the origin's")
         via = None
         if flags & _VIA:
             via = tuple((hop or url, _address(address)) for address, _, hop in

@@ -4,7 +4,7 @@ import dataclasses
 from collections.abc import Mapping
 
 from proxy.cache import directives as cc
-from proxy.cache.entry import NOT_STORED, Entry, header_bytes, kept_headers
+from proxy.cache.entry import CONTENT_ENCODING, NOT_STORED, Entry, header_bytes, kept_headers
 from proxy.cache.http_dates import format_http_date, parse_http_date
 
 SUCCESS = frozenset(range(200, 300))
@@ -231,8 +231,9 @@ def may_serve_stale_while_revalidate(policy: Policy, stale: Entry | None, now: f
             and policy.may_serve_stale(stale.headers))
 
 
-# RFC 9111 §3.2: fields a 304 does not update (besides those never stored).
-_NOT_UPDATED = NOT_STORED | {"content-type", "content-range"}
+# RFC 9111 §3.2: fields a 304 does not update (besides those never stored); Content-Encoding
+# describes the stored bytes (§3.2's own example).
+_NOT_UPDATED = NOT_STORED | {"content-type", "content-range", CONTENT_ENCODING}
 
 
 def freshened(policy: Policy, stale: Entry, headers: Mapping[str, str],

@@ -164,6 +164,15 @@ def redis_key(prefix: str, key: str | None, canonical: str) -> str:
     return prefix + (key if key is not None else url_digest(canonical))
 
 
+def origin_of(url: str) -> str:
+    """RFC 6454 §4: `scheme://host:port` of an absolute URL, the port always written, no user
+    information (what scopes a purge tag, proxy.store.tags); ValueError for a bad port."""
+    parts = urlsplit(url)
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    port = parts.port or DEFAULT_PORTS.get(scheme)
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 def same_origin(url: str, other: str) -> bool:
     """RFC 6454 §5: the same scheme, host and port (the default port written or not)."""
     first, second = urlsplit(url), urlsplit(other)

@@ -13,10 +13,14 @@ ACCEPT_ENCODING = "Accept-Encoding"  # what a compressed entry's answers vary on
 CASELESS = frozenset({"accept", "accept-charset", "accept-encoding", "accept-language"})
 
 
-def represent(result: CacheResult, accept_encoding: str | None) -> CacheResult:
+def represent(result: CacheResult, accept_encoding: str | None,
+              limit: int | None = None) -> CacheResult:
     """A compressed entry's answer for one client: the stored bytes with `Content-Encoding`
     (and the ETag of that representation) when its Accept-Encoding takes the coding, else the
-    body decoded; `Vary: Accept-Encoding` either way, merged with the origin's Vary."""
+    body decoded, to at most `limit` bytes (UPSTREAM_MAX_BYTES: what the fetch that stored it
+    could have held; anyone who can write to Redis can write a bomb); `Vary: Accept-Encoding`
+    either way, merged with the origin's Vary. (An entry in a coding of the origin's that the
+    proxy does not decode has no `coding`: it is served as stored, its Content-Encoding kept.)"""
     if not result.coding:
         return result
     headers = with_vary(result.headers, ACCEPT_ENCODING)
@@ -26,7 +30,10 @@ def represent(result: CacheResult, accept_encoding: str | None) -> CacheResult:
             headers["etag"] = compression.encoded_etag(headers["etag"], result.coding)
         return dataclasses.replace(result, headers=headers)
     try:
-        body = compression.decode(result.body, result.coding)
+        body = compression.decode(result.body, result.coding, limit)
+    except compression.TooLarge as exc:
+        raise BadGateway(f"the stored entry {exc}, more than UPSTREAM_MAX_BYTES: purge it, "
+                         f"or ask with Accept-Encoding: {result.coding}") from exc
     except ValueError as exc:
         raise BadGateway(f"the stored entry does not decode: {exc}") from exc
     return dataclasses.replace(result, body=body, headers=headers, coding="")

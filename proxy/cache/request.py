@@ -101,8 +101,9 @@ def cache_fill_headers(request: "ClientRequest | None") -> dict[str, str]:
 # state, so its non-error answer invalidates what is stored (RFC 9111 §4.4).
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # Response fields a relay does not copy: hop-by-hop ones (end_to_end), the proxy's own Date and
-# Server, and Content-Encoding, since the fetcher hands over a decoded body.
-RELAY_DROPPED = frozenset({"date", "server", "content-encoding"})
+# Server. (Content-Encoding is relayed: the fetcher drops it from a body it decoded, and keeps
+# it with one it did not, whose bytes go on as the origin coded them.)
+RELAY_DROPPED = frozenset({"date", "server"})
 
 
 def relayed_fields(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -20,7 +20,7 @@ from proxy.errors import BadGateway, BadRequest, GatewayTimeout, ProxyError
 from proxy.store.connection import RedisHealth
 from proxy.store.connection import get as store_get
 from proxy.store.purge_marker import PurgeMarkers, marker_key
-from proxy.store.tags import TagIndex
+from proxy.store.tags import TagIndex, scoped
 from proxy.store.variants import Variants
 from proxy.upstream.fetcher import Fetcher, UpstreamResponse
 
@@ -44,14 +44,16 @@ class Purging:
 
     def purge(self, url: str | None = None, key: str | None = None, params: Any = None, *,
               tag: str | None = None, soft: bool = False) -> int:
-        """Remove an entry (or every entry tagged `tag`) from Redis and L1; other proxies' L1
-        copies follow by invalidation (or expire by their TTL with L1_INVALIDATION=ttl).
-        `soft`: mark them stale instead, to be revalidated on next use. Returns how many."""
+        """Remove an entry (or every entry tagged `tag` by `url`'s origin, ORIGIN_URL's by
+        default) from Redis and L1; other proxies' L1 copies follow by invalidation (or expire
+        by their TTL with L1_INVALIDATION=ttl). `soft`: mark them stale instead, to be
+        revalidated on next use. Returns how many."""
         if tag is not None:
-            if url is not None or key is not None or params is not None:
-                raise BadRequest("give tag=<tag> alone, or key= / url= to purge one entry",
+            if key is not None or params is not None:
+                raise BadRequest("give tag=<tag>, with url=<a URL of its origin> unless it is "
+                                 "ORIGIN_URL's, or key= / url= alone to purge one entry",
                                  error="bad query")
-            return self._purge_tag(tag, soft)
+            return self._purge_tag(tag, url, soft)
         if url is not None:
             redis_key = self.parse(url, key, params).redis_key
         elif key is not None:
@@ -61,14 +63,22 @@ class Purging:
                              error="missing key")
         return self._purge_keys([redis_key], soft)
 
-    def _purge_tag(self, tag: str, soft: bool) -> int:
+    def _purge_tag(self, tag: str, url: str | None, soft: bool) -> int:
+        """A tag is its origin's (proxy.store.tags): `url`'s, else ORIGIN_URL's; in the URL
+        role, where entries come from any origin, the purge names it."""
         if not cache_entry.TAG.fullmatch(tag):
             raise BadRequest("tag must be 1 to 256 visible ASCII characters, with no space or "
                              "comma", error="bad tag")
         if not self.limits.tag_headers:
             raise BadRequest("purge by tag is off: set TAG_HEADER to the response header that "
                              "carries tags", error="tags off")
-        keys: list[str] = redis_call(self.health, lambda: self.tags.begin_purge(tag))
+        if url is None and not self.limits.origin:
+            raise BadRequest("a tag is its origin's: give url=<a URL of the origin whose tag to "
+                             "purge> with tag=", error="missing url")
+        origin = cache_keys.origin_of(self.parse(url).canonical if url is not None
+                                      else self.limits.origin)
+        (scoped_tag,) = scoped(origin, (tag,))
+        keys: list[str] = redis_call(self.health, lambda: self.tags.begin_purge(scoped_tag))
         return self._purge_keys(keys, soft)
 
     def _purge_keys(self, redis_keys: list[str], soft: bool) -> int:

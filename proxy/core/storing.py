@@ -12,6 +12,7 @@ import redis
 from proxy.cache import compression
 from proxy.cache import entry as cache_entry
 from proxy.cache.entry import Entry
+from proxy.cache.keys import origin_of
 from proxy.cache.local_cache import URL_TIER, LocalCache
 from proxy.core import stats as names
 from proxy.core.stats import Stats
@@ -20,7 +21,7 @@ from proxy.core.variants import VariantSelection
 from proxy.errors import StoreUnavailable
 from proxy.log_limit import LogLimiter
 from proxy.store.purge_marker import PurgeMarkers, Start, marker_key
-from proxy.store.tags import TagIndex
+from proxy.store.tags import TagIndex, scoped
 from proxy.store.variants import Variants
 
 
@@ -63,9 +64,10 @@ class Storing(VariantSelection):
                     self.purge_markers.purge(gone)
                     for key in gone:
                         self.local.pop((URL_TIER, key))
-            if entry.tags and tag_start is not None and (
-                    not self.tags.add(redis_key, entry.tags, ttl)
-                    or self.tags.purged_since(entry.tags, tag_start)):
+            tags = scoped(origin_of(entry.url), entry.tags) if entry.tags else ()
+            if tags and tag_start is not None and (
+                    not self.tags.add(redis_key, tags, ttl)
+                    or self.tags.purged_since(tags, tag_start)):
                 self.stats.count(names.STORES_REFUSED)
                 return False
             # The script reads the key back after the write (a write ends Redis's tracking of

@@ -133,7 +133,8 @@ class UrlCache(Coalescing, Storing, Purging):
         if forwarded or demands.no_store:
             request = dataclasses.replace(request, forwarded=forwarded, store=not demands.no_store,
                                           credentials=any(name in CREDENTIALS for name, _ in forwarded))
-        result = represent(self._answer(request, demands), client.headers.get("accept-encoding"))
+        result = represent(self._answer(request, demands), client.headers.get("accept-encoding"),
+                           self.fetcher.max_bytes)
         return conditional.respond(client.method, client.headers, result) if client.headers else result
 
     def _answer(self, request: UrlRequest, demands: Demands) -> CacheResult:
@@ -206,7 +207,8 @@ class UrlCache(Coalescing, Storing, Purging):
     def lookup(self, key: str, client: ClientRequest | None = None) -> CacheResult:
         """`?key=K` alone: what is stored under K, or KeyNotFound; of `client`, only its
         Accept-Encoding is read (no conditionals, no Range here)."""
-        return represent(self._lookup(key), (client or PLAIN).headers.get("accept-encoding"))
+        return represent(self._lookup(key), (client or PLAIN).headers.get("accept-encoding"),
+                         self.fetcher.max_bytes)
 
     def _lookup(self, key: str) -> CacheResult:
         redis_key = self._explicit_key(key)

@@ -13,7 +13,8 @@ DEFAULT_ADMIN_PREFIX = "/_proxy"
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # nginx's client_max_body_size default, 1m
 # Request fields the proxy sets itself (Host, X-Forwarded-Host), or handles on its own hop
 # (Expect: 100-continue is answered here), or replaces (Accept-Encoding: the fetcher asks for
-# identity, so what is stored is what every client can read). The client's Host is never
+# identity and decodes the codings it knows, so what is stored does not depend on one client's
+# Accept-Encoding; an origin's other coding is kept with its header). The client's Host is never
 # forwarded: it is not in the cache key, so an origin building a page from it would have one
 # client's Host served to all (cache poisoning).
 NOT_FORWARDED = frozenset({"host", "expect", "accept-encoding", "x-forwarded-host"})

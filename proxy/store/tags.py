@@ -1,9 +1,12 @@
 """Purge by tag: each tag's entries in a Redis set, and a purge generation per tag.
 
-A response's tag header (`Surrogate-Key: news sport`) records its entry's key in the set
-`<prefix>\\0tag:<tag>` when it is stored. `DELETE /?tag=T` reads that set and purges its members
-with the purge markers (proxy.store.purge_marker), so a fetch of one of them in flight does not
-undo the purge.
+A tag belongs to the origin whose response carried it: what the sets and purge numbers are
+keyed by is the *scoped* tag `<origin> <tag>` (`scoped`, the origin `scheme://host:port`), so
+one upstream's tag header can neither fill another's tag set (MAX_ENTRIES) nor have its entries
+reached by a purge of another's tag. A response's tag header (`Surrogate-Key: news sport`)
+records its entry's key in the set `<prefix>\\0tag:<origin> <tag>` when it is stored.
+`DELETE /?tag=T` reads that set and purges its members with the purge markers
+(proxy.store.purge_marker), so a fetch of one of them in flight does not undo the purge.
 
 A fetch in flight whose answer carries the tag, though, is not in the set yet: its key is added
 only when it stores. The choice here is a **tag generation read at fetch start** rather than a
@@ -75,6 +78,12 @@ return 1
 """
 
 
+def scoped(origin: str, tags: Iterable[str]) -> tuple[str, ...]:
+    """The tags as TagIndex keys them: each of `origin` (`scheme://host:port`; a tag has no
+    space, so the two never run together)."""
+    return tuple(f"{origin} {tag}" for tag in tags)
+
+
 def tags_of(headers: Mapping[str, str], names: Iterable[str]) -> tuple[str, ...] | None:
     """The tags the headers `names` carry (space- or comma-separated, in order, once each);
     None when there are more than MAX_TAGS or one is not a tag (visible ASCII, 1-256 bytes):
@@ -90,7 +99,8 @@ def tags_of(headers: Mapping[str, str], names: Iterable[str]) -> tuple[str, ...]
 
 
 class TagIndex:
-    """The tag sets and purge numbers of one prefix; `lifetime` is the purge markers'."""
+    """The tag sets and purge numbers of one prefix; `lifetime` is the purge markers'. Every
+    `tag` it takes is a scoped one (`scoped`)."""
 
     def __init__(self, client: Any, health: RedisHealth, prefix: str, lifetime: float,
                  max_entries: int = MAX_ENTRIES):

@@ -6,7 +6,9 @@ import contextlib
 import contextvars
 import http.client
 import http.cookiejar
+import re
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -97,10 +99,25 @@ class _CheckedConnectionMixin:
 
 
 class InterimSkippingResponse(http.client.HTTPResponse):
-    """http.client skips only a 100 Continue before the final response; any other interim
-    response (a 103 Early Hints before the 200, RFC 9110 §15.2) would be taken as the final
-    one. Every 1xx but 101 (which only answers an Upgrade, never sent here) is read and skipped;
-    a 103's fields go to the request's `early_hints` callback when the front end set one."""
+    """The origin's response as http.client reads it, held to the framing of RFC 9112:
+
+    - http.client skips only a 100 Continue before the final response; any other interim
+      response (a 103 Early Hints before the 200, RFC 9110 §15.2) would be taken as the final
+      one. Every 1xx but 101 (which only answers an Upgrade, never sent here) is read and skipped;
+      a 103's fields go to the request's `early_hints` callback when the front end set one.
+    - A header section that does not parse (a line that is no `name: value`, a name that is no
+      token, obs-fold, RFC 9112 §5) would otherwise be cut at the bad line, its later fields
+      (Content-Length among them) taken for body, and the read wait for a close that never
+      comes: it raises instead, so the fetch is a 502 at once (§5.2 lets a proxy reject it).
+    - A response that cannot carry content (1xx, 204, 304, the answer to HEAD: RFC 9112 §6.3)
+      ends the exchange on its connection: whatever the origin sends after it (a body it should
+      not have sent) can never be read as the next request's answer. And bytes left unread when
+      a response is done (past its Content-Length, after its last chunk) retire the connection
+      instead of returning it to the pool (response splitting, origin desync)."""
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any):
+        super().__init__(sock, *args, **kwargs)
+        self._socket = sock
 
     def _read_status(self) -> tuple[str, int, str]:
         while True:
@@ -111,6 +128,55 @@ class InterimSkippingResponse(http.client.HTTPResponse):
             relay = early_hints.get() if status == 103 else None
             if relay is not None:
                 relay(list(fields.items()))
+
+    def begin(self) -> None:
+        super().begin()
+        problem = malformed_header(self.msg)
+        if problem:
+            raise http.client.HTTPException(f"malformed header section from the upstream: {problem}")
+        if self.status in (204, 304) or 100 <= self.status < 200 or getattr(self, "_method", "") == "HEAD":
+            self.will_close = True  # http.client closes its connection; urllib3 opens a new one
+
+    def _close_conn(self) -> None:
+        fp = self.fp
+        if fp is not None and not self.will_close and _unread(self._socket, fp):
+            # The pooled connection would start its next response in these bytes.
+            with contextlib.suppress(OSError):
+                self._socket.shutdown(socket.SHUT_RDWR)  # the pool sees it dropped: reconnects
+        super()._close_conn()  # type: ignore[misc]
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.1: a field name
+
+
+def malformed_header(message: http.client.HTTPMessage) -> str:
+    """What is wrong with a parsed header section, or "" when nothing is: a line the parser
+    could not read (the rest of the section left unparsed), a name that is not a token, or a
+    value holding CR, LF (obs-fold, RFC 9112 §5.2) or NUL."""
+    if message.defects or message.get_payload():
+        return "a line that is not `name: value`"
+    for name, value in message.items():
+        if not _TOKEN.fullmatch(name):
+            return f"the field name {name[:40]!r} is not a token"
+        if "\r" in value or "\n" in value or "\x00" in value:
+            return f"the field {name[:40]} is folded over lines or holds NUL"
+    return ""
+
+
+def _unread(sock: socket.socket, fp: Any) -> bool:
+    """Whether bytes are waiting, in the response's buffer or on its socket, once it is done:
+    a peek that does not block (the socket briefly non-blocking)."""
+    timeout = sock.gettimeout()
+    try:
+        sock.settimeout(0.0)
+        return bool(fp.peek(1))
+    except (BlockingIOError, ssl.SSLWantReadError):
+        return False  # nothing there
+    except (OSError, ValueError):
+        return True  # a reset, a closed file: not a connection to reuse either
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(timeout)
 
 
 # The total deadline of the fetch in progress on this thread (Fetcher._request sets it).

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
 import requests
+from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import HTTPError
 
 from proxy import __version__
+from proxy.cache import compression
 from proxy.cache.target import Target, split
 from proxy.errors import BadGateway, BadRequest, GatewayTimeout, PayloadTooLarge
 from proxy.upstream.connections import (
@@ -72,7 +74,7 @@ class Fetcher:
         session.mount("https://", adapter)
         session.headers.update({"User-Agent": USER_AGENT,
                                 # Bodies are stored as the client will see them: ask for them
-                                # plain; if the origin encodes anyway, requests decodes.
+                                # plain; if the origin codes one anyway, _decoded decodes it.
                                 "Accept-Encoding": "identity"})
         return session
 
@@ -134,9 +136,15 @@ class Fetcher:
                 continue
             with response:
                 body = self._read_body(response, deadline)
-            return UpstreamResponse(response.status_code, response.headers, body, target.url,
-                                    hops=tuple(hops) if hops is not None else None,
-                                    fields=tuple(response.raw.headers.items()))
+            headers, fields = response.headers, tuple(response.raw.headers.items())
+            decoded = self._decoded(body, headers.get("Content-Encoding", ""))
+            if decoded is not None:
+                # The body handed over is decoded: no field describes the coding it lost.
+                body, headers = decoded, CaseInsensitiveDict(headers)
+                headers.pop("Content-Encoding")
+                fields = tuple(pair for pair in fields if pair[0].lower() != "content-encoding")
+            return UpstreamResponse(response.status_code, headers, body, target.url,
+                                    hops=tuple(hops) if hops is not None else None, fields=fields)
         raise BadGateway(f"upstream redirected more than {self.max_redirects} times")
 
     def _resolve(self, target: Target, deadline: float) -> tuple[str, int, list[str]]:
@@ -177,6 +185,20 @@ class Fetcher:
             pinned_addresses.reset(pin_token)
             fetch_deadline.reset(token)
 
+    def _decoded(self, body: bytes, content_encoding: str) -> bytes | None:
+        """The body before the codings this proxy decodes (gzip, deflate, zstd), within the body
+        cap; None when it has none, or one the proxy does not decode (br, an unknown one): that
+        body and its Content-Encoding go on exactly as the origin sent them (RFC 9110 §8.4)."""
+        if not body or content_encoding.strip().lower() in ("", "identity"):
+            return None
+        try:
+            return compression.decode_received(body, content_encoding, self.max_bytes)
+        except compression.TooLarge as exc:
+            raise PayloadTooLarge(f"upstream body {exc}; the cap is {self.max_bytes}") from exc
+        except ValueError as exc:
+            raise BadGateway(f"upstream body does not decode as its Content-Encoding "
+                             f"{content_encoding[:40]!r}: {exc}") from exc
+
     def _read_body(self, response: requests.Response, deadline: float) -> bytes:
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
@@ -188,7 +210,7 @@ class Fetcher:
                 if remaining <= 0:
                     raise GatewayTimeout(f"timed out after {self.timeout:g} s receiving the body")
                 _bound_next_read(response, remaining)
-                chunk = response.raw.read1(CHUNK, decode_content=True)
+                chunk = response.raw.read1(CHUNK, decode_content=False)  # _decoded decodes
                 if not chunk:
                     break
                 size += len(chunk)

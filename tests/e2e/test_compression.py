@@ -164,17 +164,24 @@ def test_a_304_from_upstream_freshens_a_compressed_entry_and_keeps_its_coding(
     assert upstream.hits["/reval"] == 2
 
 
-def test_a_body_the_upstream_sent_gzip_coded_is_stored_decoded_and_not_compressed_again(
+def test_a_body_the_upstream_sent_gzip_coded_is_decoded_then_stored_in_the_proxys_coding(
         upstream, make_proxy, r):
+    # The fetcher decodes it (and drops its Content-Encoding), so it is an identity body like
+    # any other: compressed in the proxy's coding when that pays, served by Accept-Encoding.
     url = upstream.serve("/gz", gzip.compress(HTML), headers={"Content-Type": "text/html",
                                                              "Content-Encoding": "gzip"})
     proxy = make_proxy(compress_min_bytes=1024)
-    assert request(proxy.port, q(url, "gz")).body == HTML
+    first = request(proxy.port, q(url, "gz"))
+    assert (first.body, first.headers["Content-Encoding"]) == (HTML, None)
     entry = cache_entry.decode(r.get("rp:gz"))
-    assert (entry.coding, entry.body, "content-encoding" in entry.headers) == ("", HTML, False)
+    assert (entry.coding, zstandard.ZstdDecompressor().decompress(entry.body),
+            "content-encoding" in entry.headers) == ("zstd", HTML, False)
     got = request(proxy.port, q(url, "gz"), headers={"Accept-Encoding": "zstd, gzip"})
     assert (got.body, got.headers["X-Cache"], got.headers["Content-Encoding"], got.headers["Vary"]) == \
-        (HTML, "HIT", None, None)
+        (entry.body, "HIT", "zstd", "Accept-Encoding")
+    plain = request(proxy.port, q(url, "gz"))
+    assert (plain.body, plain.headers["X-Cache"], plain.headers["Content-Encoding"]) == (HTML, "HIT", None)
+    assert upstream.hits["/gz"] == 1
 
 
 @pytest.mark.parametrize("path, headers, size", [

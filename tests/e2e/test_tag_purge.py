@@ -3,18 +3,31 @@ real upstream: every proxy's L1 included, a store in flight not resurrecting wha
 
 import dataclasses
 import threading
+from urllib.parse import quote
 
 import pytest
 
 from proxy.cache import entry as cache_entry
+from proxy.serving.auth import Authenticator
+from proxy.serving.site import Site
 from proxy.store.tags import MAX_ENTRIES, MAX_TAGS
-from servers import q, request, wait_until
+from servers import Upstream, q, request, wait_until
 from test_caching import fire, gated
 
 
 def tagged(upstream, path: str, body: bytes, tags: str, header: str = "Surrogate-Key",
            cache_control: str = "max-age=600") -> str:
     return upstream.serve(path, body, headers={header: tags, "Cache-Control": cache_control})
+
+
+def by_tag(upstream, tag: str, extra: str = "") -> str:
+    """The URL role's purge of `tag` as `upstream`'s origin's (a tag is its origin's)."""
+    return f"/?tag={tag}&url={quote(upstream.url('/'), safe='')}{extra}"
+
+
+def tag_key(upstream, tag: str) -> str:
+    """The Redis set of `upstream`'s tag `tag` (proxy.store.tags: scoped by the origin)."""
+    return f"rp:\x00tag:http://127.0.0.1:{upstream.port} {tag}"
 
 
 def cached(port: int, url: str) -> str:
@@ -34,13 +47,13 @@ def test_a_tag_purge_removes_every_tagged_entry_from_redis_and_both_proxies_l1(
         assert [cached(proxy.port, url) for url in (news, sport, other)] == ["HIT"] * 3
     assert (len(first.proxy.local), len(second.proxy.local)) == (3, 3)
     keys = {url: first.proxy.parse(url).redis_key for url in (news, sport, other)}
-    assert r.smembers("rp:\x00tag:front") == {keys[news].encode(), keys[sport].encode()}
+    assert r.smembers(tag_key(upstream, "front")) == {keys[news].encode(), keys[sport].encode()}
 
-    purged = request(first.port, "/?tag=front", method=method)
+    purged = request(first.port, by_tag(upstream, "front"), method=method)
 
     assert (purged.status, purged.json()) == (200, {"purged": 2})
     assert (r.exists(keys[news]), r.exists(keys[sport]), r.exists(keys[other])) == (0, 0, 1)
-    assert r.exists("rp:\x00tag:front") == 0
+    assert r.exists(tag_key(upstream, "front")) == 0
     # The other proxy's L1 hears of the deletes through Redis's invalidation messages.
     wait_until(lambda: len(second.proxy.local) == 1)
     assert len(first.proxy.local) == 1
@@ -59,8 +72,8 @@ def test_the_tag_header_is_stripped_unless_shown_and_the_ttl_of_a_tag_set_follow
     for cache in ("MISS", "HIT"):
         got = request(hidden.port, q(url))
         assert (got.body, got.headers["X-Cache"], got.headers["Surrogate-Key"]) == (b"body", cache, None)
-    assert 140 < r.ttl("rp:\x00tag:a") <= 150  # the entry's TTL: freshness plus CACHE_STALE_TTL
-    assert {r.ttl(f"rp:\x00tag:{tag}") for tag in "abc"} == {r.ttl("rp:\x00tag:a")}
+    assert 140 < r.ttl(tag_key(upstream, "a")) <= 150  # the entry's TTL: freshness plus CACHE_STALE_TTL
+    assert {r.ttl(tag_key(upstream, tag)) for tag in "abc"} == {r.ttl(tag_key(upstream, "a"))}
     shown = make_proxy(stale_ttl=50, tag_headers_shown=True)
     got = request(shown.port, q(url))
     assert (got.headers["X-Cache"], got.headers["Surrogate-Key"]) == ("HIT", "a b c")
@@ -74,7 +87,7 @@ def test_a_tag_purge_during_a_fetch_of_a_tagged_entry_is_not_undone_by_its_store
     redis_key = fetching.proxy.parse(url).redis_key
     responses, _sent, threads = fire(fetching.port, q(url), 1)
     wait_until(lambda: upstream.hits["/racing"] == 1)
-    purge = request(purging.port, "/?tag=news", method="PURGE")
+    purge = request(purging.port, by_tag(upstream, "news"), method="PURGE")
     assert (purge.status, purge.json()) == (200, {"purged": 0})
     gate.set()
     for thread in threads:
@@ -94,7 +107,7 @@ def test_a_tag_purge_does_not_stop_the_store_of_an_entry_with_other_tags(upstrea
     proxy = make_proxy()
     responses, _sent, threads = fire(proxy.port, q(url), 1)
     wait_until(lambda: upstream.hits["/kept"] == 1)
-    assert request(proxy.port, "/?tag=news", method="DELETE").json() == {"purged": 0}
+    assert request(proxy.port, by_tag(upstream, "news"), method="DELETE").json() == {"purged": 0}
     gate.set()
     for thread in threads:
         thread.join(10)
@@ -130,7 +143,7 @@ def test_concurrent_tag_purges_and_stores_never_leave_a_purged_generation_stored
         for round_ in range(1, 30):
             with lock:
                 generation[0] = round_
-            assert request(second.port, "/?tag=hot", method="DELETE").status == 200
+            assert request(second.port, by_tag(upstream, "hot"), method="DELETE").status == 200
             stored = r.get(redis_key)
             if stored is not None:
                 assert cache_entry.decode(stored).body == b"gen %d" % round_
@@ -157,7 +170,7 @@ def test_a_soft_purge_keeps_the_entry_and_revalidates_it_with_a_304(upstream, ma
     ttl_before = r.ttl(redis_key)
     now[0] += 10
 
-    purged = request(first.port, "/?tag=news&soft=true", method="PURGE")
+    purged = request(first.port, by_tag(upstream, "news", "&soft=true"), method="PURGE")
 
     assert (purged.status, purged.json()) == (200, {"purged": 1})
     stored = cache_entry.decode(r.get(redis_key))
@@ -176,7 +189,7 @@ def test_a_soft_purge_keeps_the_entry_and_revalidates_it_with_a_304(upstream, ma
     assert cached(first.port, url) == "HIT"
     assert upstream.hits["/soft"] == 2
     # Revalidated, it is still tagged: a later tag purge reaches it.
-    assert request(first.port, "/?tag=news", method="DELETE").json() == {"purged": 1}
+    assert request(first.port, by_tag(upstream, "news"), method="DELETE").json() == {"purged": 1}
 
 
 def test_a_soft_purge_keeps_a_compressed_entrys_coding_vary_key_and_tags(upstream, make_proxy, r):
@@ -191,7 +204,7 @@ def test_a_soft_purge_keeps_a_compressed_entrys_coding_vary_key_and_tags(upstrea
     before = cache_entry.decode(r.get(redis_key))
     assert (before.coding, before.tags, before.vary) == ("zstd", ("news",), {"accept-language": None})
     now[0] += 10
-    assert request(proxy.port, "/?tag=news&soft=true", method="PURGE").json() == {"purged": 1}
+    assert request(proxy.port, by_tag(upstream, "news", "&soft=true"), method="PURGE").json() == {"purged": 1}
     after = cache_entry.decode(r.get(redis_key))
     assert after == dataclasses.replace(before, fresh_for=10.0)
     assert r.get(redis_key)[:5] == b"RPE5\x0e"  # version 5: coding zstd (CODINGS[2]), via and vary
@@ -236,6 +249,7 @@ def test_a_soft_purge_during_a_fetch_is_not_undone_by_its_store(upstream, make_p
     ("/?tag=news&key=k", 400, "bad query"),
     ("/?tag=news&soft=yes", 400, "bad query"),
     ("/?tag=news&colour=red", 400, "bad query"),
+    ("/?tag=news", 400, "missing url"),  # the URL role: a tag is its origin's, name the origin
 ])
 def test_a_bad_purge_is_refused_and_changes_nothing(upstream, make_proxy, r, query, status, error):
     url = tagged(upstream, "/keep", b"keep", "news")
@@ -260,7 +274,7 @@ def test_purge_by_tag_says_how_to_turn_it_on_when_tags_are_off(upstream, make_pr
     proxy = make_proxy(tag_headers=())
     request(proxy.port, q(url))
     assert r.keys("rp:\x00tag:*") == []
-    got = request(proxy.port, "/?tag=news", method="DELETE")
+    got = request(proxy.port, by_tag(upstream, "news"), method="DELETE")
     assert (got.status, got.json()["error"]) == (400, "tags off")
     assert "TAG_HEADER" in got.json()["detail"]
 
@@ -295,8 +309,63 @@ def test_a_full_tag_set_drops_expired_members_and_then_refuses_live_ones(upstrea
     r.delete(proxy.proxy.parse(urls[0]).redis_key)  # expired, say
     request(proxy.port, q(urls[2]))
     assert r.exists(proxy.proxy.parse(urls[2]).redis_key) == 1
-    assert r.scard("rp:\x00tag:full") == 2
+    assert r.scard(tag_key(upstream, "full")) == 2
 
 
 def test_a_tag_names_at_most_10000_entries_by_default(make_proxy):
     assert MAX_ENTRIES == 10_000 == make_proxy().proxy.urls.tags.max_entries
+
+
+@pytest.fixture
+def other_upstream():
+    server = Upstream().start()
+    yield server
+    server.stop()
+
+
+def test_a_tag_is_its_origins_and_a_purge_reaches_only_the_origin_it_names(
+        upstream, other_upstream, make_proxy, r):
+    mine = tagged(upstream, "/mine", b"mine", "news")
+    theirs = tagged(other_upstream, "/theirs", b"theirs", "news")
+    proxy = make_proxy()
+    for url in (mine, theirs):
+        request(proxy.port, q(url))
+    assert r.smembers(tag_key(upstream, "news")) == {proxy.proxy.parse(mine).redis_key.encode()}
+    assert r.smembers(tag_key(other_upstream, "news")) == {proxy.proxy.parse(theirs).redis_key.encode()}
+    got = request(proxy.port, by_tag(upstream, "news"), method="DELETE")
+    assert (got.status, got.json()) == (200, {"purged": 1})
+    assert (cached(proxy.port, mine), cached(proxy.port, theirs)) == ("MISS", "HIT")
+    assert (upstream.hits["/mine"], other_upstream.hits["/theirs"]) == (2, 1)
+
+
+def test_one_upstream_cannot_fill_another_upstreams_tag_set(upstream, other_upstream, make_proxy, r):
+    proxy = make_proxy()
+    proxy.proxy.urls.tags.max_entries = 2
+    for i in range(2):
+        request(proxy.port, q(tagged(other_upstream, f"/fill{i}", b"filler", "news")))
+    assert r.scard(tag_key(other_upstream, "news")) == 2  # full
+    mine = tagged(upstream, "/mine", b"mine", "news")
+    assert request(proxy.port, q(mine)).headers["X-Cache"] == "MISS"
+    assert r.exists(proxy.proxy.parse(mine).redis_key) == 1
+    assert cached(proxy.port, mine) == "HIT"
+    assert upstream.hits["/mine"] == 1
+
+
+def test_in_reverse_proxy_mode_a_tag_purge_is_origin_urls_unless_url_names_another(
+        origin, upstream, make_proxy, r):
+    origin.route("/site", lambda h: h.reply(200, b"site page", {"Surrogate-Key": "news",
+                                                                "Cache-Control": "max-age=600"}))
+    other = tagged(upstream, "/other", b"other page", "news")
+    site_url = origin.url("")
+    proxy = make_proxy(origin=site_url, server_options={"site": Site(site_url),
+                                                        "authenticator": Authenticator(())})
+    assert request(proxy.port, "/site").headers["X-Cache"] == "MISS"
+    assert request(proxy.port, "/_proxy" + q(other)).headers["X-Cache"] == "MISS"
+    got = request(proxy.port, "/_proxy/?tag=news", method="DELETE")
+    assert (got.status, got.json()) == (200, {"purged": 1})
+    assert request(proxy.port, "/site").headers["X-Cache"] == "MISS"
+    assert request(proxy.port, "/_proxy" + q(other)).headers["X-Cache"] == "HIT"
+    got = request(proxy.port, "/_proxy" + by_tag(upstream, "news"), method="DELETE")
+    assert (got.status, got.json()) == (200, {"purged": 1})
+    assert request(proxy.port, "/_proxy" + q(other)).headers["X-Cache"] == "MISS"
+    assert (origin.hits["/site"], upstream.hits["/other"]) == (2, 2)

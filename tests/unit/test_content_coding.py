@@ -1,5 +1,7 @@
 """Accept-Encoding negotiation (RFC 9110 §12.5.3), the codings and the encoded ETag."""
 
+import zlib
+
 import pytest
 
 from proxy.cache import compression
@@ -42,3 +44,25 @@ def test_the_encoded_representation_has_its_own_etag(etag, expected):
 def test_compressible_types(content_type, coded, expected):
     assert compression.compressible({"content-type": content_type,
                                      "content-encoding": coded}) is expected
+
+
+@pytest.mark.parametrize("header, coded, expected", [
+    ("gzip", lambda b: compression.encode(b, "gzip"), b"body"),
+    ("x-gzip", lambda b: compression.encode(b, "gzip"), b"body"),
+    ("deflate", lambda b: zlib.compress(b), b"body"),
+    ("deflate", lambda b: zlib.compress(b)[2:-4], b"body"),  # raw deflate, as some servers send
+    ("zstd, gzip", lambda b: compression.encode(compression.encode(b, "zstd"), "gzip"), b"body"),
+    ("identity, gzip", lambda b: compression.encode(b, "gzip"), b"body"),
+    ("br", lambda b: b, None), ("gzip, br", lambda b: b, None), ("x-custom", lambda b: b, None),
+])
+def test_decode_received_undoes_the_codings_in_reverse_order_or_none_for_one_it_cannot(
+        header, coded, expected):
+    assert compression.decode_received(coded(b"body"), header, 1024) == expected
+
+
+@pytest.mark.parametrize("coding", ["gzip", "zstd"])
+def test_decoding_stops_at_the_limit_without_decoding_the_rest(coding):
+    bomb = compression.encode(b"\0" * (16 << 20), coding)  # 16 MiB in a few KiB
+    assert compression.decode(bomb, coding, 16 << 20) == b"\0" * (16 << 20)
+    with pytest.raises(compression.TooLarge, match=f"decodes to more than {1 << 20} bytes"):
+        compression.decode(bomb, coding, 1 << 20)

@@ -21,6 +21,7 @@ class FakeFetcher:
     """Answers every URL with a fixed response and counts the calls; opens no socket."""
 
     timeout = 5.0
+    max_bytes = 10 * 1024**2  # UPSTREAM_MAX_BYTES: also what a stored entry may decode to
 
     def __init__(self, body: bytes = b"body", headers: dict | None = None, status: int = 200):
         self.body, self.headers, self.status = body, headers or {}, status
