@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from proxy.serving.sockets import Gate
+from proxy.budgets import Gate
 from tests.servers import wait_until
 
 
