@@ -115,7 +115,8 @@ class Settings:
                                  "one more gets 503 at once")
     max_parallel: int = _setting("MAX_PARALLEL", parsers.integer(1), 2 * (os.cpu_count() or 1), "front",
                                  "requests processed at once, HTTP and RESP together (`/health` and "
-                                 "`/metrics` are not counted), per worker (`HTTP_WORKERS` × this in all); 1 = one "
+                                 "`/metrics` are not counted, nor a request while it waits on an upstream "
+                                 "fetch: see `MAX_FETCHES`), per worker (`HTTP_WORKERS` × this in all); 1 = one "
                                   "at a time, in arrival order",
                                  shown="2 × cores")
     max_fetches: int = _setting("MAX_FETCHES", parsers.integer(1), 64, "upstream",
@@ -146,7 +147,7 @@ class Settings:
                                      "total time to receive a request's headers")
     keepalive_timeout: float = _setting("KEEPALIVE_TIMEOUT", parsers.seconds(True), 15.0, "front",
                                         "idle time before a kept-alive connection is closed, and "
-                                        "before a RESP client that takes none of its pending replies is")
+                                        "before a RESP client that stops taking its replies is")
     cache_store_statuses: frozenset[int] = _setting("CACHE_STORE_STATUSES", parsers.statuses,
                                                     frozenset(range(200, 300)), "caching",
                                                     "upstream statuses that are stored (`2xx,404`)")

@@ -8,6 +8,7 @@ import socket
 
 import pytest
 
+from load_env import Settings
 from proxy.resp import server as resp_server
 from proxy.resp.replies import array, bulk, command, error
 from servers import ServerThread, wait_until
@@ -110,6 +111,15 @@ BIG_KEYS = [f"big{i}".encode() for i in range(4)]
 BIG_VALUES = [bytes([97 + i]) * (2 * MIB) for i in range(4)]
 BIG_MGET = command(b"MGET", *BIG_KEYS)
 BIG_REPLY = array([bulk(value) for value in BIG_VALUES])  # 8 MiB: more than the kernel buffers
+
+
+def test_resp_max_pending_bytes_defaults_to_256_mib():
+    assert Settings().resp_max_pending_bytes == resp_server.MAX_PENDING_BYTES == 256 * MIB
+    server = resp_server.RespServer(("127.0.0.1", 0), None)  # type: ignore[arg-type]
+    try:
+        assert server.pending.limit == 256 * MIB
+    finally:
+        server.server_close()
 
 
 def not_reading(port: int) -> socket.socket:
