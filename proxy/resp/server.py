@@ -8,8 +8,8 @@ the next command runs, so a pipelining client that does not read stalls its own 
 instead of piling replies up in the proxy (Redis bounds the same thing with its client output
 buffer limits). The replies waiting for their clients, all connections together, are held to
 RESP_MAX_PENDING_BYTES (a reply that would pass it gets an error instead: Redis 7 bounds the
-same total with maxmemory-clients), and a client that takes none of a reply for
-KEEPALIVE_TIMEOUT is disconnected.
+same total with maxmemory-clients), and a client that does not take each SEND_BATCH of a reply
+within KEEPALIVE_TIMEOUT is disconnected.
 """
 
 import logging
@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 RECV_SIZE = 64 * 1024
 SEND_BATCH = 64 * 1024  # replies pending past this are sent before the next command runs
 # A send may take KEEPALIVE_TIMEOUT plus the time to read its bytes at this rate (about a
-# 0.5 Mbit/s link); a client that reads slower is disconnected, and so is one that takes none
-# of the next SEND_BATCH bytes within KEEPALIVE_TIMEOUT.
+# 0.5 Mbit/s link); a client that reads slower is disconnected, and so is one that does not
+# take each next SEND_BATCH bytes within KEEPALIVE_TIMEOUT.
 MIN_SEND_RATE = 64 * 1024
 MAX_PENDING_BYTES = 256 * 1024 * 1024  # RESP_MAX_PENDING_BYTES
 
