@@ -90,15 +90,18 @@ def make_proxy(redis_url):
               capacity: int = 1024, server_options: dict | None = None,
               policy: Policy | None = None, clock=None, local_timer=None,
               invalidation: str = "tracking", upstream_policy: UpstreamPolicy | None = None,
-              allow_private: bool = True, **proxy_options) -> ProxyUnderTest:
+              allow_private: bool = True, fetcher_options: dict | None = None,
+              **proxy_options) -> ProxyUnderTest:
         """`allow_private=False`: the strict upstream policy a deployment has by default;
-        `upstream_policy` replaces the policy altogether."""
+        `upstream_policy` replaces the policy altogether; `fetcher_options`: more of Fetcher's
+        (`max_fetches`, `fetch_wait`)."""
         client = make_client(url or redis_url)
         # By default the test upstreams on loopback are allowed; pass `upstream_policy` to test
         # the policy itself.
         fetcher = Fetcher(timeout=timeout, max_bytes=max_bytes,
                           policy=upstream_policy or UpstreamPolicy(
-                              allow_private=allow_private, allowed_ports=tuple(range(1, 65536))))
+                              allow_private=allow_private, allowed_ports=tuple(range(1, 65536))),
+                          **(fetcher_options or {}))
         options = dict(ttl=ttl, stale_ttl=stale_ttl, stale_if_error=stale_if_error,
                        policy=policy or Policy(ttl=ttl), invalidation=invalidation, **proxy_options)
         if clock is not None:

@@ -101,7 +101,8 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
             servers.append(resp_server.make_server(settings.http_host,
                                                    0 if listeners else settings.resp_port, proxy,
                                                    **limits, authenticator=authenticator,
-                                                   rate_limiter=rate_limiter))
+                                                   rate_limiter=rate_limiter,
+                                                   max_pending_bytes=settings.resp_max_pending_bytes))
         except OSError:
             servers[0].server_close()  # nothing is served unless every front end could bind
             raise

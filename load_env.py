@@ -150,9 +150,14 @@ class Settings:
                                  "one more gets 503 at once")
     max_parallel: int = _setting("MAX_PARALLEL", parsers.integer(1), 2 * (os.cpu_count() or 1), "front",
                                  "requests processed at once, HTTP and RESP together (`/health` and "
-                                 "`/metrics` are not counted), per worker (`HTTP_WORKERS` × this in all); 1 = one "
+                                 "`/metrics` are not counted, nor a request while it waits on an upstream "
+                                 "fetch: see `MAX_FETCHES`), per worker (`HTTP_WORKERS` × this in all); 1 = one "
                                   "at a time, in arrival order",
                                  shown="2 × cores")
+    max_fetches: int = _setting("MAX_FETCHES", parsers.integer(1), 64, "upstream",
+                                "upstream fetches in flight at once, per worker; one more waits up to 1 s "
+                                "for one to end, then gets 503 (`Retry-After: 1`). A request waiting on "
+                                "an upstream holds no `MAX_PARALLEL` slot")
     upstream_timeout: float = _setting("UPSTREAM_TIMEOUT", parsers.seconds(True), 10.0, "upstream",
                                        "total deadline of one fetch, redirects and body included; no retries")
     upstream_max_bytes: int = _setting("UPSTREAM_MAX_BYTES", parsers.size, 10 * 1024**2, "upstream",
@@ -169,10 +174,15 @@ class Settings:
                                   "longest `url` accepted; a longer one is 414")
     max_key_bytes: int = _setting("MAX_KEY_BYTES", parsers.integer(1), 1024, "upstream",
                                   "longest `key` accepted; a longer one is 400")
+    resp_max_pending_bytes: int = _setting("RESP_MAX_PENDING_BYTES", parsers.size, 256 * 1024**2, "front",
+                                           "reply bytes held for RESP clients that have not read them yet, "
+                                           "all connections together, per worker; a reply that would pass it "
+                                           "gets `-ERR` instead")
     header_timeout: float = _setting("HEADER_TIMEOUT", parsers.seconds(True), 10.0, "front",
                                      "total time to receive a request's headers")
     keepalive_timeout: float = _setting("KEEPALIVE_TIMEOUT", parsers.seconds(True), 15.0, "front",
-                                        "idle time before a kept-alive connection is closed")
+                                        "idle time before a kept-alive connection is closed, and "
+                                        "before a RESP client that stops taking its replies is")
     cache_store_statuses: frozenset[int] = _setting("CACHE_STORE_STATUSES", parsers.statuses,
                                                     frozenset(range(200, 300)), "caching",
                                                     "upstream statuses that are stored (`2xx,404`)",

@@ -271,6 +271,7 @@ class RedisProxy:
                                  password=settings.redis_password or None, tls_ca=settings.redis_tls_ca,
                                  tls_cert=settings.redis_tls_cert, tls_key=settings.redis_tls_key)
         fetcher = Fetcher(timeout=settings.upstream_timeout, max_bytes=settings.upstream_max_bytes,
+                          max_fetches=settings.max_fetches,
                           policy=UpstreamPolicy(allowed_hosts=settings.upstream_allowed_hosts,
                                                 allowed_ports=settings.upstream_allowed_ports,
                                                 allow_private=settings.upstream_allow_private))

@@ -92,6 +92,13 @@ class ServiceUnavailable(ProxyError):
     status, error = 503, "service unavailable"
 
 
+class TooManyFetches(ServiceUnavailable):
+    """MAX_FETCHES upstream fetches in flight, and none ended within the wait."""
+
+    error = "too many fetches"
+    headers = {"Retry-After": "1"}
+
+
 class GatewayTimeout(ProxyError):
     status, error = 504, "upstream timeout"
 

@@ -1,8 +1,10 @@
 """Single flight: concurrent calls for one key share one execution and its result."""
 
+import contextlib
 import threading
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -12,10 +14,12 @@ class SingleFlight:
     """`do(key, fn)` runs `fn` once per key at a time; callers arriving meanwhile wait for it.
 
     The call runs outside the lock (locks guard memory, never I/O); a failure reaches every
-    waiter. `wait_timeout` bounds how long a waiter waits before it calls `fn` itself.
+    waiter. `wait_timeout` bounds how long a waiter waits before it calls `fn` itself;
+    `waiting()` is entered around that wait (proxy.budgets.off_cpu: a waiter is not working).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, waiting: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext) -> None:
+        self._waiting = waiting
         self._lock = threading.Lock()
         self._calls: dict[Hashable, Future[Any]] = {}
 
@@ -29,7 +33,9 @@ class SingleFlight:
         assert call is not None
         if not leader:
             try:
-                return call.result(wait_timeout), True
+                with self._waiting():
+                    result = call.result(wait_timeout)
+                return result, True
             except TimeoutError:
                 return fn(), False
         try:

@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from proxy.budgets import off_cpu
 from proxy.cache import keys as cache_keys
 from proxy.cache.entry import Entry
 from proxy.cache.freshness import Policy
@@ -51,7 +52,8 @@ class Coalescing(VariantSelection):
         token = self.fetch_lock.acquire(lock) if redis_up else ""
         if token is None:
             self.stats.count(names.COALESCED_WAITS)
-            found = self.fetch_lock.wait(lock, lambda: self._fresh_stored(request, stale))
+            with off_cpu():  # another process's fetch: no MAX_PARALLEL slot held meanwhile
+                found = self.fetch_lock.wait(lock, lambda: self._fresh_stored(request, stale))
             if found is not None:
                 return found
             token = ""  # the other fetch failed or was not storable: fetch for ourselves

@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 
+from proxy.budgets import off_cpu
 from proxy.cache import conditional
 from proxy.cache import entry as cache_entry
 from proxy.cache import keys as cache_keys
@@ -90,7 +91,7 @@ class UrlCache(Coalescing, Storing, Purging):
         self.limits = limits
         self.clock = clock
         self.redis_label = redis_label
-        self.flights = SingleFlight()
+        self.flights = SingleFlight(waiting=off_cpu)  # a waiter gives its MAX_PARALLEL slot back
         # Parsing is pure: remember recent results (errors are raised again, never remembered).
         self._parse_cached = functools.lru_cache(maxsize=4096)(self._parse)
         self._refreshing: set[str] = set()  # keys with a background refresh running

@@ -6,7 +6,10 @@ resp_protocol.py and resp_commands.py. Pipelined commands that arrive together a
 together, in one send, until their replies pass SEND_BATCH: then what is pending goes out before
 the next command runs, so a pipelining client that does not read stalls its own commands
 instead of piling replies up in the proxy (Redis bounds the same thing with its client output
-buffer limits).
+buffer limits). The replies waiting for their clients, all connections together, are held to
+RESP_MAX_PENDING_BYTES (a reply that would pass it gets an error instead: Redis 7 bounds the
+same total with maxmemory-clients), and a client that does not take each SEND_BATCH of a reply
+within KEEPALIVE_TIMEOUT is disconnected.
 """
 
 import logging
@@ -15,6 +18,7 @@ import socketserver
 import time
 from typing import Any
 
+from proxy.budgets import ByteBudget
 from proxy.resp import protocol as wire
 from proxy.resp.commands import MAX_KEYS, MAX_REPLY_BYTES, RespCommands
 from proxy.resp.protocol import ProtocolError, RespParser, TooManyArguments
@@ -29,8 +33,10 @@ log = logging.getLogger(__name__)
 RECV_SIZE = 64 * 1024
 SEND_BATCH = 64 * 1024  # replies pending past this are sent before the next command runs
 # A send may take KEEPALIVE_TIMEOUT plus the time to read its bytes at this rate (about a
-# 0.5 Mbit/s link); a client that reads slower, or not at all, is disconnected.
+# 0.5 Mbit/s link); a client that reads slower is disconnected, and so is one that does not
+# take each next SEND_BATCH bytes within KEEPALIVE_TIMEOUT.
 MIN_SEND_RATE = 64 * 1024
+MAX_PENDING_BYTES = 256 * 1024 * 1024  # RESP_MAX_PENDING_BYTES
 
 
 class RespServer(ThreadingLimitedServer):
@@ -44,8 +50,10 @@ class RespServer(ThreadingLimitedServer):
                  keepalive_timeout: float = 15.0, max_array: int = wire.MAX_ARRAY,
                  max_bulk: int = wire.MAX_BULK, authenticator: Authenticator | None = None,
                  parallel: Gate | None = None, rate_limiter: RateLimiter | None = None,
-                 max_keys: int = MAX_KEYS, max_reply_bytes: int = MAX_REPLY_BYTES):
+                 max_keys: int = MAX_KEYS, max_reply_bytes: int = MAX_REPLY_BYTES,
+                 max_pending_bytes: int = MAX_PENDING_BYTES):
         self.proxy = proxy
+        self.pending = ByteBudget(max_pending_bytes)  # replies built and not yet sent
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
         self.max_array = max_array
@@ -57,6 +65,7 @@ class RespServer(ThreadingLimitedServer):
                                      max_reply_bytes=max_reply_bytes)
         self.connections_received = 0
         self.commands_processed = 0
+        self.rejected_replies = 0  # over RESP_MAX_PENDING_BYTES
         self.init_limits(max_clients, max_parallel, parallel)
         super().__init__(address, RespHandler)
 
@@ -64,20 +73,33 @@ class RespServer(ThreadingLimitedServer):
     def port(self) -> int:
         return self.server_address[1]
 
-    def count(self, connections: int = 0, commands: int = 0) -> None:
+    def count(self, connections: int = 0, commands: int = 0, rejected_replies: int = 0) -> None:
         with self._count_lock:
             self.connections_received += connections
             self.commands_processed += commands
+            self.rejected_replies += rejected_replies
+
+    def refused(self, size: int) -> bytes:
+        """The error sent in place of a reply of `size` bytes that would pass
+        RESP_MAX_PENDING_BYTES (itself not counted: a few bytes per command, while the bound is
+        for values)."""
+        self.count(rejected_replies=1)
+        return error_reply(f"ERR reply of {size} bytes not sent: RESP clients have "
+                           f"{self.pending.held} bytes of replies not yet read, and "
+                           f"RESP_MAX_PENDING_BYTES is {self.pending.limit}; retry shortly")
 
     def _info(self) -> dict[str, dict[str, Any]]:
         with self._count_lock:
             return {
                 "server": {"tcp_port": self.port},
                 "clients": {"connected_clients": self.active_connections,
-                            "maxclients": self.max_clients},
+                            "maxclients": self.max_clients,
+                            "pending_reply_bytes": self.pending.held,
+                            "max_pending_reply_bytes": self.pending.limit},
                 "stats": {"total_connections_received": self.connections_received,
                           "total_commands_processed": self.commands_processed,
-                          "rejected_connections": self.rejected_connections},
+                          "rejected_connections": self.rejected_connections,
+                          "rejected_replies": self.rejected_replies},
             }
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -95,7 +117,11 @@ class RespHandler(socketserver.BaseRequestHandler):
         self.parser = RespParser(self.server.max_array, self.server.max_bulk,
                                  max_args=self.server.commands.max_keys + 1)
         self.session = self.server.commands.new_session(peer=self.client_address[0])
+        self.held = 0  # bytes of this connection's replies counted in RESP_MAX_PENDING_BYTES
         self.server.count(connections=1)
+
+    def finish(self) -> None:
+        self._give_back()  # whatever ended the connection
 
     def handle(self) -> None:
         chunk = bytearray(RECV_SIZE)
@@ -132,6 +158,10 @@ class RespHandler(socketserver.BaseRequestHandler):
                             reply = item  # the too-many-arguments error
                         else:
                             reply = server.commands.execute(session, item)
+                            if server.pending.take(len(reply)):
+                                self.held += len(reply)  # given back by _send, sent or not
+                            else:
+                                reply = server.refused(len(reply))
                         replies.append(reply)
                         pending += len(reply)
                         answered += 1
@@ -169,10 +199,30 @@ class RespHandler(socketserver.BaseRequestHandler):
 
     def _send(self, replies: list[bytes]) -> None:
         """The replies in one write, or what it left in one sendall within a deadline scaled to
-        its size (Python's sendall timeout bounds the whole call, not each write). Raises on
-        timeout or failure."""
+        its size (Python's sendall timeout bounds the whole call, not each write); past
+        SEND_BATCH bytes, each SEND_BATCH within KEEPALIVE_TIMEOUT too, so a client that stops
+        reading is dropped then, not when the whole reply's allowance runs out (15 min for
+        60 MB). Raises on timeout or failure."""
         data = replies[0] if len(replies) == 1 else b"".join(replies)
-        self.reader.send(data, self.server.keepalive_timeout + len(data) / MIN_SEND_RATE)
+        idle = self.server.keepalive_timeout
+        allowed = idle + len(data) / MIN_SEND_RATE
+        try:
+            if len(data) <= SEND_BATCH:
+                self.reader.send(data, allowed)
+                return
+            deadline = time.monotonic() + allowed
+            for start in range(0, len(data), SEND_BATCH):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("the replies were not taken at MIN_SEND_RATE")
+                self.reader.send(data[start:start + SEND_BATCH], min(idle, left))
+        finally:
+            self._give_back()
+
+    def _give_back(self) -> None:
+        if self.held:
+            self.server.pending.give_back(self.held)
+            self.held = 0
 
     def _set_deadline(self, progressed: bool, started: float) -> None:
         """Idle between commands: KEEPALIVE_TIMEOUT per read. Part of a command received: the

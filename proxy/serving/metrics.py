@@ -223,6 +223,18 @@ class _ProxyCollector(Collector):
         for reason, count in sorted(self.proxy.fetcher.policy.refusal_counts().items()):
             refusals.add_metric([reason], count)
         yield refusals
+        fetcher = self.proxy.fetcher
+        yield GaugeMetricFamily("redis_proxy_upstream_fetches_in_flight",
+                                "Upstream fetches in flight (at most MAX_FETCHES)",
+                                value=fetcher.in_flight.in_use)
+        yield CounterMetricFamily("redis_proxy_upstream_fetches_refused",
+                                  "Fetches answered 503 over MAX_FETCHES",
+                                  value=fetcher.fetches_refused)
+        gates = {id(server.parallel): server.parallel for server in self.servers.values()}
+        yield GaugeMetricFamily("redis_proxy_requests_waiting_upstream",
+                                "Requests waiting on an upstream fetch (theirs or another's), "
+                                "their MAX_PARALLEL slot given back",
+                                value=sum(gate.away for gate in gates.values()))
         yield GaugeMetricFamily("redis_proxy_redis_up", "1 while the backing Redis answers",
                                 value=1 if self.proxy.health.up else 0)
         yield GaugeMetricFamily("redis_proxy_l1_entries", "Entries in the local cache",
@@ -239,7 +251,12 @@ class _ProxyCollector(Collector):
         yield connections
         yield rejected
         commands = CounterMetricFamily("redis_proxy_resp_commands", "RESP commands processed")
+        pending = GaugeMetricFamily("redis_proxy_resp_pending_reply_bytes",
+                                    "RESP reply bytes not yet taken by their clients "
+                                    "(at most RESP_MAX_PENDING_BYTES)")
         for server in self.servers.values():
             if hasattr(server, "commands_processed"):
                 commands.add_metric([], server.commands_processed)
+                pending.add_metric([], server.pending.held)
         yield commands
+        yield pending

@@ -1,6 +1,5 @@
 """Socket plumbing shared by the front ends: deadline-bounded reads and client-slot limits."""
 
-import collections
 import io
 import socket
 import socketserver
@@ -8,6 +7,8 @@ import struct
 import threading
 import time
 from typing import TYPE_CHECKING
+
+from proxy.budgets import Gate as Gate  # re-exported: the front ends take MAX_PARALLEL's from here
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -85,51 +86,6 @@ def linger(sock: socket.socket, seconds: float = LINGER) -> None:
                 return
     except OSError:
         pass
-
-
-class Gate:
-    """At most `slots` holders at once (MAX_PARALLEL), the others waiting their turn in arrival
-    order: a slot freed is handed straight to the longest waiter, never taken by a newcomer.
-
-    threading.Semaphore does the same in Python around a Condition (two locks and a loop per
-    pass, ~2.5 µs); here a pass through a gate with a free slot is one C lock held for a count.
-    """
-
-    __slots__ = ("_free", "_lock", "_waiters")
-
-    def __init__(self, slots: int):
-        if slots < 1:
-            raise ValueError("a gate needs at least one slot")
-        self._free = slots
-        self._lock = threading.Lock()
-        self._waiters: collections.deque[threading.Lock] = collections.deque()
-
-    def acquire(self) -> None:
-        with self._lock:
-            if self._free:
-                self._free -= 1
-                return
-            turn = threading.Lock()
-            turn.acquire()
-            self._waiters.append(turn)
-        turn.acquire()  # released by the release() that hands this waiter its slot
-
-    def release(self) -> None:
-        with self._lock:
-            if self._waiters:
-                self._waiters.popleft().release()  # the slot passes on without being freed
-            else:
-                self._free += 1
-
-    def __enter__(self) -> None:
-        self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
 
 
 def adopt_listener(server: socketserver.TCPServer, sock: socket.socket) -> None:

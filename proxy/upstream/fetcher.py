@@ -3,6 +3,7 @@
 import functools
 import logging
 import socket
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,9 +14,10 @@ from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import HTTPError
 
 from proxy import __version__
+from proxy.budgets import Gate, off_cpu
 from proxy.cache import compression
 from proxy.cache.target import Target, split
-from proxy.errors import BadGateway, BadRequest, GatewayTimeout, PayloadTooLarge
+from proxy.errors import BadGateway, BadRequest, GatewayTimeout, PayloadTooLarge, TooManyFetches
 from proxy.upstream.connections import (
     NoRedirectSession,
     PolicyAdapter,
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CHUNK = 64 * 1024
+MAX_FETCHES = 64  # upstream fetches in flight at once (MAX_FETCHES), as many as the pool keeps
+FETCH_WAIT = 1.0  # seconds a fetch over MAX_FETCHES waits for one to end, then 503
 USER_AGENT = f"redis-proxy/{__version__}"
 
 
@@ -48,12 +52,18 @@ class UpstreamResponse:
 
 
 class Fetcher:
-    """GET a URL with a total deadline, a body cap and at most `max_redirects` checked hops."""
+    """GET a URL with a total deadline, a body cap and at most `max_redirects` checked hops;
+    at most `max_fetches` at once, a fetch over them waiting at most `fetch_wait` seconds."""
 
     def __init__(self, *, timeout: float = 10.0, max_bytes: int = 10 * 1024**2,
                  max_redirects: int = 5, policy: UpstreamPolicy | None = None,
-                 pool_size: int = 64):
+                 pool_size: int = 64, max_fetches: int = MAX_FETCHES,
+                 fetch_wait: float = FETCH_WAIT):
         self.timeout = timeout
+        self.in_flight = Gate(max_fetches)
+        self.fetch_wait = fetch_wait
+        self.fetches_refused = 0  # over MAX_FETCHES for fetch_wait: 503
+        self._refused_lock = threading.Lock()
         self.max_bytes = max_bytes
         self.max_redirects = max_redirects
         self.policy = policy or UpstreamPolicy()
@@ -99,7 +109,22 @@ class Fetcher:
     def send(self, method: str, url: Target | str, headers: Mapping[str, str] | None = None,
              body: bytes | None = None, *, follow_redirects: bool = False) -> UpstreamResponse:
         """`method` to `url` with `body`, through the same policy, deadline and caps as fetch;
-        a redirect is followed only when `follow_redirects`."""
+        a redirect is followed only when `follow_redirects`. One of MAX_FETCHES, taken with
+        the caller's MAX_PARALLEL slot given back: waiting on an origin is not CPU work."""
+        with off_cpu():
+            if not self.in_flight.acquire(self.fetch_wait):
+                with self._refused_lock:
+                    self.fetches_refused += 1
+                raise TooManyFetches(f"{self.in_flight.slots} upstream fetches are in flight "
+                                     f"(MAX_FETCHES) and none ended within {self.fetch_wait:g} s; "
+                                     "retry shortly")
+            try:
+                return self._send(method, url, headers, body, follow_redirects)
+            finally:
+                self.in_flight.release()
+
+    def _send(self, method: str, url: Target | str, headers: Mapping[str, str] | None,
+              body: bytes | None, follow_redirects: bool) -> UpstreamResponse:
         deadline = time.monotonic() + self.timeout
         hops: list[tuple[str, str]] | None = []
         for hop in range(self.max_redirects + 1):

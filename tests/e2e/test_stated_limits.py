@@ -11,6 +11,7 @@ from load_env import Settings
 from proxy.cache import keys as cache_keys
 from proxy.resp import commands as resp_commands
 from proxy.resp import protocol as wire
+from proxy.resp import server as resp_server
 from proxy.resp.protocol import ProtocolError, RespParser
 from proxy.serving import request_head
 from servers import ROOT, q, request
@@ -71,6 +72,14 @@ CHECKED_ELSEWHERE = {
     "RESP values of one `MGET` reply": (
         resp_commands.MAX_REPLY_BYTES, "tests/e2e/test_resp.py",
         "test_an_mget_reply_may_carry_64_mib_of_values_and_not_a_byte_more", "reply too large"),
+    "RESP replies not yet read, all connections together": (
+        resp_server.MAX_PENDING_BYTES, "tests/e2e/test_resp_backpressure.py",
+        "test_replies_held_for_clients_that_do_not_read_stay_within_resp_max_pending_bytes",
+        "bytes not sent"),
+    "upstream fetches in flight": (
+        Settings().max_fetches, "tests/e2e/test_budgets.py",
+        "test_max_fetches_are_in_flight_at_once_and_one_more_gets_503_too_many_fetches",
+        "too many fetches"),
     "RESP argument": (wire.MAX_BULK, RESP_UNIT, "test_the_default_bulk_limit_is_1_mib",
                       "invalid bulk length"),
     "RESP arguments of one command before `AUTH` (tokens set)": (

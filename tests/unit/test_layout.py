@@ -13,17 +13,20 @@ MAY_IMPORT = {
     "proxy": (),
     "proxy.errors": (),
     "proxy.log_limit": (),
+    "proxy.budgets": (),
     "proxy.cache": ("proxy.errors", "proxy.cache"),
     "proxy.store": ("proxy.errors", "proxy.log_limit", "proxy.cache", "proxy.store"),
-    "proxy.upstream": ("proxy.errors", "proxy.log_limit", "proxy.cache", "proxy.upstream", "proxy"),  # proxy: __version__ alone
-    "proxy.core": ("proxy.errors", "proxy.log_limit", "proxy.cache", "proxy.store", "proxy.upstream", "proxy.core"),
+    "proxy.upstream": ("proxy.errors", "proxy.log_limit", "proxy.budgets", "proxy.cache", "proxy.upstream",
+                       "proxy"),  # proxy: __version__ alone
+    "proxy.core": ("proxy.errors", "proxy.log_limit", "proxy.budgets", "proxy.cache", "proxy.store", "proxy.upstream",
+                   "proxy.core"),
     "proxy.settings_parsers": (),
     "load_env": ("proxy.errors", "proxy.settings_parsers"),
     "logger": (),
     "redis_proxy": ("proxy.errors", "proxy.log_limit", "proxy.cache", "proxy.store", "proxy.upstream", "proxy.core",
                     "load_env"),
-    "proxy.serving": ("proxy.errors", "proxy.cache", "proxy.serving"),  # cache: its pure parts
-    "proxy.resp": ("proxy.errors", "proxy.serving", "proxy.resp", "redis_proxy", "proxy"),
+    "proxy.serving": ("proxy.errors", "proxy.budgets", "proxy.cache", "proxy.serving"),  # cache: its pure parts
+    "proxy.resp": ("proxy.errors", "proxy.budgets", "proxy.serving", "proxy.resp", "redis_proxy", "proxy"),
     "proxy.process": ("proxy.errors", "proxy.store", "proxy.process", "load_env", "proxy"),  # proxy: __version__ alone
 }
 FRONT_ENDS = ("proxy.serving", "proxy.resp")
