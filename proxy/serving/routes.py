@@ -105,12 +105,12 @@ class Routes:
         """Reverse-proxy mode: a request for the origin. GET and HEAD go through the cache
         (keyed by the origin's URL); a request carrying credentials for the origin, and every
         other method, is passed through with its body and never stored."""
+        if self.command == "CONNECT":  # its target is authority-form: the method is what is wrong
+            raise MethodNotAllowed("CONNECT is not supported: this is a reverse proxy, not a "
+                                   "tunnel", headers={"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE"})
         if not path.startswith("/"):
             raise BadRequest("give the request target in origin-form: a path starting with '/'",
                              error="bad target")
-        if self.command == "CONNECT":
-            raise MethodNotAllowed("CONNECT is not supported: this is a reverse proxy, not a "
-                                   "tunnel", headers={"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE"})
         site, server = self.server.site, self.server
         url = site.target(path, query)
         request = ClientRequest.of(

@@ -841,9 +841,10 @@ def test_options_is_passed_through_and_invalidates_nothing(site_proxy, origin):
     assert origin.hits["OPTIONS /opt"] == 1 and origin.hits["GET /opt"] == 1
 
 
-def test_connect_is_405(site_proxy, origin):
+@pytest.mark.parametrize("target", ["/tunnel", "127.0.0.1:443"])  # the second: CONNECT's own form
+def test_connect_is_405(site_proxy, origin, target):
     proxy = site_proxy()
-    status, fields, body = raw(proxy.port, "CONNECT", "/tunnel")
+    status, fields, body = raw(proxy.port, "CONNECT", target)
     assert status == 405 and json.loads(body)["error"] == "method not allowed"
     assert header(fields, "Allow") == ["GET, HEAD, POST, PUT, PATCH, DELETE"]
     assert origin.seen == []
