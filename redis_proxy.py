@@ -22,6 +22,7 @@ from proxy.core.stats import Stats
 from proxy.core.url_cache import UrlCache
 from proxy.core.url_request import UrlLimits, UrlRequest
 from proxy.errors import ProxyError
+from proxy.store.bans import Ban
 from proxy.store.connection import (
     RedisHealth,
     TrackingConnectionPool,
@@ -197,6 +198,15 @@ class RedisProxy:
         """Remove an entry (or every entry tagged `tag`) from Redis and every proxy's L1, or
         with `soft` mark them stale; how many."""
         return self.urls.purge(url, key, params, tag=tag, soft=soft)
+
+    def ban(self, host: str, path: str) -> tuple[Ban, int]:
+        """Varnish's ban: entries of `host` (glob; "" = any) whose path matches the glob `path`,
+        stored before now, are stale from now on, on every proxy (checked when read)."""
+        return self.urls.ban(host, path)
+
+    def bans(self) -> tuple[Ban, ...]:
+        """The bans in force."""
+        return self.urls.bans.bans()
 
     def check_key(self, key: str) -> bool:
         """Whether an entry is stored under the explicit key `key`."""

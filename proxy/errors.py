@@ -92,6 +92,13 @@ class ServiceUnavailable(ProxyError):
     status, error = 503, "service unavailable"
 
 
+class TooManyBans(ServiceUnavailable):
+    """The ban list holds its most bans (proxy.store.bans.MAX_BANS)."""
+
+    error = "too many bans"
+    headers = {"Retry-After": "60"}
+
+
 class TooManyFetches(ServiceUnavailable):
     """MAX_FETCHES upstream fetches in flight, and none ended within the wait."""
 

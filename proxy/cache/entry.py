@@ -29,7 +29,9 @@ _LENGTH = struct.Struct(">I")
 # Readers of versions 1-4 take a 5 for a miss (its magic is not MAGIC).
 BINARY_MAGIC = b"RPE5"
 _FIXED = struct.Struct(">4sBHddH")  # magic, flags, status, fetched_at, fresh_for, text length
-_CODING_BITS, _VIA, _VARY = 0b11, 0b100, 0b1000
+# _STORED: a sixth text section, stored_at. A reader of an earlier release refuses the unknown
+# flag and takes the entry for a miss (it never serves what it cannot read whole).
+_CODING_BITS, _VIA, _VARY, _STORED = 0b11, 0b100, 0b1000, 0b10000
 # Version of the JSON metadata. 2 adds "via", what admitted the entry; 3 keeps every end-to-end
 # header (not only KEPT_HEADERS) and "vary", the request header values the response's Vary names;
 # 4 is 3 plus "coding", the content coding the body is stored in (gzip or zstd): a reader of 3
@@ -74,6 +76,10 @@ class Entry:
     vary: dict[str, str | None] | None = None
     tags: tuple[str, ...] = ()  # purge tags from the response's tag header (proxy.store.tags)
     coding: str = ""  # content coding of `body` as stored ("" = identity; proxy.cache.compression)
+    # When this proxy received it (unix seconds; 0 = not recorded, an entry of an earlier
+    # release): what a ban compares with. fetched_at is earlier by the response's age (its Age,
+    # and Date's one-second resolution), so it cannot tell a fetch just after a ban from one before.
+    stored_at: float = 0.0
 
     def age(self, now: float) -> float:
         return max(0.0, now - self.fetched_at)
@@ -126,13 +132,18 @@ def _encode_binary(entry: Entry) -> bytes:
         vary = "\n".join(name if sent is None else f"{name}:{sent}" for name, sent in entry.vary.items())
     if not all(isinstance(tag, str) and TAG.fullmatch(tag) for tag in entry.tags):
         raise ValueError("a tag is a TAG")
-    text = "\x00".join((url, "\n".join(f"{name}:{value}" for name, value in entry.headers.items()),
-                        hops, vary, " ".join(entry.tags)))
-    if "\r" in text or text.count("\x00") != 4:
+    sections = [url, "\n".join(f"{name}:{value}" for name, value in entry.headers.items()),
+                hops, vary, " ".join(entry.tags)]
+    if entry.stored_at:
+        if not (math.isfinite(entry.stored_at) and 0 <= entry.stored_at < 1e11):
+            raise ValueError("stored_at is a time")
+        sections.append(f"{entry.stored_at:.6f}")
+    text = "\x00".join(sections)
+    if "\r" in text or text.count("\x00") != len(sections) - 1:
         raise ValueError("no field holds CR or NUL")
     meta = text.encode()
     flags = CODINGS.index(entry.coding) | (_VIA if entry.via is not None else 0) \
-        | (_VARY if entry.vary is not None else 0)
+        | (_VARY if entry.vary is not None else 0) | (_STORED if entry.stored_at else 0)
     return _FIXED.pack(BINARY_MAGIC, flags, entry.status, entry.fetched_at, entry.fresh_for,
                        len(meta)) + meta + entry.body
 
@@ -155,6 +166,8 @@ def encode_json(entry: Entry) -> bytes:
         fields["tags"] = list(entry.tags)
     if entry.coding:
         fields["coding"] = entry.coding
+    if entry.stored_at:
+        fields["stored_at"] = entry.stored_at  # optional: a reader that ignores it bans nothing
     meta = json.dumps(fields, separators=(",", ":")).encode()
     return MAGIC + _LENGTH.pack(len(meta)) + meta + entry.body
 
@@ -182,7 +195,8 @@ def decode(raw: bytes) -> Entry | None:
         coding = meta["coding"] if version == CODED_VERSION else meta.get("coding", "")
         entry = Entry(status=int(meta["status"]), body=raw[start + length:], url=str(meta["url"]),
                       fetched_at=float(meta["fetched_at"]), fresh_for=float(meta["fresh_for"]),
-                      headers=headers, via=via, vary=vary, tags=tuple(tags), coding=coding)
+                      headers=headers, via=via, vary=vary, tags=tuple(tags), coding=coding,
+                      stored_at=float(meta.get("stored_at") or 0.0))
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
     allowed = (lambda name: _FIELD_NAME.fullmatch(name) is not None and name not in NOT_STORED) \
@@ -192,7 +206,8 @@ def decode(raw: bytes) -> Entry | None:
     # no CR, LF or NUL (which would split the response), a status a client can be given, tags a
     # tag purge could name, and a coding this proxy decodes.
     if not 200 <= entry.status <= 599 or not all(
-            math.isfinite(number) and 0 <= number < 1e11 for number in (entry.fetched_at, entry.fresh_for)
+            math.isfinite(number) and 0 <= number < 1e11
+            for number in (entry.fetched_at, entry.fresh_for, entry.stored_at)
     ) or any(
             not allowed(name) or not isinstance(value, str) or _UNSAFE.search(value)
             for name, value in headers.items()) or any(
@@ -211,9 +226,16 @@ def _decode_binary(raw: bytes) -> Entry | None:
         start = _FIXED.size
         meta = raw[start:start + length]
         text = meta.decode()
-        if len(meta) != length or "\r" in text or flags > _CODING_BITS | _VIA | _VARY:
+        if len(meta) != length or "\r" in text or flags > _CODING_BITS | _VIA | _VARY | _STORED:
             raise ValueError("a whole text, no CR, known flags")
-        url, header_lines, hop_lines, vary_lines, tag_text = text.split("\x00")
+        stored_at = 0.0
+        if flags & _STORED:
+            url, header_lines, hop_lines, vary_lines, tag_text, stored_text = text.split("\x00")
+            if not re.fullmatch(r"\d{1,11}\.\d{6}", stored_text):
+                raise ValueError("stored_at is a time")
+            stored_at = float(stored_text)
+        else:
+            url, header_lines, hop_lines, vary_lines, tag_text = text.split("\x00")
         headers: dict[str, str] = {}
         if header_lines:
             if not _HEADER_LINES.fullmatch(header_lines):
@@ -248,7 +270,8 @@ def _decode_binary(raw: bytes) -> Entry | None:
             or (tags and not all(TAG.fullmatch(tag) for tag in tags)):
         return None
     return Entry(status=status, body=raw[start + length:], url=url, fetched_at=fetched_at,
-                 fresh_for=fresh_for, headers=headers, via=via, vary=vary, tags=tags, coding=coding)
+                 fresh_for=fresh_for, headers=headers, via=via, vary=vary, tags=tags, coding=coding,
+                 stored_at=stored_at)
 
 
 @functools.lru_cache(maxsize=1024)

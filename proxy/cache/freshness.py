@@ -247,6 +247,6 @@ def freshened(policy: Policy, stale: Entry, headers: Mapping[str, str],
               if name not in _NOT_UPDATED}
     merged = {**stale.headers, **with_date(update, now)}
     via = None if stale.via is None or hops is None else tuple(dict.fromkeys(stale.via + hops))
-    return dataclasses.replace(stale, headers=merged, via=via,
+    return dataclasses.replace(stale, headers=merged, via=via, stored_at=now,
                                fetched_at=now - policy.initial_age(headers, request_time, now),
                                fresh_for=policy.lifetime(merged, now, stale.status))

@@ -42,6 +42,7 @@ class Coalescing(VariantSelection):
     _refreshing_lock: threading.Lock
     _forward: Callable[[UrlRequest, Entry | None, bool], CacheResult]
     _result: Callable[..., CacheResult]
+    _unbanned: Callable[[Entry], Entry]
 
     def _coalesced_forward(self, request: UrlRequest, stale: Entry | None,
                            redis_up: bool) -> CacheResult:
@@ -72,6 +73,8 @@ class Coalescing(VariantSelection):
         """A fresh entry another process has stored since `stale` (or since nothing)."""
         epoch = self.local.epoch
         entry, where, _up = self._read_variant(request)
+        if entry is not None:
+            entry = self._unbanned(entry)
         now = self.clock()
         if entry is None or entry.url != request.canonical or entry.remaining(now) <= 0 \
                 or not self._matches(request, entry):

@@ -17,6 +17,7 @@ from proxy.core.read_cache import redis_call
 from proxy.core.stats import Stats
 from proxy.core.url_request import UrlLimits, UrlRequest
 from proxy.errors import BadGateway, BadRequest, GatewayTimeout, ProxyError
+from proxy.store.bans import Ban, BanList
 from proxy.store.connection import RedisHealth
 from proxy.store.connection import get as store_get
 from proxy.store.purge_marker import PurgeMarkers, marker_key
@@ -36,11 +37,20 @@ class Purging:
     health: RedisHealth
     purge_markers: PurgeMarkers
     tags: TagIndex
+    bans: BanList
     variants: Variants
     stats: Stats
     limits: UrlLimits
     clock: Callable[[], float]
     parse: Callable[..., UrlRequest]
+
+    def ban(self, host: str, path: str) -> tuple[Ban, int]:
+        """Every entry of `host` (a glob, "" = any) whose path and query match the glob `path`,
+        stored before now, stale from now on, on every proxy sharing this Redis (read lazily,
+        proxy.store.bans); this process's own copies at once. The ban and how many are in force."""
+        made = self.bans.add(host, path)
+        self.stats.count(names.PURGES)
+        return made
 
     def purge(self, url: str | None = None, key: str | None = None, params: Any = None, *,
               tag: str | None = None, soft: bool = False) -> int:

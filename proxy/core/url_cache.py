@@ -56,6 +56,7 @@ from proxy.errors import (
     UnrecordedSource,
 )
 from proxy.log_limit import LogLimiter
+from proxy.store.bans import BanList
 from proxy.store.connection import RedisHealth
 from proxy.store.connection import get as store_get
 from proxy.store.fetch_lock import FetchLock
@@ -86,6 +87,7 @@ class UrlCache(Coalescing, Storing, Purging):
         self.purge_markers = purge_markers
         self.tags = tags or TagIndex(client, health, limits.prefix, purge_markers.lifetime)
         self.variants = Variants(client, health)
+        self.bans = BanList(client, health, limits.prefix, clock)
         self.policy = policy
         self.stats = stats
         self.limits = limits
@@ -148,6 +150,8 @@ class UrlCache(Coalescing, Storing, Purging):
         other = None if local is MISSING else self._selected(request, local)
         if other is not None:
             local = self.local.get((URL_TIER, other))
+        if local is not MISSING:
+            local = self._unbanned(local)
         if local is not MISSING and local.url == request.canonical and self._admitted(local):
             reused = self._reuse(request, local, now, demands)
             if reused is not None:
@@ -157,6 +161,8 @@ class UrlCache(Coalescing, Storing, Purging):
                 return reused
         epoch = self.local.epoch
         stored, where, redis_up = self._read_variant(request)
+        if stored is not None:
+            stored = self._unbanned(stored)
         if stored is not None and (stored.url != request.canonical or not self._admitted(stored)
                                    or not self._matches(request, stored)):
             # The key names another URL's entry, or one that records too little for this
@@ -215,11 +221,15 @@ class UrlCache(Coalescing, Storing, Purging):
         redis_key = self._explicit_key(key)
         now = self.clock()
         local = self.local.get((URL_TIER, redis_key))
+        if local is not MISSING:
+            local = self._unbanned(local)
         if local is not MISSING and local.remaining(now) > 0:
             self.fetcher.check_source(local.url, local.via)
             self.stats.count(names.HITS_L1)
             return self._result(local, now, HIT, policy=self.policy)
         stored, redis_up = self._read_entry(redis_key)
+        if stored is not None:
+            stored = self._unbanned(stored)
         if stored is None:
             if not redis_up:
                 raise StoreUnavailable()  # not "not cached": Redis could not be asked
@@ -234,6 +244,14 @@ class UrlCache(Coalescing, Storing, Purging):
         """Whether an entry is stored under the explicit key `key`."""
         redis_key = self._explicit_key(key)
         return bool(self.health.call(lambda: self.client.exists(redis_key)))
+
+    def _unbanned(self, entry: Entry) -> Entry:
+        """`entry`, or, when a ban made after its fetch matches its URL, the same entry stale
+        from the ban's time on (proxy.store.bans): revalidated before use, as after a soft purge."""
+        at = self.bans.stale_from(entry.url, entry.stored_at or entry.fetched_at)
+        if at is None:
+            return entry
+        return dataclasses.replace(entry, fresh_for=min(entry.fresh_for, at - entry.fetched_at))
 
     def _admitted(self, entry: Entry) -> bool:
         """Whether this proxy's upstream policy admits `entry` as its fetch recorded it (URL,
@@ -326,7 +344,7 @@ class UrlCache(Coalescing, Storing, Purging):
         # with TAG_HEADER_SHOWN); the origin's Date kept (one added if it sent none).
         entry = Entry(status=response.status, body=response.body, url=request.canonical,
                       fetched_at=now - self.policy.initial_age(response.headers, request_time, now),
-                      fresh_for=lifetime,
+                      fresh_for=lifetime, stored_at=now,
                       headers=with_date(without(self.policy.stored_headers(response.headers),
                                                  tag_headers), now),
                       via=response.hops, vary=self._vary_of(request, response.headers),

@@ -37,6 +37,7 @@ log = logging.getLogger("http_server")
 
 ALLOWED_METHODS = ("GET", "HEAD", "DELETE", "PURGE")  # PURGE: Varnish's dialect, on `/` only
 READ_METHODS = ("GET", "HEAD")
+BAN_METHODS = ("GET", "HEAD", "DELETE", "PURGE")  # GET lists the bans, DELETE (PURGE) adds one
 
 # The same short names as the errors.py classes for these statuses.
 _PROTOCOL_ERRORS = {414: URITooLong.error, 431: HeadersTooLarge.error}
@@ -248,6 +249,8 @@ class ProxyHandler(Routes, BaseHTTPRequestHandler):
             self._reply_json(200, self.server.metrics.stats(), {"Cache-Control": "no-store"})
         elif path == "/dashboard":
             self._reply(200, dashboard.page(), dashboard.HEADERS)
+        elif path == "/ban":
+            self.ban(parse_query(query.encode("latin-1")))
         else:
             raise NotFound()
 
@@ -344,6 +347,8 @@ def route_methods(path: str) -> tuple[str, ...]:
     404 for any of the proxy's methods."""
     if path.startswith("/get/") or path in UNMETERED_ROUTES:
         return READ_METHODS
+    if path == "/ban":
+        return BAN_METHODS
     return ALLOWED_METHODS
 
 

@@ -7,10 +7,11 @@ import contextlib
 import dataclasses
 import io
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from proxy.cache.request import ClientRequest, early_hints, hinted_fields, relayed_fields
 from proxy.cache.result import HIT, MISS, CacheResult, cache_status
@@ -62,6 +63,8 @@ class Proxy(Protocol):
     def purge(self, url: str | None = None, key: str | None = None, params: Any = None, *,
               tag: str | None = None, soft: bool = False) -> int: ...
     def read_value(self, key: bytes | str) -> tuple[bytes | None, str]: ...
+    def ban(self, host: str, path: str) -> tuple[Any, int]: ...
+    def bans(self) -> tuple[Any, ...]: ...
     def health_report(self) -> dict[str, Any]: ...
 
 
@@ -207,6 +210,23 @@ class Routes:
             return
         self._reply_result(proxy.fetch(url, key, params, client))
 
+    def ban(self, fields: dict[str, str]) -> None:
+        """`DELETE /ban?path=GLOB[&host=GLOB]`: Varnish's ban (proxy.store.bans); `GET /ban`
+        lists the bans in force. In reverse-proxy mode the ban is the site's: its path is the
+        site's path (the origin's base path put before it) and its host the origin's."""
+        proxy = self.server.proxy
+        if self.command in ("GET", "HEAD"):
+            if fields:
+                raise BadRequest("GET /ban takes no query; DELETE /ban?path=<glob> adds a ban",
+                                 error="bad query")
+            self._reply_json(200, {"bans": [{"host": ban.host or "*", "path": ban.path, "at": ban.at}
+                                            for ban in proxy.bans()]}, {"Cache-Control": "no-store"})
+            return
+        host, path = ban_fields(fields, self.server.site)
+        made, count = proxy.ban(host, path)
+        self._reply_json(200, {"banned": {"host": made.host or "*", "path": made.path, "at": made.at},
+                               "bans": count})
+
     def get_key(self, encoded: str) -> None:
         if "%" in encoded:
             if BAD_PERCENT.search(encoded.encode("latin-1")):
@@ -253,3 +273,32 @@ def content_type_of(body: bytes) -> str:
     except ValueError:
         return "text/plain; charset=utf-8"
     return "application/json"
+
+
+MAX_BAN_GLOB = 1024  # bytes of a ban's path or host glob
+_BAN_PATH = re.compile(r"[/*][!-~]*")  # visible ASCII, from '/' (or a leading '*')
+_BAN_HOST = re.compile(r"[a-z0-9*?.\[\]-]+")
+
+
+def ban_fields(fields: dict[str, str], site: Site) -> tuple[str, str]:
+    """The (host, path) globs of a ban request, checked; in reverse-proxy mode the site's."""
+    if any(name not in ("path", "host") for name in fields):
+        unknown = sorted(set(fields) - {"path", "host"})[0]
+        raise BadRequest(f"unknown query field {unknown!r}; give path=<glob> and optionally "
+                         "host=<glob>", error="bad query")
+    path, host = fields.get("path"), fields.get("host", "").lower()
+    if path is None:
+        raise BadRequest("give path=<glob>, e.g. path=/blog/* (percent-encoded)", error="bad ban")
+    if len(path) > MAX_BAN_GLOB or not _BAN_PATH.fullmatch(path):
+        raise BadRequest(f"path must start with '/' or '*', hold visible ASCII only and be at most "
+                         f"{MAX_BAN_GLOB} bytes", error="bad ban")
+    if host and (len(host) > MAX_BAN_GLOB or not _BAN_HOST.fullmatch(host)):
+        raise BadRequest("host must be a host name or a glob of one (letters, digits, '.', '-', "
+                         "'*'), without scheme or port", error="bad ban")
+    if site.origin:
+        if host:
+            raise BadRequest("in reverse-proxy mode a ban is the site's: give path= alone",
+                             error="bad ban")
+        origin = urlsplit(site.origin)
+        return (origin.hostname or ""), origin.path.rstrip("/") + path
+    return host, path

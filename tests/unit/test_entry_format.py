@@ -159,3 +159,22 @@ def test_hand_written_version_5_bytes_decode():
 ])
 def test_version_5_bytes_this_format_never_writes_are_no_entry(raw):
     assert cache_entry.decode(raw) is None
+
+
+def test_the_store_time_round_trips_in_version_5_and_3_and_adds_one_section():
+    stored = dataclasses.replace(EVERY_FIELD, stored_at=1764630007.25)
+    raw = cache_entry.encode(stored)
+    assert raw[4] & 0b10000 and raw.count(b"\x00") - cache_entry.encode(EVERY_FIELD).count(b"\x00") == 1
+    assert cache_entry.decode(raw) == stored
+    assert cache_entry.decode(cache_entry.encode_json(stored)) == stored
+    assert cache_entry.decode(cache_entry.encode(EVERY_FIELD)).stored_at == 0.0  # not recorded
+
+
+@pytest.mark.parametrize("stored_text", ["", "1.5", "17646300071.250000x", "-1.000000", "1e10"])
+def test_a_store_time_that_is_not_one_is_no_entry(stored_text):
+    assert cache_entry.decode(v5(f"http://h/\x00\x00\x00\x00\x00{stored_text}", flags=0b10000)) is None
+
+
+def test_a_store_time_written_by_hand_decodes():
+    entry = cache_entry.decode(v5("http://h/\x00\x00\x00\x00\x001764630007.250000", flags=0b10000))
+    assert entry is not None and entry.stored_at == 1764630007.25
