@@ -1,55 +1,54 @@
-"""Redis Cluster and Sentinel as the store: client construction, per-node L1 tracking and health.
+"""Redis Cluster as the store: client construction and per-node L1 tracking.
 
-Standalone Redis stays in connection.py; this module adds what the two scaled-out
-topologies need on top of redis-py's own `RedisCluster` and `Sentinel`:
+Standalone Redis stays in connection.py, Sentinel is in sentinel.py; this module adds what a
+cluster needs on top of redis-py's own `RedisCluster`:
 
 - `ClusterStore`: a `RedisCluster` whose node pools are `TrackingConnectionPool`s, whose MGET is
-  split by slot and reassembled in order, and whose CONFIG SET goes to every primary;
-- `ClusterTracking`: one `Invalidator` per node, re-armed when the topology changes;
-- `ClusterHealth`: a node that is down fails the requests for its slots only;
-- `make_sentinel_client`: the primary behind Sentinel, over a tracking pool.
+  split by slot and reassembled in order, whose CONFIG SET goes to every primary, and whose
+  slot-map refreshes are rate-limited (a request failing on a dead node asks for one each);
+- `ClusterTracking`: one `Invalidator` per node, re-armed when the topology changes; a node's
+  L1 copies are dropped when its invalidations may be lost or its slots move;
+
+Health over a cluster (per shard, with a background watcher) is in cluster_health.py.
 """
 
+import functools
 import logging
+import math
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Hashable
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.event import AfterSlotsCacheRefreshEvent, EventDispatcher, EventListenerInterface
-from redis.exceptions import ClusterError, RedisClusterException
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 from proxy.cache.local_cache import LocalCache
-from proxy.errors import StoreUnavailable
-from proxy.store.connection import (
-    UNREACHABLE,
-    RedisHealth,
-    TrackingConnectionPool,
-    _on_connect,
-    pool_exhausted,
-    pool_kwargs,
-)
+from proxy.log_limit import LogLimiter
+from proxy.store.cluster_health import ClusterHealth
+from proxy.store.connection import TrackingConnectionPool, address, pool_kwargs
 from proxy.store.invalidation import CONNECTING, TRACKING, TTL_ONLY, Invalidator
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 RECONCILE_INTERVAL = 1.0  # seconds between checks of the node list, besides redis-py's events
+# A slot-map refresh (CLUSTER SLOTS) at most once per gap: redis-py asks for one after every
+# failed command, so during an outage each request for a dead node's keys cost one per live
+# node. The gap doubles while refreshes find nothing new, and is back at its least after one
+# that finds a change (a promoted replica).
+REFRESH_MIN_GAP = 0.25
+REFRESH_MAX_GAP = 2.0
 
-# What a request to a node that is down (or a slot nobody serves) raises, after redis-py's own
-# retry: ClusterDownError is a ResponseError, SlotNotCoveredError not even a RedisError.
-NODE_UNAVAILABLE = (*UNREACHABLE, ClusterError, RedisClusterException)
 
-
-def _address(text: str) -> tuple[str, int]:
-    host, _, port = text.strip().rpartition(":")
-    return host.strip("[]"), int(port)
+def _slot_of(l1_key: Hashable) -> int:
+    """The hash slot of an L1 key: (tier, Redis key) as proxy.cache.local_cache makes them."""
+    key = l1_key[-1] if isinstance(l1_key, tuple) else l1_key
+    return int(key_slot(key if isinstance(key, bytes) else str(key).encode()))
 
 
 def _reset_tracking(connection: Any) -> None:
@@ -92,6 +91,12 @@ class ClusterStore(RedisCluster):
         self.tracking: ClusterTracking | None = None
         self.memory: tuple[int, str] | None = None  # applied to every primary, new ones too
         self.refreshes = 0  # slots-cache refreshes redis-py reported (MOVED, failover)
+        self.owners: list[str | None] = []  # slot -> its primary's name, as last refreshed
+        self._owners_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._refreshed_at = -math.inf
+        self.refresh_gap = REFRESH_MIN_GAP
+        self._map_changed = False
         dispatcher = EventDispatcher()
         dispatcher.register_listeners({AfterSlotsCacheRefreshEvent: [_SlotsRefreshed(self._refreshed)]})
         (host, port), rest = nodes[0], nodes[1:]
@@ -107,6 +112,11 @@ class ClusterStore(RedisCluster):
             **pool_kwargs(socket_timeout, max_connections, password), **(tls_kwargs or {}))
         self.connection_pool = _ClusterPools(self)
         self.health_class = ClusterHealth
+        # The first map was read inside super().__init__, before `nodes_manager` was set.
+        self.owners = self._owners_now()
+        # Every refresh, redis-py's own after a failed command included, goes through the limit.
+        self._initialize = self.nodes_manager.initialize
+        self.nodes_manager.initialize = self.refresh_topology  # type: ignore[method-assign]
 
     def _new_pool(self, **kwargs: Any) -> TrackingConnectionPool:
         pool = TrackingConnectionPool(**kwargs)
@@ -117,9 +127,57 @@ class ClusterStore(RedisCluster):
 
     def _refreshed(self) -> None:
         self.refreshes += 1
+        if not hasattr(self, "nodes_manager"):
+            return  # the first map, read while RedisCluster.__init__ runs
+        owners = self._owners_now()
+        with self._owners_lock:
+            before, self.owners = self.owners, owners
+        moved = {slot for slot, old in enumerate(before) if old != owners[slot]}  # [] at first
+        if moved:
+            self._map_changed = True
         tracking = getattr(self, "tracking", None)
         if tracking is not None:
+            if moved:
+                tracking.drop_slots(moved, "moved to another primary")
             tracking.wake()
+
+    def _owners_now(self) -> list[str | None]:
+        cache = self.nodes_manager.slots_cache
+        return [nodes[0].name if nodes else None
+                for nodes in (cache.get(slot) for slot in range(REDIS_CLUSTER_HASH_SLOTS))]
+
+    def refresh_topology(self, *args: Any, **kwargs: Any) -> bool:
+        """redis-py's `NodesManager.initialize` (CLUSTER SLOTS from a reachable node), unless one
+        ran less than `refresh_gap` ago or runs now; whether it ran. A failed command still
+        fails (503) without it; the next one after the gap finds the new map."""
+        if time.monotonic() - self._refreshed_at < self.refresh_gap or \
+                not self._refresh_lock.acquire(blocking=False):
+            return False
+        try:
+            self._map_changed = False
+            try:
+                self._initialize(*args, **kwargs)
+            finally:
+                self._refreshed_at = time.monotonic()
+                self.refresh_gap = REFRESH_MIN_GAP if self._map_changed \
+                    else min(REFRESH_MAX_GAP, 2 * self.refresh_gap)
+            return True
+        finally:
+            self._refresh_lock.release()
+
+    def slot_ranges(self) -> list[tuple[int, int, ClusterNode | None]]:
+        """The slot map as (first, last, primary) ranges in slot order; None for slots no node
+        serves."""
+        cache = self.nodes_manager.slots_cache
+        ranges: list[tuple[int, int, ClusterNode | None]] = []
+        for slot in range(REDIS_CLUSTER_HASH_SLOTS):
+            nodes = cache.get(slot)
+            primary = nodes[0] if nodes else None
+            if ranges and ranges[-1][2] is primary and ranges[-1][1] == slot - 1:
+                ranges[-1] = (ranges[-1][0], slot, primary)
+            else:
+                ranges.append((slot, slot, primary))
+        return ranges
 
     def mget(self, keys: Any, *args: Any) -> list[Any]:
         """MGET split by slot, one pipeline per node, answers in the order asked."""
@@ -156,7 +214,7 @@ def make_cluster_client(nodes: tuple[str, ...], *, socket_timeout: float = 0.5,
     """A cluster client from REDIS_CLUSTER_NODES (`host:port` seeds); TLS when files are given."""
     tls_kwargs = {name: path for name, path in (("ssl_ca_certs", tls_ca), ("ssl_certfile", tls_cert),
                                                  ("ssl_keyfile", tls_key)) if path}
-    return ClusterStore([_address(n) for n in nodes], socket_timeout=socket_timeout,
+    return ClusterStore([address(n) for n in nodes], socket_timeout=socket_timeout,
                         max_connections=max_connections, password=password,
                         tls=bool(tls_kwargs), tls_kwargs=tls_kwargs)
 
@@ -167,9 +225,12 @@ class ClusterTracking:
 
     L1 admits new entries only while every node of the current topology is armed: a node whose
     invalidation connection drops suspends it, and L1 is flushed when that node is armed again
-    (its invalidations may be lost). A node that appears (a failover, a node added) gets its own
-    invalidator; one that leaves the topology has its invalidator closed. redis-py tells us of
-    every slots refresh (a MOVED, a failover); a timer catches the rest.
+    (its invalidations may be lost). A primary whose connection drops has its keys' L1 copies
+    dropped at once: its replica may be promoted and take writes and purges this process would
+    never hear of (it listens to the new primary only from then on). Copies of keys whose slots
+    move to another primary (a failover, a resharding) are dropped likewise. A node that appears
+    gets its own invalidator; one that leaves the topology has its invalidator closed. redis-py
+    tells us of every slots refresh (a MOVED, a failover); a timer catches the rest.
     """
 
     def __init__(self, cluster: ClusterStore, local: LocalCache,
@@ -181,6 +242,7 @@ class ClusterTracking:
         self._invalidators: dict[int, tuple[str, Invalidator]] = {}  # id(pool) -> node, listener
         self._primaries: set[str] = set()
         self._refreshes_seen = 0
+        self.log_limiter = LogLimiter(log)  # an outage may refresh the map every REFRESH_MAX_GAP
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -240,8 +302,8 @@ class ClusterTracking:
                  if node.redis_connection is not None}
         refreshes = self.cluster.refreshes
         if refreshes != self._refreshes_seen:
-            log.info("cluster slot map refreshed %d time(s) (MOVED/ASK redirection or failover)",
-                     refreshes - self._refreshes_seen)
+            self.log_limiter.info("refreshed", "cluster slot map refreshed %d time(s) (MOVED/ASK "
+                                  "redirection or failover)", refreshes - self._refreshes_seen)
             self._refreshes_seen = refreshes
         primaries = {node.name for node in nodes.values() if node.server_type == "primary"}
         if primaries != self._primaries:
@@ -262,7 +324,8 @@ class ClusterTracking:
             for key, node in nodes.items():
                 if key not in self._invalidators:
                     inv = Invalidator(node.redis_connection.connection_pool, on_keys=self.on_keys,
-                                      on_lost=self.local.suspend, on_armed=self._armed)
+                                      on_lost=functools.partial(self._lost, node.name),
+                                      on_armed=self._armed)
                     inv.node = node.name
                     self._invalidators[key] = (node.name, inv)
                     started.append((node.name, inv))
@@ -276,88 +339,25 @@ class ClusterTracking:
             inv.start(wait=0)
         self._armed()
 
+    def _lost(self, name: str) -> None:
+        """Node `name`'s invalidation connection dropped: take nothing new into L1, and forget
+        what L1 holds of the slots it serves."""
+        self.local.suspend()
+        with self.cluster._owners_lock:
+            owners = self.cluster.owners
+        self.drop_slots({slot for slot, owner in enumerate(owners) if owner == name},
+                        f"their primary {name} dropped its invalidation connection")
+
+    def drop_slots(self, slots: set[int], why: str) -> None:
+        if not slots:
+            return
+        dropped = self.local.drop_where(lambda key: _slot_of(key) in slots)
+        if dropped:
+            log.info("dropped %d L1 entries of %d slots: %s", dropped, len(slots), why)
+
     def _armed(self) -> None:
         """Admit into L1 again once every node tracks what this process reads from it."""
         with self._lock:
             listeners = [inv for _name, inv in self._invalidators.values()]
         if listeners and all(inv.armed.is_set() for inv in listeners):
             self.local.resume()
-
-
-class ClusterHealth(RedisHealth):
-    """Health over a cluster: a node that is down fails the requests routed to it (503) while
-    the other nodes' keys keep working, so no failure marks the whole store down. /health is
-    degraded while any node does not answer PING."""
-
-    def __init__(self, client: Any, probe_interval: float = 0.5,
-                 on_recover: Callable[[], None] | None = None):
-        super().__init__(client, probe_interval, on_recover)
-
-    @property
-    def up(self) -> bool:
-        return self._last_check
-
-    def call(self, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except redis.ConnectionError as exc:
-            if pool_exhausted(exc):
-                raise StoreUnavailable("every connection to Redis is busy; retry shortly",
-                                       error="redis busy") from exc
-            self.mark_down(exc)
-            raise StoreUnavailable("the Redis Cluster node holding this key is unreachable; "
-                                   "retry shortly") from exc
-        except NODE_UNAVAILABLE as exc:
-            self.mark_down(exc)
-            raise StoreUnavailable("the Redis Cluster node holding this key is unreachable; "
-                                   "retry shortly") from exc
-
-    def mark_down(self, exc: BaseException) -> None:
-        self.log_limiter.warning("node down", "a Redis Cluster node is unreachable (%s): requests "
-                                 "for its slots get 503 until it or its replica answers", exc)
-
-    def ping(self) -> bool:
-        """Whether every primary answers PING, each asked directly (not through the slot map)."""
-        try:
-            primaries = self.client.get_primaries()
-            return bool(primaries) and all(self.client.get_redis_connection(node).ping()
-                                           for node in primaries)
-        except NODE_UNAVAILABLE:
-            return False
-
-    def check(self, max_age: float = 0.5) -> bool:
-        now = time.monotonic()
-        if now - self._checked_at < max_age or not self._check_lock.acquire(blocking=False):
-            return self._last_check
-        try:
-            ok = self.ping()
-            self._last_check, self._checked_at = ok, time.monotonic()
-            return ok
-        finally:
-            self._check_lock.release()
-
-
-class SentinelTrackingPool(TrackingConnectionPool, SentinelConnectionPool):
-    """The primary's address comes from Sentinel (re-asked on every new connection, so a
-    failover is followed); connections are tracked as with a standalone Redis."""
-
-    def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any):
-        kwargs.setdefault("connection_class", SentinelManagedConnection)
-        super().__init__(service_name=service_name, sentinel_manager=sentinel_manager, **kwargs)
-
-    def reset(self) -> None:
-        super().reset()
-        proxy = getattr(self, "proxy", None)
-        if proxy is not None:
-            proxy.reset()  # BlockingConnectionPool.reset does not chain to Sentinel's
-
-
-def make_sentinel_client(sentinels: tuple[str, ...], master: str, *, socket_timeout: float = 0.5,
-                         max_connections: int = 64, password: str | None = None) -> redis.Redis:
-    """A client of Sentinel's current primary for `master`, over a blocking tracking pool."""
-    sentinel = Sentinel([_address(s) for s in sentinels],
-                        sentinel_kwargs={"socket_timeout": socket_timeout,
-                                         "socket_connect_timeout": socket_timeout})
-    pool = SentinelTrackingPool(master, sentinel, redis_connect_func=_on_connect,
-                                **pool_kwargs(socket_timeout, max_connections, password))
-    return redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
