@@ -32,6 +32,17 @@ NODE_UNAVAILABLE = (*UNREACHABLE, ClusterError, RedisClusterException)
 OK, DEGRADED, DOWN = "ok", "degraded", "down"
 
 
+def _through_redis_py(exc: BaseException) -> bool:
+    """Whether `exc` was raised inside redis-py (one of its frames is on the traceback)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if module == "redis" or module.startswith("redis."):
+            return True
+        tb = tb.tb_next
+    return False
+
+
 class ClusterHealth(RedisHealth):
     """`state` is ok, degraded (some shard down, another serving) or down (none serving);
     `shards` says which, as /health shows them: `{"slots": "0-5460", "primary":
@@ -67,6 +78,16 @@ class ClusterHealth(RedisHealth):
             self.mark_down(exc)
             raise StoreUnavailable("the Redis Cluster node holding this key is unreachable; "
                                    "retry shortly") from exc
+        except (TypeError, ValueError, AttributeError) as exc:
+            # During a node outage redis-py disconnects a failed node's idle connections from
+            # the thread that saw the failure, while another thread may be handing one out: the
+            # socket gone under it, its parser raises TypeError/ValueError instead of a
+            # ConnectionError. A failed command all the same; anything else is our bug (500).
+            if not _through_redis_py(exc):
+                raise
+            self.mark_down(exc)
+            raise StoreUnavailable("a connection to a Redis Cluster node was closed under this "
+                                   "request during a node outage; retry shortly") from exc
 
     def mark_down(self, exc: BaseException) -> None:
         self.log_limiter.warning("node down", "a Redis Cluster node is unreachable (%s): requests "
@@ -130,6 +151,10 @@ class ClusterHealth(RedisHealth):
             return pool_exhausted(exc) and any(
                 shard["primary"] == node.name and shard["state"] == OK for shard in self.shards)
         except (*NODE_UNAVAILABLE, redis.RedisError):
+            return False
+        except (TypeError, ValueError, AttributeError) as exc:  # see call()
+            if not _through_redis_py(exc):
+                raise
             return False
 
     def _publish(self, shards: list[dict[str, Any]]) -> None:

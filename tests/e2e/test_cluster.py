@@ -241,3 +241,27 @@ def test_a_purge_during_a_fetch_is_not_undone_by_its_store(cluster, rc, upstream
     assert 3600 < owner.ttl(redis_key) <= 3600 + 300
     assert fetching.get(path).headers["X-Cache"] == "HIT"
     assert upstream.hits["/racing"] == 2
+
+
+def test_a_connection_torn_down_under_a_request_is_a_503_not_a_500(cluster, rc, upstream,
+                                                                    make_cluster_proxy):
+    """During a node outage redis-py disconnects a node's idle connections from the thread that
+    saw the failure while another thread hands one out: that one finds its parser's socket gone
+    (TypeError/ValueError inside redis-py, not a ConnectionError)."""
+    served = make_cluster_proxy(CACHE_CAPACITY="0")
+    key = cluster.keys_on_each_node("torn-")[0]
+    rc.set(key, b"value")
+    url = upstream.serve("/torn", b"from upstream")
+    assert served.get(f"/get/{key}").body == b"value"  # connections now idle in the node pools
+    idle = [connection for node in served.proxy.client.get_nodes()
+            for connection in node.redis_connection.connection_pool.pool.queue if connection]
+    for connection in idle:
+        connection._parser._sock = None  # the other thread's disconnect(), half done
+    torn = served.get(f"/get/{key}")
+    assert (torn.status, torn.json()["error"]) == (503, "redis unavailable")
+    assert "closed under this request" in torn.json()["detail"]
+    page = served.get(url_path(url, key))
+    assert (page.status, page.body, page.headers["X-Cache"]) == (200, b"from upstream", "BYPASS")
+    for connection in idle:
+        connection.disconnect()  # the other thread's disconnect() done: the nodes serve again
+    assert served.get(f"/get/{key}").body == b"value"
