@@ -94,11 +94,6 @@ class ClusterHealth(RedisHealth):
                                  "for its slots get 503 until it or its replica answers", exc)
         self._wake.set()  # look at the topology now, not at the next tick
 
-    def ping(self) -> bool:
-        """Whether some shard serves, by a pass now."""
-        self._publish(self._probe_shards())
-        return self.state != DOWN
-
     def check(self, max_age: float = 0.5) -> bool:
         """Whether some shard serves, as of the watcher's last pass."""
         return self.state != DOWN
@@ -127,6 +122,7 @@ class ClusterHealth(RedisHealth):
                 if any(shard["state"] != OK for shard in shards) and self.client.refresh_topology():
                     shards = self._probe_shards()
                 self._publish(shards)
+                self.client.configure_new_primaries()
             except Exception:  # noqa: BLE001 - the watcher must outlive one bad pass
                 log.exception("cluster health check failed")
 

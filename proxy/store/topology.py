@@ -97,6 +97,7 @@ class ClusterStore(RedisCluster):
         self._refreshed_at = -math.inf
         self.refresh_gap = REFRESH_MIN_GAP
         self._map_changed = False
+        self._unconfigured: set[str] = set()  # primaries since the memory settings were applied
         dispatcher = EventDispatcher()
         dispatcher.register_listeners({AfterSlotsCacheRefreshEvent: [_SlotsRefreshed(self._refreshed)]})
         (host, port), rest = nodes[0], nodes[1:]
@@ -132,9 +133,11 @@ class ClusterStore(RedisCluster):
         owners = self._owners_now()
         with self._owners_lock:
             before, self.owners = self.owners, owners
-        moved = {slot for slot, old in enumerate(before) if old != owners[slot]}  # [] at first
-        if moved:
-            self._map_changed = True
+            moved = {slot for slot, old in enumerate(before) if old != owners[slot]}  # [] at first
+            if moved:
+                self._map_changed = True
+                # CONFIG is per node and not replicated: a promoted replica has its own settings.
+                self._unconfigured |= set(filter(None, owners)) - set(before)
         tracking = getattr(self, "tracking", None)
         if tracking is not None:
             if moved:
@@ -193,6 +196,18 @@ class ClusterStore(RedisCluster):
         self.memory = (maxmemory, policy)
         results = [self._configure_node(node) for node in self.get_primaries()]
         return bool(results) and all(results)
+
+    def configure_new_primaries(self) -> None:
+        """Apply the memory settings on the primaries that appeared since (the health watcher
+        calls this once per pass, outside redis-py's refresh)."""
+        with self._owners_lock:
+            names, self._unconfigured = self._unconfigured, set()
+        if self.memory is None or not names:
+            return
+        for node in self.get_primaries():
+            if node.name in names:
+                log.info("new cluster primary %s: applying the memory settings", node.name)
+                self._configure_node(node)
 
     def _configure_node(self, node: ClusterNode) -> bool:
         assert self.memory is not None
@@ -310,12 +325,7 @@ class ClusterTracking:
             if self._primaries:
                 log.warning("cluster primaries changed: now %s (were %s)",
                             ", ".join(sorted(primaries)), ", ".join(sorted(self._primaries)))
-            new_primaries = primaries - self._primaries
             self._primaries = primaries
-            if self.cluster.memory is not None:
-                for node in nodes.values():
-                    if node.name in new_primaries:
-                        self.cluster._configure_node(node)
         started, gone = [], []
         with self._lock:
             for key in list(self._invalidators):

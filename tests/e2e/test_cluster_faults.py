@@ -223,11 +223,14 @@ def test_after_a_failover_no_proxy_serves_its_l1_copy_of_the_dead_primarys_keys(
 
 def test_an_idle_proxys_health_follows_a_failover_by_itself_and_stays_200(replicated, serve):
     primary, replica = replicated.primary_with_replica()
-    proxy, port = serve(REDIS_CLUSTER_NODES=all_seeds(replicated))
+    promoted = redis.Redis(port=replica.port, decode_responses=True)
+    assert promoted.config_get("maxmemory") == {"maxmemory": "0"}
+    # No invalidation listener either: nothing but the health watcher looks at the cluster.
+    proxy, port = serve(REDIS_CLUSTER_NODES=all_seeds(replicated), L1_INVALIDATION="ttl")
     before = request(port, "/health")
     assert before.status == 200
     slots = {entry["primary"]: entry["slots"] for entry in before.json()["shards"]}
-    assert before.json() == {"status": "ok", "redis": "ok", "l1_invalidation": "tracking",
+    assert before.json() == {"status": "ok", "redis": "ok", "l1_invalidation": "ttl",
                              "shards": [{"slots": slots[p], "primary": p, "state": "ok"}
                                         for p in sorted(slots, key=lambda p: int(slots[p].split("-")[0]))]}
     dead_slots = slots[f"127.0.0.1:{primary.port}"]
@@ -245,3 +248,7 @@ def test_an_idle_proxys_health_follows_a_failover_by_itself_and_stays_200(replic
     wait_until(followed, timeout=20, interval=0.2)
     assert set(statuses) == {200}
     assert proxy.stats["misses"] == proxy.stats["hits_l1"] == 0  # idle indeed
+    # REDIS_MAXMEMORY and REDIS_EVICTION_POLICY reached the promoted replica.
+    wait_until(lambda: promoted.config_get("maxmemory") == {"maxmemory": str(64 * 1024 * 1024)},
+               timeout=5)
+    assert promoted.config_get("maxmemory-policy") == {"maxmemory-policy": "allkeys-lru"}
