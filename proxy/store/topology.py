@@ -95,6 +95,7 @@ class ClusterStore(RedisCluster):
         self._owners_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._refreshed_at = -math.inf
+        self.clock: Callable[[], float] = time.monotonic  # a test ticks its own
         self.refresh_gap = REFRESH_MIN_GAP
         self._map_changed = False
         self._unconfigured: set[str] = set()  # primaries since the memory settings were applied
@@ -153,7 +154,7 @@ class ClusterStore(RedisCluster):
         """redis-py's `NodesManager.initialize` (CLUSTER SLOTS from a reachable node), unless one
         ran less than `refresh_gap` ago or runs now; whether it ran. A failed command still
         fails (503) without it; the next one after the gap finds the new map."""
-        if time.monotonic() - self._refreshed_at < self.refresh_gap or \
+        if self.clock() - self._refreshed_at < self.refresh_gap or \
                 not self._refresh_lock.acquire(blocking=False):
             return False
         try:
@@ -161,7 +162,7 @@ class ClusterStore(RedisCluster):
             try:
                 self._initialize(*args, **kwargs)
             finally:
-                self._refreshed_at = time.monotonic()
+                self._refreshed_at = self.clock()
                 self.refresh_gap = REFRESH_MIN_GAP if self._map_changed \
                     else min(REFRESH_MAX_GAP, 2 * self.refresh_gap)
             return True
