@@ -94,7 +94,7 @@ class RedisProxy:
         self.invalidator: Invalidator | Any = None
         pool = client.connection_pool
         if invalidation == "tracking" and hasattr(client, "start_tracking"):
-            # A cluster: one invalidation listener per node (proxy.store.topology.ClusterTracking).
+            # A cluster: one invalidation listener per node (proxy.store.cluster_tracking).
             self.invalidator = client.start_tracking(self.local, on_keys=self._invalidate)
         elif invalidation == "tracking" and isinstance(pool, TrackingConnectionPool):
             # L1 takes nothing until Redis tracks what this process reads (CONTRACT §4, issue 3).
