@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PROBE_INTERVAL = 1.0  # seconds between two passes of the watcher when nothing wakes it
+PASS_MIN_GAP = 0.25  # and at least this between two, however many failed requests wake it
 
 # What a request to a node that is down (or a slot nobody serves) raises, after redis-py's own
 # retry: ClusterDownError is a ResponseError, SlotNotCoveredError not even a RedisError.
@@ -125,6 +126,7 @@ class ClusterHealth(RedisHealth):
                 self.client.configure_new_primaries()
             except Exception:  # noqa: BLE001 - the watcher must outlive one bad pass
                 log.exception("cluster health check failed")
+            self._stop.wait(PASS_MIN_GAP)
 
     def _probe_shards(self) -> list[dict[str, Any]]:
         """One PING per primary of the slot map, each asked directly; its shards' states, one

@@ -11,7 +11,7 @@ from redis.cluster import RedisCluster
 
 import http_server
 from load_env import load_settings
-from proxy.store import topology
+from proxy.store import cluster_health, topology
 from redis_cluster import Cluster, SentinelSetup, tools_missing
 from redis_proxy import RedisProxy
 from servers import ServerThread, request, wait_until
@@ -60,12 +60,12 @@ def serve(upstream):
         proxy.close()
 
 
-def cluster_slots_calls(servers) -> int:
-    """CLUSTER SLOTS commands the live `servers` have run (INFO commandstats)."""
+def calls(servers, command: str = "cluster|slots") -> int:
+    """How many times the live `servers` have run `command` (INFO commandstats)."""
     total = 0
     for server in servers:
         stats = redis.Redis(port=server.port).info("commandstats")
-        total += stats.get("cmdstat_cluster|slots", {}).get("calls", 0)
+        total += stats.get(f"cmdstat_{command}", {}).get("calls", 0)
     return total
 
 
@@ -87,7 +87,7 @@ def test_killed_primary_fails_only_its_own_keys_with_503_and_health_is_degraded(
         assert [entry["state"] for entry in shards] == ["ok"] * 3
         Cluster.kill(dead)
         url = upstream.serve("/page", b"from upstream")
-        slots_before, started = cluster_slots_calls(live), time.monotonic()
+        (slots_before, pings_before), started = (calls(live), calls(live, "ping")), time.monotonic()
         caplog.set_level(logging.INFO, logger="proxy.store.topology")
         for _ in range(30):  # before and after the cluster marks the node failed
             answer = request(port, f"/get/{dead_key}")
@@ -102,8 +102,13 @@ def test_killed_primary_fails_only_its_own_keys_with_503_and_health_is_degraded(
             assert (page.status, page.body, page.headers["X-Cache"]) == (200, b"from upstream", "BYPASS")
         # 60 requests for the dead shard's keys; the slot map is refreshed at most once per
         # REFRESH_MIN_GAP of the outage, not once per request (and per live node).
-        refreshes = cluster_slots_calls(live) - slots_before
-        assert refreshes <= 2 + (time.monotonic() - started) / topology.REFRESH_MIN_GAP
+        refreshes, elapsed = calls(live) - slots_before, time.monotonic() - started
+        assert refreshes <= 2 + elapsed / topology.REFRESH_MIN_GAP
+        # The health watcher, woken by each failed request, PINGs each primary at most twice a
+        # pass, a pass at most once per PASS_MIN_GAP (the invalidation listeners PING once a
+        # second of silence besides).
+        pings = calls(live, "ping") - pings_before
+        assert pings <= len(live) * (2 * (2 + elapsed / cluster_health.PASS_MIN_GAP) + 2 + elapsed)
         refreshed_lines = [r for r in caplog.records if "slot map refreshed" in r.getMessage()]
         assert len(refreshed_lines) <= 1  # at most one per LogLimiter interval (10 s)
         # The other shards serve: /health is 200, degraded, and says which shard is down.
