@@ -104,11 +104,12 @@ class Settings:
                                           "connection pool size; a burst waits for a connection")
     redis_maxmemory: int = _setting("REDIS_MAXMEMORY", parsers.size, 256 * 1024**2, "redis",
                                     "`maxmemory`, applied with `CONFIG SET` at start (on every primary of a "
-                                     "cluster); a refusal is a warning")
+                                     "cluster) and on each primary a failover promotes; a refusal is a "
+                                     "warning")
     redis_eviction_policy: str = _setting("REDIS_EVICTION_POLICY", parsers.choice(*EVICTION_POLICIES),
                                           "allkeys-lru", "redis",
-                                          "`maxmemory-policy`, applied with `CONFIG SET` at start; a "
-                                          "refusal is a warning")
+                                          "`maxmemory-policy`, applied with `CONFIG SET` at start and on "
+                                          "each primary a failover promotes; a refusal is a warning")
     redis_cluster_nodes: tuple[str, ...] = _setting("REDIS_CLUSTER_NODES", parsers.addresses, (), "redis",
                                                     "seed nodes of a Redis Cluster (`host:port,...`), "
                                                     "instead of `REDIS_URL`")

@@ -34,7 +34,8 @@ from proxy.store.fetch_lock import FetchLock
 from proxy.store.invalidation import TRACKING, TTL_ONLY, Invalidator
 from proxy.store.launcher import RedisServer
 from proxy.store.purge_marker import PurgeMarkers
-from proxy.store.topology import make_cluster_client, make_sentinel_client
+from proxy.store.sentinel import make_sentinel_client
+from proxy.store.topology import make_cluster_client
 from proxy.upstream.fetcher import Fetcher, UpstreamResponse
 from proxy.upstream.policy import UpstreamPolicy
 
@@ -67,7 +68,7 @@ class RedisProxy:
         self.policy = policy or Policy(ttl=ttl)
         self.clock = clock
         self.redis_label = redis_label
-        # A cluster client brings its own per-node health (proxy.store.topology.ClusterHealth).
+        # A cluster client brings its own per-shard health (proxy.store.cluster_health).
         health_class = getattr(client, "health_class", RedisHealth)
         self.health = health_class(client, on_recover=self._on_redis_recover)
         # The owner's section is the fetch plus a re-read and the store, each up to one socket
@@ -94,7 +95,7 @@ class RedisProxy:
         self.invalidator: Invalidator | Any = None
         pool = client.connection_pool
         if invalidation == "tracking" and hasattr(client, "start_tracking"):
-            # A cluster: one invalidation listener per node (proxy.store.topology.ClusterTracking).
+            # A cluster: one invalidation listener per node (proxy.store.cluster_tracking).
             self.invalidator = client.start_tracking(self.local, on_keys=self._invalidate)
         elif invalidation == "tracking" and isinstance(pool, TrackingConnectionPool):
             # L1 takes nothing until Redis tracks what this process reads (CONTRACT §4, issue 3).
@@ -155,8 +156,10 @@ class RedisProxy:
 
     def configure_memory(self, maxmemory: int, policy: str) -> bool:
         """CONFIG SET maxmemory and maxmemory-policy; a refusal is a warning, not a crash."""
-        if hasattr(self.client, "configure_memory"):  # a cluster: every primary, each warned
-            return bool(self.client.configure_memory(maxmemory, policy))
+        # A cluster (every primary, each warned) or Sentinel's pool (each new primary too).
+        for target in (self.client, self.client.connection_pool):
+            if hasattr(target, "configure_memory"):
+                return bool(target.configure_memory(maxmemory, policy))
         try:
             self.client.config_set("maxmemory", maxmemory)
             self.client.config_set("maxmemory-policy", policy)
@@ -233,9 +236,12 @@ class RedisProxy:
     # ----- health and stats ----------------------------------------------------------------
 
     def health_report(self) -> dict[str, Any]:
-        redis_ok = self.health.check()
-        return {"status": "ok" if redis_ok else "degraded", "redis": "ok" if redis_ok else "down",
-                "l1_invalidation": self.l1_invalidation}
+        """/health: `redis` is ok, down, or (a cluster with some shard down while another
+        serves) degraded; a cluster adds its `shards` (proxy.store.cluster_health)."""
+        report = dict(self.health.report())
+        redis_state = report.pop("redis")
+        return {"status": "ok" if redis_state == "ok" else "degraded", "redis": redis_state,
+                "l1_invalidation": self.l1_invalidation, **report}
 
     @property
     def l1_invalidation(self) -> str:

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 from collections.abc import Callable
@@ -17,6 +18,8 @@ CLUSTER_NODE_ARGS = (
     # Short enough that a killed primary is noticed within the tests, and the other primaries
     # keep serving their slots while one is down.
     "--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no",
+    # A replica's first sync starts at once, not after the default 5 s wait for more replicas.
+    "--repl-diskless-sync-delay", "0",
 )
 
 
@@ -86,32 +89,79 @@ def _info_field(server: RedisServer, section: str, field: str) -> str:
 
 
 class Cluster:
-    """`primaries` cluster-enabled redis-servers, joined by `redis-cli --cluster create`."""
+    """`primaries` cluster-enabled redis-servers, joined by `redis-cli --cluster create`, each
+    with `replicas` replicas. `nodes` are the primaries as created (a failover does not reorder
+    them), `replicas` the others."""
 
-    def __init__(self, primaries: int = 3):
+    def __init__(self, primaries: int = 3, replicas: int = 0):
         self.primaries = primaries
+        self.replica_count = replicas
         self.nodes: list[RedisServer] = []
+        self.replicas: list[RedisServer] = []
 
     @property
     def seeds(self) -> tuple[str, ...]:
         return tuple(f"127.0.0.1:{node.port}" for node in self.nodes)
 
+    @property
+    def servers(self) -> list[RedisServer]:
+        return self.nodes + self.replicas
+
     def start(self) -> "Cluster":
         try:
-            for _ in range(self.primaries):
+            for _ in range(self.primaries * (1 + self.replica_count)):
                 self.nodes.append(start_on_free_port(
                     lambda: RedisServer(cluster_node_port(), extra_args=CLUSTER_NODE_ARGS)))
-            subprocess.run(["redis-cli", "--cluster", "create", *self.seeds, "--cluster-yes"],
+            every = tuple(f"127.0.0.1:{node.port}" for node in self.nodes)
+            subprocess.run(["redis-cli", "--cluster", "create", *every, "--cluster-yes",
+                            "--cluster-replicas", str(self.replica_count)],
                            check=True, capture_output=True, timeout=30)
             for node in self.nodes:
                 _poll(lambda n=node: _info_field(n, "cluster", "cluster_state") == "ok", 20,
                       f"cluster_state:ok on port {node.port}")
             # Every node must know every slot's owner before a client asks one of them.
             _poll(self._agreed, 20, "every node agreeing on the slot map")
+            if self.replica_count:
+                servers = self.nodes
+                self.nodes = [n for n in servers if _info_field(n, "replication", "role") == "master"]
+                self.replicas = [n for n in servers if n not in self.nodes]
+                for replica in self.replicas:
+                    _poll(lambda r=replica: _info_field(r, "replication", "master_link_status") == "up",
+                          20, f"the replica on port {replica.port} in sync")
         except BaseException:
             self.stop()
             raise
         return self
+
+    def replica_of(self, primary: RedisServer) -> RedisServer | None:
+        """A live replica in sync with `primary`, or None."""
+        for replica in self.replicas:
+            if replica.process is not None and \
+                    _info_field(replica, "replication", "master_port") == str(primary.port) and \
+                    _info_field(replica, "replication", "master_link_status") == "up":
+                return replica
+        return None
+
+    def primary_with_replica(self) -> tuple[RedisServer, RedisServer]:
+        """A live primary (as created) and its live replica, for a test to fail over."""
+        for primary in self.nodes:
+            replica = self.replica_of(primary) if primary.process is not None else None
+            if replica is not None:
+                return primary, replica
+        raise LookupError("no primary with a live replica left")
+
+    @staticmethod
+    def kill(server: RedisServer) -> None:
+        """SIGKILL by the pid this test started (a crash: no shutdown, no last words), then reap."""
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGKILL)
+        server.stop()
+
+    @staticmethod
+    def promoted(server: RedisServer) -> bool:
+        """Whether `server` (a replica) is now a primary serving slots."""
+        return _info_field(server, "replication", "role") == "master" and \
+            _info_field(server, "cluster", "cluster_state") == "ok"
 
     def _agreed(self) -> bool:
         maps = []
@@ -126,11 +176,12 @@ class Cluster:
 
     def node_of(self, key: str) -> RedisServer:
         """The server that owns `key`'s slot, by asking the cluster."""
-        with redis.Redis(port=self.nodes[0].port, socket_timeout=1) as client:
+        live = next(n for n in self.servers if n.process is not None)
+        with redis.Redis(port=live.port, socket_timeout=1) as client:
             slot = client.execute_command("CLUSTER", "KEYSLOT", key)
             for begin, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
                 if begin <= slot <= end:
-                    return next(n for n in self.nodes if n.port == primary[1])
+                    return next(n for n in self.servers if n.port == primary[1])
         raise LookupError(key)
 
     def keys_on_each_node(self, prefix: str = "") -> list[str]:
@@ -144,7 +195,7 @@ class Cluster:
         return [found[node.port] for node in self.nodes]
 
     def stop(self) -> None:
-        for node in self.nodes:
+        for node in self.servers:
             node.cleanup()
 
 

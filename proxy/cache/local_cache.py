@@ -168,6 +168,16 @@ class LocalCache:
             self._order.clear()
             self._bytes = 0
 
+    def drop_where(self, doomed: Callable[[Hashable], bool]) -> int:
+        """Drop every entry whose key `doomed` picks (a cluster node's keys, when its
+        invalidations may be lost), and refuse the fills in flight; how many went."""
+        with self._lock:
+            self._invalidate_all()
+            keys = [key for key in self._data if doomed(key)]
+            for key in keys:
+                self._discard(key)
+            return len(keys)
+
     def get_or_load(self, key: Hashable, load: Callable[[], tuple[Any, float | None]]) -> Any:
         """The cached value, else `load()` run once for all concurrent callers. `load` returns the
         value and how long it may be kept (None: the cache's TTL); the value is cached unless it

@@ -242,7 +242,8 @@ class ProxyHandler(Routes, BaseHTTPRequestHandler):
             self.url_role(parse_query(query.encode("latin-1")))
         elif path == "/health":
             report = self.server.proxy.health_report()
-            self._reply_json(200 if report["redis"] == "ok" else 503, report)
+            # 503 only when the store cannot serve at all; a cluster with a shard down is 200.
+            self._reply_json(503 if report["redis"] == "down" else 200, report)
         elif path == "/metrics":
             self._reply(200, self.server.metrics.render(), {"Content-Type": METRICS_CONTENT_TYPE})
         elif path == "/stats":

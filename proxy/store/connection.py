@@ -52,6 +52,12 @@ def _mask_query(text: str) -> str:
     return re.sub(r"((?:^|[?&])password=)[^&#]*", r"\1***", text, flags=re.IGNORECASE)
 
 
+def address(text: str) -> tuple[str, int]:
+    """`host:port` (the host may be a bracketed IPv6 address) as redis-py takes it."""
+    host, _, port = text.strip().rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def pool_kwargs(socket_timeout: float, max_connections: int, password: str | None) -> dict[str, Any]:
     """The settings of every pool of ours (one Redis, each cluster node's): a blocking pool whose
     wait and every socket operation are bounded by `socket_timeout`, RESP2."""
@@ -258,6 +264,10 @@ class RedisHealth:
             return self._up and ok
         finally:
             self._check_lock.release()
+
+    def report(self) -> dict[str, Any]:
+        """What /health shows of the store: `{"redis": "ok"}` or `{"redis": "down"}`."""
+        return {"redis": "ok" if self.check() else "down"}
 
     def _probe(self) -> None:
         while not self._stop.wait(self.probe_interval):

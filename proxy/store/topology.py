@@ -1,55 +1,44 @@
-"""Redis Cluster and Sentinel as the store: client construction, per-node L1 tracking and health.
+"""Redis Cluster as the store: the client, its slot map and its refreshes.
 
-Standalone Redis stays in connection.py; this module adds what the two scaled-out
-topologies need on top of redis-py's own `RedisCluster` and `Sentinel`:
+Standalone Redis stays in connection.py, Sentinel is in sentinel.py; this module adds what a
+cluster needs on top of redis-py's own `RedisCluster`:
 
 - `ClusterStore`: a `RedisCluster` whose node pools are `TrackingConnectionPool`s, whose MGET is
-  split by slot and reassembled in order, and whose CONFIG SET goes to every primary;
-- `ClusterTracking`: one `Invalidator` per node, re-armed when the topology changes;
-- `ClusterHealth`: a node that is down fails the requests for its slots only;
-- `make_sentinel_client`: the primary behind Sentinel, over a tracking pool.
+  split by slot and reassembled in order, whose CONFIG SET goes to every primary, and whose
+  slot-map refreshes are rate-limited (a request failing on a dead node asks for one each);
+- `ClusterTracking` (cluster_tracking.py) keeps L1 coherent per node.
+
+Health over a cluster (per shard, with a background watcher) is in cluster_health.py.
 """
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS
 from redis.event import AfterSlotsCacheRefreshEvent, EventDispatcher, EventListenerInterface
-from redis.exceptions import ClusterError, RedisClusterException
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 from proxy.cache.local_cache import LocalCache
-from proxy.errors import StoreUnavailable
-from proxy.store.connection import (
-    UNREACHABLE,
-    RedisHealth,
-    TrackingConnectionPool,
-    _on_connect,
-    pool_exhausted,
-    pool_kwargs,
-)
-from proxy.store.invalidation import CONNECTING, TRACKING, TTL_ONLY, Invalidator
+from proxy.store.cluster_health import ClusterHealth
+from proxy.store.cluster_tracking import ClusterTracking
+from proxy.store.connection import TrackingConnectionPool, address, pool_kwargs
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-RECONCILE_INTERVAL = 1.0  # seconds between checks of the node list, besides redis-py's events
-
-# What a request to a node that is down (or a slot nobody serves) raises, after redis-py's own
-# retry: ClusterDownError is a ResponseError, SlotNotCoveredError not even a RedisError.
-NODE_UNAVAILABLE = (*UNREACHABLE, ClusterError, RedisClusterException)
-
-
-def _address(text: str) -> tuple[str, int]:
-    host, _, port = text.strip().rpartition(":")
-    return host.strip("[]"), int(port)
+# A slot-map refresh (CLUSTER SLOTS) at most once per gap: redis-py asks for one after every
+# failed command, so during an outage each request for a dead node's keys cost one per live
+# node. The gap doubles while refreshes find nothing new, and is back at its least after one
+# that finds a change (a promoted replica).
+REFRESH_MIN_GAP = 0.25
+REFRESH_MAX_GAP = 2.0
 
 
 def _reset_tracking(connection: Any) -> None:
@@ -92,6 +81,14 @@ class ClusterStore(RedisCluster):
         self.tracking: ClusterTracking | None = None
         self.memory: tuple[int, str] | None = None  # applied to every primary, new ones too
         self.refreshes = 0  # slots-cache refreshes redis-py reported (MOVED, failover)
+        self.owners: list[str | None] = []  # slot -> its primary's name, as last refreshed
+        self._owners_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._refreshed_at = -math.inf
+        self.clock: Callable[[], float] = time.monotonic  # a test ticks its own
+        self.refresh_gap = REFRESH_MIN_GAP
+        self._map_changed = False
+        self._unconfigured: set[str] = set()  # primaries since the memory settings were applied
         dispatcher = EventDispatcher()
         dispatcher.register_listeners({AfterSlotsCacheRefreshEvent: [_SlotsRefreshed(self._refreshed)]})
         (host, port), rest = nodes[0], nodes[1:]
@@ -107,6 +104,11 @@ class ClusterStore(RedisCluster):
             **pool_kwargs(socket_timeout, max_connections, password), **(tls_kwargs or {}))
         self.connection_pool = _ClusterPools(self)
         self.health_class = ClusterHealth
+        # The first map was read inside super().__init__, before `nodes_manager` was set.
+        self.owners = self._owners_now()
+        # Every refresh, redis-py's own after a failed command included, goes through the limit.
+        self._initialize = self.nodes_manager.initialize
+        self.nodes_manager.initialize = self.refresh_topology  # type: ignore[method-assign]
 
     def _new_pool(self, **kwargs: Any) -> TrackingConnectionPool:
         pool = TrackingConnectionPool(**kwargs)
@@ -117,9 +119,59 @@ class ClusterStore(RedisCluster):
 
     def _refreshed(self) -> None:
         self.refreshes += 1
+        if not hasattr(self, "nodes_manager"):
+            return  # the first map, read while RedisCluster.__init__ runs
+        owners = self._owners_now()
+        with self._owners_lock:
+            before, self.owners = self.owners, owners
+            moved = {slot for slot, old in enumerate(before) if old != owners[slot]}  # [] at first
+            if moved:
+                self._map_changed = True
+                # CONFIG is per node and not replicated: a promoted replica has its own settings.
+                self._unconfigured |= set(filter(None, owners)) - set(before)
         tracking = getattr(self, "tracking", None)
         if tracking is not None:
+            if moved:
+                tracking.drop_slots(moved, "moved to another primary")
             tracking.wake()
+
+    def _owners_now(self) -> list[str | None]:
+        cache = self.nodes_manager.slots_cache
+        return [nodes[0].name if nodes else None
+                for nodes in (cache.get(slot) for slot in range(REDIS_CLUSTER_HASH_SLOTS))]
+
+    def refresh_topology(self, *args: Any, **kwargs: Any) -> bool:
+        """redis-py's `NodesManager.initialize` (CLUSTER SLOTS from a reachable node), unless one
+        ran less than `refresh_gap` ago or runs now; whether it ran. A failed command still
+        fails (503) without it; the next one after the gap finds the new map."""
+        if self.clock() - self._refreshed_at < self.refresh_gap or \
+                not self._refresh_lock.acquire(blocking=False):
+            return False
+        try:
+            self._map_changed = False
+            try:
+                self._initialize(*args, **kwargs)
+            finally:
+                self._refreshed_at = self.clock()
+                self.refresh_gap = REFRESH_MIN_GAP if self._map_changed \
+                    else min(REFRESH_MAX_GAP, 2 * self.refresh_gap)
+            return True
+        finally:
+            self._refresh_lock.release()
+
+    def slot_ranges(self) -> list[tuple[int, int, ClusterNode | None]]:
+        """The slot map as (first, last, primary) ranges in slot order; None for slots no node
+        serves."""
+        cache = self.nodes_manager.slots_cache
+        ranges: list[tuple[int, int, ClusterNode | None]] = []
+        for slot in range(REDIS_CLUSTER_HASH_SLOTS):
+            nodes = cache.get(slot)
+            primary = nodes[0] if nodes else None
+            if ranges and ranges[-1][2] is primary and ranges[-1][1] == slot - 1:
+                ranges[-1] = (ranges[-1][0], slot, primary)
+            else:
+                ranges.append((slot, slot, primary))
+        return ranges
 
     def mget(self, keys: Any, *args: Any) -> list[Any]:
         """MGET split by slot, one pipeline per node, answers in the order asked."""
@@ -135,6 +187,18 @@ class ClusterStore(RedisCluster):
         self.memory = (maxmemory, policy)
         results = [self._configure_node(node) for node in self.get_primaries()]
         return bool(results) and all(results)
+
+    def configure_new_primaries(self) -> None:
+        """Apply the memory settings on the primaries that appeared since (the health watcher
+        calls this once per pass, outside redis-py's refresh)."""
+        with self._owners_lock:
+            names, self._unconfigured = self._unconfigured, set()
+        if self.memory is None or not names:
+            return
+        for node in self.get_primaries():
+            if node.name in names:
+                log.info("new cluster primary %s: applying the memory settings", node.name)
+                self._configure_node(node)
 
     def _configure_node(self, node: ClusterNode) -> bool:
         assert self.memory is not None
@@ -156,208 +220,6 @@ def make_cluster_client(nodes: tuple[str, ...], *, socket_timeout: float = 0.5,
     """A cluster client from REDIS_CLUSTER_NODES (`host:port` seeds); TLS when files are given."""
     tls_kwargs = {name: path for name, path in (("ssl_ca_certs", tls_ca), ("ssl_certfile", tls_cert),
                                                  ("ssl_keyfile", tls_key)) if path}
-    return ClusterStore([_address(n) for n in nodes], socket_timeout=socket_timeout,
+    return ClusterStore([address(n) for n in nodes], socket_timeout=socket_timeout,
                         max_connections=max_connections, password=password,
                         tls=bool(tls_kwargs), tls_kwargs=tls_kwargs)
-
-
-class ClusterTracking:
-    """L1 coherence over a cluster: one `Invalidator` (its own `CLIENT TRACKING ... REDIRECT`
-    target) per node, each arming the connections of that node's pool.
-
-    L1 admits new entries only while every node of the current topology is armed: a node whose
-    invalidation connection drops suspends it, and L1 is flushed when that node is armed again
-    (its invalidations may be lost). A node that appears (a failover, a node added) gets its own
-    invalidator; one that leaves the topology has its invalidator closed. redis-py tells us of
-    every slots refresh (a MOVED, a failover); a timer catches the rest.
-    """
-
-    def __init__(self, cluster: ClusterStore, local: LocalCache,
-                 on_keys: Callable[[list[bytes] | None], None], interval: float = RECONCILE_INTERVAL):
-        self.cluster = cluster
-        self.local = local
-        self.on_keys = on_keys
-        self.interval = interval
-        self._invalidators: dict[int, tuple[str, Invalidator]] = {}  # id(pool) -> node, listener
-        self._primaries: set[str] = set()
-        self._refreshes_seen = 0
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cluster-tracking", daemon=True)
-
-    @property
-    def mode(self) -> str:
-        with self._lock:
-            listeners = [inv for _name, inv in self._invalidators.values()]
-        if any(inv.mode == TTL_ONLY for inv in listeners):
-            return TTL_ONLY
-        if listeners and all(inv.mode == TRACKING for inv in listeners):
-            return TRACKING
-        return CONNECTING
-
-    def start(self, wait: float = 2.0) -> "ClusterTracking":
-        self.local.suspend()
-        self._reconcile()
-        deadline = time.monotonic() + wait
-        with self._lock:
-            listeners = [inv for _name, inv in self._invalidators.values()]
-        for inv in listeners:
-            inv.armed.wait(max(0.0, deadline - time.monotonic()))
-        self._thread.start()
-        return self
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def pool_created(self) -> None:
-        self.local.suspend()
-        self._wake.set()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2)
-        with self._lock:
-            listeners, self._invalidators = list(self._invalidators.values()), {}
-        for _name, inv in listeners:
-            inv.close()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.interval)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                self._reconcile()
-            except Exception:  # noqa: BLE001 - the watcher must outlive one bad pass
-                log.exception("cluster topology check failed")
-
-    def _reconcile(self) -> None:
-        nodes = {id(node.redis_connection.connection_pool): node for node in self.cluster.get_nodes()
-                 if node.redis_connection is not None}
-        refreshes = self.cluster.refreshes
-        if refreshes != self._refreshes_seen:
-            log.info("cluster slot map refreshed %d time(s) (MOVED/ASK redirection or failover)",
-                     refreshes - self._refreshes_seen)
-            self._refreshes_seen = refreshes
-        primaries = {node.name for node in nodes.values() if node.server_type == "primary"}
-        if primaries != self._primaries:
-            if self._primaries:
-                log.warning("cluster primaries changed: now %s (were %s)",
-                            ", ".join(sorted(primaries)), ", ".join(sorted(self._primaries)))
-            new_primaries = primaries - self._primaries
-            self._primaries = primaries
-            if self.cluster.memory is not None:
-                for node in nodes.values():
-                    if node.name in new_primaries:
-                        self.cluster._configure_node(node)
-        started, gone = [], []
-        with self._lock:
-            for key in list(self._invalidators):
-                if key not in nodes:
-                    gone.append(self._invalidators.pop(key))
-            for key, node in nodes.items():
-                if key not in self._invalidators:
-                    inv = Invalidator(node.redis_connection.connection_pool, on_keys=self.on_keys,
-                                      on_lost=self.local.suspend, on_armed=self._armed)
-                    inv.node = node.name
-                    self._invalidators[key] = (node.name, inv)
-                    started.append((node.name, inv))
-        for name, inv in gone:
-            log.info("cluster node %s left the topology: its invalidation listener stops", name)
-            inv.close()
-        if started:
-            self.local.suspend()
-        for name, inv in started:
-            log.info("L1 tracking armed per node: listening to cluster node %s", name)
-            inv.start(wait=0)
-        self._armed()
-
-    def _armed(self) -> None:
-        """Admit into L1 again once every node tracks what this process reads from it."""
-        with self._lock:
-            listeners = [inv for _name, inv in self._invalidators.values()]
-        if listeners and all(inv.armed.is_set() for inv in listeners):
-            self.local.resume()
-
-
-class ClusterHealth(RedisHealth):
-    """Health over a cluster: a node that is down fails the requests routed to it (503) while
-    the other nodes' keys keep working, so no failure marks the whole store down. /health is
-    degraded while any node does not answer PING."""
-
-    def __init__(self, client: Any, probe_interval: float = 0.5,
-                 on_recover: Callable[[], None] | None = None):
-        super().__init__(client, probe_interval, on_recover)
-
-    @property
-    def up(self) -> bool:
-        return self._last_check
-
-    def call(self, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except redis.ConnectionError as exc:
-            if pool_exhausted(exc):
-                raise StoreUnavailable("every connection to Redis is busy; retry shortly",
-                                       error="redis busy") from exc
-            self.mark_down(exc)
-            raise StoreUnavailable("the Redis Cluster node holding this key is unreachable; "
-                                   "retry shortly") from exc
-        except NODE_UNAVAILABLE as exc:
-            self.mark_down(exc)
-            raise StoreUnavailable("the Redis Cluster node holding this key is unreachable; "
-                                   "retry shortly") from exc
-
-    def mark_down(self, exc: BaseException) -> None:
-        self.log_limiter.warning("node down", "a Redis Cluster node is unreachable (%s): requests "
-                                 "for its slots get 503 until it or its replica answers", exc)
-
-    def ping(self) -> bool:
-        """Whether every primary answers PING, each asked directly (not through the slot map)."""
-        try:
-            primaries = self.client.get_primaries()
-            return bool(primaries) and all(self.client.get_redis_connection(node).ping()
-                                           for node in primaries)
-        except NODE_UNAVAILABLE:
-            return False
-
-    def check(self, max_age: float = 0.5) -> bool:
-        now = time.monotonic()
-        if now - self._checked_at < max_age or not self._check_lock.acquire(blocking=False):
-            return self._last_check
-        try:
-            ok = self.ping()
-            self._last_check, self._checked_at = ok, time.monotonic()
-            return ok
-        finally:
-            self._check_lock.release()
-
-
-class SentinelTrackingPool(TrackingConnectionPool, SentinelConnectionPool):
-    """The primary's address comes from Sentinel (re-asked on every new connection, so a
-    failover is followed); connections are tracked as with a standalone Redis."""
-
-    def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any):
-        kwargs.setdefault("connection_class", SentinelManagedConnection)
-        super().__init__(service_name=service_name, sentinel_manager=sentinel_manager, **kwargs)
-
-    def reset(self) -> None:
-        super().reset()
-        proxy = getattr(self, "proxy", None)
-        if proxy is not None:
-            proxy.reset()  # BlockingConnectionPool.reset does not chain to Sentinel's
-
-
-def make_sentinel_client(sentinels: tuple[str, ...], master: str, *, socket_timeout: float = 0.5,
-                         max_connections: int = 64, password: str | None = None) -> redis.Redis:
-    """A client of Sentinel's current primary for `master`, over a blocking tracking pool."""
-    sentinel = Sentinel([_address(s) for s in sentinels],
-                        sentinel_kwargs={"socket_timeout": socket_timeout,
-                                         "socket_connect_timeout": socket_timeout})
-    pool = SentinelTrackingPool(master, sentinel, redis_connect_func=_on_connect,
-                                **pool_kwargs(socket_timeout, max_connections, password))
-    return redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))

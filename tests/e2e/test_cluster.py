@@ -13,6 +13,7 @@ from load_env import load_settings
 from proxy.resp import server as resp_server
 from proxy.store.launcher import free_port
 from proxy.store.purge_marker import marker_key
+from proxy.store.topology import REFRESH_MAX_GAP, REFRESH_MIN_GAP
 from redis_cluster import CLUSTER_BUS_OFFSET, Cluster, cluster_node_port, tools_missing
 from redis_proxy import (
     RedisProxy,  # FIXME: moved, see WARN
@@ -241,3 +242,60 @@ def test_a_purge_during_a_fetch_is_not_undone_by_its_store(cluster, rc, upstream
     assert 3600 < owner.ttl(redis_key) <= 3600 + 300
     assert fetching.get(path).headers["X-Cache"] == "HIT"
     assert upstream.hits["/racing"] == 2
+
+
+def test_a_connection_torn_down_under_a_request_is_a_503_not_a_500(cluster, rc, upstream,
+                                                                    make_cluster_proxy):
+    """During a node outage redis-py disconnects a node's idle connections from the thread that
+    saw the failure while another thread hands one out: that one finds its parser's socket gone
+    (TypeError/ValueError inside redis-py, not a ConnectionError)."""
+    served = make_cluster_proxy(CACHE_CAPACITY="0")
+    key = cluster.keys_on_each_node("torn-")[0]
+    rc.set(key, b"value")
+    url = upstream.serve("/torn", b"from upstream")
+    assert served.get(f"/get/{key}").body == b"value"  # connections now idle in the node pools
+    idle = [connection for node in served.proxy.client.get_nodes()
+            for connection in node.redis_connection.connection_pool.pool.queue if connection]
+    for connection in idle:
+        connection._parser._sock = None  # the other thread's disconnect(), half done
+    torn = served.get(f"/get/{key}")
+    assert (torn.status, torn.json()["error"]) == (503, "redis unavailable")
+    assert "closed under this request" in torn.json()["detail"]
+    page = served.get(url_path(url, key))
+    assert (page.status, page.body, page.headers["X-Cache"]) == (200, b"from upstream", "BYPASS")
+    for connection in idle:
+        connection.disconnect()  # the other thread's disconnect() done: the nodes serve again
+    assert served.get(f"/get/{key}").body == b"value"
+
+
+def test_slot_map_refreshes_are_spaced_by_a_gap_that_doubles_to_its_cap_until_one_finds_a_change(
+        cluster, make_cluster_proxy):
+    store = make_cluster_proxy().proxy.client
+    now = [1024.0]
+    store.clock = lambda: now[0]
+    ran = []
+
+    def initialize(*args, **kwargs):  # stands in for CLUSTER SLOTS; says whether the map changed
+        ran.append(now[0])
+        store._map_changed = changes.pop(0)
+
+    store._initialize = initialize
+    changes = [False] * 5 + [True, False]
+    # redis-py's own refresh after a failed command goes through the same limit.
+    assert store.nodes_manager.initialize(last_failed_node_name="x") is True
+    # Each refresh that finds nothing new doubles the gap before the next, up to its cap.
+    expected_gaps = [REFRESH_MIN_GAP * 2 ** i for i in range(1, 4)] + [REFRESH_MAX_GAP]
+    assert expected_gaps == [0.5, 1.0, 2.0, 2.0]
+    for gap in expected_gaps:
+        now[0] += gap - 1 / 64  # binary fractions: the sums are exact
+        assert store.refresh_topology() is False  # within the gap: nothing sent
+        now[0] += 1 / 64
+        assert store.refresh_topology() is True
+    now[0] += REFRESH_MAX_GAP
+    assert store.refresh_topology() is True  # this one finds a change (a promoted replica)
+    assert store.refresh_gap == REFRESH_MIN_GAP == 0.25
+    now[0] += REFRESH_MIN_GAP - 1 / 64
+    assert store.refresh_topology() is False
+    now[0] += 1 / 64
+    assert store.refresh_topology() is True
+    assert len(ran) == 7
