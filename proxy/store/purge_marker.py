@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from proxy.errors import StoreUnavailable
-from proxy.store.connection import RedisHealth, get
+from proxy.store.connection import RedisHealth, get, pipelined
 from proxy.store.fetch_lock import Held, co_located, key_slot, slot_tag
 
 log = logging.getLogger(__name__)
@@ -187,8 +187,17 @@ class PurgeMarkers:
             return False
         keys = [redis_key, slot_key(self.prefix, slot, SEQUENCE), lock_key, marker_key(redis_key),
                 *marks]
-        stored = bool(self.health.call(lambda: self._store(keys=keys,
-                                                           args=[value, ttl, start.seq, token])))
+        args: list[bytes | int | str] = [value, ttl, start.seq, token]
+        # EVALSHA straight over the pool (connection.pipelined: no redis-py command machinery);
+        # a Redis that has not seen the script (restarted, SCRIPT FLUSH) gets it loaded by
+        # redis-py's Script, which then runs it.
+        reply = pipelined(self.client, self.health,
+                          [("EVALSHA", self._store.sha, len(keys), *keys, *args)])[0]
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            reply = self.health.call(lambda: self._store(keys=keys, args=args))
+        elif isinstance(reply, Exception):
+            raise reply
+        stored = bool(reply)
         if token and lock is not None:
             lock.released = True
         return stored

@@ -4,7 +4,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from proxy.store.connection import RedisHealth
+from proxy.store.connection import RedisHealth, make_client
 from proxy.store.fetch_lock import Held, lock_key, slot_tag
 from proxy.store.purge_marker import SEQUENCE, PurgeMarkers, marker_key, slot_key
 
@@ -114,6 +114,19 @@ def test_a_store_refused_over_maxmemory_leaves_the_fetch_lock_to_its_caller(mark
     with pytest.raises(redis.exceptions.OutOfMemoryError):
         markers.store("rp:k", b"value", 60, start, lock=lock)
     assert (r.exists("rp:k"), r.get(lock.key), lock.released) == (0, b"token", False)
+
+
+@pytest.mark.parametrize("pool", ["the proxy's pool", "a plain client"])
+def test_a_store_on_a_redis_without_its_script_loads_it_and_stores(redis_url, r, timer, pool):
+    client = make_client(redis_url) if pool == "the proxy's pool" else redis.Redis.from_url(redis_url)
+    markers = PurgeMarkers(client, RedisHealth(client), "rp:", lifetime=20.0, timer=timer)
+    lock = Held(lock_key("rp:k"), "token")
+    r.set(lock.key, "token", px=60_000)
+    start = markers.start("rp:k")
+    r.script_flush()  # as a restarted Redis: EVALSHA answers NOSCRIPT
+    assert markers.store("rp:k", b"value", 60, start, lock=lock) is True
+    assert (r.get("rp:k"), r.exists(lock.key), lock.released) == (b"value", 0, True)
+    client.close()
 
 
 def test_a_fetch_lock_outside_the_entrys_slot_is_refused_before_any_write(markers, r):
