@@ -16,10 +16,13 @@ from proxy.cache.result import HIT, CacheResult
 from proxy.cache.single_flight import SingleFlight
 from proxy.core import stats as names
 from proxy.core.stats import Stats
+from proxy.core.storing import Begun
 from proxy.core.url_request import UrlLimits, UrlRequest
-from proxy.core.variants import VariantSelection
+from proxy.core.variants import UNREAD, VariantSelection
 from proxy.errors import Forbidden, ProxyError
-from proxy.store.fetch_lock import FetchLock
+from proxy.store.fetch_lock import FetchLock, Held, lock_key
+from proxy.store.purge_marker import PurgeMarkers
+from proxy.store.tags import TagIndex
 from proxy.upstream.fetcher import Fetcher
 
 log = logging.getLogger("proxy.core.url_cache")  # the URL role's log, as before the split
@@ -40,17 +43,35 @@ class Coalescing(VariantSelection):
     flights: SingleFlight
     _refreshing: set[str]
     _refreshing_lock: threading.Lock
-    _forward: Callable[[UrlRequest, Entry | None, bool], CacheResult]
+    purge_markers: PurgeMarkers
+    tags: TagIndex
+    _forward: Callable[[UrlRequest, Entry | None, bool, Begun | None], CacheResult]
     _result: Callable[..., CacheResult]
     _unbanned: Callable[[Entry], Entry]
 
     def _coalesced_forward(self, request: UrlRequest, stale: Entry | None,
                            redis_up: bool) -> CacheResult:
-        """One upstream fetch per entry across every proxy process sharing this Redis."""
+        """One upstream fetch per entry across every proxy process sharing this Redis.
+
+        The lock, the entry read again and the purge numbers go in one round trip (on one
+        Redis), and the store's script releases the lock: a miss is the entry's read, this
+        round trip, the fetch and the store."""
         # One lock per key and URL: a fetch of another URL under the same explicit key
-        # neither waits for this one nor is taken for it.
-        lock = f"{request.redis_key}\x00{cache_keys.url_digest(request.canonical)[:16]}"
-        token = self.fetch_lock.acquire(lock) if redis_up else ""
+        # neither waits for this one nor is taken for it. In the entry's hash slot, for the
+        # store's script (proxy.store.purge_marker) to release.
+        lock = lock_key(request.redis_key, cache_keys.url_digest(request.canonical)[:16])
+        begun: Begun | None = None
+        token: str | None = ""
+        values: list[object] = []
+        if redis_up:
+            reads = [request.redis_key, self.purge_markers.sequence_key(request.redis_key)]
+            if self.limits.tag_headers:
+                reads.append(self.tags.sequence)
+            token, values = self.fetch_lock.acquire_reading(lock, reads)
+            if token is not None:
+                begun = Begun(self.purge_markers.start_of(values[1]),
+                              self.tags.start_of(values[2]) if self.limits.tag_headers else None,
+                              Held(lock, token))
         if token is None:
             self.stats.count(names.COALESCED_WAITS)
             with off_cpu():  # another process's fetch: no MAX_PARALLEL slot held meanwhile
@@ -61,18 +82,21 @@ class Coalescing(VariantSelection):
         try:
             if token:
                 # Double-checked: a fetch may have stored the entry and released the lock
-                # between our read of Redis and our taking the lock.
-                found = self._fresh_stored(request, stale)
+                # between our read of Redis and our taking the lock (the GET after the SET NX).
+                found = self._fresh_stored(request, stale, values[0])
                 if found is not None:
                     return found
-            return self._forward(request, stale, redis_up)
+            return self._forward(request, stale, redis_up, begun)
         finally:
-            self.fetch_lock.release(lock, token)
+            if begun is None or begun.lock is None or not begun.lock.released:
+                self.fetch_lock.release(lock, token)
 
-    def _fresh_stored(self, request: UrlRequest, stale: Entry | None) -> CacheResult | None:
-        """A fresh entry another process has stored since `stale` (or since nothing)."""
+    def _fresh_stored(self, request: UrlRequest, stale: Entry | None,
+                      first: object = UNREAD) -> CacheResult | None:
+        """A fresh entry another process has stored since `stale` (or since nothing); `first`:
+        the URL's key as read already."""
         epoch = self.local.epoch
-        entry, where, _up = self._read_variant(request)
+        entry, where, _up = self._read_variant(request, first)
         if entry is not None:
             entry = self._unbanned(entry)
         now = self.clock()

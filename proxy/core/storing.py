@@ -20,9 +20,22 @@ from proxy.core.url_request import UrlLimits
 from proxy.core.variants import VariantSelection
 from proxy.errors import StoreUnavailable
 from proxy.log_limit import LogLimiter
+from proxy.store.fetch_lock import Held
 from proxy.store.purge_marker import PurgeMarkers, Start, marker_key
 from proxy.store.tags import TagIndex, scoped
 from proxy.store.variants import Variants
+
+
+@dataclasses.dataclass(frozen=True)
+class Begun:
+    """Where a fetch began: the purge numbers read before it asked upstream (`start`: its
+    entry's slot's sequence, `tag_start`: the tag counter; None when Redis could not say, so
+    nothing, or nothing tagged, is stored), and the fetch lock it holds, which the store's
+    script releases with the write."""
+
+    start: Start | None
+    tag_start: int | None = None
+    lock: Held | None = None
 
 
 class Storing(VariantSelection):
@@ -38,13 +51,13 @@ class Storing(VariantSelection):
     redis_label: str
     log_limiter: LogLimiter
 
-    def _store(self, redis_key: str, entry: Entry, start: Start | None, epoch: int,
-               tag_start: int | None = None) -> bool:
+    def _store(self, redis_key: str, entry: Entry, begun: Begun, epoch: int) -> bool:
         """One atomic write with a TTL (SETEX semantics): freshness left plus the stale window.
-        Refused when the entry was purged since `start` (None: Redis was not reachable then),
-        or one of its tags since `tag_start` (proxy.store.tags: named in each tag's set, then
-        checked, then written through the purge markers); the L1 copy is kept unless the entry was
-        invalidated since `epoch`."""
+        Refused when the entry was purged since `begun.start` (None: Redis was not reachable
+        then), or one of its tags since `begun.tag_start` (proxy.store.tags: named in each tag's
+        set, then checked, then written through the purge markers); the fetch lock released in
+        the same script; the L1 copy is kept unless the entry was invalidated since `epoch`."""
+        start, tag_start = begun.start, begun.tag_start
         fresh_left = entry.remaining(self.clock())
         keep_for = fresh_left + self.limits.stale_ttl
         if keep_for <= 0 or start is None:
@@ -72,7 +85,7 @@ class Storing(VariantSelection):
                 return False
             # The script reads the key back after the write (a write ends Redis's tracking of
             # it), so the L1 copy hears of a purge or a replacement by another proxy.
-            if not self.purge_markers.store(redis_key, value, ttl, start,
+            if not self.purge_markers.store(redis_key, value, ttl, start, lock=begun.lock,
                                             marks=[marker_key(primary)] if redis_key != primary else []):
                 self.stats.count(names.STORES_REFUSED)
                 return False

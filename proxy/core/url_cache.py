@@ -44,7 +44,7 @@ from proxy.core import stats as names
 from proxy.core.coalesce import Coalescing, flight_key
 from proxy.core.purge import Purging
 from proxy.core.stats import Stats
-from proxy.core.storing import Storing
+from proxy.core.storing import Begun, Storing
 from proxy.core.url_request import UrlLimits, UrlRequest
 from proxy.errors import (
     BadGateway,
@@ -60,7 +60,7 @@ from proxy.store.bans import BanList
 from proxy.store.connection import RedisHealth
 from proxy.store.connection import get as store_get
 from proxy.store.fetch_lock import FetchLock
-from proxy.store.purge_marker import PurgeMarkers, Start
+from proxy.store.purge_marker import PurgeMarkers
 from proxy.store.tags import MAX_TAGS, TagIndex, tags_of
 from proxy.store.variants import Variants
 from proxy.upstream.fetcher import Fetcher, UpstreamResponse
@@ -266,21 +266,32 @@ class UrlCache(Coalescing, Storing, Purging):
     def _read_entry(self, redis_key: str) -> tuple[Entry | None, bool]:
         try:
             raw = self.health.call(lambda: store_get(self.client, redis_key))
-        except StoreUnavailable:
-            return None, False
-        except redis.RedisError as exc:
-            self._store_error(exc)
-            return None, True
-        return (cache_entry.decode(raw) if raw else None), True
+        except (StoreUnavailable, redis.RedisError) as exc:
+            raw = exc
+        return self._decoded(raw)
 
-    def _forward(self, request: UrlRequest, stale: Entry | None, redis_up: bool) -> CacheResult:
-        """Ask upstream (conditionally when a stale copy has validators) and store the answer."""
+    def _decoded(self, raw: object) -> tuple[Entry | None, bool]:
+        """An entry's GET as read (its bytes, None, or the exception that stopped it): the
+        entry, and whether Redis answered."""
+        if isinstance(raw, StoreUnavailable):
+            return None, False
+        if isinstance(raw, redis.RedisError):
+            self._store_error(raw)
+            return None, True
+        return (cache_entry.decode(raw) if isinstance(raw, bytes) and raw else None), True
+
+    def _forward(self, request: UrlRequest, stale: Entry | None, redis_up: bool,
+                 begun: Begun | None = None) -> CacheResult:
+        """Ask upstream (conditionally when a stale copy has validators) and store the answer.
+        `begun`: the purge numbers read already, with the fetch lock (Coalescing); else read here."""
         sent = {**dict(request.forwarded), **(self.policy.validators(stale.headers) if stale else {})}
         # Where L1 and the purge markers stand before upstream is asked: a purge from here on
         # means this answer is older than the purge, and it is neither stored nor kept in L1.
         epoch = self.local.epoch
-        start = self.purge_markers.start(request.redis_key) if redis_up else None
-        tag_start = self.tags.start() if redis_up and self.limits.tag_headers else None
+        if begun is None:
+            read = redis_up and request.store  # a no-store answer is not stored: nothing to read
+            begun = Begun(self.purge_markers.start(request.redis_key) if read else None,
+                          self.tags.start() if read and self.limits.tag_headers else None)
         window = self.limits.stale_if_error if stale is None else self.policy.stale_window(
             stale.headers, STALE_IF_ERROR, self.limits.stale_if_error, self.limits.stale_ttl)
         request_time = self.clock()
@@ -308,7 +319,7 @@ class UrlCache(Coalescing, Storing, Purging):
             entry = freshened(self.policy, stale, response.headers, response.hops, now, request_time)
             entry = dataclasses.replace(entry, headers=without(entry.headers, self.limits.tag_headers))
             stored = self.policy.storable(stale.status, entry.headers, now) \
-                and self._store(request.redis_key, entry, start, epoch, tag_start)
+                and self._store(request.redis_key, entry, begun, epoch)
             return dataclasses.replace(self._result(entry, now, HIT, forward="stale"),
                                        upstream_status=304, stored=stored)
         if (response.status >= 500 and stale is not None
@@ -316,14 +327,14 @@ class UrlCache(Coalescing, Storing, Purging):
             return dataclasses.replace(self._result(stale, now, STALE, detail=STALE_IF_ERROR),
                                        upstream_status=response.status)
         return self._fresh_answer(request, response, stale, redis_up, now, request_time,
-                                  start, epoch, tag_start)
+                                  begun, epoch)
 
     def _fresh_answer(self, request: UrlRequest, response: UpstreamResponse, stale: Entry | None,
-                      redis_up: bool, now: float, request_time: float, start: Start | None,
-                      epoch: int, tag_start: int | None) -> CacheResult:
+                      redis_up: bool, now: float, request_time: float, begun: Begun,
+                      epoch: int) -> CacheResult:
         """A new response from upstream (not a 304 freshening `stale`): stored when storable
-        (`start`, `epoch`, `tag_start`: where the purges stood before the fetch, see `_store`),
-        and the client's answer."""
+        (`begun`, `epoch`: where the purges stood before the fetch, see `_store`), and the
+        client's answer."""
         tag_headers = self.limits.tag_headers
         tags = tags_of(response.headers, tag_headers) if tag_headers else ()
         if tags is None:
@@ -355,7 +366,7 @@ class UrlCache(Coalescing, Storing, Purging):
                      self.policy.max_headers, self.policy.max_header_bytes)
         kept = self._compressed(entry, response.headers)
         stored = not refusal and tags is not None \
-            and self._store(request.redis_key, kept, start, epoch, tag_start)
+            and self._store(request.redis_key, kept, begun, epoch)
         headers = self._shown(entry, with_date(without(cache_entry.kept_headers(response.headers),
                                                         tag_headers), now))
         if stored and kept.coding:

@@ -12,6 +12,8 @@ from proxy.core.url_request import UrlLimits, UrlRequest
 from proxy.store.variants import variant_key
 from proxy.upstream.fetcher import Fetcher
 
+UNREAD = object()  # _read_variant: the URL's key is still to be read
+
 
 class VariantSelection:
     """Variant selection and placement for UrlCache; the parts below are UrlCache's."""
@@ -19,6 +21,7 @@ class VariantSelection:
     fetcher: Fetcher
     limits: UrlLimits
     _read_entry: Callable[[str], tuple[Entry | None, bool]]
+    _decoded: Callable[[object], tuple[Entry | None, bool]]
 
     def _secondary(self, request: UrlRequest) -> dict[str, str]:
         """The request headers as sent upstream, names lower-case, values normalised (RFC 9111
@@ -52,10 +55,12 @@ class VariantSelection:
         secondary = self._secondary(request)
         return variant_key(request.redis_key, {name: secondary.get(name) for name in entry.vary})
 
-    def _read_variant(self, request: UrlRequest) -> tuple[Entry | None, str, bool]:
+    def _read_variant(self, request: UrlRequest, first: object = UNREAD) -> tuple[Entry | None, str, bool]:
         """The stored entry for this request's URL, the variant it selects when there is one
-        beside the URL's own: (entry, the key it was read at, whether Redis answered)."""
-        stored, redis_up = self._read_entry(request.redis_key)
+        beside the URL's own: (entry, the key it was read at, whether Redis answered).
+        `first`: the URL's key as read already (UrlCache._decoded), else it is read here."""
+        stored, redis_up = self._read_entry(request.redis_key) if first is UNREAD \
+            else self._decoded(first)
         other = None if stored is None else self._selected(request, stored)
         if other is None:
             return stored, request.redis_key, redis_up

@@ -1,5 +1,6 @@
 """Connections to the backing Redis: the client factory, URL masking, and availability tracking."""
 
+import functools
 import logging
 import math
 import re
@@ -178,6 +179,45 @@ def get(client: Any, key: bytes | str) -> Any:
         raise  # the reply was read whole: the connection is clean
     except BaseException:
         connection.disconnect()  # a reply may be left unread: never reuse this one
+        raise
+    finally:
+        pool.release(connection)
+
+
+def pipelined(client: Any, health: "RedisHealth", commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Each command's reply, in order; a command Redis refused (OOM, READONLY, ...) or could not
+    run gives its exception in its place, the others still answer.
+
+    On one Redis (or Sentinel's primary) the commands go out in one write over one connection of
+    the pool and are read back in order: one round trip, in the order sent (a pipeline,
+    https://redis.io/docs/latest/develop/use/pipelining/), raw as `get`; Redis unreachable
+    raises StoreUnavailable (through `health`). A cluster runs them one by one through `health`,
+    each on the node owning its key, so a node that is down fails only its own commands."""
+    pool = getattr(client, "connection_pool", None)
+    if type(client) is not redis.Redis or not isinstance(pool, TrackingConnectionPool):
+        replies: list[Any] = []
+        for command in commands:
+            try:
+                replies.append(health.call(functools.partial(client.execute_command, *command)))
+            except (StoreUnavailable, redis.RedisError) as exc:
+                replies.append(exc)
+        return replies
+    return health.call(lambda: _pipelined(pool, commands))
+
+
+def _pipelined(pool: TrackingConnectionPool, commands: list[tuple[Any, ...]]) -> list[Any]:
+    connection = pool.get_connection()
+    try:
+        connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+        replies: list[Any] = []
+        for _command in commands:
+            try:
+                replies.append(connection.read_response())
+            except redis.ResponseError as exc:  # this reply was read whole: read on
+                replies.append(exc)
+        return replies
+    except BaseException:
+        connection.disconnect()  # replies may be left unread: never reuse this one
         raise
     finally:
         pool.release(connection)

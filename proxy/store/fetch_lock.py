@@ -1,17 +1,18 @@
 """Cross-process request coalescing: a short per-entry lock in Redis (`SET NX PX`)."""
 
+import dataclasses
 import functools
 import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 from redis import crc
 
 from proxy.errors import StoreUnavailable
-from proxy.store.connection import RedisHealth
+from proxy.store.connection import RedisHealth, pipelined
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,20 @@ def co_located(redis_key: str, suffix: str) -> str:
     return "{" + slot_tag(key_slot(redis_key)) + "}" + redis_key + suffix
 
 
-def lock_key(redis_key: str) -> str:
-    """The fetch lock of an entry, in the entry's hash slot."""
-    return co_located(redis_key, LOCK)
+def lock_key(redis_key: str, scope: str = "") -> str:
+    """The fetch lock of an entry (of one URL's fetch under it, when `scope` names the URL), in
+    the entry's hash slot: the store's script releases it with the write (purge_marker.store)."""
+    return co_located(redis_key, f"{LOCK}\x00{scope}" if scope else LOCK)
+
+
+@dataclasses.dataclass
+class Held:
+    """A fetch lock this process took: its key and token (none: "", nothing to release), and
+    whether a script has released it since (the store's, proxy.store.purge_marker)."""
+
+    key: str
+    token: str
+    released: bool = False
 
 
 class FetchLock:
@@ -91,28 +103,36 @@ class FetchLock:
         self.max_poll_interval = max_poll_interval
         self._release = client.register_script(_RELEASE)
 
-    def acquire(self, redis_key: str) -> str | None:
-        """A token when this process now owns the fetch; None when another one does.
+    def acquire(self, lock: str) -> str | None:
+        """A token when this process now owns the fetch under the lock key `lock`; None when
+        another one does. With Redis unreachable every process fetches for itself (a token
+        of "")."""
+        return self.acquire_reading(lock, [])[0]
 
-        With Redis unreachable every process fetches for itself (a token of "")."""
+    def acquire_reading(self, lock: str, keys: list[str]) -> tuple[str | None, list[Any]]:
+        """`acquire(lock)` and a GET of each of `keys` after it, in one round trip on one Redis
+        (connection.pipelined): the token, and each key's value (or the exception that stopped
+        its GET; every one a StoreUnavailable when Redis is unreachable)."""
         token = secrets.token_hex(8)
+        command = ("SET", lock, token, "NX", "PX", max(1, int(self.hold * 1000)))
         try:
-            taken = self.health.call(lambda: self.client.set(
-                lock_key(redis_key), token, nx=True, px=max(1, int(self.hold * 1000))))
-        except (StoreUnavailable, redis.RedisError):
-            return ""
-        return token if taken else None
+            taken, *values = pipelined(self.client, self.health,
+                                       [command, *(("GET", key) for key in keys)])
+        except StoreUnavailable as exc:
+            return "", [exc] * len(keys)
+        if isinstance(taken, Exception):  # Redis down, or it refused the lock (OOM): fetch alone
+            return "", values
+        return (token if taken else None), values
 
-    def release(self, redis_key: str, token: str) -> None:
+    def release(self, lock: str, token: str) -> None:
         if not token:
             return
         try:
-            self.health.call(lambda: self._release(keys=[lock_key(redis_key)], args=[token]))
+            self.health.call(lambda: self._release(keys=[lock], args=[token]))
         except (StoreUnavailable, redis.RedisError) as exc:
-            log.debug("could not release the fetch lock of %s: %s (it expires by itself)",
-                      redis_key, exc)
+            log.debug("could not release the fetch lock %r: %s (it expires by itself)", lock, exc)
 
-    def wait(self, redis_key: str, check: Callable[[], T | None]) -> T | None:
+    def wait(self, lock: str, check: Callable[[], T | None]) -> T | None:
         """Poll `check` until it returns a result, the lock is gone, or `hold` has passed."""
         deadline = time.monotonic() + self.hold
         interval = self.poll_interval
@@ -123,7 +143,7 @@ class FetchLock:
             if result is not None:
                 return result
             try:
-                if not self.health.call(lambda: self.client.exists(lock_key(redis_key))):
+                if not self.health.call(lambda: self.client.exists(lock)):
                     return check()  # released: the result is stored now, or was not storable
             except (StoreUnavailable, redis.RedisError):
                 return None

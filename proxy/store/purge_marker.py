@@ -15,12 +15,13 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import redis
 
 from proxy.errors import StoreUnavailable
-from proxy.store.connection import RedisHealth, get
-from proxy.store.fetch_lock import co_located, key_slot, slot_tag
+from proxy.store.connection import RedisHealth, get, pipelined
+from proxy.store.fetch_lock import Held, co_located, key_slot, slot_tag
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +54,25 @@ return removed
 # A sequence below the fetch's reading was lost since: the order is unknown, refuse.
 # The EXISTS reads the key back in the script, so a client that tracks its reads (L1
 # invalidation) is told when the stored entry changes later: the SET ended that tracking.
+# KEYS[3] is the fetch lock, deleted if it still holds the fetch's token (ARGV[4], '' for none:
+# https://redis.io/docs/latest/commands/set/ "a simple locking pattern"), stored or refused:
+# after the SET, so that a write refused over maxmemory (OOM) leaves it to the caller's release.
 _STORE = """
 local start = tonumber(ARGV[3])
-if tonumber(redis.call('GET', KEYS[2]) or '0') < start then return 0 end
-for i = 3, #KEYS do
-  local mark = redis.call('GET', KEYS[i])
-  if mark and tonumber(mark) > start then return 0 end
+local stored = tonumber(redis.call('GET', KEYS[2]) or '0') >= start
+for i = 4, #KEYS do
+  if stored then
+    local mark = redis.call('GET', KEYS[i])
+    if mark and tonumber(mark) > start then stored = false end
+  end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('EXISTS', KEYS[1])
-return 1
+if stored then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  redis.call('EXISTS', KEYS[1])
+end
+if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then redis.call('DEL', KEYS[3]) end
+if stored then return 1 end
+return 0
 """
 
 
@@ -118,6 +128,16 @@ class PurgeMarkers:
         nothing is stored)."""
         try:
             raw = self.health.call(lambda: get(self.client, self.sequence_key(redis_key)))
+        except (StoreUnavailable, redis.RedisError) as exc:
+            raw = exc
+        return self.start_of(raw)
+
+    def start_of(self, raw: Any) -> Start | None:
+        """The start from the sequence's value as read (`sequence_key`'s GET: its bytes, None,
+        or the exception that stopped the read): None when it says nothing."""
+        try:
+            if isinstance(raw, Exception):
+                raise raw
             return Start(int(raw or 0), self.timer())
         except (StoreUnavailable, redis.RedisError, ValueError) as exc:
             log.debug("could not read the purge sequence: %s", exc)
@@ -143,9 +163,11 @@ class PurgeMarkers:
         return removed
 
     def store(self, redis_key: str, value: bytes, ttl: int, start: Start,
-              marks: Iterable[str] = ()) -> bool:
+              marks: Iterable[str] = (), lock: Held | None = None) -> bool:
         """SET redis_key value EX ttl, unless redis_key (or a key in `marks`) was purged after
-        `start`. Whether it was stored; raises what the Redis call raises.
+        `start`; and, stored or not, the fetch lock `lock` (a key of redis_key's slot) released in
+        the same script (`lock.released`). Whether it was stored; raises what the Redis call
+        raises (the lock is then left held, for the caller to release).
 
         `start` must be `start(redis_key)`, and every mark must be a key of redis_key's hash
         slot (ValueError otherwise, in a cluster and with one Redis alike): the script compares
@@ -155,11 +177,27 @@ class PurgeMarkers:
         of the 16384 slots (one purge step per slot), and a store names the one of its slot."""
         marks = list(marks)
         slot = key_slot(redis_key)
-        foreign = [mark for mark in marks if key_slot(mark) != slot]
+        # No lock held: the entry's marker stands in the lock's place, untouched without a token.
+        lock_key, token = (lock.key, lock.token) if lock and lock.token else (marker_key(redis_key), "")
+        foreign = [mark for mark in (*marks, lock_key) if key_slot(mark) != slot]
         if foreign:
             raise ValueError(f"marks {foreign!r} are not in the hash slot of {redis_key!r}")
         if self.timer() - start.at >= self.lifetime / 2:
             log.debug("not storing %s: its fetch outlasted what the purge markers cover", redis_key)
             return False
-        keys = [redis_key, slot_key(self.prefix, slot, SEQUENCE), marker_key(redis_key), *marks]
-        return bool(self.health.call(lambda: self._store(keys=keys, args=[value, ttl, start.seq])))
+        keys = [redis_key, slot_key(self.prefix, slot, SEQUENCE), lock_key, marker_key(redis_key),
+                *marks]
+        args: list[bytes | int | str] = [value, ttl, start.seq, token]
+        # EVALSHA straight over the pool (connection.pipelined: no redis-py command machinery);
+        # a Redis that has not seen the script (restarted, SCRIPT FLUSH) gets it loaded by
+        # redis-py's Script, which then runs it.
+        reply = pipelined(self.client, self.health,
+                          [("EVALSHA", self._store.sha, len(keys), *keys, *args)])[0]
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            reply = self.health.call(lambda: self._store(keys=keys, args=args))
+        elif isinstance(reply, Exception):
+            raise reply
+        stored = bool(reply)
+        if token and lock is not None:
+            lock.released = True
+        return stored

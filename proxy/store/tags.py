@@ -124,7 +124,18 @@ class TagIndex:
         """Take it before asking upstream; None when Redis cannot say (then a tagged answer is
         not stored)."""
         try:
-            return int(self.health.call(lambda: get(self.client, self.sequence)) or 0)
+            raw = self.health.call(lambda: get(self.client, self.sequence))
+        except (StoreUnavailable, redis.RedisError) as exc:
+            raw = exc
+        return self.start_of(raw)
+
+    def start_of(self, raw: Any) -> int | None:
+        """The start from the counter's value as read (`sequence`'s GET: its bytes, None, or the
+        exception that stopped the read): None when it says nothing."""
+        try:
+            if isinstance(raw, Exception):
+                raise raw
+            return int(raw or 0)
         except (StoreUnavailable, redis.RedisError, ValueError) as exc:
             log.debug("could not read the tag purge counter: %s", exc)
             return None

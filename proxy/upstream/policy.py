@@ -7,6 +7,7 @@ addresses, and no second lookup, which could answer differently (DNS rebinding),
 """
 
 import dataclasses
+import functools
 import ipaddress
 import logging
 import re
@@ -115,6 +116,9 @@ def _embedded(ip: IPAddress) -> str:
     return f", embedding {inner}" if inner is not None else ""
 
 
+# Pure functions of a host string, asked several times per fetch (the check without DNS, the
+# hop's, the connect's): remembered, a bounded number of hosts (an error is raised each time).
+@functools.lru_cache(maxsize=4096)
 def normalise_host(raw: str) -> str:
     """`raw` as an A-label name (IDNA 2008 with UTS #46 mapping, RFC 5891) in lower case, without
     a trailing dot; an IPv6 literal as given. BadRequest when it is not a host name at all."""
@@ -308,6 +312,7 @@ class UpstreamPolicy:
         raise Forbidden(detail, error="url refused")
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -316,6 +321,7 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_ipv4(host: str) -> bool:
     try:
         return isinstance(ipaddress.ip_address(host), ipaddress.IPv4Address)
@@ -323,6 +329,7 @@ def _is_ipv4(host: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_numeric_ipv4_form(host: str) -> bool:
     """True for a host an IPv4 parser would read that is not a canonical dotted quad."""
     if ":" in host or not _NUMERIC_LABEL.fullmatch(host.rsplit(".", 1)[-1]):

@@ -1,10 +1,11 @@
 """Purge markers against a real Redis: a store refuses what a purge since its start removed."""
 
 import pytest
+import redis
 from redis.crc import key_slot
 
-from proxy.store.connection import RedisHealth
-from proxy.store.fetch_lock import lock_key, slot_tag
+from proxy.store.connection import RedisHealth, make_client
+from proxy.store.fetch_lock import Held, lock_key, slot_tag
 from proxy.store.purge_marker import SEQUENCE, PurgeMarkers, marker_key, slot_key
 
 # Keys with a hash tag, without one, and holding a '}' but no tag.
@@ -71,6 +72,70 @@ def test_a_mark_outside_the_entrys_slot_is_refused_before_any_write(markers, r):
     with pytest.raises(ValueError, match="not in the hash slot of 'rp:k'"):
         markers.store("rp:k", b"v", 60, markers.start("rp:k"), marks=[elsewhere])
     assert r.exists("rp:k") == 0
+
+
+def test_a_store_releases_the_fetch_lock_it_holds_in_the_same_script(markers, r):
+    lock = Held(lock_key("rp:k", "0123456789abcdef"), "token")
+    r.set(lock.key, "token", px=60_000)
+    start = markers.start("rp:k")
+    assert markers.store("rp:k", b"value", 60, start, lock=lock) is True
+    assert (r.get("rp:k"), r.exists(lock.key), lock.released) == (b"value", 0, True)
+
+
+def test_a_store_refused_by_a_purge_still_releases_its_fetch_lock(markers, r):
+    lock = Held(lock_key("rp:k"), "token")
+    r.set(lock.key, "token", px=60_000)
+    start = markers.start("rp:k")
+    markers.purge(["rp:k"])
+    assert markers.store("rp:k", b"older answer", 60, start, lock=lock) is False
+    assert (r.exists("rp:k"), r.exists(lock.key), lock.released) == (0, 0, True)
+
+
+def test_a_store_leaves_a_fetch_lock_another_fetch_holds_now(markers, r):
+    # Ours expired during the fetch and another process took it: theirs to release.
+    lock = Held(lock_key("rp:k"), "ours")
+    r.set(lock.key, "theirs", px=60_000)
+    assert markers.store("rp:k", b"value", 60, markers.start("rp:k"), lock=lock) is True
+    assert r.get(lock.key) == b"theirs"
+
+
+def test_a_store_without_a_token_touches_no_lock(markers, r):
+    r.set(lock_key("rp:k"), "", px=60_000)  # even one holding the empty token
+    assert markers.store("rp:k", b"value", 60, markers.start("rp:k"), lock=Held(lock_key("rp:k"), ""))
+    assert r.exists(lock_key("rp:k")) == 1
+
+
+def test_a_store_refused_over_maxmemory_leaves_the_fetch_lock_to_its_caller(markers, r):
+    lock = Held(lock_key("rp:k"), "token")
+    r.set(lock.key, "token", px=60_000)
+    start = markers.start("rp:k")
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", 1)  # the redis_url fixture puts both back
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        markers.store("rp:k", b"value", 60, start, lock=lock)
+    assert (r.exists("rp:k"), r.get(lock.key), lock.released) == (0, b"token", False)
+
+
+@pytest.mark.parametrize("pool", ["the proxy's pool", "a plain client"])
+def test_a_store_on_a_redis_without_its_script_loads_it_and_stores(redis_url, r, timer, pool):
+    client = make_client(redis_url) if pool == "the proxy's pool" else redis.Redis.from_url(redis_url)
+    markers = PurgeMarkers(client, RedisHealth(client), "rp:", lifetime=20.0, timer=timer)
+    lock = Held(lock_key("rp:k"), "token")
+    r.set(lock.key, "token", px=60_000)
+    start = markers.start("rp:k")
+    r.script_flush()  # as a restarted Redis: EVALSHA answers NOSCRIPT
+    assert markers.store("rp:k", b"value", 60, start, lock=lock) is True
+    assert (r.get("rp:k"), r.exists(lock.key), lock.released) == (b"value", 0, True)
+    client.close()
+
+
+def test_a_fetch_lock_outside_the_entrys_slot_is_refused_before_any_write(markers, r):
+    elsewhere = next(f"rp:o{i}" for i in range(100) if key_slot(f"rp:o{i}".encode()) != key_slot(b"rp:k"))
+    lock = Held(lock_key(elsewhere), "token")
+    r.set(lock.key, "token")
+    with pytest.raises(ValueError, match="not in the hash slot of 'rp:k'"):
+        markers.store("rp:k", b"v", 60, markers.start("rp:k"), lock=lock)
+    assert (r.exists("rp:k"), r.get(lock.key)) == (0, b"token")
 
 
 @pytest.mark.parametrize("key", KEYS)

@@ -207,7 +207,7 @@ def test_a_soft_purge_keeps_a_compressed_entrys_coding_vary_key_and_tags(upstrea
     assert request(proxy.port, by_tag(upstream, "news", "&soft=true"), method="PURGE").json() == {"purged": 1}
     after = cache_entry.decode(r.get(redis_key))
     assert after == dataclasses.replace(before, fresh_for=10.0)
-    assert r.get(redis_key)[:5] == b"RPE5\x0e"  # version 5: coding zstd (CODINGS[2]), via and vary
+    assert r.get(redis_key)[:5] == b"RPE5\x1e"  # version 5: coding zstd (CODINGS[2]), via, vary, stored_at
 
 
 def test_a_soft_purged_entry_is_served_stale_if_upstream_then_fails(upstream, make_proxy):

@@ -10,7 +10,7 @@ import pytest
 
 from net_guard import FakeDNS, loopback_only  # noqa: F401
 from proxy.upstream.policy import UpstreamPolicy
-from servers import q, request
+from servers import q, request, wait_until
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
 
@@ -83,3 +83,38 @@ def test_an_origin_refusing_again_and_again_is_warned_about_once(make_proxy, cap
     warnings = [r.getMessage() for r in caplog.records if "upstream fetch" in r.getMessage()]
     assert warnings == [f"upstream fetch from 127.0.0.1:{port} failed: "
                         f"connection refused by 127.0.0.1:{port}"]
+
+
+def test_an_origin_trickling_its_header_is_cut_at_the_deadline_one_request_after_another(
+        upstream, make_proxy, r):
+    # Each byte comes well within the per-read timeout: only the fetch's total deadline (the
+    # cutter, one thread for every request) ends it. Twice: a cut request's successor is cut too.
+    stop, ends = threading.Event(), []
+
+    def trickle(handler):
+        handler.close_connection = True
+        try:
+            handler.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            for _ in range(60):  # 3 s of header, past the 0.5 s deadline; then a whole answer
+                if stop.wait(0.05):
+                    return
+                handler.wfile.write(b"a")
+            handler.wfile.write(b"\r\nContent-Length: 4\r\nConnection: close\r\n\r\nlate")
+            ends.append("sent whole")
+        except OSError:
+            ends.append("cut")
+
+    upstream.route("/trickle", trickle)
+    proxy = make_proxy(timeout=0.5)
+    try:
+        for number, key in enumerate(("t1", "t2"), 1):
+            got = request(proxy.port, q(upstream.url("/trickle"), key))
+            assert (got.status, got.json()["error"]) == (504, "upstream timeout")
+            assert got.json()["detail"].startswith("timed out after 0.5 s")
+            assert r.exists(f"rp:{key}") == 0
+            wait_until(lambda n=number: len(ends) == n)
+    finally:
+        stop.set()
+    assert ends == ["cut", "cut"]  # the origin found its socket shut, mid-header
+    fine = request(proxy.port, q(upstream.serve("/fine", b"fine"), "fine"))
+    assert (fine.status, fine.body) == (200, b"fine")

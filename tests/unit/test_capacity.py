@@ -24,7 +24,7 @@ def test_the_scaling_doc_table_is_what_the_script_prints(capsys):
 def test_a_hot_set_l1_holds_needs_no_redis_reads_for_hits():
     capacity = load()
     small = capacity.plan(10_000, 0.99, 50)
-    assert (small.l1_share, small.proxy_cores, small.primaries) == (1.0, 3, 1)
-    assert round(small.redis_ops) == 100 * 6 + 100 * 3  # misses x 6 commands + fan-out to 3 processes
+    assert (small.l1_share, small.proxy_cores, small.primaries) == (1.0, 4, 1)
+    assert round(small.redis_ops) == 100 * 12 + 100 * 4  # misses x 12 commands + fan-out to 4 processes
     big = capacity.plan(1_000_000, 0.99, 50)
-    assert (big.proxy_cores, big.primaries) == (290, 36)
+    assert (big.proxy_cores, big.primaries) == (306, 38)
