@@ -27,7 +27,7 @@ from proxy.cache.freshness import (
 )
 from proxy.cache.local_cache import MISSING, URL_TIER, LocalCache
 from proxy.cache.representation import ACCEPT_ENCODING, represent, without
-from proxy.cache.request import ClientRequest, cache_fill_headers
+from proxy.cache.request import ClientRequest, fill_fields
 from proxy.cache.result import (
     BYPASS,
     HEADERS_TOO_LARGE,
@@ -41,6 +41,7 @@ from proxy.cache.result import (
 from proxy.cache.single_flight import SingleFlight
 from proxy.core import stats as names
 from proxy.core.coalesce import Coalescing, flight_key
+from proxy.core.plain_hit import PlainHits
 from proxy.core.purge import Purging
 from proxy.core.stats import Stats
 from proxy.core.storing import Storing
@@ -70,7 +71,7 @@ NO_DEMANDS = Demands()  # what a request without Cache-Control or Pragma asks
 MAX_STALE = "max-stale"  # Cache-Status detail of a stale answer the request's max-stale accepted
 
 
-class UrlCache(Coalescing, Storing, Purging):
+class UrlCache(PlainHits, Coalescing, Storing, Purging):
     """`GET /?url=U&key=K`: parse, look up, coalesce the forward, revalidate, store, purge."""
 
     def __init__(self, client: Any, fetcher: Fetcher, local: LocalCache, health: RedisHealth,
@@ -127,9 +128,7 @@ class UrlCache(Coalescing, Storing, Purging):
         self.fetcher.check(request.parts)  # the upstream policy holds for cached entries too
         client = client or PLAIN
         demands = Demands.of(client.headers) if client.headers else NO_DEMANDS
-        forwarded = tuple(sorted((name.lower(), value)
-                                 for name, value in cache_fill_headers(client).items())) \
-            if client.forwarded else ()
+        forwarded = fill_fields(client)
         if forwarded or demands.no_store:
             request = dataclasses.replace(request, forwarded=forwarded, store=not demands.no_store)
         result = represent(self._answer(request, demands), client.headers.get("accept-encoding"))

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
-from proxy.cache.request import ClientRequest, relayed_fields
-from proxy.cache.result import HIT, MISS, CacheResult, cache_status
+from proxy.cache.request import FULL_EVALUATION, ClientRequest, relayed_fields
+from proxy.cache.result import HIT, MISS, CacheResult, PlainHit, cache_status
 from proxy.errors import (
     BadRequest,
     KeyNotFound,
@@ -52,6 +52,8 @@ class Proxy(Protocol):
 
     def fetch(self, url: str, key: str | None = None, params: Any = None,
               request: ClientRequest | None = None) -> CacheResult: ...
+    def plain_hit(self, url: str, key: str | None, params: Any, accept_encoding: str | None,
+                  client: Callable[[], ClientRequest] | None = None) -> PlainHit | None: ...
     def pass_through(self, url: str, request: ClientRequest, body: bytes | None = None) -> Relayed: ...
     def lookup(self, key: str, request: ClientRequest | None = None) -> CacheResult: ...
     def purge(self, url: str | None = None, key: str | None = None, params: Any = None, *,
@@ -89,6 +91,7 @@ class Routes:
     _reply: Callable[[int, bytes, dict[str, str] | list[tuple[str, str]]], None]
     _reply_json: Callable[..., None]
     _reply_result: Callable[[CacheResult], None]
+    _reply_hit: Callable[[PlainHit], None]
 
     def relay(self, path: str, query: str) -> None:
         """Reverse-proxy mode: a request for the origin. GET and HEAD go through the cache
@@ -102,9 +105,16 @@ class Routes:
                                    "tunnel", headers={"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE"})
         site, server = self.server.site, self.server
         url = site.target(path, query)
-        request = ClientRequest.of(
-            self.command, self.headers.items(),
-            site.forwarded(self.headers, self.client_address[0], server.authenticator.is_own))
+
+        def client() -> ClientRequest:
+            return ClientRequest.of(self.command, self.headers.items(), site.forwarded(
+                self.headers, self.client_address[0], server.authenticator.is_own))
+
+        # RFC 9111 §3.5: with credentials for the origin, the full path decides (relay below).
+        if self.command in ("GET", "HEAD") and "authorization" not in self.headers \
+                and self._plain_hit(url, None, None, client):
+            return
+        request = client()
         # RFC 9111 §3.5: an answer to a request with credentials is the credential holder's.
         cached = self.command in ("GET", "HEAD") and not any(
             name.lower() == "authorization" for name in request.forwarded)
@@ -117,6 +127,22 @@ class Routes:
             if self.command == "HEAD":
                 request = dataclasses.replace(request, method="GET")
             self._reply_relayed(server.proxy.pass_through(url, request, body))
+
+    def _plain_hit(self, url: str, key: str | None, params: Any,
+                   client: Callable[[], ClientRequest] | None = None) -> bool:
+        """A GET or HEAD with no field the full RFC 9111 evaluation reads, answered from a fresh
+        L1 entry and the reply head kept beside it (proxy.core.plain_hit): the bytes the full
+        path would send. False when it is not one, or L1 cannot answer it so: fetch it."""
+        if not FULL_EVALUATION.isdisjoint(self.headers):  # the names, lower-case
+            return False
+        codings = self.headers.get_all("Accept-Encoding")  # combined as ClientRequest.of does
+        accept_encoding = None if codings is None else ", ".join(codings)
+        with self.server.parallel:
+            hit = self.server.proxy.plain_hit(url, key, params, accept_encoding, client)
+            if hit is None:
+                return False
+            self._reply_hit(hit)
+        return True
 
     def _read_body(self, most: int) -> bytes:
         """The request body, by its Content-Length, at most `most` bytes (RFC 9112 §6.3)."""
@@ -159,6 +185,8 @@ class Routes:
                 raise BadRequest("soft must be true or false", error="bad query")
             removed = proxy.purge(url, key, params, tag=fields.get("tag"), soft=soft == "true")
             self._reply_json(200, {"purged": removed})
+            return
+        if url is not None and self._plain_hit(url, key, params):
             return
         client = ClientRequest.reading(self.command, self.headers.items())
         if url is None:
