@@ -189,6 +189,11 @@ class RedisProxy:
         fresh L1 entry gives it as it stands; None: ask `fetch` (proxy.core.plain_hit)."""
         return self.urls.plain_hit(url, key, params, accept_encoding, client)
 
+    def plain_lookup(self, key: str, accept_encoding: str | None) -> PlainHit | None:
+        """`lookup`'s answer to `?key=K` when a fresh L1 entry gives it as it stands; None: ask
+        `lookup`."""
+        return self.urls.plain_lookup(key, accept_encoding)
+
     def pass_through(self, url: str, request: ClientRequest, body: bytes | None = None) -> UpstreamResponse:
         """Send `request` on to `url` uncached; an unsafe method's success invalidates (RFC 9111 §4.4)."""
         return self.urls.pass_through(url, request, body)

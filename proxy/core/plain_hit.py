@@ -38,6 +38,7 @@ class PlainHits(VariantSelection):
     clock: Callable[[], float]
     parse: Callable[..., UrlRequest]
     _admitted: Callable[[Entry], bool]
+    _explicit_key: Callable[[str], str]
     _result: Callable[..., CacheResult]
 
     def plain_hit(self, url: str, key: str | None, params: Any, accept_encoding: str | None,
@@ -67,8 +68,29 @@ class PlainHits(VariantSelection):
             if not self._admitted(entry):  # Forbidden raised as fetch raises it
                 return None
             memo[ADMITTED] = True
+        return self._plain(entry, memo, now, accept_encoding)
+
+    def plain_lookup(self, key: str, accept_encoding: str | None) -> PlainHit | None:
+        """The answer `lookup` gives `?key=K` when L1 holds a fresh entry under K, or None for
+        `lookup` to answer (none in L1, stale, or compressed for a client not taking its coding).
+        BadRequest, Forbidden as lookup raises."""
+        entry, memo = self.local.get_with_memo((URL_TIER, self._explicit_key(key)))
+        if entry is MISSING:
+            return None
+        now = self.clock()
+        if entry.remaining(now) <= 0 or (
+                entry.coding and not compression.accepts(accept_encoding, entry.coding)):
+            return None
+        if ADMITTED not in memo:
+            self.fetcher.check_source(entry.url, entry.via)  # raised as lookup raises it
+            memo[ADMITTED] = True
+        return self._plain(entry, memo, now, accept_encoding)
+
+    def _plain(self, entry: Entry, memo: dict[Any, Any], now: float,
+               accept_encoding: str | None) -> PlainHit:
+        """A fresh L1 entry's answer (a HIT, as `_result` gives it with the policy)."""
         self.stats.count(names.HITS_L1)
-        return PlainHit(entry.status, entry.body, int(age), math.floor(remaining), memo,
-                        entry.coding or IDENTITY,
+        return PlainHit(entry.status, entry.body, int(entry.age(now)), math.floor(entry.remaining(now)),
+                        memo, entry.coding or IDENTITY,
                         lambda: represent(self._result(entry, now, HIT, policy=self.policy),
                                           accept_encoding))

@@ -214,6 +214,7 @@ class UrlCache(PlainHits, Coalescing, Storing, Purging):
             self.fetcher.check_source(local.url, local.via)
             self.stats.count(names.HITS_L1)
             return self._result(local, now, HIT, policy=self.policy)
+        epoch = self.local.epoch
         stored, redis_up = self._read_entry(redis_key)
         if stored is None:
             if not redis_up:
@@ -222,8 +223,12 @@ class UrlCache(PlainHits, Coalescing, Storing, Purging):
         # Whoever stored it, it is served only if this proxy's policy would have fetched it.
         self.fetcher.check_source(stored.url, stored.via)
         self.stats.count(names.HITS_REDIS)
-        return self._result(stored, now, HIT if stored.remaining(now) > 0 else STALE,
-                            policy=self.policy)
+        remaining = stored.remaining(now)
+        if remaining > 0:
+            # Into L1 as a ?url= read keeps it: the same tier and key, so the invalidation of
+            # that key (tracking, a purge) drops it for both; not if one came since `epoch`.
+            self.local.set((URL_TIER, redis_key), stored, remaining, epoch=epoch)
+        return self._result(stored, now, HIT if remaining > 0 else STALE, policy=self.policy)
 
     def check_key(self, key: str) -> bool:
         """Whether an entry is stored under the explicit key `key`."""

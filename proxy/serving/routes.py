@@ -54,6 +54,7 @@ class Proxy(Protocol):
               request: ClientRequest | None = None) -> CacheResult: ...
     def plain_hit(self, url: str, key: str | None, params: Any, accept_encoding: str | None,
                   client: Callable[[], ClientRequest] | None = None) -> PlainHit | None: ...
+    def plain_lookup(self, key: str, accept_encoding: str | None) -> PlainHit | None: ...
     def pass_through(self, url: str, request: ClientRequest, body: bytes | None = None) -> Relayed: ...
     def lookup(self, key: str, request: ClientRequest | None = None) -> CacheResult: ...
     def purge(self, url: str | None = None, key: str | None = None, params: Any = None, *,
@@ -111,9 +112,11 @@ class Routes:
                 self.headers, self.client_address[0], server.authenticator.is_own))
 
         # RFC 9111 §3.5: with credentials for the origin, the full path decides (relay below).
-        if self.command in ("GET", "HEAD") and "authorization" not in self.headers \
-                and self._plain_hit(url, None, None, client):
-            return
+        if self.command in ("GET", "HEAD") and "authorization" not in self.headers:
+            with server.parallel:
+                if self._plain_hit(lambda codings: server.proxy.plain_hit(url, None, None, codings,
+                                                                          client)):
+                    return
         request = client()
         # RFC 9111 §3.5: an answer to a request with credentials is the credential holder's.
         cached = self.command in ("GET", "HEAD") and not any(
@@ -128,20 +131,19 @@ class Routes:
                 request = dataclasses.replace(request, method="GET")
             self._reply_relayed(server.proxy.pass_through(url, request, body))
 
-    def _plain_hit(self, url: str, key: str | None, params: Any,
-                   client: Callable[[], ClientRequest] | None = None) -> bool:
+    def _plain_hit(self, answer: Callable[[str | None], PlainHit | None]) -> bool:
         """A GET or HEAD with no field the full RFC 9111 evaluation reads, answered from a fresh
         L1 entry and the reply head kept beside it (proxy.core.plain_hit): the bytes the full
-        path would send. False when it is not one, or L1 cannot answer it so: fetch it."""
+        path would send. `answer(accept_encoding)` is the proxy's plain hit or None. False when
+        the request is not one, or L1 cannot answer it so: the full path answers it. Called
+        inside MAX_PARALLEL."""
         if not FULL_EVALUATION.isdisjoint(self.headers):  # the names, lower-case
             return False
         codings = self.headers.get_all("Accept-Encoding")  # combined as ClientRequest.of does
-        accept_encoding = None if codings is None else ", ".join(codings)
-        with self.server.parallel:
-            hit = self.server.proxy.plain_hit(url, key, params, accept_encoding, client)
-            if hit is None:
-                return False
-            self._reply_hit(hit)
+        hit = answer(None if codings is None else ", ".join(codings))
+        if hit is None:
+            return False
+        self._reply_hit(hit)
         return True
 
     def _read_body(self, most: int) -> bytes:
@@ -186,7 +188,8 @@ class Routes:
             removed = proxy.purge(url, key, params, tag=fields.get("tag"), soft=soft == "true")
             self._reply_json(200, {"purged": removed})
             return
-        if url is not None and self._plain_hit(url, key, params):
+        if self._plain_hit(lambda codings: proxy.plain_hit(url, key, params, codings) if url is not None
+                           else None if key is None else proxy.plain_lookup(key, codings)):
             return
         client = ClientRequest.reading(self.command, self.headers.items())
         if url is None:

@@ -43,10 +43,11 @@ def one_reply(port: int, head: str) -> bytes:
         return reply_head + b"\r\n\r\n" + body
 
 
-def both_ways(proxy, head: str) -> tuple[bytes, bytes]:
+def both_ways(proxy, head: str, plain: str = "plain_hit") -> tuple[bytes, bytes]:
     """The request answered twice by the plain path (the head kept, then reused) and then by the
-    full evaluation (the plain path turned away); the plain path must have taken it each time."""
-    real = proxy.proxy.plain_hit
+    full evaluation (the plain path turned away); the plain path must have taken it each time.
+    `plain`: the proxy's method for it (plain_lookup for ?key=)."""
+    real = getattr(proxy.proxy, plain)
     taken = []
 
     def spy(*args, **kwargs):
@@ -54,13 +55,13 @@ def both_ways(proxy, head: str) -> tuple[bytes, bytes]:
         taken.append(hit is not None)
         return hit
 
-    proxy.proxy.plain_hit = spy
+    setattr(proxy.proxy, plain, spy)
     try:
         first, fast = one_reply(proxy.port, head), one_reply(proxy.port, head)
-        proxy.proxy.plain_hit = lambda *args, **kwargs: None
+        setattr(proxy.proxy, plain, lambda *args, **kwargs: None)
         slow = one_reply(proxy.port, head)
     finally:
-        del proxy.proxy.plain_hit  # the class's again
+        delattr(proxy.proxy, plain)  # the class's again
     assert taken == [True, True]
     assert first == fast
     return fast, slow
@@ -117,16 +118,36 @@ def test_a_plain_hit_through_the_reverse_proxy_is_the_bytes_of_the_full_evaluati
     assert origin.hits["GET /page"] == 1
 
 
-@pytest.mark.parametrize("target", ["url and key", "url"])
+@pytest.mark.parametrize("compressed", [False, True])
+@pytest.mark.parametrize("target", ["url and key", "url", "key"])
 def test_a_plain_hit_of_the_url_role_is_the_bytes_of_the_full_evaluation(upstream, make_proxy,
-                                                                          target):
+                                                                          target, compressed):
     url = upstream.serve("/role", PAGE, headers=PLAIN)
-    proxy = make_proxy(clock=stopped())
-    path = q(url, "role") if target == "url and key" else q(url)
-    assert request(proxy.port, path).headers["X-Cache"] == "MISS"
-    fast, slow = both_ways(proxy, REQUESTS["GET"].format(path=path, fields=""))
-    assert fast == slow and fast.endswith(PAGE) and b"\r\nX-Cache: HIT\r\n" in fast
-    assert upstream.hits["/role"] == 1
+    proxy = make_proxy(clock=stopped(), compress_min_bytes=1024 if compressed else 0)
+    assert request(proxy.port, q(url, "role")).headers["X-Cache"] == "MISS"
+    path = {"url and key": q(url, "role"), "url": q(url), "key": "/?key=role"}[target]
+    if target == "url":
+        request(proxy.port, path)  # its own entry, stored
+    fields = "Accept-Encoding: zstd\r\n" if compressed else ""
+    fast, slow = both_ways(proxy, REQUESTS["GET"].format(path=path, fields=fields),
+                           "plain_lookup" if target == "key" else "plain_hit")
+    assert fast == slow and b"\r\nX-Cache: HIT\r\n" in fast
+    assert fast.endswith(b"\r\n\r\n" + PAGE) != compressed
+    assert upstream.hits["/role"] == (2 if target == "url" else 1)
+
+
+def test_plain_hits_take_one_max_parallel_slot(upstream, origin, make_proxy):
+    """Inside MAX_PARALLEL once: with one slot, every kind of plain hit is answered."""
+    url = upstream.serve("/one", PAGE, headers=PLAIN)
+    origin.route("/one", lambda h: h.reply(200, PAGE, PLAIN))
+    role = make_proxy(server_options={"max_parallel": 1})
+    site = make_proxy(origin=origin.url(""), server_options={"max_parallel": 1,
+                                                             "site": Site(origin.url(""))})
+    for proxy, path in ((role, q(url, "one")), (role, "/?key=one"), (site, "/one")):
+        for _ in range(2):
+            answer = request(proxy.port, path, timeout=5)
+            assert (answer.status, answer.body) == (200, PAGE)
+        assert answer.headers["X-Cache"] == "HIT"
 
 
 @pytest.mark.parametrize("fields, status", [
