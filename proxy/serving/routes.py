@@ -111,19 +111,17 @@ class Routes:
             return ClientRequest.of(self.command, self.headers.items(), site.forwarded(
                 self.headers, self.client_address[0], server.authenticator.is_own))
 
-        # RFC 9111 §3.5: with credentials for the origin, the full path decides (relay below).
-        if self.command in ("GET", "HEAD") and "authorization" not in self.headers:
-            with server.parallel:
-                if self._plain_hit(lambda codings: server.proxy.plain_hit(url, None, None, codings,
-                                                                          client)):
-                    return
-        request = client()
-        # RFC 9111 §3.5: an answer to a request with credentials is the credential holder's.
-        cached = self.command in ("GET", "HEAD") and not any(
-            name.lower() == "authorization" for name in request.forwarded)
+        reads = self.command in ("GET", "HEAD")
         # The body is read before a MAX_PARALLEL slot is taken: a slow upload holds only its own.
-        body = None if self.command in ("GET", "HEAD") else self._read_body(site.max_body_bytes)
+        body = None if reads else self._read_body(site.max_body_bytes)
         with server.parallel:
+            # A plain hit first; with credentials for the origin the full path decides (below).
+            if reads and "authorization" not in self.headers and self._plain_hit(
+                    lambda codings: server.proxy.plain_hit(url, None, None, codings, client)):
+                return
+            request = client()
+            # RFC 9111 §3.5: an answer to a request with credentials is the credential holder's.
+            cached = reads and not any(name.lower() == "authorization" for name in request.forwarded)
             if cached:
                 self._reply_result(server.proxy.fetch(url, None, None, request))
                 return
