@@ -14,7 +14,7 @@ from load_env import Settings, load_settings
 from proxy.cache.freshness import Policy
 from proxy.cache.local_cache import READ_TIER, URL_TIER, LocalCache
 from proxy.cache.request import ClientRequest
-from proxy.cache.result import BYPASS, HIT, MISS, STALE, CacheResult
+from proxy.cache.result import BYPASS, HIT, MISS, STALE, CacheResult, PlainHit
 from proxy.cache.single_flight import SingleFlight
 from proxy.core import stats as names
 from proxy.core.read_cache import ReadCache
@@ -186,6 +186,17 @@ class RedisProxy:
         Accept-Encoding that chooses a compressed entry's representation) and, in reverse-proxy
         mode, the headers forwarded to the origin; None is a plain GET with none of them."""
         return self.urls.fetch(url, key, params, request)
+
+    def plain_hit(self, url: str, key: str | None, params: Any, accept_encoding: str | None,
+                  client: Callable[[], ClientRequest] | None = None) -> PlainHit | None:
+        """`fetch`'s answer to a GET or HEAD with no field its full evaluation reads, when a
+        fresh L1 entry gives it as it stands; None: ask `fetch` (proxy.core.plain_hit)."""
+        return self.urls.plain_hit(url, key, params, accept_encoding, client)
+
+    def plain_lookup(self, key: str, accept_encoding: str | None) -> PlainHit | None:
+        """`lookup`'s answer to `?key=K` when a fresh L1 entry gives it as it stands; None: ask
+        `lookup`."""
+        return self.urls.plain_lookup(key, accept_encoding)
 
     def pass_through(self, url: str, request: ClientRequest, body: bytes | None = None) -> UpstreamResponse:
         """Send `request` on to `url` uncached; an unsafe method's success invalidates (RFC 9111 §4.4)."""

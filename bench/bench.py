@@ -1,6 +1,7 @@
 """`make bench`: the proxy's hit paths against the ceiling, in one run: a bare stdlib HTTP
 server with the same body (HTTP) and Redis itself (RESP), measured with wrk and
-redis-benchmark, everything on loopback and bounded in time.
+redis-benchmark, everything on loopback and bounded in time; and, when nginx is installed,
+nginx's `proxy_cache` (one worker) in front of the same origin, beside the reverse-proxy rows.
 
 Figures are printed as a table with ratios and written as JSON under bench/results/; they are
 never asserted: they depend on the machine. `--quick` runs every row for about a second with
@@ -33,6 +34,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
 VALUE_SIZE = 100  # bytes of every body and value on the hit paths
 BIG_VALUE = 64 * 1024  # the L1 memory row's values
+SITE_ROW = "reverse proxy GET"  # ORIGIN_URL mode's rows (a path of the origin)
+NGINX_ROW = "nginx proxy_cache, 1 worker, hit"
+NO_NGINX = ("nginx not found: its proxy_cache row is skipped (on Debian or Ubuntu `apt-get install "
+            "nginx-light`)")
 INSTALL = ("wrk and redis-benchmark are needed: on Debian or Ubuntu `apt-get install wrk "
            "redis-tools`, on macOS `brew install wrk redis`")
 
@@ -76,6 +81,51 @@ def process(argv: list[str], env: dict[str, str], port: int) -> Iterator[subproc
 
 def ceiling(port: int) -> contextlib.AbstractContextManager[subprocess.Popen]:
     return process([sys.executable, "-m", "bench.ceiling", str(port), str(VALUE_SIZE)], {}, port)
+
+
+# nginx with one worker caching the origin (`proxy_cache`), as a site would put it in front:
+# the reference of the reverse-proxy mode. Everything under a temp dir; no access log.
+_NGINX_CONF = """
+worker_processes 1;
+daemon off;
+master_process on;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  proxy_cache_path {dir}/cache levels=1:2 keys_zone=bench:10m max_size=100m inactive=60m
+                   use_temp_path=off;
+  upstream origin {{ server 127.0.0.1:{origin}; keepalive 16; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache bench;
+    }}
+  }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def nginx(port: int, origin_port: int) -> Iterator[subprocess.Popen]:
+    """nginx (one worker, `proxy_cache`) on `port` in front of the origin; config, cache and
+    pid file in a temp dir; stopped by its pid (SIGTERM: a fast shutdown) with the folder."""
+    with tempfile.TemporaryDirectory(prefix="bench-nginx-") as folder:
+        os.chmod(folder, 0o755)  # started as root, its worker runs as `nobody`: it must reach the cache
+        conf = os.path.join(folder, "nginx.conf")
+        with open(conf, "w") as out:
+            out.write(_NGINX_CONF.format(dir=folder, origin=origin_port, port=port))
+        with process(["nginx", "-p", folder, "-c", conf], {}, port) as child:
+            yield child
 
 
 def proxy(redis_url: str, port: int, origin_port: int, **settings: Any) -> contextlib.AbstractContextManager[
@@ -197,6 +247,7 @@ def run(quick: bool) -> dict[str, Any]:
                                  "connections": 50, "pipeline": pipeline, **figures,
                                  "vs": None if port == store.port else f"redis -P {pipeline}"})
             memory.update(_entry_memory(client, http_port, url_of))
+        _site_rows(store.url, origin, origin_port, keys, measure, rows, seconds, conns)
         no_l1_port = free_port()
         with proxy(store.url, no_l1_port, origin_port, cache_capacity=0, l1_invalidation="ttl"):
             for i in range(keys):  # the URL role's entries, one per key, stored once
@@ -219,8 +270,42 @@ def run(quick: bool) -> dict[str, Any]:
                                  (4 if quick else 16) * 1024 * 1024))
         client.close()
     _ratios(rows)
+    notes = [] if shutil.which("nginx") else [NO_NGINX]
     return {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": quick, "seconds": seconds,
-            "value_bytes": VALUE_SIZE, "cores": os.cpu_count(), "rows": rows, "memory": memory}
+            "value_bytes": VALUE_SIZE, "cores": os.cpu_count(), "rows": rows, "memory": memory,
+            "notes": notes}
+
+
+def _site_rows(redis_url: str, origin: str, origin_port: int, keys: int, measure: Any,
+               rows: list[dict[str, Any]], seconds: float, conns: tuple[int, ...]) -> None:
+    """Reverse-proxy mode (ORIGIN_URL = the origin): its L1 hits, its Redis hits (L1 off,
+    distinct paths), its misses; and nginx's `proxy_cache` hits in front of the same origin."""
+    site_port = free_port()
+    with proxy(redis_url, site_port, origin_port, origin_url=origin):
+        for _ in range(2):  # fetched and stored, then into L1 (and the proxy is built)
+            status, _ = _get(site_port, "/site")
+            assert status == 200, status
+        measure(f"{SITE_ROW}, L1 hit", site_port, "/site", "l1")
+        measure(f"{SITE_ROW}, miss (upstream fetch and store)", site_port, "/site-miss/{i}", "miss",
+                distinct=True)
+    no_l1_port = free_port()
+    with proxy(redis_url, no_l1_port, origin_port, origin_url=origin, cache_capacity=0,
+               l1_invalidation="ttl"):
+        for i in range(keys):  # one entry per path, stored once
+            _get(no_l1_port, f"/site/{i}")
+        measure(f"{SITE_ROW}, Redis hit (L1 off, distinct paths)", no_l1_port, "/site/{i}", "redis",
+                distinct=True, keys=keys)
+    if not shutil.which("nginx"):
+        return
+    nginx_port = free_port()
+    with nginx(nginx_port, origin_port):
+        for _ in range(2):  # stored, then a hit
+            status, _ = _get(nginx_port, "/site")
+            assert status == 200, status
+        for c in conns:
+            figures = wrk(f"http://127.0.0.1:{nginx_port}/site", seconds, c)
+            rows.append({"row": NGINX_ROW, "tier": "nginx", "connections": c, **figures,
+                         "vs": "ceiling"})
 
 
 def _ratios(rows: list[dict[str, Any]]) -> None:
@@ -240,6 +325,11 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         ref = reference(row) if row["vs"] else None
         row["ratio"] = round(row["rps"] / ref["rps"], 3) if ref and ref["rps"] else None
+        # The reverse proxy's L1 hits against nginx's proxy_cache hits too, when it ran.
+        nginx_row = next((other for other in rows if other["tier"] == "nginx"
+                          and other["connections"] == row["connections"]), None)
+        if row["row"] == f"{SITE_ROW}, L1 hit" and nginx_row and nginx_row["rps"]:
+            row["nginx_ratio"] = round(row["rps"] / nginx_row["rps"], 3)
 
 
 def _entry_memory(client: redis.Redis, http_port: int, url_of: Any) -> dict[str, Any]:
@@ -294,8 +384,10 @@ def table(report: dict[str, Any]) -> str:
         p99 = "" if row.get("p99_ms") is None else f"{row['p99_ms']:7.2f}"
         ratio = "" if row.get("ratio") is None else f"{row['ratio']:6.3f}"
         lines.append(f"{row['row']:56} {row['connections']:>5} {row['rps']:>9,.0f} {p50:>7} {p99:>7} "
-                     f"{row.get('errors', 0):>4} {row.get('non_2xx', 0):>6} {ratio:>6}  {row['vs'] or ''}")
+                     f"{row.get('errors', 0):>4} {row.get('non_2xx', 0):>6} {ratio:>6}  {row['vs'] or ''}"
+                     + (f"; {row['nginx_ratio']:.3f} x nginx" if "nginx_ratio" in row else ""))
     memory = report["memory"]
+    lines += report.get("notes", [])
     lines.append("")
     lines.append(f"stored entry ({memory['entry_body_bytes']} B body, {memory['entry_kept_header_bytes']} B "
                  f"kept headers): MEMORY USAGE {memory['entry_memory_usage']} B, overhead "

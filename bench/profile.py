@@ -21,7 +21,7 @@ from proxy.store.launcher import RedisServer, free_port
 
 _PLUMBING = ("(threading.py)", "(socketserver.py)", ".handle (http_server.py)",
              ".handle (server.py)", ".handle_one_request (http_server.py)")
-PATHS = ("/get/bench", "/?url={origin}&key=bench", "/?key=bench", "resp")
+PATHS = ("/get/bench", "/?url={origin}&key=bench", "/?key=bench", "resp", "site")
 
 
 def top_frames(collapsed: str, count: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
@@ -48,7 +48,8 @@ def top_frames(collapsed: str, count: int) -> tuple[list[tuple[str, float]], lis
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("path", choices=PATHS, help="the hit path to load ('resp': RESP GET)")
+    parser.add_argument("path", choices=PATHS, help="the hit path to load ('resp': RESP GET; "
+                        "'site': a path of the origin through reverse-proxy mode, ORIGIN_URL)")
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--l1-off", action="store_true",
@@ -56,16 +57,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     origin_port, http_port, resp_port = free_port(), free_port(), free_port()
     origin = quote(f"http://127.0.0.1:{origin_port}/page", safe="")
+    settings = {"cache_capacity": 0, "l1_invalidation": "ttl"} if args.l1_off else {}
+    site = args.path == "site"
+    if site:
+        settings["origin_url"] = f"http://127.0.0.1:{origin_port}"
     with RedisServer() as store, ceiling(origin_port), \
-            proxy(store.url, http_port, origin_port, resp_port=resp_port,
-                  **({"cache_capacity": 0, "l1_invalidation": "ttl"} if args.l1_off else {})) as child, \
+            proxy(store.url, http_port, origin_port, resp_port=resp_port, **settings) as child, \
             tempfile.TemporaryDirectory() as folder:
         client = redis.Redis.from_url(store.url)
         client.set("bench", b"v" * VALUE_SIZE)
         client.set("key:__rand_int__", b"v" * VALUE_SIZE)
-        url = f"http://127.0.0.1:{http_port}{args.path.format(origin=origin)}"
+        url = f"http://127.0.0.1:{http_port}" + ("/site" if site else args.path.format(origin=origin))
         # The ports accept before the proxy is built: these answers say it is, and fill L1.
-        for warm in ("/health", f"/?url={origin}&key=bench", "/?key=bench", "/get/bench"):
+        for warm in (("/_proxy/health", "/site", "/site") if site else (
+                "/health", f"/?url={origin}&key=bench", "/?key=bench", "/get/bench")):
             _get(http_port, warm)
         if args.path == "resp":
             load = ["redis-benchmark", "-p", str(resp_port), "-t", "get", "-n", "10000000", "-q"]

@@ -26,16 +26,17 @@ RECENT_INVALIDATIONS = 4096
 
 
 class _Slot:
-    """One held value: when it expires, its size in bytes, and whether it has left the cache
-    (its heap entry then stays until popped)."""
+    """One held value: when it expires, its size in bytes, whether it has left the cache (its
+    heap entry then stays until popped), and what its readers derived from it (`memo`)."""
 
-    __slots__ = ("value", "expires", "size", "removed")
+    __slots__ = ("value", "expires", "size", "removed", "memo")
 
     def __init__(self, value: Any, expires: float, size: int):
         self.value = value
         self.expires = expires
         self.size = size
         self.removed = False
+        self.memo: dict[Hashable, Any] | None = None
 
 
 def _size_of(value: Any) -> int:
@@ -95,6 +96,21 @@ class LocalCache:
             self._data.move_to_end(key)
             self.hits += 1
             return slot.value
+
+    def get_with_memo(self, key: Hashable) -> tuple[Any, dict[Hashable, Any]]:
+        """The value (or MISSING) and a dict held beside it, for what a reader derives from the
+        value alone (the URL role keeps an entry's serialized reply head there): it lives and
+        dies with this value, so a replaced or invalidated value never shows an old memo."""
+        with self._lock:
+            slot = self._data.get(key)
+            if slot is None or not self.timer() < slot.expires:
+                self.misses += 1
+                return MISSING, {}
+            self._data.move_to_end(key)
+            self.hits += 1
+            if slot.memo is None:
+                slot.memo = {}
+            return slot.value, slot.memo
 
     @property
     def epoch(self) -> int:

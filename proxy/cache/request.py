@@ -89,6 +89,20 @@ def end_to_end(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
             if name.lower() not in HOP_BY_HOP and name.lower() not in named]
 
 
+# The request fields whose presence takes a GET or HEAD through the full evaluation
+# (UrlCache.fetch) rather than answering it from the reply kept beside its L1 entry (PlainHit):
+# all the URL role reads but Accept-Encoding, which only a compressed entry's answer depends on.
+FULL_EVALUATION = CACHE_READ - {"accept-encoding"}
+
+
+def fill_fields(request: "ClientRequest") -> tuple[tuple[str, str], ...]:
+    """The client's headers a cache fill sends upstream (cache_fill_headers), names lower-case,
+    sorted: the UrlRequest's `forwarded`, which selects the Vary variant."""
+    if not request.forwarded:
+        return ()
+    return tuple(sorted((name.lower(), value) for name, value in cache_fill_headers(request).items()))
+
+
 def cache_fill_headers(request: "ClientRequest | None") -> dict[str, str]:
     """What a cache fill sends the origin of the client's forwarded headers."""
     if request is None:

@@ -2,6 +2,8 @@
 
 import dataclasses
 import math
+from collections.abc import Callable, Hashable
+from typing import Any
 
 HIT, MISS, STALE, BYPASS = "HIT", "MISS", "STALE", "BYPASS"
 STALE_IF_ERROR = "stale-if-error"  # RFC 5861 §4
@@ -32,10 +34,16 @@ class CacheResult:
         return self.headers.get("content-type", "application/octet-stream")
 
 
+def hit_status(ttl: str) -> str:
+    """The Cache-Status of a plain hit, as most answers are; `ttl` its whole seconds of
+    freshness left (the serialized head of an L1 entry holds a mark there, proxy.serving.reply)."""
+    return f"redis-proxy; hit; ttl={ttl}"
+
+
 def cache_status(result: CacheResult) -> str:
     """The RFC 9211 Cache-Status value: how this response came from the cache."""
     if result.cache == HIT and not result.forward and result.ttl is not None:
-        return f"redis-proxy; hit; ttl={math.floor(result.ttl)}"  # a hit, as most answers are
+        return hit_status(str(math.floor(result.ttl)))
     parts = ["redis-proxy"]
     if result.cache == HIT and not result.forward:
         parts.append("hit")
@@ -58,3 +66,19 @@ def cache_status(result: CacheResult) -> str:
     if result.ttl is not None:
         parts.append(f"ttl={math.floor(result.ttl)}")  # negative: served stale (RFC 9211 §2.7)
     return "; ".join(parts)
+
+
+@dataclasses.dataclass
+class PlainHit:
+    """A fresh L1 entry answering a plain GET or HEAD (one carrying no field the full RFC 9111
+    evaluation reads) as it stands: what the handler sends from the reply head it keeps in
+    `memo[variant]` (beside the entry in L1, gone with it), and the full answer, built only
+    to make that head."""
+
+    status: int
+    body: bytes  # the entry's bytes, as stored (a compressed one only for a client taking them)
+    age: int  # the Age header
+    ttl: int  # the Cache-Status ttl: whole seconds of freshness left
+    memo: dict[Hashable, Any]
+    variant: str  # the representation answered: "identity" or the stored coding
+    result: Callable[[], CacheResult]  # the answer the full evaluation gives this request

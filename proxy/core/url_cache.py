@@ -28,7 +28,7 @@ from proxy.cache.freshness import (
 )
 from proxy.cache.local_cache import MISSING, URL_TIER, LocalCache
 from proxy.cache.representation import ACCEPT_ENCODING, represent, without
-from proxy.cache.request import CREDENTIALS, ClientRequest, cache_fill_headers
+from proxy.cache.request import CREDENTIALS, ClientRequest, fill_fields
 from proxy.cache.result import (
     BYPASS,
     HEADERS_TOO_LARGE,
@@ -42,6 +42,7 @@ from proxy.cache.result import (
 from proxy.cache.single_flight import SingleFlight
 from proxy.core import stats as names
 from proxy.core.coalesce import Coalescing, flight_key
+from proxy.core.plain_hit import PlainHits
 from proxy.core.purge import Purging
 from proxy.core.stats import Stats
 from proxy.core.storing import Begun, Storing
@@ -72,7 +73,7 @@ NO_DEMANDS = Demands()  # what a request without Cache-Control or Pragma asks
 MAX_STALE = "max-stale"  # Cache-Status detail of a stale answer the request's max-stale accepted
 
 
-class UrlCache(Coalescing, Storing, Purging):
+class UrlCache(PlainHits, Coalescing, Storing, Purging):
     """`GET /?url=U&key=K`: parse, look up, coalesce the forward, revalidate, store, purge."""
 
     def __init__(self, client: Any, fetcher: Fetcher, local: LocalCache, health: RedisHealth,
@@ -130,9 +131,7 @@ class UrlCache(Coalescing, Storing, Purging):
         self.fetcher.check(request.parts)  # the upstream policy holds for cached entries too
         client = client or PLAIN
         demands = Demands.of(client.headers) if client.headers else NO_DEMANDS
-        forwarded = tuple(sorted((name.lower(), value)
-                                 for name, value in cache_fill_headers(client).items())) \
-            if client.forwarded else ()
+        forwarded = fill_fields(client)
         if forwarded or demands.no_store:
             request = dataclasses.replace(request, forwarded=forwarded, store=not demands.no_store,
                                           credentials=any(name in CREDENTIALS for name, _ in forwarded))
@@ -227,6 +226,7 @@ class UrlCache(Coalescing, Storing, Purging):
             self.fetcher.check_source(local.url, local.via)
             self.stats.count(names.HITS_L1)
             return self._result(local, now, HIT, policy=self.policy)
+        epoch = self.local.epoch
         stored, redis_up = self._read_entry(redis_key)
         if stored is not None:
             stored = self._unbanned(stored)
@@ -237,8 +237,12 @@ class UrlCache(Coalescing, Storing, Purging):
         # Whoever stored it, it is served only if this proxy's policy would have fetched it.
         self.fetcher.check_source(stored.url, stored.via)
         self.stats.count(names.HITS_REDIS)
-        return self._result(stored, now, HIT if stored.remaining(now) > 0 else STALE,
-                            policy=self.policy)
+        remaining = stored.remaining(now)
+        if remaining > 0:
+            # Into L1 as a ?url= read keeps it: the same tier and key, so the invalidation of
+            # that key (tracking, a purge) drops it for both; not if one came since `epoch`.
+            self.local.set((URL_TIER, redis_key), stored, remaining, epoch=epoch)
+        return self._result(stored, now, HIT if remaining > 0 else STALE, policy=self.policy)
 
     def check_key(self, key: str) -> bool:
         """Whether an entry is stored under the explicit key `key`."""

@@ -12,7 +12,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from proxy.cache.result import CacheResult, cache_status
+from proxy.cache.result import HIT, CacheResult, PlainHit, cache_status, hit_status
 from proxy.errors import HeadersTooLarge, MethodNotAllowed, NotFound, ProxyError, URITooLong
 from proxy.serving import dashboard
 from proxy.serving.access_log import AccessLog, masked_target
@@ -21,6 +21,7 @@ from proxy.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.serving.metrics import Metrics
 from proxy.serving.query import parse_query
 from proxy.serving.rate_limit import RateLimiter
+from proxy.serving.reply import AGE_MARK, TTL_MARK, ReplyHead
 from proxy.serving.reply import DATES as _dates
 from proxy.serving.reply import REJECT as _REJECT
 from proxy.serving.reply import UNSAFE_HEADER_VALUE as _UNSAFE_HEADER_VALUE
@@ -48,6 +49,7 @@ UNMETERED_ROUTES = frozenset({"/health", "/metrics", "/stats", "/dashboard"})
 SMALL_REPLY = 64 * 1024  # up to this, headers and body go out in one write
 _STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}" for status in HTTPStatus}
 _SERVER = "Server: " + "redis-proxy"
+_NO_HEAD = "none"  # memo: an entry whose reply head cannot be kept (ReplyHead.of)
 
 
 class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
@@ -258,16 +260,26 @@ class ProxyHandler(Routes, BaseHTTPRequestHandler):
     # ----- responses ---------------------------------------------------------------------------
 
     def _reply_result(self, result: CacheResult) -> None:
-        headers = {name.title(): value for name, value in result.headers.items()}
-        if result.status != 304:  # a 304 sends no representation metadata (RFC 9110 §15.4.5)
-            headers["Content-Type"] = result.content_type
-        headers["X-Cache"] = result.cache
-        headers["Age"] = str(result.age)
-        # RFC 9211 §2: caches nearer the client append their member to upstream ones.
-        upstream = headers.get("Cache-Status")
-        headers["Cache-Status"] = f"{upstream}, {cache_status(result)}" if upstream \
-            else cache_status(result)
-        self._reply(result.status, result.body, headers)
+        self._reply(result.status, result.body,
+                    _result_headers(result, str(result.age), cache_status(result)))
+
+    def _reply_hit(self, hit: PlainHit) -> None:
+        """A plain hit sent from the reply head kept beside its L1 entry, built once from the
+        full answer: the bytes _reply_result sends for it, with this answer's Age, Cache-Status
+        ttl and Connection filled in (the Date of a stored answer is the origin's: fixed)."""
+        head = hit.memo.get(hit.variant)
+        if head is None:
+            result = hit.result()
+            headers = _result_headers(result, AGE_MARK, hit_status(TTL_MARK))
+            # No Date stored: _reply's would be now, so no head is kept (each answer built whole).
+            kept = ReplyHead.of(result.status, _head(result.status, len(result.body), headers, "")) \
+                if "Date" in headers else None
+            head = hit.memo[hit.variant] = kept or _NO_HEAD
+        if not isinstance(head, ReplyHead):
+            self._reply_result(hit.result())
+            return
+        self._pend(head.status, head.render(hit.age, hit.ttl, self._connection().encode()),
+                   hit.body, HIT)
 
     def _reply_json(self, status: int, doc: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         self._reply(status, _json_bytes(doc), {"Content-Type": "application/json", **(headers or {})})
@@ -283,31 +295,27 @@ class ProxyHandler(Routes, BaseHTTPRequestHandler):
     def _reply(self, status: int, body: bytes,
                headers: dict[str, str] | list[tuple[str, str]]) -> None:
         """Status line, headers and body in one send (piecemeal writes stall on delayed ACKs)."""
-        self._status = status
-        # The origin's Date when relaying a stored response (RFC 9110 §6.6.1), else now.
-        date = (headers.pop("Date", None) if isinstance(headers, dict) else None) or _dates.now()
-        lines = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown", "Date: " + date, _SERVER]
-        if status != 304:  # a 304's Content-Length would have to be the 200's (RFC 9110 §8.6)
-            lines.append(f"Content-Length: {len(body)}")
+        head = _head(status, len(body), headers, self._connection())
         pairs = headers.items() if isinstance(headers, dict) else headers
-        lines += [f"{name}: {value}" for name, value in pairs]
+        self._pend(status, head, body,
+                   next((v for n, v in pairs if n == "X-Cache"), "-") if self.server.access_log.enabled
+                   else "-")
+
+    def _connection(self) -> str:
+        """The Connection line this reply needs, or ""."""
         if self.close_connection:
-            lines.append("Connection: close")
-        elif self.request_version == "HTTP/1.0":
-            lines.append("Connection: keep-alive")  # RFC 9112 §9.3: 1.0 keeps alive only if told
-        lines.append("\r\n")
-        text = "\r\n".join(lines)
-        if text.count("\n") != len(lines) or text.count("\r") != len(lines) or "\x00" in text:
-            # A CR, LF or NUL in a value (from a stored entry someone else wrote) would split
-            # the reply: such a header is left out.
-            text = "\r\n".join(line for line in lines[:-1]
-                                 if not _UNSAFE_HEADER_VALUE.search(line.partition(": ")[2])) + "\r\n\r\n"
-        head = text.encode("latin-1", "replace")
+            return "Connection: close\r\n"
+        if self.request_version == "HTTP/1.0":
+            return "Connection: keep-alive\r\n"  # RFC 9112 §9.3: 1.0 keeps alive only if told
+        return ""
+
+    def _pend(self, status: int, head: bytes, body: bytes, cache: str) -> None:
+        """The reply `_send` writes once the request is done (`cache`: its X-Cache, logged)."""
+        self._status = status
         self._pending = (head, b"" if self.command == "HEAD" else body)
         if self.server.access_log.enabled:  # decided once: off, the hit path pays this test
             # Written by _send, after the reply: outside MAX_PARALLEL, and its duration whole.
-            self._logged = (self.command, self.path if self.command else "", status,
-                            next((v for n, v in pairs if n == "X-Cache"), "-"),
+            self._logged = (self.command, self.path if self.command else "", status, cache,
                             len(self._pending[1]), self._started)
         self._started = 0.0
 
@@ -341,6 +349,42 @@ class ProxyHandler(Routes, BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s " + format, self.client_address[0], *args)
+
+
+def _result_headers(result: CacheResult, age: str, status: str) -> dict[str, str]:
+    """The header fields of an answer from the cache, `age` its Age and `status` its
+    Cache-Status member."""
+    headers = {name.title(): value for name, value in result.headers.items()}
+    if result.status != 304:  # a 304 sends no representation metadata (RFC 9110 §15.4.5)
+        headers["Content-Type"] = result.content_type
+    headers["X-Cache"] = result.cache
+    headers["Age"] = age
+    # RFC 9211 §2: caches nearer the client append their member to upstream ones.
+    upstream = headers.get("Cache-Status")
+    headers["Cache-Status"] = f"{upstream}, {status}" if upstream else status
+    return headers
+
+
+def _head(status: int, length: int, headers: dict[str, str] | list[tuple[str, str]],
+          connection: str) -> bytes:
+    """A reply's status line and header block; `connection`: its Connection line, or ""."""
+    # The origin's Date when relaying a stored response (RFC 9110 §6.6.1), else now.
+    date = (headers.pop("Date", None) if isinstance(headers, dict) else None) or _dates.now()
+    lines = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown", "Date: " + date, _SERVER]
+    if status != 304:  # a 304's Content-Length would have to be the 200's (RFC 9110 §8.6)
+        lines.append(f"Content-Length: {length}")
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    lines += [f"{name}: {value}" for name, value in pairs]
+    lines.append(connection)  # with its own CRLF, or nothing
+    text = "\r\n".join(lines) + "\r\n"
+    line_ends = len(lines) + bool(connection)
+    if text.count("\n") != line_ends or text.count("\r") != line_ends or "\x00" in text:
+        # A CR, LF or NUL in a value (from a stored entry someone else wrote) would split
+        # the reply: such a header is left out.
+        text = "\r\n".join(line for line in lines[:-1]
+                             if not _UNSAFE_HEADER_VALUE.search(line.partition(": ")[2])) + "\r\n" \
+            + connection + "\r\n"
+    return text.encode("latin-1", "replace")
 
 
 def route_methods(path: str) -> tuple[str, ...]:

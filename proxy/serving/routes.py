@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes, urlsplit
 
-from proxy.cache.request import ClientRequest, early_hints, hinted_fields, relayed_fields
-from proxy.cache.result import HIT, MISS, CacheResult, cache_status
+from proxy.cache.request import FULL_EVALUATION, ClientRequest, early_hints, hinted_fields, relayed_fields
+from proxy.cache.result import HIT, MISS, CacheResult, PlainHit, cache_status
 from proxy.errors import (
     BadRequest,
     KeyNotFound,
@@ -58,6 +58,9 @@ class Proxy(Protocol):
 
     def fetch(self, url: str, key: str | None = None, params: Any = None,
               request: ClientRequest | None = None) -> CacheResult: ...
+    def plain_hit(self, url: str, key: str | None, params: Any, accept_encoding: str | None,
+                  client: Callable[[], ClientRequest] | None = None) -> PlainHit | None: ...
+    def plain_lookup(self, key: str, accept_encoding: str | None) -> PlainHit | None: ...
     def pass_through(self, url: str, request: ClientRequest, body: bytes | None = None) -> Relayed: ...
     def lookup(self, key: str, request: ClientRequest | None = None) -> CacheResult: ...
     def purge(self, url: str | None = None, key: str | None = None, params: Any = None, *,
@@ -103,6 +106,7 @@ class Routes:
     _reply: Callable[[int, bytes, dict[str, str] | list[tuple[str, str]]], None]
     _reply_json: Callable[..., None]
     _reply_result: Callable[[CacheResult], None]
+    _reply_hit: Callable[[PlainHit], None]
 
     def relay(self, path: str, query: str) -> None:
         """Reverse-proxy mode: a request for the origin. GET and HEAD go through the cache
@@ -116,15 +120,22 @@ class Routes:
                              error="bad target")
         site, server = self.server.site, self.server
         url = site.target(path, query)
-        request = ClientRequest.of(
-            self.command, self.headers.items(),
-            site.forwarded(self.headers, self.client_address[0], server.authenticator.is_own))
-        # RFC 9111 §3.5: an answer to a request with credentials is the credential holder's.
-        cached = self.command in ("GET", "HEAD") and not any(
-            name.lower() == "authorization" for name in request.forwarded)
+
+        def client() -> ClientRequest:
+            return ClientRequest.of(self.command, self.headers.items(), site.forwarded(
+                self.headers, self.client_address[0], server.authenticator.is_own))
+
+        reads = self.command in ("GET", "HEAD")
         # The body is read before a MAX_PARALLEL slot is taken: a slow upload holds only its own.
-        body = None if self.command in ("GET", "HEAD") else self._read_body(site.max_body_bytes)
+        body = None if reads else self._read_body(site.max_body_bytes)
         with server.parallel, self._early_hints():
+            # A plain hit first; with credentials for the origin the full path decides (below).
+            if reads and "authorization" not in self.headers and self._plain_hit(
+                    lambda codings: server.proxy.plain_hit(url, None, None, codings, client)):
+                return
+            request = client()
+            # RFC 9111 §3.5: an answer to a request with credentials is the credential holder's.
+            cached = reads and not any(name.lower() == "authorization" for name in request.forwarded)
             if cached:
                 self._reply_result(server.proxy.fetch(url, None, None, request))
                 return
@@ -158,6 +169,21 @@ class Routes:
         except OSError:
             # The client left, or a part was sent: its final answer cannot follow on this framing.
             self.close_connection = True
+
+    def _plain_hit(self, answer: Callable[[str | None], PlainHit | None]) -> bool:
+        """A GET or HEAD with no field the full RFC 9111 evaluation reads, answered from a fresh
+        L1 entry and the reply head kept beside it (proxy.core.plain_hit): the bytes the full
+        path would send. `answer(accept_encoding)` is the proxy's plain hit or None. False when
+        the request is not one, or L1 cannot answer it so: the full path answers it. Called
+        inside MAX_PARALLEL."""
+        if not FULL_EVALUATION.isdisjoint(self.headers):  # the names, lower-case
+            return False
+        codings = self.headers.get_all("Accept-Encoding")  # combined as ClientRequest.of does
+        hit = answer(None if codings is None else ", ".join(codings))
+        if hit is None:
+            return False
+        self._reply_hit(hit)
+        return True
 
     def _read_body(self, most: int) -> bytes:
         """The request body, by its Content-Length, at most `most` bytes (RFC 9112 §6.3)."""
@@ -200,6 +226,9 @@ class Routes:
                 raise BadRequest("soft must be true or false", error="bad query")
             removed = proxy.purge(url, key, params, tag=fields.get("tag"), soft=soft == "true")
             self._reply_json(200, {"purged": removed})
+            return
+        if self._plain_hit(lambda codings: proxy.plain_hit(url, key, params, codings) if url is not None
+                           else None if key is None else proxy.plain_lookup(key, codings)):
             return
         client = ClientRequest.reading(self.command, self.headers.items())
         if url is None:

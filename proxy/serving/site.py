@@ -1,5 +1,6 @@
 """Reverse-proxy mode: which paths are the origin's, the URL each maps to, and what is forwarded."""
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -28,6 +29,16 @@ SPOOFABLE = frozenset({"forwarded", "x-real-ip", "x-client-ip", "true-client-ip"
                        "x-http-method", "x-method-override"})
 FORWARDED_PREFIX = "x-forwarded-"
 PROTOCOLS = ("http", "https")  # the X-Forwarded-Proto values a trusted proxy may pass on
+
+
+# Site.target remembers this many targets of at most this many bytes (path and query).
+REMEMBERED_TARGETS, REMEMBERED_TARGET_BYTES = 2048, 2048
+
+
+@functools.lru_cache(maxsize=REMEMBERED_TARGETS)  # errors are raised again, never remembered
+def _target(origin: str, path: str, query: str) -> str:
+    normal = urlsplit(cache_keys.target_url("http://site" + path + ("?" + query if query else ""), []))
+    return origin.rstrip("/") + normal.path + ("?" + normal.query if normal.query else "")
 
 
 @dataclass(frozen=True)
@@ -65,9 +76,11 @@ class Site:
 
     def target(self, path: str, query: str) -> str:
         """The origin's URL for a site request: ORIGIN_URL + path + query, the path normalised
-        first (RFC 3986 §6.2.2, dot-segments removed) so that `/../` cannot leave a base path."""
-        normal = urlsplit(cache_keys.target_url("http://site" + path + ("?" + query if query else ""), []))
-        return self.origin.rstrip("/") + normal.path + ("?" + normal.query if normal.query else "")
+        first (RFC 3986 §6.2.2, dot-segments removed) so that `/../` cannot leave a base path.
+        Pure: recent short targets are remembered (a hit asks the same paths again)."""
+        if len(path) + len(query) <= REMEMBERED_TARGET_BYTES:
+            return _target(self.origin, path, query)
+        return _target.__wrapped__(self.origin, path, query)
 
     def forwarded(self, headers: Fields, peer: str,
                   is_own_credential: Callable[[str], bool]) -> dict[str, str]:

@@ -16,7 +16,7 @@ TOOLS = ("wrk", "redis-benchmark")
 @pytest.mark.skipif(not all(shutil.which(tool) for tool in TOOLS), reason="wrk or redis-benchmark absent")
 def test_quick_bench_reports_every_figure(tmp_path):
     done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=110)
+                          capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     (result,) = tmp_path.iterdir()
     report = json.loads(result.read_text())
@@ -31,12 +31,20 @@ def test_quick_bench_reports_every_figure(tmp_path):
         "GET /?url=&key=, miss (upstream fetch and store)",
         "RESP GET -P 1, Redis itself", "RESP GET -P 1, proxy, L1 hit",
         "RESP GET -P 16, Redis itself", "RESP GET -P 16, proxy, L1 hit",
-        "GET /get/<key>, L1 hit, HTTP_WORKERS=1", "GET /get/<key>, L1 hit, HTTP_WORKERS=2"}
+        "GET /get/<key>, L1 hit, HTTP_WORKERS=1", "GET /get/<key>, L1 hit, HTTP_WORKERS=2",
+        "reverse proxy GET, L1 hit", "reverse proxy GET, Redis hit (L1 off, distinct paths)",
+        "reverse proxy GET, miss (upstream fetch and store)"} | (
+        {"nginx proxy_cache, 1 worker, hit"} if shutil.which("nginx") else set())
     for row in report["rows"]:
         assert row["rps"] > 0 and row["p50_ms"] is not None and row["p99_ms"] is not None, row
         assert row.get("errors", 0) == 0 and row.get("non_2xx", 0) == 0, row
         assert (row["ratio"] is None) == (row["vs"] is None), row
         assert row["row"] in done.stdout
+    site_hit = rows[("reverse proxy GET, L1 hit", 4)]
+    if shutil.which("nginx"):  # the reverse proxy's L1 hits against nginx's, in the same run
+        assert site_hit["nginx_ratio"] > 0 and "x nginx" in done.stdout
+    else:
+        assert "nginx_ratio" not in site_hit and "nginx not found" in done.stdout
     memory = report["memory"]
     assert memory["entry_body_bytes"] == 100 and memory["entry_memory_usage"] > 100
     assert memory["entry_redis_key_bytes"] > 0 and "per key" in done.stdout

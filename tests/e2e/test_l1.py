@@ -1,6 +1,7 @@
 """L1 in front of Redis (issue 3): LRU, TTL, byte bound, single flight, and coherence through
 Redis's server-assisted invalidation. Redis reads are counted with INFO commandstats."""
 
+import dataclasses
 import random
 import threading
 from urllib.parse import quote
@@ -8,6 +9,7 @@ from urllib.parse import quote
 import pytest
 import redis
 
+from proxy.cache.entry import decode, encode
 from proxy.cache.local_cache import MISSING, RECENT_INVALIDATIONS, LocalCache
 from proxy.store.launcher import RedisServer
 from servers import request, wait_until
@@ -274,6 +276,41 @@ def test_url_entries_follow_a_purge_made_by_another_proxy(upstream, make_proxy):
     assert request(second.port, path).headers["X-Cache"] == "HIT"  # now in second's L1
     assert request(first.port, "/?key=shared", method="DELETE").json() == {"purged": 1}
     wait_until(lambda: request(second.port, path).headers["X-Cache"] == "MISS", timeout=0.5,
+               interval=0.005)
+
+
+def test_a_key_only_read_fills_l1_and_the_next_ones_do_not_touch_redis(upstream, make_proxy,
+                                                                       counted):
+    url = upstream.serve("/by-key", b"kept")
+    writer, reader = make_proxy(), make_proxy()
+    assert request(writer.port, f"/?url={quote(url, safe='')}&key=bykey").headers["X-Cache"] == "MISS"
+    counted.config_resetstat()
+    assert request(reader.port, "/?key=bykey").body == b"kept"  # from Redis, into L1
+    assert gets(counted) == 1
+    for _ in range(3):
+        assert request(reader.port, "/?key=bykey").body == b"kept"
+    # The same L1 entry a ?url= read of that key finds (same tier and key).
+    assert request(reader.port, f"/?url={quote(url, safe='')}&key=bykey").headers["X-Cache"] == "HIT"
+    assert gets(counted) == 1
+    assert (reader.proxy.stats["hits_redis"], reader.proxy.stats["hits_l1"]) == (1, 4)
+    assert upstream.hits["/by-key"] == 1
+
+
+def test_a_key_only_read_kept_in_l1_follows_a_write_and_a_purge_in_redis(upstream, make_proxy,
+                                                                         counted):
+    url = upstream.serve("/by-key", b"kept")
+    writer, reader = make_proxy(), make_proxy()
+    request(writer.port, f"/?url={quote(url, safe='')}&key=bykey")
+    assert request(reader.port, "/?key=bykey").body == b"kept"  # into reader's L1
+    stored = decode(counted.get("rp:bykey"))
+    counted.set("rp:bykey", encode(dataclasses.replace(stored, body=b"rewritten")), keepttl=True)
+    wait_until(lambda: request(reader.port, "/?key=bykey").body == b"rewritten", timeout=0.5,
+               interval=0.005)
+    counted.config_resetstat()
+    assert request(reader.port, "/?key=bykey").body == b"rewritten"  # kept in L1 again
+    assert gets(counted) == 0
+    assert request(writer.port, "/?key=bykey", method="DELETE").json() == {"purged": 1}
+    wait_until(lambda: request(reader.port, "/?key=bykey").status == 404, timeout=0.5,
                interval=0.005)
 
 
