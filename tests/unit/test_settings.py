@@ -120,3 +120,12 @@ def test_tag_headers_default_to_surrogate_key_and_cache_tag_and_take_header_name
     assert load_settings({"TAG_HEADER": "X-Tags"}, env_file=None).tag_header == ("X-Tags",)
     with pytest.raises(ConfigError, match="TAG_HEADER='X Tags': expected a comma-separated list of header names"):
         load_settings({"TAG_HEADER": "X Tags"}, env_file=None)
+
+
+def test_http_workers_defaults_to_one_per_core_and_auto_says_so():
+    assert load_settings({}, env_file=None).http_workers == (os.cpu_count() or 1)
+    assert load_settings({"HTTP_WORKERS": "auto"}, env_file=None).http_workers == (os.cpu_count() or 1)
+    assert load_settings({"HTTP_WORKERS": "3"}, env_file=None).http_workers == 3
+    with pytest.raises(ConfigError) as refused:
+        load_settings({"HTTP_WORKERS": "0"}, env_file=None)
+    assert "HTTP_WORKERS" in str(refused.value.problems)
