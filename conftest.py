@@ -21,6 +21,12 @@ from redis_proxy import RedisProxy  # noqa: E402
 from servers import Origin, ServerThread, Upstream  # noqa: E402
 
 
+def pytest_configure(config):
+    # HTTP_WORKERS defaults to one per core: a proxy process a test starts runs one worker
+    # unless the test asks for more (in the environment it gives the process).
+    os.environ["HTTP_WORKERS"] = "1"
+
+
 @pytest.fixture(scope="session")
 def redis_server():
     """One real redis-server for the session, on a unix socket in a temp dir."""

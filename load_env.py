@@ -242,9 +242,10 @@ class Settings:
     tag_header_shown: bool = _setting("TAG_HEADER_SHOWN", parsers.boolean, False, "caching",
                                       "give clients the tags (in the first `TAG_HEADER`); false = "
                                       "stripped")
-    http_workers: int = _setting("HTTP_WORKERS", parsers.integer(1), 1, "front",
-                                 "pre-forked worker processes sharing the HTTP and RESP ports",
-                                 flags=("-w", "--workers"))
+    http_workers: int = _setting("HTTP_WORKERS", parsers.workers, os.cpu_count() or 1, "front",
+                                 "pre-forked worker processes sharing the HTTP and RESP ports; "
+                                 "`auto` = one per core (nginx's `worker_processes auto`)",
+                                 flags=("-w", "--workers"), shown="`auto` (one per core)")
     origin_url: str = _setting("ORIGIN_URL", parsers.origin, "", "reverse",
                                "reverse-proxy mode: a path that is not under `ADMIN_PREFIX` is fetched from "
                                "this origin (`http://host:port[/base]`) and cached; empty = off")

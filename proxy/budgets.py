@@ -5,7 +5,7 @@ taken with a timeout); and a bound on reply bytes held for clients (`ByteBudget`
 import collections
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 # The Gate whose slot this thread holds (entered with `with gate:`), for off_cpu to give back.
 _held = threading.local()
@@ -19,7 +19,7 @@ class Gate:
     pass, ~2.5 µs); here a pass through a gate with a free slot is one C lock held for a count.
     """
 
-    __slots__ = ("slots", "_free", "_lock", "_waiters", "_away")
+    __slots__ = ("slots", "_free", "_lock", "_waiters", "_away", "on_away")
 
     def __init__(self, slots: int):
         if slots < 1:
@@ -29,6 +29,9 @@ class Gate:
         self._lock = threading.Lock()
         self._waiters: collections.deque[threading.Lock] = collections.deque()
         self._away = 0  # holders that gave their slot back meanwhile (off_cpu)
+        # Called when a holder's thread starts a wait off the CPU: a front end whose threads
+        # serve many connections starts another at once rather than when it notices the stall.
+        self.on_away: list[Callable[[], None]] = []
 
     def acquire(self, timeout: float | None = None) -> bool:
         """Take a slot, waiting at most `timeout` seconds (None: as long as it takes); False
@@ -95,6 +98,8 @@ def off_cpu() -> Iterator[None]:
     with gate._lock:
         gate._away += 1
     gate.release()
+    for hook in gate.on_away:
+        hook()
     try:
         yield
     finally:

@@ -3,6 +3,7 @@ raises ValueError; `.expected` says what it takes, `.show` (when present) writes
 as the docs state it. load_env.py's table names them."""
 
 import ipaddress
+import os
 import re
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -21,6 +22,16 @@ def integer(low: int | None = None, high: int | None = None) -> Callable[[str], 
     parse.expected = ("an integer" + (f" from {low}" if low is not None else "")  # type: ignore[attr-defined]
                       + (f" to {high}" if high is not None else ""))
     return parse
+
+
+def workers(raw: str) -> int:
+    """HTTP_WORKERS: a count, or `auto`: one per core (nginx's `worker_processes auto`)."""
+    if raw.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    return integer(1)(raw)
+
+
+workers.expected = "an integer from 1, or auto (one per core)"  # type: ignore[attr-defined]
 
 
 def seconds(positive: bool) -> Callable[[str], float]:

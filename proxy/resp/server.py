@@ -1,8 +1,9 @@
 """The RESP front end: a thin stdlib `socketserver` speaking the Redis protocol (RESP2, and
 RESP3 on a connection that asks for it with HELLO 3).
 
-One thread per connection, as the HTTP front end; the parser and the command table live in
-resp_protocol.py and resp_commands.py. Pipelined commands that arrive together are answered
+Its connections wait in the connection loop, as the HTTP front end's, and a worker thread runs
+what one read brought (proxy/serving/connection_loop.py); the parser and the command table live
+in protocol.py and commands.py. Pipelined commands that arrive together are answered
 together, in one send, until their replies pass SEND_BATCH: then what is pending goes out before
 the next command runs, so a pipelining client that does not read stalls its own commands
 instead of piling replies up in the proxy (Redis bounds the same thing with its client output
@@ -24,13 +25,13 @@ from proxy.resp.commands import MAX_KEYS, MAX_REPLY_BYTES, RespCommands
 from proxy.resp.protocol import ProtocolError, RespParser, TooManyArguments
 from proxy.resp.replies import error as error_reply
 from proxy.serving.auth import Authenticator
+from proxy.serving.connection_loop import LoopServerMixIn
 from proxy.serving.rate_limit import RateLimiter
-from proxy.serving.sockets import DeadlineReader, Gate, ThreadingLimitedServer, linger
+from proxy.serving.sockets import DeadlineReader, Gate, linger
 from redis_proxy import RedisProxy
 
 log = logging.getLogger(__name__)
 
-RECV_SIZE = 64 * 1024
 SEND_BATCH = 64 * 1024  # replies pending past this are sent before the next command runs
 # A send may take KEEPALIVE_TIMEOUT plus the time to read its bytes at this rate (about a
 # 0.5 Mbit/s link); a client that reads slower is disconnected, and so is one that does not
@@ -39,9 +40,11 @@ MIN_SEND_RATE = 64 * 1024
 MAX_PENDING_BYTES = 256 * 1024 * 1024  # RESP_MAX_PENDING_BYTES
 
 
-class RespServer(ThreadingLimitedServer):
+class RespServer(LoopServerMixIn, socketserver.TCPServer):
     """Holds the proxy, the command table and the limits; handlers stay thin."""
 
+    allow_reuse_address = True
+    request_queue_size = 1024  # the default 5 overflows under 64 connections (CONTRACT §8)
     # What Redis answers over maxclients (src/networking.c acceptCommonHandler), then closes.
     reject_bytes = b"-ERR max number of clients reached\r\n"
 
@@ -102,42 +105,50 @@ class RespServer(ThreadingLimitedServer):
                           "rejected_replies": self.rejected_replies},
             }
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # The stdlib prints a traceback to stderr; a bug is one logged exception instead.
-        log.exception("unhandled error on the RESP connection from %s", client_address[0])
-
 
 class RespHandler(socketserver.BaseRequestHandler):
+    """One client connection: its parser and session; the connection loop calls serve() when
+    commands have arrived."""
+
     server: RespServer
 
-    def setup(self) -> None:
+    def __init__(self, request: socket.socket, client_address: Any, server: RespServer):
+        # Not the stdlib's, which serves the connection to its end at once: the loop calls serve().
+        self.request, self.client_address, self.server = request, client_address, server
         # Replies go out in one send; NODELAY keeps Nagle from holding back the next one.
-        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.reader = DeadlineReader(self.request, self.server.keepalive_timeout)
-        self.parser = RespParser(self.server.max_array, self.server.max_bulk,
-                                 max_args=self.server.commands.max_keys + 1)
-        self.session = self.server.commands.new_session(peer=self.client_address[0])
+        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = DeadlineReader(request, server.keepalive_timeout)
+        self.parser = RespParser(server.max_array, server.max_bulk,
+                                 max_args=server.commands.max_keys + 1)
+        self.session = server.commands.new_session(peer=client_address[0])
         self.held = 0  # bytes of this connection's replies counted in RESP_MAX_PENDING_BYTES
-        self.server.count(connections=1)
+        server.count(connections=1)
+        self.deadline = time.monotonic() + server.keepalive_timeout  # closed idle after it
+        self._received_at = 0.0
 
-    def finish(self) -> None:
-        self._give_back()  # whatever ended the connection
+    def received(self, data: memoryview) -> bool:
+        self.parser.feed(data)
+        self._received_at = time.monotonic()
+        return True  # whether a command is whole is the parser's to say, in serve()
 
-    def handle(self) -> None:
-        chunk = bytearray(RECV_SIZE)
-        view = memoryview(chunk)
+    def serve(self) -> bool:
+        """Runs the commands received so far and sends their replies; True to wait for more."""
         try:
-            while True:
-                received = self.reader.readinto(view)
-                if not received:
-                    return
-                self.parser.feed(view[:received])
-                if self._run_commands(time.monotonic()):
-                    linger(self.request)
-                    return
+            if self._run_commands(self._received_at):
+                linger(self.request)
+                return False
         except (TimeoutError, ConnectionError, OSError) as exc:
-            # Also a send that failed or timed out: nothing more is written to this client.
+            # A send that failed or timed out: nothing more is written to this client.
             log.debug("RESP connection from %s ended: %s", self.client_address[0], exc)
+            return False
+        # Idle: KEEPALIVE_TIMEOUT; part of a command received: its HEADER_TIMEOUT (_set_deadline).
+        deadline = self.reader.deadline
+        self.deadline = time.monotonic() + self.server.keepalive_timeout if deadline is None \
+            else deadline
+        return True
+
+    def close(self) -> None:
+        self._give_back()  # whatever ended the connection
 
     def _run_commands(self, started: float) -> bool:
         """Runs every complete command received so far, in order, and sends their replies;

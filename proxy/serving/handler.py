@@ -6,10 +6,9 @@ import io
 import logging
 import socket
 import socketserver
-import sys
 import time
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 from proxy.cache.result import HIT, CacheResult, PlainHit, cache_status, hit_status
@@ -17,6 +16,7 @@ from proxy.errors import HeadersTooLarge, MethodNotAllowed, NotFound, ProxyError
 from proxy.serving import dashboard
 from proxy.serving.access_log import AccessLog, masked_target
 from proxy.serving.auth import Authenticator
+from proxy.serving.connection_loop import LoopServerMixIn
 from proxy.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.serving.metrics import Metrics
 from proxy.serving.query import parse_query
@@ -26,10 +26,10 @@ from proxy.serving.reply import DATES as _dates
 from proxy.serving.reply import REJECT as _REJECT
 from proxy.serving.reply import UNSAFE_HEADER_VALUE as _UNSAFE_HEADER_VALUE
 from proxy.serving.reply import json_bytes as _json_bytes
-from proxy.serving.request_head import Fields, read_head
+from proxy.serving.request_head import Fields, head_ready, read_head
 from proxy.serving.routes import MIN_SEND_RATE, Proxy, Routes
 from proxy.serving.site import Site
-from proxy.serving.sockets import DeadlineReader, Gate, LimitedServerMixIn, linger
+from proxy.serving.sockets import DeadlineReader, Gate, linger
 from proxy.serving.syntax import body_framing_error, has_body, host_error, origin_form
 
 # The name these lines had before the front end moved out of http_server.py; kept so a log
@@ -52,11 +52,9 @@ _SERVER = "Server: " + "redis-proxy"
 _NO_HEAD = "none"  # memo: an entry whose reply head cannot be kept (ReplyHead.of)
 
 
-class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
+class ProxyHTTPServer(LoopServerMixIn, HTTPServer):
     """Holds the proxy, the limits and the access checks; handlers stay thin."""
 
-    daemon_threads = True
-    block_on_close = False
     request_queue_size = 1024  # the default 5 overflows under 64 connections (CONTRACT §8)
     reject_bytes = _REJECT
 
@@ -91,15 +89,6 @@ class ProxyHTTPServer(LimitedServerMixIn, ThreadingHTTPServer):
     def port(self) -> int:
         return self.server_address[1]
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """An exception that escaped a handler: one logged error (a bug to fix), never the
-        stdlib's traceback printed to stderr; a dropped connection is a debug line."""
-        exc = sys.exc_info()[1]
-        if isinstance(exc, OSError):
-            log.debug("connection from %s ended: %s", client_address[0], exc)
-        else:
-            log.exception("unhandled error on a connection from %s", client_address[0])
-
     def admit(self, path: str | None, peer: str, headers: Fields) -> None:
         """CONTRACT §4: authentication first, then the rate limit; raises what refuses. `path`
         None: a request for the origin's site (Authenticator.check_site)."""
@@ -123,33 +112,68 @@ class ProxyHandler(Routes, BaseHTTPRequestHandler):
     headers: Fields  # type: ignore[assignment]
     rfile: io.BufferedReader
 
-    # ----- connection plumbing -------------------------------------------------------------
+    # ----- connection plumbing (connection_loop calls serve() when a request is ready) --------
 
-    def setup(self) -> None:
-        self.connection = self.request
+    def __init__(self, request: socket.socket, client_address: Any, server: ProxyHTTPServer):
+        # Not the stdlib's, which serves the connection to its end at once: the loop calls serve().
+        self.request, self.client_address, self.server = request, client_address, server
+        self.connection = request
         # Responses go out in one send; NODELAY keeps Nagle from holding back the next one.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._reader = DeadlineReader(self.connection, self.server.keepalive_timeout)
+        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._reader = DeadlineReader(request, server.keepalive_timeout)
         self.rfile = io.BufferedReader(self._reader, 65536)
         self.wfile = io.BytesIO()  # only the stdlib's 100-continue path writes here
-        self._first = True
         self._unread_body = False  # the last request announced a body that was not read
         self._started = 0.0  # the request's dispatch time, for the access log; 0: not dispatched
+        # Until the loop closes the connection: a new one must deliver its first headers within
+        # HEADER_TIMEOUT, and a request begun must be whole within HEADER_TIMEOUT of its first
+        # byte (slowloris); between requests, KEEPALIVE_TIMEOUT.
+        self.deadline = time.monotonic() + server.header_timeout
+        self._kept_alive = False  # between requests: the next one's first byte is awaited
 
-    def finish(self) -> None:
-        self.rfile.close()
+    def received(self, data: memoryview) -> bool:
+        if self._kept_alive:
+            self._kept_alive = False
+            self.deadline = time.monotonic() + self.server.header_timeout
+        self._reader.early += data
+        return head_ready(self._reader.early)
 
-    def handle(self) -> None:
-        self.close_connection = True
+    def serve(self) -> bool:
+        """The requests ready on the connection, one after another (pipelined ones too); True
+        to wait for the next in the loop, False once the connection is done."""
         try:
-            self.handle_one_request()
-            while not self.close_connection:
+            while True:
                 self.handle_one_request()
+                if self.close_connection:
+                    break
+                if not self._next_ready():
+                    return True
         except (TimeoutError, ConnectionError, OSError) as exc:
             log.debug("connection from %s ended: %s", self.client_address[0], exc)
-            return
+            return False
         if self._unread_body:
             linger(self.connection)  # the client may still be sending the body it announced
+        return False
+
+    def _next_ready(self) -> bool:
+        """Whether the next request's head is whole in what was received already; what there is
+        of it goes back to the reader's `early` for the loop to add to."""
+        reader = self._reader
+        reader.nowait = True  # the buffered bytes only: no system call
+        try:
+            pending = self.rfile.read(len(self.rfile.peek(1)))
+        finally:
+            reader.nowait = False
+        if not pending:
+            self._kept_alive = True
+            self.deadline = time.monotonic() + self.server.keepalive_timeout
+            return False
+        reader.early[:0] = pending
+        self.deadline = time.monotonic() + self.server.header_timeout
+        return head_ready(reader.early)
+
+    def close(self) -> None:
+        self.rfile.close()
 
     def handle_one_request(self) -> None:
         """One request; its reply is built while processing and sent at the end, outside
@@ -165,17 +189,7 @@ class ProxyHandler(Routes, BaseHTTPRequestHandler):
         self.close_connection = True
         self.command = self.request_version = ""
         self.requestline = ""
-        header_timeout = self.server.header_timeout
-        if self._first:
-            # A new connection must deliver its first headers within HEADER_TIMEOUT.
-            self._reader.deadline = time.monotonic() + header_timeout
-            self._first = False
-        else:
-            # Kept alive: wait up to KEEPALIVE_TIMEOUT for the next request to begin.
-            self._reader.deadline = None
-            if not self.rfile.peek(1):
-                return
-            self._reader.deadline = time.monotonic() + header_timeout
+        self._reader.deadline = self.deadline  # what is still to come of the head: in time
         try:
             head = read_head(self.rfile)  # the one parse of the head (no parse_request)
         except ProxyError as exc:

@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterator
 from typing import IO, NamedTuple
 
-from proxy.errors import BadRequest, HeadersTooLarge, URITooLong, VersionNotSupported
+from proxy.errors import BadRequest, HeadersTooLarge, ProxyError, URITooLong, VersionNotSupported
 from proxy.serving.syntax import line_size, valid_header_line, valid_request_line
 
 # The head's limits, each "at most", in bytes of a line without its CRLF (line_size): a request
@@ -86,6 +86,21 @@ def read_head(rfile: IO[bytes]) -> RequestHead | None:
         if head is not None:
             return head
     return _head_by_lines(rfile)
+
+
+def head_ready(data: bytes | bytearray) -> bool:
+    """Whether read_head, given `data` and then waiting for more, would return or refuse at once:
+    a whole head, a line it refuses, a limit passed. The connection loop hands a connection to
+    a worker only then, so a client slow to send its head holds no thread while it trickles."""
+    if b"\r\n\r\n" in data:
+        return True
+    end = data.rfind(b"\n") + 1  # lines are judged whole: the line parser waits on a part
+    if len(data) - end > (MAX_HEADER_LINE if end else MAX_REQUEST_LINE) + 2:
+        return True
+    try:
+        return _head_by_lines(io.BytesIO(data[:end])) is not None
+    except ProxyError:
+        return True
 
 
 def _whole_head(rfile: io.BufferedReader) -> RequestHead | None:

@@ -1,10 +1,10 @@
-"""Socket plumbing shared by the front ends: deadline-bounded reads and client-slot limits."""
+"""Socket plumbing shared by the front ends: deadline-bounded reads and sends, the lingering
+close, the MAX_PARALLEL gate and pre-forked workers' listening socket."""
 
 import io
 import socket
 import socketserver
 import struct
-import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -28,13 +28,24 @@ class DeadlineReader(io.RawIOBase):
         self.sock = sock
         self.idle_timeout = idle_timeout
         self.deadline: float | None = None
+        # Received by the connection loop before a worker reads (connection_loop): read first.
+        self.early = bytearray()
+        # True: read only `early`, and report "nothing yet" (None) rather than wait on the socket.
+        self.nowait = False
         self._receive_timeout = 0.0  # SO_RCVTIMEO as set; 0: none (the socket's default)
         sock.settimeout(None)
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: "WriteableBuffer") -> int:
+    def readinto(self, buffer: "WriteableBuffer") -> int | None:
+        if self.early:
+            size = min(len(self.early), memoryview(buffer).nbytes)
+            memoryview(buffer)[:size] = self.early[:size]
+            del self.early[:size]
+            return size
+        if self.nowait:
+            return None
         if self.deadline is None:
             timeout = self.idle_timeout
         else:
@@ -93,68 +104,9 @@ def adopt_listener(server: socketserver.TCPServer, sock: socket.socket) -> None:
     accept on the parent's socket; the kernel gives each connection to one of them)."""
     server.socket.close()
     # Every worker wakes for a new connection and one wins it: the others' accept must fail
-    # at once (BlockingIOError, which socketserver ignores) rather than block the serve loop.
+    # at once (BlockingIOError, which the connection loop ignores) rather than block it.
     sock.setblocking(False)
     server.socket = sock
     server.server_address = sock.getsockname()
     if hasattr(server, "server_port"):
         server.server_port = server.server_address[1]
-
-
-class LimitedServerMixIn:
-    """At most `max_clients` connections at once (the next one gets `reject_bytes` and is closed
-    at once, never queued), and at most `max_parallel` requests processed at once."""
-
-    max_clients = 1024
-    reject_bytes = b""
-
-    def init_limits(self, max_clients: int, max_parallel: int, parallel: Gate | None = None) -> None:
-        """`parallel`: a gate shared with other front ends (MAX_PARALLEL is per process);
-        else one of `max_parallel` slots for this server alone."""
-        self.max_clients = max_clients
-        self.client_slots = threading.BoundedSemaphore(max_clients)
-        self.parallel = parallel or Gate(max_parallel)
-        self.active_connections = 0
-        self.rejected_connections = 0
-        self._count_lock = threading.Lock()
-
-    def process_request(self, request, client_address):  # type: ignore[no-untyped-def]
-        if not self.client_slots.acquire(blocking=False):
-            with self._count_lock:
-                self.rejected_connections += 1
-            self._reject(request)
-            return
-        with self._count_lock:
-            self.active_connections += 1
-        try:
-            super().process_request(request, client_address)  # type: ignore[misc]
-        except BaseException:
-            self._release()
-            raise
-
-    def process_request_thread(self, request, client_address):  # type: ignore[no-untyped-def]
-        try:
-            super().process_request_thread(request, client_address)  # type: ignore[misc]
-        finally:
-            self._release()
-
-    def _release(self) -> None:
-        with self._count_lock:
-            self.active_connections -= 1
-        self.client_slots.release()
-
-    def _reject(self, request: socket.socket) -> None:
-        try:
-            request.settimeout(0.2)
-            request.sendall(self.reject_bytes)
-        except OSError:
-            pass
-        finally:
-            self.shutdown_request(request)  # type: ignore[attr-defined]
-
-
-class ThreadingLimitedServer(LimitedServerMixIn, socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    request_queue_size = 1024  # the default 5 overflows under 64 connections (CONTRACT §8)

@@ -148,6 +148,24 @@ def test_over_max_clients_a_new_connection_is_refused_at_once(front_end):
             sock.close()
 
 
+def test_idle_kept_alive_connections_hold_no_thread(front_end):
+    """Connections between requests wait in the connection loop: 40 of them, each served once
+    and kept alive, leave the process with about as many threads as before (the loop's)."""
+    fe = front_end()
+    assert fe.ask(warm := connect(fe.under_test.port), "k") == b"v"  # the loop's threads started
+    before = threading.active_count()
+    held = [connect(fe.under_test.port) for _ in range(40)]
+    try:
+        for sock in held:
+            assert fe.ask(sock, "k") == b"v"
+        assert threading.active_count() <= before + 2  # a spare thread or two at most, not 40
+        for sock in held:
+            assert fe.ask(sock, "k") == b"v"  # each one kept, and served again
+    finally:
+        for sock in held + [warm]:
+            sock.close()
+
+
 def _concurrent_reads(fe: HttpFrontEnd | RespFrontEnd, clients: int, parallel: int) -> None:
     """`clients` connections ask at once; exactly `parallel` get inside, the rest queue."""
     server = fe.under_test.thread.server

@@ -155,3 +155,12 @@ def test_misspelled_names_in_the_env_file_are_named_with_the_setting_meant(tmp_p
     env_file.write_text("REDIS_URI=redis://127.0.0.1:6379/0\nCACHE_TTL=5\nMY_APP_SECRET=x\n")
     assert misspelled({"PATH": "/bin", "HTTP_PROXY": "", "HOME": "/root"}, str(env_file)) == [
         "REDIS_URI (in .env) is not a setting; did you mean REDIS_URL?"]
+
+
+def test_http_workers_defaults_to_one_per_core_and_auto_says_so():
+    assert load_settings({}, env_file=None).http_workers == (os.cpu_count() or 1)
+    assert load_settings({"HTTP_WORKERS": "auto"}, env_file=None).http_workers == (os.cpu_count() or 1)
+    assert load_settings({"HTTP_WORKERS": "3"}, env_file=None).http_workers == 3
+    with pytest.raises(ConfigError) as refused:
+        load_settings({"HTTP_WORKERS": "0"}, env_file=None)
+    assert "HTTP_WORKERS" in str(refused.value.problems)
