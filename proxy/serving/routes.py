@@ -26,7 +26,7 @@ from proxy.serving.accept import wants_json
 from proxy.serving.auth import Authenticator
 from proxy.serving.query import BAD_PERCENT, PURGE_FIELDS, QUERY_FIELDS
 from proxy.serving.request_head import Fields
-from proxy.serving.site import Site
+from proxy.serving.site import Site, Sites
 from proxy.serving.sockets import DeadlineReader, Gate
 
 # A client must read a large answer at least this fast (bytes/s), or the send times out.
@@ -71,7 +71,7 @@ class Server(Protocol):
     @property
     def proxy(self) -> Proxy: ...
     @property
-    def site(self) -> Site: ...
+    def sites(self) -> Sites: ...
     @property
     def authenticator(self) -> Authenticator: ...
     @property
@@ -97,6 +97,10 @@ class Routes:
     rfile: io.BufferedReader
     _reader: DeadlineReader
     _unread_body: bool
+    # The request's host (site.host_name: no port, lower case) and the Site it picked; None
+    # when ORIGINS lists no site for it (the proxy's own routes still answer).
+    site_host: str
+    site: Site | None
     _reply: Callable[[int, bytes, dict[str, str] | list[tuple[str, str]]], None]
     _reply_json: Callable[..., None]
     _reply_result: Callable[[CacheResult], None]
@@ -111,11 +115,13 @@ class Routes:
         if self.command == "CONNECT":
             raise MethodNotAllowed("CONNECT is not supported: this is a reverse proxy, not a "
                                    "tunnel", headers={"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE"})
-        site, server = self.server.site, self.server
+        site, server = self.site, self.server
+        assert site is not None  # handler.dispatch answers 421 for a host of no site
         url = site.target(path, query)
         request = ClientRequest.of(
             self.command, self.headers.items(),
-            site.forwarded(self.headers, self.client_address[0], server.authenticator.is_own))
+            site.forwarded(self.headers, self.client_address[0], server.authenticator.is_own,
+                           self.site_host))
         # RFC 9111 §3.5: an answer to a request with credentials is the credential holder's.
         cached = self.command in ("GET", "HEAD") and not any(
             name.lower() == "authorization" for name in request.forwarded)
@@ -195,7 +201,15 @@ class Routes:
             soft = fields.get("soft", "false")
             if soft not in ("true", "false"):
                 raise BadRequest("soft must be true or false", error="bad query")
-            removed = proxy.purge(url, key, params, tag=fields.get("tag"), soft=soft == "true")
+            tag = fields.get("tag")
+            if self.site is not None and self.site.origin:
+                # Purges are the site's: the Host's origin is the tag's, and `url=/path` its page.
+                if url is None and tag is not None:
+                    url = self.site.origin
+                elif url is not None and url[:1] == "/":
+                    path, _, query = url.partition("?")
+                    url = self.site.target(path, query)
+            removed = proxy.purge(url, key, params, tag=tag, soft=soft == "true")
             self._reply_json(200, {"purged": removed})
             return
         client = ClientRequest.reading(self.command, self.headers.items())
