@@ -249,8 +249,8 @@ class Settings:
                                "this origin (`http://host:port[/base]`) and cached; empty = off")
     origins: tuple[tuple[str, str], ...] = _setting(
         "ORIGINS", parsers.origins, (), "reverse",
-        "several sites: comma-separated `HOST=URL` pairs (`a.example=http://10.0.0.1:8081,"
-        "*.b.example=http://10.0.0.2:8082`); a request's `Host` (port ignored) picks its site's "
+        "several sites: comma-separated `HOST=URL` pairs, such as `a.example=http://10.0.0.1:8081`, "
+        "`*.b.example=http://10.0.0.2:8082`; a request's `Host` (port ignored) picks its site's "
         "origin, another `Host` is 421; instead of `ORIGIN_URL`")
     admin_prefix: str = _setting("ADMIN_PREFIX", parsers.prefix, "/_proxy", "reverse",
                                  "where the proxy's own routes answer (`/_proxy/health`, `/_proxy/?url=`); "
