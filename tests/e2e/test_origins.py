@@ -26,11 +26,12 @@ def second_origin():
 def sites_proxy(make_proxy, origin, second_origin):
     """A proxy for `a.example` (the `origin` fixture) and `*.b.example` (`second_origin`), built
     from ORIGINS as the settings read it and http_server wires it."""
-    def build(**environ):
-        settings = load_settings({"ORIGINS": f"a.example={origin.url('')},*.b.example={second_origin.url('')}",
-                                  **environ}, env_file=None)
+    def build(**options):
+        settings = load_settings({"ORIGINS": f"a.example={origin.url('')},*.b.example={second_origin.url('')}"},
+                                 env_file=None)
         return make_proxy(origins=[url for _, url in settings.origins],
-                          server_options={"sites": sites_of(settings), "authenticator": Authenticator(())})
+                          server_options={"sites": sites_of(settings), "authenticator": Authenticator(())},
+                          **options)
     return build
 
 
@@ -145,6 +146,12 @@ def test_a_purge_by_url_path_on_one_sites_host_purges_that_sites_page_only(sites
     assert [get(proxy.port, "/page?x=1", host).headers["X-Cache"] for host in ("a.example", "c.b.example")] == \
         ["MISS", "HIT"]
     assert (origin.hits["GET /page"], second_origin.hits["GET /page"]) == (2, 1)
+    # An absolute url= names its origin itself, whichever Host the purge comes on.
+    purged = get(proxy.port, "/_proxy/?url=" + quote(second_origin.url("/page?x=1"), safe=""), "a.example",
+                 method="DELETE")
+    assert (purged.status, purged.json()) == (200, {"purged": 1})
+    assert get(proxy.port, "/page?x=1", "c.b.example").headers["X-Cache"] == "MISS"
+    assert second_origin.hits["GET /page"] == 2
 
 
 def test_the_proxys_own_routes_answer_on_every_host_a_host_of_no_site_too(sites_proxy, origin, second_origin):
@@ -167,6 +174,14 @@ def test_a_redirect_from_any_sites_origin_is_relayed_not_followed(sites_proxy, s
     got = get(proxy.port, "/moved", "c.b.example")
     assert (got.status, got.headers["Location"]) == (302, "/elsewhere")
     assert second_origin.hits["GET /elsewhere"] == 0
+
+
+def test_each_sites_origin_is_fetched_through_the_upstream_policy(sites_proxy, origin, second_origin, r):
+    origin.serve("/page", b"private")
+    proxy = sites_proxy(allow_private=False)  # the policy's default: loopback refused
+    got = get(proxy.port, "/page", "a.example")
+    assert (got.status, got.json()["error"]) == (403, "url refused")
+    assert (len(origin.seen), r.dbsize()) == (0, 0)
 
 
 def curl(*args: str) -> subprocess.CompletedProcess:
@@ -204,6 +219,9 @@ def test_the_proxy_started_with_origins_serves_each_host_its_sites_page(origin, 
     ({"ORIGINS": "a.example=http://127.0.0.1:8081", "ORIGIN_URL": "http://127.0.0.1:8082"},
      "redis-proxy: bad setting ORIGINS and ORIGIN_URL are both set: expected one of them "
      "(ORIGIN_URL for one site whatever the Host, ORIGINS for a site per Host)\n"),
+    ({"ORIGINS": "a.example=http://127.0.0.1:8081", "PUBLIC_HOST": "www.example"},
+     "redis-proxy: bad setting ORIGINS and PUBLIC_HOST are both set: with ORIGINS each site's own "
+     "Host is sent as X-Forwarded-Host; leave PUBLIC_HOST empty\n"),
 ])
 def test_a_bad_origins_setting_stops_the_start_with_exit_2_and_the_reason(environ, message, tmp_path):
     done = run_proxy({"HTTP_PORT": str(free_port()), "RESP_PORT": "0", **environ})
