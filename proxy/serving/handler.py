@@ -229,8 +229,9 @@ class ProxyHandler(Routes, BaseHTTPRequestHandler):
             self.server.admit(path, self.client_address[0], self.headers)
             if path is None:
                 if self.site is None:
-                    raise MisdirectedRequest(f"no site of ORIGINS is {self.site_host or 'this host'!r}; "
-                                             "send the Host of one of the sites this proxy serves")
+                    named = f"is {self.site_host!r}" if self.site_host else "is named (no Host)"
+                    raise MisdirectedRequest(f"no site of ORIGINS {named}; send the Host of one "
+                                             "of the sites this proxy serves")
                 self.relay(target, query)
             elif self.command not in route_methods(path):
                 # RFC 9110 §15.5.6: Allow lists what this resource accepts, not the server.

@@ -76,6 +76,15 @@ def test_a_host_of_no_site_is_421_with_a_json_body_and_nothing_is_fetched_or_sto
     assert get(proxy.port, "/page", "a.example").body == b"page of a"  # still serving
 
 
+def test_an_http_1_0_request_without_a_host_is_421_on_a_sites_path(sites_proxy, origin):
+    answer = raw_exchange(sites_proxy().port, b"GET /page HTTP/1.0\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 421 Misdirected Request\r\n")
+    assert json.loads(body) == {"error": "unknown host", "detail": "no site of ORIGINS is named (no Host); "
+                                "send the Host of one of the sites this proxy serves"}
+    assert len(origin.seen) == 0
+
+
 def test_an_absolute_form_targets_authority_picks_the_site_over_the_host_field(sites_proxy, origin):
     origin.serve("/page", b"page of a")
     proxy = sites_proxy()
