@@ -23,13 +23,13 @@ from proxy.serving.auth import Authenticator, tokens_of
 from proxy.serving.handler import ProxyHandler, ProxyHTTPServer, make_server
 from proxy.serving.metrics import Metrics
 from proxy.serving.rate_limit import RateLimiter
-from proxy.serving.site import Site
+from proxy.serving.site import Site, Sites
 from proxy.serving.sockets import Gate, adopt_listener
 from proxy.serving.worker_metrics import WorkerPeers
 from redis_proxy import RedisProxy
 
 # The front end is named here too: callers and tests use http_server.make_server and its classes.
-__all__ = ["ProxyHTTPServer", "ProxyHandler", "make_server", "authenticator_of", "rate_limiter_of",
+__all__ = ["ProxyHTTPServer", "ProxyHandler", "make_server", "authenticator_of", "rate_limiter_of", "sites_of",
            "auth_fail_limiter_of", "start_front_ends", "serve_process", "check_config",
            "warm_cache", "run", "main"]
 
@@ -62,6 +62,18 @@ def auth_fail_limiter_of(settings: Settings) -> RateLimiter | None:
                        trusted_proxies=settings.trusted_proxies)
 
 
+def sites_of(settings: Settings) -> Sites:
+    """The sites the settings describe: one per host of ORIGINS, or ORIGIN_URL's for any Host
+    (none: the URL role alone)."""
+    def site(origin: str, name: str = "") -> Site:
+        return Site(origin, settings.admin_prefix, settings.max_body_bytes, settings.public_host,
+                    settings.trusted_proxies, name=name)
+
+    if settings.origins:
+        return Sites([site(url, host) for host, url in settings.origins])
+    return Sites.one(site(settings.origin_url))
+
+
 def start_front_ends(settings: Settings, proxy: RedisProxy,
                      authenticator: Authenticator | None = None,
                      listeners: list[socket.socket] | None = None,
@@ -82,20 +94,20 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
     if rate_limiter is None:  # not `or`: a limiter with no client yet has len() 0
         rate_limiter = rate_limiter_of(settings)
     metrics = Metrics(proxy, peers=WorkerPeers(metrics_folder) if metrics_folder else None)
-    site = Site(settings.origin_url, settings.admin_prefix, settings.max_body_bytes,
-                public_host=settings.public_host, trusted_proxies=settings.trusted_proxies)
+    sites = sites_of(settings)
     servers: list[Any] = [make_server(settings.http_host, 0 if listeners else settings.http_port,
                            proxy, **limits, authenticator=authenticator,
                            rate_limiter=rate_limiter, access_log=AccessLog(settings.access_log),
                            get_format=settings.get_format,
                            not_found_body=settings.not_found_body.encode() or None,
-                           metrics=metrics, site=site)]
+                           metrics=metrics, sites=sites)]
     if listeners:
         adopt_listener(servers[0], listeners[0])
     process_log.info("HTTP on http://%s:%d", settings.http_host, servers[0].port)
-    if site.origin:
-        process_log.info("reverse proxy for %s; the proxy's own routes under %s", site.origin,
-                         site.admin_prefix)
+    for site in sites.sites:
+        if site.origin:
+            process_log.info("reverse proxy for %s%s; the proxy's own routes under %s",
+                             f"{site.name} at " if site.name else "", site.origin, site.admin_prefix)
     if settings.resp_port:
         try:
             servers.append(resp_server.make_server(settings.http_host,

@@ -25,7 +25,7 @@ GROUPS = {
     "front": ("Front ends", "where the proxy listens and how many clients it serves at once"),
     "caching": ("Caching", "how long entries live in Redis and in the local L1 cache"),
     "upstream": ("Upstream", "which URLs may be fetched, and the limits on a fetch"),
-    "reverse": ("Reverse proxy", "ORIGIN_URL puts the proxy in front of one site, as nginx or Varnish"),
+    "reverse": ("Reverse proxy", "ORIGIN_URL puts the proxy in front of one site, ORIGINS in front of several, as nginx or Varnish"),
     "security": ("Security", "tokens, trusted reverse proxies and rate limits"),
     "logging": ("Logging", "where the log goes and how much of it"),
 }
@@ -53,7 +53,7 @@ def _stale_if_error_default(settings: "Settings", given: frozenset[str]) -> floa
 def _default_freshness_default(settings: "Settings", given: frozenset[str]) -> str:
     # In front of a site (ORIGIN_URL) the origin's headers decide, as in nginx or Varnish; the
     # URL role keeps the card's CACHE_TTL for a response that states nothing.
-    return "rfc" if settings.origin_url else "ttl"
+    return "rfc" if settings.origin_url or settings.origins else "ttl"
 
 
 def _rfc_mode(settings: "Settings", given: frozenset[str]) -> bool:
@@ -199,7 +199,7 @@ class Settings:
                                       "a response stating no freshness: `ttl` = fresh for `CACHE_TTL`; "
                                       "`rfc` = heuristic (RFC 9111 §4.2.2), else revalidated before use",
                                       derive=_default_freshness_default,
-                                      shown="`ttl`, or `rfc` with `ORIGIN_URL`")
+                                      shown="`ttl`, or `rfc` with `ORIGIN_URL` or `ORIGINS`")
     cache_ttl_caps_origin: bool = _setting("CACHE_TTL_CAPS_ORIGIN", parsers.boolean, True, "caching",
                                            "`CACHE_TTL` also caps the freshness an origin states "
                                            "(`s-maxage`, `max-age`, `Expires`)",
@@ -249,15 +249,21 @@ class Settings:
     origin_url: str = _setting("ORIGIN_URL", parsers.origin, "", "reverse",
                                "reverse-proxy mode: a path that is not under `ADMIN_PREFIX` is fetched from "
                                "this origin (`http://host:port[/base]`) and cached; empty = off")
+    origins: tuple[tuple[str, str], ...] = _setting(
+        "ORIGINS", parsers.origins, (), "reverse",
+        "several sites: comma-separated `HOST=URL` pairs, such as `a.example=http://10.0.0.1:8081`, "
+        "`*.b.example=http://10.0.0.2:8082`; a request's `Host` (port ignored) picks its site's "
+        "origin, another `Host` is 421; instead of `ORIGIN_URL`")
     admin_prefix: str = _setting("ADMIN_PREFIX", parsers.prefix, "/_proxy", "reverse",
                                  "where the proxy's own routes answer (`/_proxy/health`, `/_proxy/?url=`); "
-                                 "without `ORIGIN_URL` they answer at the root too")
+                                 "without `ORIGIN_URL` or `ORIGINS` they answer at the root too")
     max_body_bytes: int = _setting("MAX_BODY_BYTES", parsers.size, 1024**2, "reverse",
                                    "largest request body passed through to the origin (POST, PUT...); a "
                                    "larger one is 413")
     public_host: str = _setting("PUBLIC_HOST", parsers.host, "", "reverse",
                                 "the site's public host name, sent to the origin as `X-Forwarded-Host` "
-                                "(the client's `Host` never is); empty = the origin's own host")
+                                "(the client's `Host` never is); empty = the origin's own host; "
+                                "not with `ORIGINS` (each site's own `Host` is sent)")
     trusted_proxies: tuple[str, ...] = _setting("TRUSTED_PROXIES", parsers.networks, (), "security",
                                                 "addresses or CIDR networks of reverse proxies whose "
                                                 "`X-Forwarded-For` is believed (and, in reverse-proxy "
@@ -315,6 +321,12 @@ def _cross_checks(settings: Settings) -> list[str]:
     if len(stores) > 1:
         problems.append(f"{' and '.join(stores)}: expected only one way to reach Redis "
                         "(a URL, a cluster or Sentinel)")
+    if settings.origins and settings.origin_url:
+        problems.append("ORIGINS and ORIGIN_URL are both set: expected one of them (ORIGIN_URL "
+                        "for one site whatever the Host, ORIGINS for a site per Host)")
+    if settings.origins and settings.public_host:
+        problems.append("ORIGINS and PUBLIC_HOST are both set: with ORIGINS each site's own Host "
+                        "is sent as X-Forwarded-Host; leave PUBLIC_HOST empty")
     if settings.redis_sentinels and not settings.redis_sentinel_master.strip():
         problems.append("REDIS_SENTINELS is set: expected REDIS_SENTINEL_MASTER, the name the "
                         "sentinels monitor the primary under")
@@ -388,11 +400,12 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
             continue  # unset or empty: the default
         try:
             kwargs[field.name] = parse(raw.strip() if parse is not parsers.text else raw)
-        except ValueError:
+        except ValueError as exc:
             # The value of a secret is never echoed back.
             shown = "<hidden>" if "PASSWORD" in name or "TOKEN" in name else repr(raw)
             source = " (from the command line)" if overrides and name in overrides else ""
-            problems.append(f"{name}={shown}{source}: expected {parse.expected}")
+            problems.append(f"{name}={shown}{source}: expected {parse.expected}"
+                            + (f"; {exc}" if isinstance(exc, parsers.Invalid) else ""))
     settings = Settings(**kwargs) if not problems else None
     if settings is not None:
         given = frozenset(kwargs)

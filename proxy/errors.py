@@ -67,6 +67,13 @@ class PayloadTooLarge(ProxyError):
     status, error = 413, "upstream body too large"
 
 
+class MisdirectedRequest(ProxyError):
+    """ORIGINS lists no site for the request's Host (RFC 9110 §15.5.20: this server does not
+    answer for that authority)."""
+
+    status, error = 421, "unknown host"
+
+
 class URITooLong(ProxyError):
     status, error = 414, "uri too long"
 

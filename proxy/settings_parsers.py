@@ -220,6 +220,50 @@ origin.expected = ("an http:// or https:// URL with a host and optionally a port
                     "no user, query or fragment")
 
 
+class Invalid(ValueError):
+    """A bad value whose message names the part that is wrong (a pair of a list), so the
+    settings error can say which; the message never holds more than that part."""
+
+
+# An ORIGINS host: a DNS name (RFC 1123 labels; `_` tolerated as resolvers do), optionally
+# `*.` before it for its subdomains, or an IPv6 literal in brackets; lower case, no port.
+_SITE_HOST = re.compile(r"(\*\.)?[a-z0-9_](?:[a-z0-9_\-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_\-]*[a-z0-9_])?)*"
+                        r"|\[[0-9a-f:.]+\]")
+
+
+def site_host(raw: str) -> str:
+    """A Host as ORIGINS matches it: lower-cased (DNS names are case-insensitive, RFC 4343),
+    one trailing dot dropped (`a.example.` is the fully qualified `a.example`)."""
+    name = raw.strip().lower()
+    return name[:-1] if name.endswith(".") and not name.endswith("..") else name
+
+
+def origins(raw: str) -> tuple[tuple[str, str], ...]:
+    """`a.example=http://127.0.0.1:8081,*.b.example=http://127.0.0.1:8082`: (host, origin URL)
+    pairs in the order given, each URL as ORIGIN_URL's (`origin`); a host given twice is a
+    mistake (which of the two would be meant?)."""
+    pairs: list[tuple[str, str]] = []
+    for word in words(raw):
+        name, equals, url = word.partition("=")
+        host = site_host(name)
+        if not equals or not _SITE_HOST.fullmatch(host):
+            raise Invalid(f"{word!r}: expected HOST=URL, HOST a host name or *.suffix without a port")
+        try:
+            pairs.append((host, origin(url)))
+        except ValueError:
+            raise Invalid(f"{word!r}: expected the URL to be {origin.expected}") from None  # type: ignore[attr-defined]
+        if host in (seen for seen, _ in pairs[:-1]):
+            raise Invalid(f"{word!r}: {host} is given twice; give each host one origin")
+    if not pairs:
+        raise ValueError
+    return tuple(pairs)
+
+
+origins.expected = ("comma-separated HOST=URL pairs (HOST a host name, or *.suffix for its "  # type: ignore[attr-defined]
+                    "subdomains; URL as ORIGIN_URL's)")
+origins.show = lambda pairs: ",".join(f"{host}={url}" for host, url in pairs)  # type: ignore[attr-defined]
+
+
 def host(raw: str) -> str:
     """`www.example.com[:port]` (RFC 9110 §7.2 uri-host, an IPv6 literal in brackets): a Host
     value sent as it is, so nothing that could split or bend a header."""

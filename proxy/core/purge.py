@@ -146,8 +146,10 @@ class Purging:
                             url.partition("?")[0], response.status, exc.detail)
 
     def _relays(self, target: str) -> bool:
-        """Whether `target` is the origin's, whose redirects go to the client as they are."""
-        return bool(self.limits.origin) and cache_keys.same_origin(target, self.limits.origin)
+        """Whether `target` is a site's origin's (ORIGIN_URL's, or one of ORIGINS'), whose
+        redirects go to the client as they are."""
+        return any(cache_keys.same_origin(target, origin)
+                   for origin in (self.limits.origin, *self.limits.origins) if origin)
 
     def _purge_hard(self, urls: list[str], redis_keys: list[str]) -> int:
         """Delete and mark `redis_keys` (the URLs' keys and their variants); then the variants

@@ -29,8 +29,9 @@ class UrlLimits:
     stale_if_error: float = 300.0
     stale_while_revalidate: float = 0.0
     # ORIGIN_URL in reverse-proxy mode: a redirect from this origin is the answer, relayed to
-    # the client, never followed; "" in the URL role alone.
+    # the client, never followed; "" in the URL role alone. The default origin of a tag purge.
     origin: str = ""
+    origins: tuple[str, ...] = ()  # ORIGINS' origin URLs: their redirects are relayed likewise
     # Fraction of freshness after which a hit starts one background refresh; 0 = off.
     refresh_ahead: float = 0.0
     # Response headers whose tags index the entry for purge by tag (lower case); () = off.

@@ -12,7 +12,14 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 from proxy.cache.result import HIT, CacheResult, PlainHit, cache_status, hit_status
-from proxy.errors import HeadersTooLarge, MethodNotAllowed, NotFound, ProxyError, URITooLong
+from proxy.errors import (
+    HeadersTooLarge,
+    MethodNotAllowed,
+    MisdirectedRequest,
+    NotFound,
+    ProxyError,
+    URITooLong,
+)
 from proxy.serving import dashboard
 from proxy.serving.access_log import AccessLog, masked_target
 from proxy.serving.auth import Authenticator
@@ -28,9 +35,9 @@ from proxy.serving.reply import UNSAFE_HEADER_VALUE as _UNSAFE_HEADER_VALUE
 from proxy.serving.reply import json_bytes as _json_bytes
 from proxy.serving.request_head import Fields, head_ready, read_head
 from proxy.serving.routes import MIN_SEND_RATE, Proxy, Routes
-from proxy.serving.site import Site
+from proxy.serving.site import Site, Sites, host_name
 from proxy.serving.sockets import DeadlineReader, Gate, linger
-from proxy.serving.syntax import body_framing_error, has_body, host_error, origin_form
+from proxy.serving.syntax import authority, body_framing_error, has_body, host_error, origin_form
 
 # The name these lines had before the front end moved out of http_server.py; kept so a log
 # filter or LOG_FORMAT's %(name)s still finds them.
@@ -63,13 +70,15 @@ class ProxyHTTPServer(LoopServerMixIn, HTTPServer):
                  keepalive_timeout: float = 15.0, authenticator: Authenticator | None = None,
                  rate_limiter: RateLimiter | None = None, metrics: Metrics | None = None,
                  parallel: Gate | None = None, access_log: AccessLog | None = None,
-                 site: Site | None = None, get_format: str = "raw",
+                 site: Site | None = None, sites: Sites | None = None, get_format: str = "raw",
                  not_found_body: bytes | None = None):
         self.proxy = proxy
         self.get_format = get_format  # GET_FORMAT: /get/<key>'s form when Accept leaves it open
         self.not_found_body = not_found_body  # NOT_FOUND_BODY: /get/<key>'s 404 body; None = ours
         self.access_log = access_log or AccessLog()  # on, when the logger takes INFO
-        self.site = site or Site()  # no origin: the URL role alone
+        # The site a request is for (Sites.pick); `site`: the one site whatever the Host (no
+        # origin: the URL role alone).
+        self.sites = sites or Sites.one(site or Site())
         self.metrics = metrics or Metrics(proxy)
         self.authenticator = authenticator or Authenticator()  # no tokens: open
         self.rate_limiter = rate_limiter  # None: no limit
@@ -229,9 +238,17 @@ class ProxyHandler(Routes, BaseHTTPRequestHandler):
         self._status = 0
         try:
             target, _, query = (self.path if self.path[:1] == "/" else origin_form(self.path)).partition("?")
-            path = self.server.site.route(target)
+            sites = self.server.sites
+            # RFC 9112 §3.2.2: an absolute-form target's authority stands for the Host field.
+            self.site_host = host_name(authority(self.path) or self.headers.get("Host"))
+            self.site = sites.pick(self.site_host)
+            path = sites.route(target)
             self.server.admit(path, self.client_address[0], self.headers)
             if path is None:
+                if self.site is None:
+                    named = f"is {self.site_host!r}" if self.site_host else "is named (no Host)"
+                    raise MisdirectedRequest(f"no site of ORIGINS {named}; send the Host of one "
+                                             "of the sites this proxy serves")
                 self.relay(target, query)
             elif self.command not in route_methods(path):
                 # RFC 9110 §15.5.6: Allow lists what this resource accepts, not the server.

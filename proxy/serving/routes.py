@@ -27,7 +27,7 @@ from proxy.serving.accept import wants_json
 from proxy.serving.auth import Authenticator
 from proxy.serving.query import BAD_PERCENT, PURGE_FIELDS, QUERY_FIELDS
 from proxy.serving.request_head import Fields
-from proxy.serving.site import Site
+from proxy.serving.site import Site, Sites
 from proxy.serving.sockets import DeadlineReader, Gate
 
 # A client must read a large answer at least this fast (bytes/s), or the send times out.
@@ -77,7 +77,7 @@ class Server(Protocol):
     @property
     def proxy(self) -> Proxy: ...
     @property
-    def site(self) -> Site: ...
+    def sites(self) -> Sites: ...
     @property
     def authenticator(self) -> Authenticator: ...
     @property
@@ -103,6 +103,10 @@ class Routes:
     rfile: io.BufferedReader
     _reader: DeadlineReader
     _unread_body: bool
+    # The request's host (site.host_name: no port, lower case) and the Site it picked; None
+    # when ORIGINS lists no site for it (the proxy's own routes still answer).
+    site_host: str
+    site: Site | None
     _reply: Callable[[int, bytes, dict[str, str] | list[tuple[str, str]]], None]
     _reply_json: Callable[..., None]
     _reply_result: Callable[[CacheResult], None]
@@ -118,12 +122,13 @@ class Routes:
         if not path.startswith("/"):
             raise BadRequest("give the request target in origin-form: a path starting with '/'",
                              error="bad target")
-        site, server = self.server.site, self.server
+        site, server = self.site, self.server
+        assert site is not None  # handler.dispatch answers 421 for a host of no site
         url = site.target(path, query)
 
         def client() -> ClientRequest:
             return ClientRequest.of(self.command, self.headers.items(), site.forwarded(
-                self.headers, self.client_address[0], server.authenticator.is_own))
+                self.headers, self.client_address[0], server.authenticator.is_own, self.site_host))
 
         reads = self.command in ("GET", "HEAD")
         # The body is read before a MAX_PARALLEL slot is taken: a slow upload holds only its own.
@@ -224,7 +229,15 @@ class Routes:
             soft = fields.get("soft", "false")
             if soft not in ("true", "false"):
                 raise BadRequest("soft must be true or false", error="bad query")
-            removed = proxy.purge(url, key, params, tag=fields.get("tag"), soft=soft == "true")
+            tag = fields.get("tag")
+            if self.site is not None and self.site.origin:
+                # Purges are the site's: the Host's origin is the tag's, and `url=/path` its page.
+                if url is None and tag is not None:
+                    url = self.site.origin
+                elif url is not None and url[:1] == "/":
+                    path, _, query = url.partition("?")
+                    url = self.site.target(path, query)
+            removed = proxy.purge(url, key, params, tag=tag, soft=soft == "true")
             self._reply_json(200, {"purged": removed})
             return
         if self._plain_hit(lambda codings: proxy.plain_hit(url, key, params, codings) if url is not None
@@ -251,7 +264,7 @@ class Routes:
             self._reply_json(200, {"bans": [{"host": ban.host or "*", "path": ban.path, "at": ban.at}
                                             for ban in proxy.bans()]}, {"Cache-Control": "no-store"})
             return
-        host, path = ban_fields(fields, self.server.site)
+        host, path = ban_fields(fields, self.site)  # the request's site (ORIGINS: by its Host)
         made, count = proxy.ban(host, path)
         self._reply_json(200, {"banned": {"host": made.host or "*", "path": made.path, "at": made.at},
                                "bans": count})
@@ -309,7 +322,7 @@ _BAN_PATH = re.compile(r"[/*][!-~]*")  # visible ASCII, from '/' (or a leading '
 _BAN_HOST = re.compile(r"[a-z0-9*?.\[\]-]+")
 
 
-def ban_fields(fields: dict[str, str], site: Site) -> tuple[str, str]:
+def ban_fields(fields: dict[str, str], site: Site | None) -> tuple[str, str]:
     """The (host, path) globs of a ban request, checked; in reverse-proxy mode the site's."""
     if any(name not in ("path", "host") for name in fields):
         unknown = sorted(set(fields) - {"path", "host"})[0]
@@ -324,7 +337,7 @@ def ban_fields(fields: dict[str, str], site: Site) -> tuple[str, str]:
     if host and (len(host) > MAX_BAN_GLOB or not _BAN_HOST.fullmatch(host)):
         raise BadRequest("host must be a host name or a glob of one (letters, digits, '.', '-', "
                          "'*'), without scheme or port", error="bad ban")
-    if site.origin:
+    if site is not None and site.origin:
         if host:
             raise BadRequest("in reverse-proxy mode a ban is the site's: give path= alone",
                              error="bad ban")

@@ -1,7 +1,10 @@
-"""Reverse-proxy mode: which paths are the origin's, the URL each maps to, and what is forwarded."""
+"""Reverse-proxy mode: which paths are the origin's, the URL each maps to, and what is forwarded;
+with ORIGINS, which site a request's Host names."""
 
+import dataclasses
 import functools
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -29,6 +32,9 @@ SPOOFABLE = frozenset({"forwarded", "x-real-ip", "x-client-ip", "true-client-ip"
                        "x-http-method", "x-method-override"})
 FORWARDED_PREFIX = "x-forwarded-"
 PROTOCOLS = ("http", "https")  # the X-Forwarded-Proto values a trusted proxy may pass on
+# A host name of non-empty labels: what a subdomain must be to match a `*.suffix` of ORIGINS
+# (it is then sent as X-Forwarded-Host, so nothing else, `evil/x.b.example`, may pass).
+_HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_\-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_\-]*[a-z0-9_])?)*")
 
 
 # Site.target remembers this many targets of at most this many bytes (path and query).
@@ -44,13 +50,15 @@ def _target(origin: str, path: str, query: str) -> str:
 @dataclass(frozen=True)
 class Site:
     """ORIGIN_URL ("" = the URL role alone), ADMIN_PREFIX, MAX_BODY_BYTES, PUBLIC_HOST and
-    TRUSTED_PROXIES: which paths are the origin's, and what a request for it forwards."""
+    TRUSTED_PROXIES: which paths are the origin's, and what a request for it forwards. `name`:
+    the host (or `*.suffix`) of ORIGINS this site answers for; "" for ORIGIN_URL's, any Host."""
 
     origin: str = ""
     admin_prefix: str = DEFAULT_ADMIN_PREFIX
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     public_host: str = ""  # "": the origin's own host
     trusted_proxies: tuple[str, ...] = ()
+    name: str = ""
     _clients: ClientAddress = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -83,11 +91,12 @@ class Site:
         return _target.__wrapped__(self.origin, path, query)
 
     def forwarded(self, headers: Fields, peer: str,
-                  is_own_credential: Callable[[str], bool]) -> dict[str, str]:
+                  is_own_credential: Callable[[str], bool], host: str = "") -> dict[str, str]:
         """The request fields sent to the origin, as nginx sets them in front of a site:
         end-to-end fields only (RFC 9110 §7.6.1), never the proxy's own bearer token; `Host`
         the origin's; `X-Forwarded-Host` PUBLIC_HOST (else the origin's host), never the
-        client's Host. From a peer in TRUSTED_PROXIES its forwarding fields pass, its
+        client's Host, unless this is a site of ORIGINS: then `host`, the request's host name
+        that picked it (`host_name`), which the operator listed. From a peer in TRUSTED_PROXIES its forwarding fields pass, its
         `X-Forwarded-For` chain gets the peer appended (nginx's $proxy_add_x_forwarded_for)
         and its `X-Forwarded-Proto` (http or https) is kept; from any other peer they are
         dropped (SPOOFABLE, every X-Forwarded-*), `X-Forwarded-For` is the peer's address and
@@ -108,9 +117,66 @@ class Site:
                   for lower, parts in values.items()}
         chain = fields.pop(names.get("x-forwarded-for", "X-Forwarded-For"), "")
         proto = fields.pop(names.get("x-forwarded-proto", "X-Forwarded-Proto"), "").strip().lower()
-        host = urlsplit(self.origin).netloc
+        client_host, host = host, urlsplit(self.origin).netloc
         fields["Host"] = host
         fields["X-Forwarded-For"] = f"{chain}, {peer}" if chain else peer
         fields["X-Forwarded-Proto"] = proto if proto in PROTOCOLS else "http"
-        fields["X-Forwarded-Host"] = self.public_host or host
+        fields["X-Forwarded-Host"] = self.public_host or (self.name and client_host) or host
         return fields
+
+
+def host_name(value: str | None) -> str:
+    """The host a request names, as ORIGINS matches it: its Host field (or the authority of an
+    absolute-form target) without the port, lower-cased (RFC 4343), one trailing dot dropped
+    (`a.example.` is the fully qualified `a.example`); "" when there is none."""
+    value = (value or "").strip().lower()
+    if value.startswith("["):  # an IPv6 literal keeps its brackets (RFC 3986 §3.2.2)
+        name = value[:value.find("]") + 1]
+    else:
+        name = value.partition(":")[0]
+    return name[:-1] if name.endswith(".") else name
+
+
+class Sites:
+    """The Site a request is for. ORIGINS: one Site per listed host (its `name`), an exact name
+    before the longest `*.suffix` that matches (a wildcard matches subdomains only, as a
+    certificate's does, RFC 6125 §6.4.3), None for any other host; else the one Site, without a
+    name (ORIGIN_URL's, or the URL role's without an origin), whatever the Host. The proxy's
+    own routes are the same for all (one ADMIN_PREFIX)."""
+
+    def __init__(self, sites: Sequence[Site] = ()):
+        self.sites = tuple(sites) or (Site(),)
+        self.any_host = self.sites[0] if not self.sites[0].name else None
+        self.exact = {site.name: site for site in self.sites if site.name and site.name[:2] != "*."}
+        # Longest first: `*.x.b.example` is more specific than `*.b.example`.
+        self.wildcards = sorted(((site.name[1:], site) for site in self.sites if site.name[:2] == "*."),
+                                key=lambda pair: -len(pair[0]))
+
+    @classmethod
+    def one(cls, site: Site) -> "Sites":
+        """ORIGIN_URL's form: `site` for any Host."""
+        return cls((dataclasses.replace(site, name=""),))
+
+    @property
+    def admin_prefix(self) -> str:
+        return self.sites[0].admin_prefix
+
+    @property
+    def origins(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(site.origin for site in self.sites if site.origin))
+
+    def route(self, path: str) -> str | None:
+        """Site.route: the proxy's own route `path` names, None when it is a site's path."""
+        return self.sites[0].route(path)
+
+    def pick(self, host: str) -> Site | None:
+        """The Site for `host` (as `host_name` gives it); None when ORIGINS lists no match."""
+        if self.any_host is not None:
+            return self.any_host
+        site = self.exact.get(host)
+        if site is not None:
+            return site
+        for suffix, site in self.wildcards:
+            if host.endswith(suffix) and _HOST_NAME.fullmatch(host[:-len(suffix)]):
+                return site
+        return None

@@ -45,12 +45,20 @@ def valid_header_line(line: bytes) -> bool:
 
 def origin_form(target: str) -> str:
     """The path and query of a request-target. RFC 9112 §3.2.2: a server MUST accept the
-    absolute-form; its authority is ignored (this is not a forward proxy)."""
+    absolute-form; its authority names no other server (this is not a forward proxy), only,
+    with ORIGINS, the site (`authority`)."""
     match = _ABSOLUTE_FORM.match(target)
     if match is None:
         return target
     rest = target[match.end():]
     return rest if rest.startswith("/") else "/" + rest
+
+
+def authority(target: str) -> str | None:
+    """The authority of an absolute-form request-target (`http://a.example:8080/x` ->
+    `a.example:8080`), None for any other form."""
+    match = _ABSOLUTE_FORM.match(target)
+    return None if match is None else match.group(0).partition("://")[2]
 
 
 def host_error(headers: Message, version: str) -> str | None:
