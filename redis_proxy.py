@@ -316,13 +316,16 @@ def rules_of(settings: Settings) -> Rules:
         return NO_RULES
     try:
         with open(path, "rb") as file:
-            text = file.read().decode("utf-8")
+            data = file.read()
     except OSError as exc:
         raise ConfigError([f"RULES_FILE={path}: cannot be read ({exc.strerror}); expected a "
                            "readable TOML file of [[rule]] tables"]) from exc
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError([f"RULES_FILE={path}: byte {exc.start} is not UTF-8; expected a "
-                           "TOML file, which is UTF-8"]) from exc
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError([f"RULES_FILE={path}: line {line}: byte 0x{data[exc.start]:02x} is not "
+                           "UTF-8; expected a TOML file, which is UTF-8"]) from exc
     try:
         return parse_rules(text, max_stale=settings.cache_stale_ttl)
     except RulesError as exc:

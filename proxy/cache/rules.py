@@ -261,7 +261,8 @@ def _rule(table: dict[str, Any], where: tuple[int, dict[str, int]], problems: li
     key_headers = _names("key_headers", table.get("key_headers"), problem,
                          "request header names", _TOKEN)
     if ignore is not None and keep is not None:
-        problem("keep_query", "both ignore_query and keep_query in one rule",
+        later = max(("ignore_query", "keep_query"), key=lambda name: keys.get(name, header))
+        problem(later, "both ignore_query and keep_query in one rule",
                 "one of them: the parameters left out of the cache key, or the ones kept")
     if timing.ttl_min is not None and timing.ttl_max is not None and timing.ttl_min > timing.ttl_max:
         problem("ttl_min", f"ttl_min = {timing.ttl_min:g} is more than ttl_max = {timing.ttl_max:g}",
