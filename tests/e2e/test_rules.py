@@ -26,9 +26,9 @@ def ruled(make_proxy, text: str, **options):
 @pytest.fixture
 def site_proxy(make_proxy, origin):
     """A proxy in front of `origin` (ORIGIN_URL) with the given rules."""
-    def build(text: str, **options):
-        return make_proxy(origin=origin.url(""), rules=parse_rules(text),
-                          server_options={"site": Site(origin.url(""))}, **options)
+    def build(text: str, base: str = "", **options):
+        return make_proxy(origin=origin.url(base), rules=parse_rules(text),
+                          server_options={"site": Site(origin.url(base))}, **options)
     return build
 
 
@@ -247,6 +247,25 @@ def test_in_the_url_role_a_rules_host_is_the_urls_host(upstream, make_proxy):
     other = ruled(make_proxy, '[[rule]]\nhost = "localhost"\nbypass = true\n')
     assert request(proxy.port, q(url)).headers["X-Cache"] == "BYPASS"
     assert request(other.port, q(url)).headers["X-Cache"] == "MISS"
+
+
+# ----- paths -------------------------------------------------------------------------------------
+
+
+def test_a_rules_path_matches_the_normalised_path_sent_upstream(upstream, make_proxy):
+    upstream.serve("/static/app.js", b"js")
+    proxy = ruled(make_proxy, '[[rule]]\npath = "/static/"\nbypass = true\n')
+    for path in ("/%73tatic/app.js", "/x/../static/app.js"):
+        assert request(proxy.port, q(upstream.url(path))).headers["X-Cache"] == "BYPASS"
+    assert request(proxy.port, q(upstream.url("/STATIC/app.js"))).headers["X-Cache"] == "MISS"
+
+
+def test_in_reverse_proxy_mode_a_rules_path_includes_the_origins_base_path(site_proxy, origin):
+    origin.counter("/base/cart")
+    proxy = site_proxy('[[rule]]\npath = "/base/cart"\nbypass = true\n', base="/base")
+    assert request(proxy.port, "/cart").headers["X-Cache"] == "BYPASS"
+    other = site_proxy('[[rule]]\npath = "/cart"\nbypass = true\n', base="/base")
+    assert request(other.port, "/cart").headers["X-Cache"] == "MISS"
 
 
 # ----- a bad file: the process refuses to start ------------------------------------------------------

@@ -1,6 +1,9 @@
 """RULES_FILE (proxy.cache.rules): parsing, every check at its boundary with its line, matching
 by host and path, merging in file order, and the freshness a rule gives (Policy.ruled)."""
 
+import os
+import re
+
 import pytest
 
 from load_env import load_settings
@@ -8,6 +11,7 @@ from proxy.cache.freshness import Policy
 from proxy.cache.rules import MAX_SECONDS, RulesError, Timing, parse_rules, site_host
 from proxy.errors import ConfigError
 from redis_proxy import rules_of
+from servers import ROOT
 
 EXPECTED_KEYS = ("host, path, status, ttl, ttl_min, ttl_max, stale_while_revalidate, "
                  "stale_if_error, bypass, ignore_query, keep_query, key_headers")
@@ -27,6 +31,22 @@ def one_rule(body: str) -> str:
 
 
 # ----- parsing ------------------------------------------------------------------------------------
+
+
+def test_the_readmes_example_parses_and_does_what_its_comments_say():
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    example = re.search(r"### Rules per path\n.*?```toml\n(.*?)```", readme, re.S).group(1)
+    rules = parse_rules(example, max_stale=300)
+    assert len(rules.rules) == 5
+    page = rules.match("www.example.com", "/page")
+    assert page.key_query("id=7&utm_source=mail") == page.key_query("id=7&fbclid=x") == "id=7"
+    static = rules.match("www.example.com", "/static/app.js")
+    assert (static.timing(200), static.key_headers) == (Timing(ttl=86400, ttl_min=600), ("x-device",))
+    api = rules.match("api.example.com", "/api/v1/users.json")
+    assert (api.timing(200), api.timing(404)) == (Timing(), Timing(ttl=30, stale_if_error=0))
+    assert rules.match("example.com", "/api/v1/users.json").timing(404) == Timing()
+    assert rules.match("h", "/account/me").bypass and not rules.match("h", "/account/public/logo").bypass
+
 
 
 def test_a_rule_file_parses_into_rules_in_file_order_with_their_lines():
@@ -278,6 +298,7 @@ def test_ignored_query_parameters_are_left_out_of_the_key_query_by_name():
     assert decision.key_query("a=1&utm_source=x&fbclid=2&b&utm_=3") == "a=1&b"
     assert decision.key_query("utm_source=x") == "" and decision.key_query("") == ""
     assert decision.key_query("xutm_a=1&fbclidx=2") == "xutm_a=1&fbclidx=2"
+    assert decision.key_query("UTM_source=x&FBCLID=2") == "UTM_source=x&FBCLID=2"  # case matters
 
 
 def test_kept_query_parameters_alone_stay_in_the_key_query():
@@ -305,6 +326,12 @@ def test_ttl_min_and_ttl_max_bound_the_stated_freshness_ttl_max_in_place_of_cach
 
 def test_ttl_min_does_not_make_a_no_cache_response_fresh():
     assert Policy(ttl=3600).ruled(Timing(ttl_min=60)).lifetime({"cache-control": "no-cache"}, 0.0) == 0
+
+
+@pytest.mark.parametrize("cache_control, refusal", [("no-store", "no-store"), ("private", "private")])
+def test_a_rule_does_not_store_what_the_response_forbids(cache_control, refusal):
+    policy = Policy(ttl=3600).ruled(Timing(ttl=60, ttl_min=60))
+    assert policy.refusal(200, {"cache-control": cache_control}) == refusal
 
 
 def test_a_rules_ttl_stores_what_rfc_mode_would_refuse_as_having_no_freshness():
