@@ -138,7 +138,7 @@ class UrlCache(Coalescing, Storing, Purging, Ruling):
         if forwarded or demands.no_store:
             request = dataclasses.replace(request, forwarded=forwarded, store=not demands.no_store,
                                           credentials=any(name in CREDENTIALS for name, _ in forwarded))
-        if self.rules:  # the key and bypass decided here, before L1 or Redis is looked in
+        if self.rules.rules:  # the key and bypass decided here, before L1 or Redis is looked in
             request = self._ruled(request, key, client)
         result = represent(self._answer(request, demands), client.headers.get("accept-encoding"),
                            self.fetcher.max_bytes)
