@@ -26,7 +26,7 @@ from proxy.serving.rate_limit import RateLimiter
 from proxy.serving.site import Site, Sites
 from proxy.serving.sockets import Gate, adopt_listener
 from proxy.serving.worker_metrics import WorkerPeers
-from redis_proxy import RedisProxy
+from redis_proxy import RedisProxy, rules_of
 
 # The front end is named here too: callers and tests use http_server.make_server and its classes.
 __all__ = ["ProxyHTTPServer", "ProxyHandler", "make_server", "authenticator_of", "rate_limiter_of", "sites_of",
@@ -165,6 +165,7 @@ def check_config(settings: Settings) -> int:
     if problem:
         raise ConfigError([problem])
     authenticator_of(settings)  # reads AUTH_TOKENS_FILE
+    rules_of(settings)  # reads RULES_FILE
     sys.stdout.write(command_line.describe(settings))
     return 0
 
@@ -220,6 +221,7 @@ def run(argv: list[str] | None = None) -> int:
         if options.warm_file is not None:
             return warm_cache(settings, options)
         authenticator = authenticator_of(settings)  # reads AUTH_TOKENS_FILE; may warn
+        rules_of(settings)  # RULES_FILE: a bad one stops the start here, before any fork
         # Made before any fork: their buckets live in memory every worker shares, so a client
         # has one RATE_LIMIT and one AUTH_FAIL_LIMIT budget however many workers serve it.
         rate_limiter = rate_limiter_of(settings)
@@ -245,6 +247,7 @@ def run(argv: list[str] | None = None) -> int:
         problem = command_line.log_file_problem(new.log_file)
         if problem:
             raise ConfigError([problem])
+        rules_of(new)  # RULES_FILE read again: each new worker's proxy reads it as checked here
         old = running.settings
         # The failed-authentication and rate buckets live in memory every worker shares: kept
         # while their limits are unchanged, so a reload does not forgive a client.

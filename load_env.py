@@ -242,6 +242,11 @@ class Settings:
     tag_header_shown: bool = _setting("TAG_HEADER_SHOWN", parsers.boolean, False, "caching",
                                       "give clients the tags (in the first `TAG_HEADER`); false = "
                                       "stripped")
+    rules_file: str = _setting("RULES_FILE", parsers.text, "", "caching",
+                               "a TOML file of rules by host, path and status: TTL default/min/max, "
+                               "bypass, query parameters and request headers in the cache key, "
+                               "stale windows (README, Rules per path); re-read by each reload; "
+                               "empty = none")
     http_workers: int = _setting("HTTP_WORKERS", parsers.workers, os.cpu_count() or 1, "front",
                                  "pre-forked worker processes sharing the HTTP and RESP ports; "
                                  "`auto` = one per core (nginx's `worker_processes auto`)",

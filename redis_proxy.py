@@ -15,13 +15,14 @@ from proxy.cache.freshness import Policy
 from proxy.cache.local_cache import READ_TIER, URL_TIER, LocalCache
 from proxy.cache.request import ClientRequest
 from proxy.cache.result import BYPASS, HIT, MISS, STALE, CacheResult, PlainHit
+from proxy.cache.rules import NO_RULES, Rules, RulesError, parse_rules
 from proxy.cache.single_flight import SingleFlight
 from proxy.core import stats as names
 from proxy.core.read_cache import ReadCache
 from proxy.core.stats import Stats
 from proxy.core.url_cache import UrlCache
 from proxy.core.url_request import UrlLimits, UrlRequest
-from proxy.errors import ProxyError
+from proxy.errors import ConfigError, ProxyError
 from proxy.store.bans import Ban
 from proxy.store.connection import (
     RedisHealth,
@@ -61,7 +62,7 @@ class RedisProxy:
                  refresh_ahead: float = 0.0,
                  tag_headers: Iterable[str] = ("Surrogate-Key", "Cache-Tag"),
                  tag_headers_shown: bool = False, compress_min_bytes: int = 0,
-                 max_variants: int = 8):
+                 max_variants: int = 8, rules: Rules = NO_RULES):
         self.client = client
         self.fetcher = fetcher
         self.local = local_cache if local_cache is not None else LocalCache(capacity=0)
@@ -89,7 +90,7 @@ class RedisProxy:
                            compress_min_bytes=compress_min_bytes, max_variants=max_variants)
         self.urls = UrlCache(client, fetcher, self.local, self.health, self.fetch_lock,
                              self.purge_markers, self.policy, self.counters, limits, clock=clock,
-                             redis_label=redis_label)
+                             redis_label=redis_label, rules=rules)
         self.reads = ReadCache(client, self.local, self.health, self.counters, prefix=prefix,
                                allow_cache_prefix=get_allow_cache_prefix,
                                tracked=lambda: self.l1_invalidation == TRACKING)
@@ -283,6 +284,8 @@ class RedisProxy:
     def from_settings(cls, settings: Settings, **overrides: Any) -> "RedisProxy":
         """The proxy `settings` describe, starting an embedded redis-server when none is
         configured (closed with the proxy)."""
+        if "rules" not in overrides:  # read first: a bad file starts nothing
+            overrides["rules"] = rules_of(settings)
         on_close = []
         client: Any
         if settings.redis_cluster_nodes or settings.redis_sentinels:
@@ -331,6 +334,31 @@ class RedisProxy:
         if check_at_start(client, mask_url(url)):
             proxy.configure_memory(settings.redis_maxmemory, settings.redis_eviction_policy)
         return proxy
+
+
+def rules_of(settings: Settings) -> Rules:
+    """RULES_FILE read and checked (proxy.cache.rules): at start, by --check-config and by each
+    reload, so that a bad file is refused as a bad setting is (ConfigError, every problem with
+    its line); no rules when it is not set."""
+    path = settings.rules_file
+    if not path:
+        return NO_RULES
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        raise ConfigError([f"RULES_FILE={path}: cannot be read ({exc.strerror}); expected a "
+                           "readable TOML file of [[rule]] tables"]) from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError([f"RULES_FILE={path}: line {line}: byte 0x{data[exc.start]:02x} is not "
+                           "UTF-8; expected a TOML file, which is UTF-8"]) from exc
+    try:
+        return parse_rules(text, max_stale=settings.cache_stale_ttl)
+    except RulesError as exc:
+        raise ConfigError([f"RULES_FILE={path}: {problem}" for problem in exc.problems]) from exc
 
 
 def scaled_out_client(settings: Settings) -> tuple[Any, str]:

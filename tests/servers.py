@@ -273,10 +273,11 @@ def start_proxy(env: Mapping[str, str], *, stdout: int = subprocess.DEVNULL,
                             stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
 
 
-def run_proxy(env: Mapping[str, str], timeout: float = 30) -> subprocess.CompletedProcess:
-    """The proxy process run to its end (one that exits by itself, as on a bad setting), its
-    output captured as text."""
-    return subprocess.run(PROXY_COMMAND, cwd=ROOT, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+def run_proxy(env: Mapping[str, str], timeout: float = 30,
+              args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """The proxy process run to its end (one that exits by itself, as on a bad setting, or
+    with `--check-config` among `args`), its output captured as text."""
+    return subprocess.run((*PROXY_COMMAND, *args), cwd=ROOT, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=timeout)
 
 

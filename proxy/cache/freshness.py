@@ -1,11 +1,13 @@
 """Shared-cache decisions on upstream responses (RFC 9111), pure: no I/O, the time passed in."""
 
+import copy
 import dataclasses
 from collections.abc import Mapping
 
 from proxy.cache import directives as cc
 from proxy.cache.entry import CONTENT_ENCODING, NOT_STORED, Entry, header_bytes, kept_headers
 from proxy.cache.http_dates import format_http_date, parse_http_date
+from proxy.cache.rules import NO_TIMING, Timing
 
 SUCCESS = frozenset(range(200, 300))
 # RFC 9110 §15.1: statuses heuristically cacheable; the only ones given heuristic freshness.
@@ -38,6 +40,18 @@ class Policy:
         self.heuristic_max = heuristic_max
         self.max_headers = max_headers
         self.max_header_bytes = max_header_bytes
+        self.timing = NO_TIMING  # a RULES_FILE rule's freshness parts: see `ruled`
+
+    def ruled(self, timing: Timing) -> "Policy":
+        """This policy for a response a rule of RULES_FILE matches (proxy.cache.rules): its
+        `ttl` the freshness of a response that states none (in place of CACHE_TTL or the
+        heuristic), its `ttl_min` and `ttl_max` bounds on the freshness, stated or not
+        (`ttl_max` in place of CACHE_TTL's cap), its stale windows in place of the settings."""
+        if timing == NO_TIMING:
+            return self
+        ruled = copy.copy(self)
+        ruled.timing = timing
+        return ruled
 
     def directives(self, headers: Mapping[str, str]) -> cc.Directives:
         """The response's directives for this cache (targeted field first, RFC 9213)."""
@@ -112,18 +126,29 @@ class Policy:
     def lifetime(self, headers: Mapping[str, str], now: float, status: int = 200) -> float:
         """Seconds of freshness: explicit (§4.2.1; at most CACHE_TTL unless `ttl_caps_origin`
         is off), else CACHE_TTL (DEFAULT_FRESHNESS=ttl, the card's SETEX TTL) or the heuristic
-        (rfc, §4.2.2, at most CACHE_TTL)."""
+        (rfc, §4.2.2, at most CACHE_TTL); a rule's parts (`ruled`) in place of these."""
+        rule = self.timing
         if not self.respect_cache_control:
-            return self.ttl
+            return self._bounded(self.ttl if rule.ttl is None else rule.ttl)
         directives = self.directives(headers)
         if cc.field_names(directives, "no-cache")[0]:
-            return 0.0  # §5.2.2.4: stored, but revalidated before every use
+            return 0.0  # §5.2.2.4: stored, but revalidated before every use (a rule's too)
         explicit = self.explicit_lifetime(headers, now)
         if explicit is not None:
-            return min(self.ttl, explicit) if self.ttl_caps_origin else explicit
+            capped = self.ttl_caps_origin and rule.ttl_max is None
+            return self._bounded(min(self.ttl, explicit) if capped else explicit)
+        if rule.ttl is not None:
+            return self._bounded(rule.ttl)
         if self.default_freshness == RFC:
-            return min(self.ttl, self.heuristic_lifetime(status, headers, now))
-        return self.ttl
+            return self._bounded(min(self.ttl, self.heuristic_lifetime(status, headers, now)))
+        return self._bounded(self.ttl)
+
+    def _bounded(self, lifetime: float) -> float:
+        """`lifetime` within a rule's ttl_min and ttl_max (none: as it is)."""
+        rule = self.timing
+        if rule.ttl_min is not None:
+            lifetime = max(lifetime, rule.ttl_min)
+        return lifetime if rule.ttl_max is None else min(lifetime, rule.ttl_max)
 
     def credentialed_lifetime(self, headers: Mapping[str, str], now: float) -> float | None:
         """For a response to a request with credentials (RFC 9111 §3.5: Authorization; Cookie
@@ -152,7 +177,11 @@ class Policy:
     def stale_window(self, headers: Mapping[str, str], name: str, setting: float,
                      cap: float) -> float:
         """RFC 5861: the response's own stale-while-revalidate / stale-if-error, at most `cap`
-        (how long a stale entry is kept); the setting when it says nothing."""
+        (how long a stale entry is kept); the setting (or a rule's, RULES_FILE) when it says
+        nothing."""
+        ruled = self.timing.stale_while_revalidate if name == "stale-while-revalidate" \
+            else self.timing.stale_if_error if name == "stale-if-error" else None
+        setting = setting if ruled is None else ruled
         seconds = cc.delta_seconds(self.directives(headers), name)
         return setting if seconds is None or seconds < 0 else min(seconds, cap)
 

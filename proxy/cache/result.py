@@ -9,6 +9,7 @@ HIT, MISS, STALE, BYPASS = "HIT", "MISS", "STALE", "BYPASS"
 STALE_IF_ERROR = "stale-if-error"  # RFC 5861 §4
 STALE_WHILE_REVALIDATE = "stale-while-revalidate"  # RFC 5861 §3
 HEADERS_TOO_LARGE = "headers-too-large"  # detail= of a response not stored for its header block
+RULE = "rule"  # detail= of a BYPASS that a RULES_FILE rule (bypass = true) made
 
 
 @dataclasses.dataclass
@@ -55,6 +56,8 @@ def cache_status(result: CacheResult) -> str:
         parts.append(f"detail={STALE_IF_ERROR}")
     elif result.cache == STALE:
         parts += ["hit", f"detail={result.detail or 'stale'}"]
+    elif result.cache == BYPASS and result.detail == RULE:
+        parts += ["fwd=bypass", f"fwd-status={result.upstream_status}", f"detail={RULE}"]
     elif result.cache == BYPASS:
         parts += ["fwd=bypass", "detail=redis-unavailable"]
     else:

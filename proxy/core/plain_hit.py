@@ -17,6 +17,7 @@ from proxy.cache.local_cache import MISSING, URL_TIER, LocalCache
 from proxy.cache.representation import represent
 from proxy.cache.request import ClientRequest, fill_fields
 from proxy.cache.result import HIT, CacheResult, PlainHit
+from proxy.cache.rules import Rules
 from proxy.core import stats as names
 from proxy.core.stats import Stats
 from proxy.core.url_request import UrlLimits, UrlRequest
@@ -41,6 +42,7 @@ class PlainHits(VariantSelection):
     _explicit_key: Callable[[str], str]
     _result: Callable[..., CacheResult]
     _unbanned: Callable[[Entry], Entry]
+    rules: Rules
 
     def plain_hit(self, url: str, key: str | None, params: Any, accept_encoding: str | None,
                   client: Callable[[], ClientRequest] | None = None) -> PlainHit | None:
@@ -49,6 +51,8 @@ class PlainHits(VariantSelection):
         variant (`client()` builds the request, read only for an entry with Vary), or one whose
         REFRESH_AHEAD refresh is due (fetch starts it), or a compressed entry for a client that
         does not take its coding (decoded per answer). BadRequest, Forbidden as fetch raises."""
+        if self.rules.rules:
+            return None  # RULES_FILE decides the key and bypass first: the full path (fetch)
         request = self.parse(url, key, params)
         self.fetcher.check(request.parts)  # the upstream policy holds for cached entries too
         entry, memo = self.local.get_with_memo((URL_TIER, request.redis_key))

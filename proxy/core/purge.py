@@ -12,6 +12,7 @@ from proxy.cache import entry as cache_entry
 from proxy.cache import keys as cache_keys
 from proxy.cache.local_cache import URL_TIER, LocalCache
 from proxy.cache.request import SAFE_METHODS, ClientRequest
+from proxy.cache.rules import Rules
 from proxy.core import stats as names
 from proxy.core.read_cache import redis_call
 from proxy.core.stats import Stats
@@ -43,6 +44,8 @@ class Purging:
     limits: UrlLimits
     clock: Callable[[], float]
     parse: Callable[..., UrlRequest]
+    rules: Rules
+    _ruled: Callable[[UrlRequest, str | None, ClientRequest | None], UrlRequest]
 
     def ban(self, host: str, path: str) -> tuple[Ban, int]:
         """Every entry of `host` (a glob, "" = any) whose path and query match the glob `path`,
@@ -65,7 +68,10 @@ class Purging:
                                  error="bad query")
             return self._purge_tag(tag, url, soft)
         if url is not None:
-            redis_key = self.parse(url, key, params).redis_key
+            request = self.parse(url, key, params)
+            # Under the key the rules give it (RULES_FILE ignore_query / keep_query), matched by
+            # the url's own host: a purge names no site.
+            redis_key = self._ruled(request, key, None).redis_key if self.rules else request.redis_key
         elif key is not None:
             redis_key = self._explicit_key(key)
         else:

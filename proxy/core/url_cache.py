@@ -39,6 +39,7 @@ from proxy.cache.result import (
     STALE_WHILE_REVALIDATE,
     CacheResult,
 )
+from proxy.cache.rules import NO_RULES, Rules, Timing
 from proxy.cache.single_flight import SingleFlight
 from proxy.core import stats as names
 from proxy.core.coalesce import Coalescing, flight_key
@@ -47,6 +48,7 @@ from proxy.core.purge import Purging
 from proxy.core.stats import Stats
 from proxy.core.storing import Begun, Storing
 from proxy.core.url_request import UrlLimits, UrlRequest
+from proxy.core.url_rules import Ruling
 from proxy.errors import (
     BadGateway,
     BadRequest,
@@ -73,13 +75,13 @@ NO_DEMANDS = Demands()  # what a request without Cache-Control or Pragma asks
 MAX_STALE = "max-stale"  # Cache-Status detail of a stale answer the request's max-stale accepted
 
 
-class UrlCache(PlainHits, Coalescing, Storing, Purging):
+class UrlCache(PlainHits, Coalescing, Storing, Purging, Ruling):
     """`GET /?url=U&key=K`: parse, look up, coalesce the forward, revalidate, store, purge."""
 
     def __init__(self, client: Any, fetcher: Fetcher, local: LocalCache, health: RedisHealth,
                  fetch_lock: FetchLock, purge_markers: PurgeMarkers, policy: Policy, stats: Stats,
                  limits: UrlLimits, *, clock: Callable[[], float] = time.time,
-                 redis_label: str = "", tags: TagIndex | None = None):
+                 redis_label: str = "", tags: TagIndex | None = None, rules: Rules = NO_RULES):
         self.client = client
         self.fetcher = fetcher
         self.local = local
@@ -100,6 +102,8 @@ class UrlCache(PlainHits, Coalescing, Storing, Purging):
         self._refreshing: set[str] = set()  # keys with a background refresh running
         self._refreshing_lock = threading.Lock()
         self.log_limiter = LogLimiter(log)  # repeated store and upstream failures
+        self.rules = rules  # RULES_FILE (proxy.core.url_rules)
+        self._ruled_policies: dict[Timing, Policy] = {}
 
     def parse(self, url: str, key: str | None = None, params: Any = None) -> UrlRequest:
         """Validate a URL-role request; BadRequest / URITooLong name what is wrong."""
@@ -135,12 +139,16 @@ class UrlCache(PlainHits, Coalescing, Storing, Purging):
         if forwarded or demands.no_store:
             request = dataclasses.replace(request, forwarded=forwarded, store=not demands.no_store,
                                           credentials=any(name in CREDENTIALS for name, _ in forwarded))
+        if self.rules.rules:  # the key and bypass decided here, before L1 or Redis is looked in
+            request = self._ruled(request, key, client)
         result = represent(self._answer(request, demands), client.headers.get("accept-encoding"),
                            self.fetcher.max_bytes)
         return conditional.respond(client.method, client.headers, result) if client.headers else result
 
     def _answer(self, request: UrlRequest, demands: Demands) -> CacheResult:
         now = self.clock()
+        if request.rule is not None and request.rule.bypass:
+            return self._bypassed(request)  # RULES_FILE bypass = true
         if not request.store:
             # RFC 9111 §5.2.1.5 no-store: nothing of this exchange is stored (nor, here, reused).
             self.stats.count(names.MISSES)
@@ -178,7 +186,7 @@ class UrlCache(PlainHits, Coalescing, Storing, Purging):
             if reused is not None:
                 self.stats.count(names.HITS_STALE)
                 return reused
-        window = 0.0 if stored is None else self.policy.stale_window(
+        window = 0.0 if stored is None else self._policy_for(request, stored.status).stale_window(
             stored.headers, STALE_WHILE_REVALIDATE, self.limits.stale_while_revalidate,
             self.limits.stale_ttl)
         if stored is not None and not demands.revalidate and may_serve_stale_while_revalidate(
@@ -296,8 +304,9 @@ class UrlCache(PlainHits, Coalescing, Storing, Purging):
             read = redis_up and request.store  # a no-store answer is not stored: nothing to read
             begun = Begun(self.purge_markers.start(request.redis_key) if read else None,
                           self.tags.start() if read and self.limits.tag_headers else None)
-        window = self.limits.stale_if_error if stale is None else self.policy.stale_window(
-            stale.headers, STALE_IF_ERROR, self.limits.stale_if_error, self.limits.stale_ttl)
+        window = self.limits.stale_if_error if stale is None else self._policy_for(
+            request, stale.status).stale_window(stale.headers, STALE_IF_ERROR,
+                                                self.limits.stale_if_error, self.limits.stale_ttl)
         request_time = self.clock()
         fetch_started = time.monotonic()
         try:
@@ -320,9 +329,10 @@ class UrlCache(PlainHits, Coalescing, Storing, Purging):
         now = self.clock()
         if response.status == 304 and stale is not None:
             # The entry keeps its body, coding and tags; a tag header on the 304 is not a header.
-            entry = freshened(self.policy, stale, response.headers, response.hops, now, request_time)
+            policy = self._policy_for(request, stale.status)
+            entry = freshened(policy, stale, response.headers, response.hops, now, request_time)
             entry = dataclasses.replace(entry, headers=without(entry.headers, self.limits.tag_headers))
-            stored = self.policy.storable(stale.status, entry.headers, now) \
+            stored = policy.storable(stale.status, entry.headers, now) \
                 and self._store(request.redis_key, entry, begun, epoch)
             return dataclasses.replace(self._result(entry, now, HIT, forward="stale"),
                                        upstream_status=304, stored=stored)
@@ -345,9 +355,10 @@ class UrlCache(PlainHits, Coalescing, Storing, Purging):
             log.info("not storing %s: its %s header holds more than %d tags or one that is not "
                      "1-256 visible ASCII characters", request.redis_key, "/".join(tag_headers),
                      MAX_TAGS)
-        refusal = self.policy.refusal(response.status, response.headers, now) if request.store \
+        policy = self._policy_for(request, response.status)
+        refusal = policy.refusal(response.status, response.headers, now) if request.store \
             else "request"
-        lifetime = self.policy.lifetime(response.headers, now, response.status)
+        lifetime = policy.lifetime(response.headers, now, response.status)
         if request.credentials and not refusal:
             # RFC 9111 §3.5: stored only if it says so, fresh only as long as it says.
             shared = self.policy.credentialed_lifetime(response.headers, now)
@@ -360,8 +371,8 @@ class UrlCache(PlainHits, Coalescing, Storing, Purging):
         entry = Entry(status=response.status, body=response.body, url=request.canonical,
                       fetched_at=now - self.policy.initial_age(response.headers, request_time, now),
                       fresh_for=lifetime, stored_at=now,
-                      headers=with_date(without(self.policy.stored_headers(response.headers),
-                                                 tag_headers), now),
+                      headers=self._key_varied(request, with_date(
+                          without(self.policy.stored_headers(response.headers), tag_headers), now)),
                       via=response.hops, vary=self._vary_of(request, response.headers),
                       tags=tags or ())
         if refusal == HEADERS_TOO_LARGE:
@@ -371,8 +382,8 @@ class UrlCache(PlainHits, Coalescing, Storing, Purging):
         kept = self._compressed(entry, response.headers)
         stored = not refusal and tags is not None \
             and self._store(request.redis_key, kept, begun, epoch)
-        headers = self._shown(entry, with_date(without(cache_entry.kept_headers(response.headers),
-                                                        tag_headers), now))
+        headers = self._shown(entry, self._key_varied(request, with_date(
+            without(cache_entry.kept_headers(response.headers), tag_headers), now)))
         if stored and kept.coding:
             headers = with_vary(headers, ACCEPT_ENCODING)  # as every later answer from the entry
         return CacheResult(response.status, response.body, headers,

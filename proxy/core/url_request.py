@@ -2,6 +2,7 @@
 
 import dataclasses
 
+from proxy.cache.rules import Decision
 from proxy.cache.target import Target
 
 
@@ -16,6 +17,8 @@ class UrlRequest:
     forwarded: tuple[tuple[str, str], ...] = ()
     store: bool = True  # False for a request saying no-store: its answer is not stored
     credentials: bool = False  # it forwards Authorization or Cookie (RFC 9111 §3.5)
+    # What the RULES_FILE rules matching it decide (proxy.core.url_rules); None: none matched.
+    rule: Decision | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,6 +33,8 @@ class VariantSelection:
     def _vary_of(self, request: UrlRequest, headers: Any) -> dict[str, str | None] | None:
         """The secondary key a response's Vary asks to record; None without Vary."""
         listed = vary_names(headers)
+        if request.rule is not None:  # RULES_FILE key_headers: a Vary the origin did not send
+            listed += [name for name in request.rule.key_headers if name not in listed]
         if not listed:
             return None
         secondary = self._secondary(request)

@@ -1,6 +1,6 @@
 """SIGHUP reloads the configuration (CONTRACT §10): `.env` and the tokens read again, a bad new
 configuration refused with its reason logged and the old one kept, the workers replaced one at a
-time on the same listening sockets."""
+time on the same listening sockets; the rules file (RULES_FILE) read again with them."""
 
 import os
 import signal
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from proxy.store.launcher import free_port
-from servers import ROOT, refused, request, wait_until
+from servers import ROOT, q, refused, request, wait_until
 
 TOKEN_A, TOKEN_B = "reload-token-aaaaaaaaaaaa", "reload-token-bbbbbbbbbbbb"
 
@@ -94,3 +94,43 @@ def test_a_reload_that_changes_the_port_is_refused(running):
 
     assert refused(other)
     assert (proxy.status_with(TOKEN_A), proxy.status_with(TOKEN_B)) == (200, 401)
+
+
+def rules_env(upstream, rules) -> str:
+    """An .env reaching the test upstream (on loopback, its port) with RULES_FILE `rules`."""
+    return (f"AUTH_TOKENS={TOKEN_A}\nUPSTREAM_ALLOW_PRIVATE=true\n"
+            f"UPSTREAM_ALLOWED_PORTS={upstream.port}\nRULES_FILE={rules}\n")
+
+
+def cache_of(proxy: Running, url: str) -> str:
+    return request(proxy.port, q(url), headers={"Authorization": f"Bearer {TOKEN_A}"}).headers["X-Cache"]
+
+
+def test_sighup_reads_the_rules_file_again(running, upstream, tmp_path):
+    url = upstream.serve("/ruled", b"ruled")
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rule]]\npath = "/ruled"\nbypass = true\n')
+    proxy = running(rules_env(upstream, rules))
+    assert {cache_of(proxy, url) for _ in range(4)} == {"BYPASS"}
+
+    rules.write_text('[[rule]]\npath = "/ruled"\nttl = 60\n')
+    proxy.hang_up_and_wait_for("reloaded: 2 workers on the new configuration")
+
+    assert [cache_of(proxy, url) for _ in range(2)] == ["MISS", "HIT"]
+
+
+def test_a_bad_rules_file_at_reload_is_refused_with_its_line_and_the_old_rules_kept(running, upstream, tmp_path):
+    url = upstream.serve("/ruled", b"ruled")
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rule]]\npath = "/ruled"\nbypass = true\n')
+    proxy = running(rules_env(upstream, rules))
+    assert cache_of(proxy, url) == "BYPASS"
+
+    rules.write_text('[[rule]]\npath = "/ruled"\nbypass = false\nttl_min = 60\nttl_max = 10\n')
+    proxy.hang_up_and_wait_for(f"reload refused, the running configuration kept: RULES_FILE={rules}: "
+                               "line 4: ttl_min = 60 is more than ttl_max = 10; expected ttl_min at "
+                               "most ttl_max")
+
+    assert {cache_of(proxy, url) for _ in range(20)} == {"BYPASS"}
+    assert upstream.hits["/ruled"] == 21
+    assert "reloaded:" not in proxy.log.read_text()
