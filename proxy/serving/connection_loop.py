@@ -29,6 +29,7 @@ RECEIVE_SIZE = 64 * 1024
 ACCEPTS_PER_WAKE = 64  # then the ready connections have their turn
 THREADS = 1  # threads that always wait on the set (more share one GIL, and pay for it)
 STALLED = 0.05  # no thread back for events this long (a slow fetch, a slow client): one more
+AWAY = float("-inf")  # in _busy: the thread is in a wait off the CPU (held however long)
 SPARE_IDLE = 10.0  # a thread beyond THREADS ends after this long without an event
 
 
@@ -73,12 +74,20 @@ class LoopServerMixIn:
         self._threads = threads
         self._started = self._waiting_threads = 0  # threads, and those of them in epoll_wait
         self._polled = 0.0  # when a thread last went back to wait for events
+        # Threads handling an event: when each took it (time.monotonic()), or AWAY once it began
+        # a wait off the CPU. A spare ends as soon as enough others are free to serve.
+        self._busy: dict[int, float] = {}
         self._waiting: dict[int, Connection] = {}  # armed in the epoll set, by file number
         self._epoll: select.epoll | None = None
         self._stop_asked = False
         self._stopped = threading.Event()
         self._stopped.set()
         self.parallel.on_away.append(self._away)
+
+    @property
+    def threads(self) -> int:
+        """The threads serving this server's connections now (THREADS, plus spares)."""
+        return self._started
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         self._stopped.clear()
@@ -119,6 +128,9 @@ class LoopServerMixIn:
         """A thread serving a request begins a wait off the CPU (an upstream fetch, another's
         fetch): when no thread waits for events, one more at once, not after STALLED; a burst
         of cold requests would otherwise be taken one each STALLED."""
+        me = threading.get_ident()
+        if me in self._busy:
+            self._busy[me] = AWAY
         if self._epoll is not None and not self._waiting_threads \
                 and self._started < self.max_clients:
             self._polled = time.monotonic()
@@ -135,7 +147,8 @@ class LoopServerMixIn:
         """One thread: wait for an event, handle it (an accept, or what a connection sent and
         the requests it makes ready), again; a spare thread ends when it has been idle."""
         view = memoryview(bytearray(RECEIVE_SIZE))
-        lock, listener = self._count_lock, self.socket.fileno()
+        lock, listener, busy = self._count_lock, self.socket.fileno(), self._busy
+        me = threading.get_ident()
         idle_since = time.monotonic()
         try:
             while (epoll := self._epoll) is not None:
@@ -154,15 +167,31 @@ class LoopServerMixIn:
                         return
                     continue
                 fd = events[0][0]
-                if fd == listener:
-                    self._accept()
-                elif (connection := self._waiting.pop(fd, None)) is not None:
-                    self._receive(connection, view)
+                busy[me] = time.monotonic()
+                try:
+                    if fd == listener:
+                        self._accept()
+                    elif (connection := self._waiting.pop(fd, None)) is not None:
+                        self._receive(connection, view)
+                finally:
+                    del busy[me]
                 if spare:
+                    if self._enough_without_me():
+                        return
                     idle_since = time.monotonic()
         finally:
             with lock:
                 self._started -= 1
+
+    def _enough_without_me(self) -> bool:
+        """True when, this thread gone, THREADS others would still be free to serve: waiting
+        for events, or busy for less than STALLED and not away. Spares exist to cover threads
+        held by a slow fetch or a slow client; once those are back, each thread more shares one
+        GIL and costs every request its hand-offs (measured: one upstream fetch left a second
+        thread serving L1 hits, and halved their rate)."""
+        now = time.monotonic()
+        held = sum(1 for since in list(self._busy.values()) if now - since >= STALLED)
+        return self._started - 1 - held >= self._threads
 
     def _expire(self, now: float) -> None:
         """Close the waiting connections past their deadline: idle too long, or a head too slow

@@ -7,6 +7,8 @@ The slow origin answers only once the test sets an Event, after its checks: what
 before that answered while every slow fetch was still in flight (no timing assertion; a
 check that would wait behind them fails on its client's timeout instead)."""
 
+import http.client
+import socket
 import threading
 from typing import Any
 
@@ -16,6 +18,7 @@ from load_env import Settings
 from proxy.budgets import Gate
 from proxy.resp import server as resp_server
 from proxy.resp.replies import bulk, command
+from proxy.serving import connection_loop
 from proxy.upstream import fetcher as upstream_fetcher
 from servers import Response, ServerThread, Upstream, q, request, wait_until
 from test_metrics import scrape
@@ -131,6 +134,42 @@ def test_slow_fetches_in_flight_stall_no_hit_resp_read_or_health(stage, release,
         assert (got.status, got.body, got.headers["X-Cache"]) == (200, b"slow " + path.encode(), "MISS")
     assert on_stage.gate.away == 0 and on_stage.gate.in_use == 0
     assert on_stage.proxy.fetcher.in_flight.in_use == 0
+
+
+def test_spare_threads_started_for_slow_fetches_end_once_the_fetches_are_back(stage, release):
+    """A thread that goes off the CPU for a fetch starts a spare, so hits are served meanwhile;
+    once the fetches are back the spares end at their next event, rather than stay and share
+    the GIL with the serving thread (which halved L1 hit throughput after a single fetch)."""
+    on_stage = stage()
+    fast = cached(on_stage)
+    server = on_stage.under_test.thread.server
+    paths = [f"/slow/{i}" for i in range(2)]
+    for path in paths:
+        on_stage.upstream.route(path, slow(release))
+    clients = [on_stage.get(q(on_stage.upstream.url(path), f"slow{i}")) for i, path in enumerate(paths)]
+    wait_until(lambda: all(on_stage.upstream.hits[path] == 1 for path in paths))
+    on_stage.assert_answered_meanwhile(fast)
+    assert server.threads > connection_loop.THREADS
+    release.set()
+    assert [client.result().status for client in clients] == [200, 200]
+    hit = f"GET {q(fast, 'fast')} HTTP/1.1\r\nHost: test\r\n\r\n".encode()
+    connections = [socket.create_connection(("127.0.0.1", on_stage.http), timeout=10) for _ in range(8)]
+
+    def busy_round() -> bool:
+        """Eight requests at once (every thread gets events), answered; then the count."""
+        for sock in connections:
+            sock.sendall(hit)
+        for sock in connections:
+            answer = http.client.HTTPResponse(sock)
+            answer.begin()
+            assert (answer.status, answer.read()) == (200, b"fast body")
+        return server.threads == connection_loop.THREADS
+    try:
+        # Bounded well below SPARE_IDLE: the spares end for being unneeded, not for being idle.
+        wait_until(busy_round, timeout=connection_loop.SPARE_IDLE / 4)
+    finally:
+        for sock in connections:
+            sock.close()
 
 
 def test_requests_waiting_for_a_coalesced_slow_fetch_hold_no_processing_slot(stage, release):
