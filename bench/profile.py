@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         loader = subprocess.Popen(load, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             raw = os.path.join(folder, "stacks.txt")
-            subprocess.run(["py-spy", "record", "--gil", "--nonblocking", "--format", "raw", "-o", raw,
+            subprocess.run(["py-spy", "record", "--gil", "--nonblocking", "--subprocesses", "--format", "raw",
+                            "-o", raw,
                             "--duration", str(args.seconds), "--pid", str(child.pid)],
                            check=True, capture_output=True, timeout=args.seconds + 60)
         finally:
