@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import redis
 
+from bench import cpu
 from proxy.cache.entry import decode
 from proxy.store.launcher import RedisServer, free_port
 
@@ -144,38 +145,49 @@ def _ms(text: str) -> float:
 
 
 def wrk(url: str, seconds: float, connections: int, template: str | None = None,
-        keys: int = 0) -> dict[str, Any]:
+        keys: int = 0, pid: int | None = None) -> dict[str, Any]:
     """Requests/s, p50 and p99 (ms), socket errors and non-2xx answers that wrk measured.
-    `template`: a path with {i}, requested with distinct keys (see _LUA)."""
+    `template`: a path with {i}, requested with distinct keys (see _LUA). `pid`: the server's,
+    whose CPU (with its workers') per request is added as `cpu_us`."""
     argv = ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
         if template is not None:
             script.write(_LUA % (template, keys))
             script.flush()
             argv += ["-s", script.name]
+        cpu_before = cpu.tree_seconds(pid) if pid else 0.0
         done = subprocess.run(argv + [url], capture_output=True, text=True, timeout=seconds + 60,
                               check=True)
+        cpu_used = cpu.tree_seconds(pid) - cpu_before if pid else 0.0
     out = done.stdout
+    requests = re.search(r"(\d+) requests in", out)
+    served = int(requests.group(1)) if requests else 0
+    per_request = {"cpu_us": round(cpu_used / served * 1e6, 1)} if pid and served else {}
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
             "p50_ms": _ms(re.search(r"\s50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
             "p99_ms": _ms(re.search(r"\s99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
             "errors": sum(int(n) for n in errors.groups()) if errors else 0,
-            "non_2xx": int(non_2xx.group(1)) if non_2xx else 0}
+            "non_2xx": int(non_2xx.group(1)) if non_2xx else 0, **per_request}
 
 
-def redis_benchmark(port: int, requests: int, pipeline: int = 1) -> dict[str, Any]:
+def redis_benchmark(port: int, requests: int, pipeline: int = 1,
+                    pid: int | None = None) -> dict[str, Any]:
     """GET requests/s that redis-benchmark measured against `port` (50 clients). Every request
-    reads the one key `key:__rand_int__` (-r is not given), so an L1 holds it."""
+    reads the one key `key:__rand_int__` (-r is not given), so an L1 holds it. `pid`: the
+    server's, whose CPU per command is added as `cpu_us`."""
+    cpu_before = cpu.tree_seconds(pid) if pid else 0.0
     done = subprocess.run(["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", "get",
                            "-n", str(requests), "-P", str(pipeline), "-q", "--csv"],
                           capture_output=True, text=True, timeout=300, check=True)
+    per_command = {"cpu_us": round((cpu.tree_seconds(pid) - cpu_before) / requests * 1e6, 2)} \
+        if pid else {}
     for line in done.stdout.splitlines():
         fields = [f.strip('"') for f in line.split(",")]
         if fields and fields[0].startswith("GET"):
             return {"rps": float(fields[1]), "p50_ms": float(fields[4]) if len(fields) > 4 else None,
-                    "p99_ms": float(fields[6]) if len(fields) > 6 else None}
+                    "p99_ms": float(fields[6]) if len(fields) > 6 else None, **per_command}
     raise RuntimeError(f"no GET figure in redis-benchmark output: {done.stdout!r}")
 
 
@@ -204,7 +216,7 @@ def run(quick: bool) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     memory: dict[str, Any] = {}
     origin_port, ceiling_port = free_port(), free_port()
-    with RedisServer() as store, ceiling(origin_port), ceiling(ceiling_port):
+    with RedisServer() as store, ceiling(origin_port), ceiling(ceiling_port) as top:
         client = redis.Redis.from_url(store.url)
         client.set("bench", b"v" * VALUE_SIZE)
         client.set("key:__rand_int__", b"v" * VALUE_SIZE)  # what redis-benchmark -t get reads
@@ -215,54 +227,58 @@ def run(quick: bool) -> dict[str, Any]:
                      "/?key=": "/?key=bench"}
 
         def measure(name: str, port: int, path: str, tier: str, distinct: bool = False,
-                    keys: int = 0) -> None:
-            """`distinct`: `path` has {i}, one key after another (or a new one each: keys=0)."""
+                    keys: int = 0, pid: int | None = None) -> None:
+            """`distinct`: `path` has {i}, one key after another (or a new one each: keys=0).
+            `pid`: the proxy's, for its CPU per request."""
             for c in conns:
                 if distinct:
-                    figures = wrk(f"http://127.0.0.1:{port}/", seconds, c, template=path, keys=keys)
+                    figures = wrk(f"http://127.0.0.1:{port}/", seconds, c, template=path, keys=keys,
+                                  pid=pid)
                 else:
-                    figures = wrk(f"http://127.0.0.1:{port}{path}", seconds, c)
+                    figures = wrk(f"http://127.0.0.1:{port}{path}", seconds, c, pid=pid)
                 rows.append({"row": name, "tier": tier, "connections": c, **figures,
                              "vs": "ceiling"})
 
         for c in conns:
-            figures = wrk(f"http://127.0.0.1:{ceiling_port}/", seconds, c)
+            figures = wrk(f"http://127.0.0.1:{ceiling_port}/", seconds, c, pid=top.pid)
             rows.append({"row": "stdlib ThreadingHTTPServer, fixed body", "tier": "ceiling",
                          "connections": c, **figures, "vs": None})
 
         http_port, resp_port = free_port(), free_port()
-        with proxy(store.url, http_port, origin_port, resp_port=resp_port):
+        with proxy(store.url, http_port, origin_port, resp_port=resp_port) as child:
             status, _ = _get(http_port, hit_paths["/?url=&key="])  # fetch once: the rest hit
             assert status == 200, status
             for route, path in hit_paths.items():
                 _get(http_port, path)  # into L1
-                measure(f"GET {route}, L1 hit", http_port, path, "l1")
+                measure(f"GET {route}, L1 hit", http_port, path, "l1", pid=child.pid)
             measure("GET /?url=&key=, miss (upstream fetch and store)", http_port,
-                    f"/?url={url_of('/miss/{i}')}&key=miss:{{i}}", "miss", distinct=True)
+                    f"/?url={url_of('/miss/{i}')}&key=miss:{{i}}", "miss", distinct=True, pid=child.pid)
             for pipeline in (1, 16):
-                for name, port in (("Redis itself", store.port), ("proxy, L1 hit", resp_port)):
+                for name, port, pid in (("Redis itself", store.port, store.pid),
+                                        ("proxy, L1 hit", resp_port, child.pid)):
                     requests = (2_000 if quick else 100_000) * (4 if pipeline > 1 else 1)
-                    figures = redis_benchmark(port, requests, pipeline)
+                    figures = redis_benchmark(port, requests, pipeline, pid)
                     rows.append({"row": f"RESP GET -P {pipeline}, {name}", "tier": "resp",
                                  "connections": 50, "pipeline": pipeline, **figures,
                                  "vs": None if port == store.port else f"redis -P {pipeline}"})
             memory.update(_entry_memory(client, http_port, url_of))
         _site_rows(store.url, origin, origin_port, keys, measure, rows, seconds, conns)
         no_l1_port = free_port()
-        with proxy(store.url, no_l1_port, origin_port, cache_capacity=0, l1_invalidation="ttl"):
+        with proxy(store.url, no_l1_port, origin_port, cache_capacity=0, l1_invalidation="ttl") as child:
             for i in range(keys):  # the URL role's entries, one per key, stored once
                 _get(no_l1_port, f"/?url={url_of(f'/page/{i}')}&key=bench:{i}")
             measure("GET /get/<key>, Redis hit (L1 off, distinct keys)", no_l1_port,
-                    "/get/bench:{i}", "redis", distinct=True, keys=keys)
+                    "/get/bench:{i}", "redis", distinct=True, keys=keys, pid=child.pid)
             measure("GET /?url=&key=, Redis hit (L1 off, distinct keys)", no_l1_port,
-                    f"/?url={url_of('/page/{i}')}&key=bench:{{i}}", "redis", distinct=True, keys=keys)
+                    f"/?url={url_of('/page/{i}')}&key=bench:{{i}}", "redis", distinct=True, keys=keys,
+                    pid=child.pid)
             measure("GET /?key=, Redis hit (L1 off, distinct keys)", no_l1_port, "/?key=bench:{i}",
-                    "redis", distinct=True, keys=keys)
+                    "redis", distinct=True, keys=keys, pid=child.pid)
         for count in (1, 2):
             port = free_port()
-            with proxy(store.url, port, origin_port, http_workers=count):
+            with proxy(store.url, port, origin_port, http_workers=count) as child:
                 wrk(f"http://127.0.0.1:{port}/get/bench", 1, conns[-1])  # every worker's L1
-                figures = wrk(f"http://127.0.0.1:{port}/get/bench", seconds, conns[-1])
+                figures = wrk(f"http://127.0.0.1:{port}/get/bench", seconds, conns[-1], pid=child.pid)
                 rows.append({"row": f"GET /get/<key>, L1 hit, HTTP_WORKERS={count}", "tier": "workers",
                              "connections": conns[-1], "workers": count, **figures,
                              "vs": "HTTP_WORKERS=1"})
@@ -281,29 +297,29 @@ def _site_rows(redis_url: str, origin: str, origin_port: int, keys: int, measure
     """Reverse-proxy mode (ORIGIN_URL = the origin): its L1 hits, its Redis hits (L1 off,
     distinct paths), its misses; and nginx's `proxy_cache` hits in front of the same origin."""
     site_port = free_port()
-    with proxy(redis_url, site_port, origin_port, origin_url=origin):
+    with proxy(redis_url, site_port, origin_port, origin_url=origin) as child:
         for _ in range(2):  # fetched and stored, then into L1 (and the proxy is built)
             status, _ = _get(site_port, "/site")
             assert status == 200, status
-        measure(f"{SITE_ROW}, L1 hit", site_port, "/site", "l1")
+        measure(f"{SITE_ROW}, L1 hit", site_port, "/site", "l1", pid=child.pid)
         measure(f"{SITE_ROW}, miss (upstream fetch and store)", site_port, "/site-miss/{i}", "miss",
-                distinct=True)
+                distinct=True, pid=child.pid)
     no_l1_port = free_port()
     with proxy(redis_url, no_l1_port, origin_port, origin_url=origin, cache_capacity=0,
-               l1_invalidation="ttl"):
+               l1_invalidation="ttl") as child:
         for i in range(keys):  # one entry per path, stored once
             _get(no_l1_port, f"/site/{i}")
         measure(f"{SITE_ROW}, Redis hit (L1 off, distinct paths)", no_l1_port, "/site/{i}", "redis",
-                distinct=True, keys=keys)
+                distinct=True, keys=keys, pid=child.pid)
     if not shutil.which("nginx"):
         return
     nginx_port = free_port()
-    with nginx(nginx_port, origin_port):
+    with nginx(nginx_port, origin_port) as server:
         for _ in range(2):  # stored, then a hit
             status, _ = _get(nginx_port, "/site")
             assert status == 200, status
         for c in conns:
-            figures = wrk(f"http://127.0.0.1:{nginx_port}/site", seconds, c)
+            figures = wrk(f"http://127.0.0.1:{nginx_port}/site", seconds, c, pid=server.pid)
             rows.append({"row": NGINX_ROW, "tier": "nginx", "connections": c, **figures,
                          "vs": "ceiling"})
 
@@ -378,13 +394,14 @@ def _l1_memory(client: redis.Redis, redis_url: str, origin_port: int, values: in
 
 def table(report: dict[str, Any]) -> str:
     lines = [f"{'path':56} {'conns':>5} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'err':>4} "
-             f"{'non2xx':>6} {'ratio':>6}  vs"]
+             f"{'non2xx':>6} {'cpu us':>7} {'ratio':>6}  vs"]
     for row in report["rows"]:
         p50 = "" if row.get("p50_ms") is None else f"{row['p50_ms']:7.2f}"
         p99 = "" if row.get("p99_ms") is None else f"{row['p99_ms']:7.2f}"
         ratio = "" if row.get("ratio") is None else f"{row['ratio']:6.3f}"
+        cpu_us = "" if row.get("cpu_us") is None else f"{row['cpu_us']:7.1f}"
         lines.append(f"{row['row']:56} {row['connections']:>5} {row['rps']:>9,.0f} {p50:>7} {p99:>7} "
-                     f"{row.get('errors', 0):>4} {row.get('non_2xx', 0):>6} {ratio:>6}  {row['vs'] or ''}"
+                     f"{row.get('errors', 0):>4} {row.get('non_2xx', 0):>6} {cpu_us:>7} {ratio:>6}  {row['vs'] or ''}"
                      + (f"; {row['nginx_ratio']:.3f} x nginx" if "nginx_ratio" in row else ""))
     memory = report["memory"]
     lines += report.get("notes", [])
