@@ -54,7 +54,7 @@ table to the tests; the tests without a file below are in this module.
 | OPERATIONS: Logs | bearer tokens are never logged | tests/e2e/test_resp_auth.py::test_no_token_is_ever_logged |
 | OPERATIONS: Logs | the Redis password is never logged | tests/e2e/test_redis_security.py::test_the_process_never_logs_the_password |
 | OPERATIONS: Upgrades | `RPE5` written; `RPE1` (4-byte length, JSON, body) and versions 1-4 read | tests/unit/test_entry_format.py::test_versions_3_and_4_as_the_previous_release_wrote_them_still_decode |
-| OPERATIONS: Upgrades | version 5 stores the URL once, 134 bytes shorter for the bench's entry | test_version_5_is_134_bytes_shorter_than_3_for_the_benchs_entry_and_smaller_in_redis |
+| OPERATIONS: Upgrades (and README: HTTP caching semantics) | version 5 stores the URL once, 134 bytes shorter for the bench's entry (68 bytes of metadata against 202) | test_version_5_is_134_bytes_shorter_than_3_for_the_benchs_entry_and_smaller_in_redis |
 | OPERATIONS: Upgrades | the store time: a flag and one more text section | tests/unit/test_entry_format.py::test_the_store_time_round_trips_in_version_5_and_3_and_adds_one_section |
 | OPERATIONS: Upgrades | `KEY_RULE 2`: the rule's number and the target sent upstream are hashed | tests/e2e/test_cache_keys.py::test_a_derived_key_is_the_prefix_and_the_sha256_of_the_rule_number_and_canonical_url |
 | OPERATIONS: Upgrades | an entry of the previous rule is a miss | tests/e2e/test_cache_keys.py::test_an_entry_stored_under_the_previous_rule_is_a_miss |
@@ -231,6 +231,11 @@ def test_version_5_is_134_bytes_shorter_than_3_for_the_benchs_entry_and_smaller_
                               via=(("http://127.0.0.1:43211/page", "127.0.0.1"),))
     five, three = cache_entry.encode(entry), cache_entry.encode_json(entry)
     assert (len(five), len(three)) == (215, 349)
+    # README's HTTP caching semantics says what each takes beyond the body and the headers.
+    kept = sum(len(name) + len(value) for name, value in entry.headers.items())
+    beyond = (len(five) - len(entry.body) - kept, len(three) - len(entry.body) - kept)
+    assert (f"{beyond[0]} bytes of metadata beyond the headers for `make bench`'s entry (a 100-byte "
+            f"body, two headers) where version 3 took {beyond[1]}.") in " ".join(read(README).split())
     assert "takes 134 bytes less, 215 against 349" in " ".join(read(OPERATIONS).split())
     client = redis.Redis.from_url(own_redis.url)
     client.set("rp:five", five)
