@@ -13,10 +13,11 @@ from typing import Any
 import redis
 
 import logger
-from load_env import Settings, load_settings, misspelled
+from load_env import Settings, load_settings
 from proxy.errors import ConfigError, LauncherError, ListenError
 from proxy.process import command_line, warm, workers
 from proxy.process.serve import serve, warn_if_exposed, warn_if_resp_exposed
+from proxy.process.settings_table import misspelled
 from proxy.resp import server as resp_server
 from proxy.serving.access_log import AccessLog
 from proxy.serving.auth import Authenticator, tokens_of
