@@ -13,10 +13,12 @@ from typing import Any
 import redis
 
 import logger
-from load_env import Settings, load_settings, misspelled
+from load_env import Settings, load_settings
 from proxy.errors import ConfigError, LauncherError, ListenError
+from proxy.parts import rules_of
 from proxy.process import command_line, warm, workers
 from proxy.process.serve import serve, warn_if_exposed, warn_if_resp_exposed
+from proxy.process.settings_table import misspelled
 from proxy.resp import server as resp_server
 from proxy.serving.access_log import AccessLog
 from proxy.serving.auth import Authenticator, tokens_of
@@ -26,7 +28,7 @@ from proxy.serving.rate_limit import RateLimiter
 from proxy.serving.site import Site, Sites
 from proxy.serving.sockets import Gate, adopt_listener
 from proxy.serving.worker_metrics import WorkerPeers
-from redis_proxy import RedisProxy, rules_of
+from redis_proxy import RedisProxy
 
 # The front end is named here too: callers and tests use http_server.make_server and its classes.
 __all__ = ["ProxyHTTPServer", "ProxyHandler", "make_server", "authenticator_of", "rate_limiter_of", "sites_of",

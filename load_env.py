@@ -1,17 +1,15 @@
 """Settings: one frozen object read from `.env` and the environment (the environment wins)."""
 
 import dataclasses
-import difflib
 import os
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
 import proxy.settings_parsers as parsers
 from proxy.errors import ConfigError
+from proxy.settings_checks import cross_checks
 
 EVICTION_POLICIES = (
     "noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random",
@@ -309,86 +307,6 @@ class Settings:
                     or self.redis_sentinels)
 
 
-def _cross_checks(settings: Settings) -> list[str]:
-    problems = []
-    if settings.stale_if_error > settings.cache_stale_ttl:
-        problems.append(f"STALE_IF_ERROR={settings.stale_if_error:g}: expected at most "
-                        f"CACHE_STALE_TTL ({settings.cache_stale_ttl:g})")
-    if settings.redis_url and not re.match(r"(rediss?|unix)://", settings.redis_url):
-        problems.append("REDIS_URL: expected a redis://, rediss:// or unix:// URL")
-    elif settings.redis_url and not settings.redis_url.startswith("unix://"):
-        problems.extend(_redis_url_problems(settings.redis_url))
-    if settings.auth_tokens_file and not os.path.isfile(settings.auth_tokens_file):
-        problems.append(f"AUTH_TOKENS_FILE={settings.auth_tokens_file!r}: expected a readable file")
-    stores = [name for name, value in (("REDIS_URL or REDIS_HOST", settings.redis_url or settings.redis_host),
-                                       ("REDIS_CLUSTER_NODES", settings.redis_cluster_nodes),
-                                       ("REDIS_SENTINELS", settings.redis_sentinels)) if value]
-    if len(stores) > 1:
-        problems.append(f"{' and '.join(stores)}: expected only one way to reach Redis "
-                        "(a URL, a cluster or Sentinel)")
-    if settings.origins and settings.origin_url:
-        problems.append("ORIGINS and ORIGIN_URL are both set: expected one of them (ORIGIN_URL "
-                        "for one site whatever the Host, ORIGINS for a site per Host)")
-    if settings.origins and settings.public_host:
-        problems.append("ORIGINS and PUBLIC_HOST are both set: with ORIGINS each site's own Host "
-                        "is sent as X-Forwarded-Host; leave PUBLIC_HOST empty")
-    if settings.redis_sentinels and not settings.redis_sentinel_master.strip():
-        problems.append("REDIS_SENTINELS is set: expected REDIS_SENTINEL_MASTER, the name the "
-                        "sentinels monitor the primary under")
-    if settings.redis_sentinel_master.strip() and not settings.redis_sentinels:
-        problems.append("REDIS_SENTINEL_MASTER is set: expected REDIS_SENTINELS (host:port of the "
-                        "sentinels) as well")
-    for name in ("REDIS_TLS_CA", "REDIS_TLS_CERT", "REDIS_TLS_KEY"):
-        path = getattr(settings, name.lower())
-        if path and not os.path.isfile(path):
-            problems.append(f"{name}={path!r}: expected a readable file")
-    tls_files = settings.redis_tls_ca or settings.redis_tls_cert or settings.redis_tls_key
-    if tls_files and settings.redis_url and not settings.redis_url.startswith("rediss://"):
-        # Otherwise the files would be ignored and the connection silently left in clear text.
-        problems.append("REDIS_TLS_CA/CERT/KEY are set: expected a rediss:// REDIS_URL")
-    if tls_files and settings.redis_sentinels:
-        problems.append("REDIS_TLS_CA/CERT/KEY are set: TLS through Sentinel is not supported; "
-                        "use REDIS_URL or REDIS_CLUSTER_NODES")
-    if bool(settings.redis_tls_cert) != bool(settings.redis_tls_key):
-        problems.append("REDIS_TLS_CERT and REDIS_TLS_KEY: expected both (a client certificate "
-                        "and its key) or neither")
-    return problems
-
-
-def _redis_url_problems(url: str) -> list[str]:
-    """A redis:// URL's host and port, as redis-py would read them, checked at start rather
-    than at the first connection (port 99999 would otherwise pass --check-config)."""
-    try:
-        port = urlsplit(url).port
-    except ValueError:
-        return ["REDIS_URL: expected a port from 1 to 65535 after the host"]
-    if port == 0:
-        return ["REDIS_URL: expected a port from 1 to 65535 after the host"]
-    return []
-
-
-# How alike an unknown name must be to a setting's to be called a misspelling of it (difflib's
-# ratio): REDIS_PROT, CACHE_TTTL and HTTP_WORKER are; PATH or HOME are not.
-MISSPELLING_CUTOFF = 0.85
-
-
-def misspelled(environ: Mapping[str, str] | None = None, env_file: str | None = ".env") -> list[str]:
-    """Variables of `env_file` or the environment that are no setting but are close to one's
-    name: one warning each, naming where it was found and the setting meant."""
-    known = [field.metadata["env"] for field in dataclasses.fields(Settings)]
-    sources = [(".env", dotenv_values(env_file) if env_file and os.path.exists(env_file) else {}),
-               ("the environment", os.environ if environ is None else environ)]
-    warnings = []
-    for where, names in sources:
-        for name in sorted(names):
-            if name in known:
-                continue
-            close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=MISSPELLING_CUTOFF)
-            if close:
-                warnings.append(f"{name} (in {where}) is not a setting; did you mean {close[0]}?")
-    return warnings
-
-
 def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None = ".env",
                   overrides: Mapping[str, str] | None = None) -> Settings:
     """Read every setting: `overrides` (the command line's flags, by variable name) over the
@@ -418,7 +336,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
                    for field in dataclasses.fields(Settings)
                    if "derive" in field.metadata and field.name not in kwargs}
         settings = dataclasses.replace(settings, **derived)
-        problems.extend(_cross_checks(settings))
+        problems.extend(cross_checks(settings))
     if problems:
         raise ConfigError(problems)
     assert settings is not None

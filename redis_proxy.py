@@ -8,37 +8,27 @@ from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import redis
-from redis.exceptions import RedisClusterException
 
 from load_env import Settings, load_settings
 from proxy.cache.freshness import Policy
 from proxy.cache.local_cache import READ_TIER, URL_TIER, LocalCache
 from proxy.cache.request import ClientRequest
 from proxy.cache.result import BYPASS, HIT, MISS, STALE, CacheResult, PlainHit
-from proxy.cache.rules import NO_RULES, Rules, RulesError, parse_rules
+from proxy.cache.rules import NO_RULES, Rules
 from proxy.cache.single_flight import SingleFlight
 from proxy.core import stats as names
 from proxy.core.read_cache import ReadCache
 from proxy.core.stats import Stats
 from proxy.core.url_cache import UrlCache
 from proxy.core.url_request import UrlLimits, UrlRequest
-from proxy.errors import ConfigError, ProxyError
+from proxy.errors import ProxyError
+from proxy.parts import fetcher_of, local_cache_of, policy_of, redis_client_of, rules_of
 from proxy.store.bans import Ban
-from proxy.store.connection import (
-    RedisHealth,
-    TrackingConnectionPool,
-    check_at_start,
-    make_client,
-    mask_url,
-)
+from proxy.store.connection import RedisHealth, TrackingConnectionPool, check_at_start
 from proxy.store.fetch_lock import FetchLock
 from proxy.store.invalidation import TRACKING, TTL_ONLY, Invalidator
-from proxy.store.launcher import RedisServer
 from proxy.store.purge_marker import PurgeMarkers
-from proxy.store.sentinel import make_sentinel_client
-from proxy.store.topology import make_cluster_client
 from proxy.upstream.fetcher import Fetcher, UpstreamResponse
-from proxy.upstream.policy import UpstreamPolicy
 
 log = logging.getLogger(__name__)
 
@@ -282,116 +272,27 @@ class RedisProxy:
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> "RedisProxy":
-        """The proxy `settings` describe, starting an embedded redis-server when none is
-        configured (closed with the proxy)."""
+        """The proxy `settings` describe (its parts: proxy.parts), starting an embedded
+        redis-server when none is configured (closed with the proxy)."""
         if "rules" not in overrides:  # read first: a bad file starts nothing
             overrides["rules"] = rules_of(settings)
-        on_close = []
-        client: Any
-        if settings.redis_cluster_nodes or settings.redis_sentinels:
-            client, url = scaled_out_client(settings)
-        else:
-            if settings.redis_configured:
-                url = redis_url_of(settings)
-            else:
-                embedded = RedisServer().start()
-                on_close.append(embedded.cleanup)
-                url = embedded.url
-                log.info("no REDIS_URL or REDIS_HOST set: started an embedded redis-server at %s", url)
-            client = make_client(url, socket_timeout=settings.redis_socket_timeout,
-                                 max_connections=settings.redis_max_connections,
-                                 password=settings.redis_password or None, tls_ca=settings.redis_tls_ca,
-                                 tls_cert=settings.redis_tls_cert, tls_key=settings.redis_tls_key)
-        fetcher = Fetcher(timeout=settings.upstream_timeout, max_bytes=settings.upstream_max_bytes,
-                          max_fetches=settings.max_fetches,
-                          policy=UpstreamPolicy(allowed_hosts=settings.upstream_allowed_hosts,
-                                                allowed_ports=settings.upstream_allowed_ports,
-                                                allow_private=settings.upstream_allow_private))
-        local = LocalCache(capacity=settings.cache_capacity, max_bytes=settings.cache_max_bytes,
-                           ttl=settings.cache_ttl)
-        policy = Policy(ttl=settings.cache_ttl, store_statuses=settings.cache_store_statuses,
-                        store_set_cookie=settings.cache_store_set_cookie,
-                        respect_cache_control=settings.respect_cache_control,
-                        default_freshness=settings.default_freshness,
-                        ttl_caps_origin=settings.cache_ttl_caps_origin,
-                        heuristic_fraction=settings.heuristic_fraction,
-                        heuristic_max=settings.heuristic_max_age,
-                        max_headers=settings.max_stored_headers,
-                        max_header_bytes=settings.max_stored_header_bytes)
-        proxy = cls(client, fetcher, local, ttl=settings.cache_ttl,
+        client, label, on_close = redis_client_of(settings)
+        proxy = cls(client, fetcher_of(settings), local_cache_of(settings), ttl=settings.cache_ttl,
                     stale_ttl=settings.cache_stale_ttl, stale_if_error=settings.stale_if_error,
-                    prefix=settings.cache_prefix, policy=policy,
+                    prefix=settings.cache_prefix, policy=policy_of(settings),
                     max_url_bytes=settings.max_url_bytes, max_key_bytes=settings.max_key_bytes,
                     stale_while_revalidate=settings.stale_while_revalidate,
                     invalidation=settings.l1_invalidation,
-                    redis_label=mask_url(url), on_close=on_close,
+                    redis_label=label, on_close=on_close,
                     get_allow_cache_prefix=settings.get_allow_cache_prefix,
                     origin=settings.origin_url, origins=[url for _, url in settings.origins],
                     refresh_ahead=settings.refresh_ahead, tag_headers=settings.tag_header,
                     tag_headers_shown=settings.tag_header_shown,
                     compress_min_bytes=settings.compress_min_bytes,
                     max_variants=settings.max_variants, **overrides)
-        if check_at_start(client, mask_url(url)):
+        if check_at_start(client, label):
             proxy.configure_memory(settings.redis_maxmemory, settings.redis_eviction_policy)
         return proxy
-
-
-def rules_of(settings: Settings) -> Rules:
-    """RULES_FILE read and checked (proxy.cache.rules): at start, by --check-config and by each
-    reload, so that a bad file is refused as a bad setting is (ConfigError, every problem with
-    its line); no rules when it is not set."""
-    path = settings.rules_file
-    if not path:
-        return NO_RULES
-    try:
-        with open(path, "rb") as file:
-            data = file.read()
-    except OSError as exc:
-        raise ConfigError([f"RULES_FILE={path}: cannot be read ({exc.strerror}); expected a "
-                           "readable TOML file of [[rule]] tables"]) from exc
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ConfigError([f"RULES_FILE={path}: line {line}: byte 0x{data[exc.start]:02x} is not "
-                           "UTF-8; expected a TOML file, which is UTF-8"]) from exc
-    try:
-        return parse_rules(text, max_stale=settings.cache_stale_ttl)
-    except RulesError as exc:
-        raise ConfigError([f"RULES_FILE={path}: {problem}" for problem in exc.problems]) from exc
-
-
-def scaled_out_client(settings: Settings) -> tuple[Any, str]:
-    """The client of a Redis Cluster (REDIS_CLUSTER_NODES) or of Sentinel's primary
-    (REDIS_SENTINELS), and the label logs and /health show for it."""
-    timeout, most = settings.redis_socket_timeout, settings.redis_max_connections
-    password = settings.redis_password or None
-    if settings.redis_cluster_nodes:
-        label = "redis-cluster://" + ",".join(settings.redis_cluster_nodes)
-        log.info("store: Redis Cluster, seeds %s", ",".join(settings.redis_cluster_nodes))
-        try:
-            return make_cluster_client(settings.redis_cluster_nodes, tls_ca=settings.redis_tls_ca,
-                                       tls_cert=settings.redis_tls_cert,
-                                       tls_key=settings.redis_tls_key, socket_timeout=timeout,
-                                       max_connections=most, password=password), label
-        except RedisClusterException as exc:  # not a RedisError: say it as one, for main()
-            raise redis.ConnectionError(f"no Redis Cluster at {label}: {exc}") from exc
-    label = f"redis-sentinel://{','.join(settings.redis_sentinels)}/{settings.redis_sentinel_master}"
-    log.info("store: the primary of %r through Sentinel at %s", settings.redis_sentinel_master,
-             ",".join(settings.redis_sentinels))
-    return make_sentinel_client(settings.redis_sentinels, settings.redis_sentinel_master,
-                                socket_timeout=timeout, max_connections=most,
-                                password=password), label
-
-
-def redis_url_of(settings: Settings) -> str:
-    """REDIS_URL, else one built from REDIS_HOST/PORT/DB (TLS when TLS files are given). The
-    password stays out of it: it goes to the client apart, so it can never be logged."""
-    if settings.redis_url:
-        return settings.redis_url
-    host = f"[{settings.redis_host}]" if ":" in settings.redis_host else settings.redis_host
-    tls = settings.redis_tls_ca or settings.redis_tls_cert
-    return f"{'rediss' if tls else 'redis'}://{host}:{settings.redis_port}/{settings.redis_db}"
 
 
 __all__ = ["RedisProxy", "CacheResult", "ClientRequest", "ProxyError", "HIT", "MISS", "STALE", "BYPASS", "UrlRequest"]

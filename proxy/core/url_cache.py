@@ -22,18 +22,12 @@ from proxy.cache.freshness import (
     freshened,
     may_serve_stale_if_error,
     may_serve_stale_while_revalidate,
-    with_date,
-    with_vary,
-    without_unvalidated,
 )
 from proxy.cache.local_cache import MISSING, URL_TIER, LocalCache
-from proxy.cache.representation import ACCEPT_ENCODING, represent, without
+from proxy.cache.representation import represent, without
 from proxy.cache.request import CREDENTIALS, ClientRequest, fill_fields
 from proxy.cache.result import (
-    BYPASS,
-    HEADERS_TOO_LARGE,
     HIT,
-    MISS,
     STALE,
     STALE_IF_ERROR,
     STALE_WHILE_REVALIDATE,
@@ -42,11 +36,12 @@ from proxy.cache.result import (
 from proxy.cache.rules import NO_RULES, Rules, Timing
 from proxy.cache.single_flight import SingleFlight
 from proxy.core import stats as names
+from proxy.core.answers import Answering
 from proxy.core.coalesce import Coalescing, flight_key
 from proxy.core.plain_hit import PlainHits
 from proxy.core.purge import Purging
 from proxy.core.stats import Stats
-from proxy.core.storing import Begun, Storing
+from proxy.core.storing import Begun
 from proxy.core.url_request import UrlLimits, UrlRequest
 from proxy.core.url_rules import Ruling
 from proxy.errors import (
@@ -64,9 +59,9 @@ from proxy.store.connection import RedisHealth
 from proxy.store.connection import get as store_get
 from proxy.store.fetch_lock import FetchLock
 from proxy.store.purge_marker import PurgeMarkers
-from proxy.store.tags import MAX_TAGS, TagIndex, tags_of
+from proxy.store.tags import TagIndex
 from proxy.store.variants import Variants
-from proxy.upstream.fetcher import Fetcher, UpstreamResponse
+from proxy.upstream.fetcher import Fetcher
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +70,7 @@ NO_DEMANDS = Demands()  # what a request without Cache-Control or Pragma asks
 MAX_STALE = "max-stale"  # Cache-Status detail of a stale answer the request's max-stale accepted
 
 
-class UrlCache(PlainHits, Coalescing, Storing, Purging, Ruling):
+class UrlCache(PlainHits, Coalescing, Answering, Purging, Ruling):
     """`GET /?url=U&key=K`: parse, look up, coalesce the forward, revalidate, store, purge."""
 
     def __init__(self, client: Any, fetcher: Fetcher, local: LocalCache, health: RedisHealth,
@@ -342,70 +337,6 @@ class UrlCache(PlainHits, Coalescing, Storing, Purging, Ruling):
                                        upstream_status=response.status)
         return self._fresh_answer(request, response, stale, redis_up, now, request_time,
                                   begun, epoch)
-
-    def _fresh_answer(self, request: UrlRequest, response: UpstreamResponse, stale: Entry | None,
-                      redis_up: bool, now: float, request_time: float, begun: Begun,
-                      epoch: int) -> CacheResult:
-        """A new response from upstream (not a 304 freshening `stale`): stored when storable
-        (`begun`, `epoch`: where the purges stood before the fetch, see `_store`), and the
-        client's answer."""
-        tag_headers = self.limits.tag_headers
-        tags = tags_of(response.headers, tag_headers) if tag_headers else ()
-        if tags is None:
-            log.info("not storing %s: its %s header holds more than %d tags or one that is not "
-                     "1-256 visible ASCII characters", request.redis_key, "/".join(tag_headers),
-                     MAX_TAGS)
-        policy = self._policy_for(request, response.status)
-        refusal = policy.refusal(response.status, response.headers, now) if request.store \
-            else "request"
-        lifetime = policy.lifetime(response.headers, now, response.status)
-        if request.credentials and not refusal:
-            # RFC 9111 §3.5: stored only if it says so, fresh only as long as it says.
-            shared = self.policy.credentialed_lifetime(response.headers, now)
-            if shared is None:
-                refusal = "credentials"
-            else:
-                lifetime = shared
-        # Every end-to-end header is relayed (the tags are the entry's, not a header: shown only
-        # with TAG_HEADER_SHOWN); the origin's Date kept (one added if it sent none).
-        entry = Entry(status=response.status, body=response.body, url=request.canonical,
-                      fetched_at=now - self.policy.initial_age(response.headers, request_time, now),
-                      fresh_for=lifetime, stored_at=now,
-                      headers=self._key_varied(request, with_date(
-                          without(self.policy.stored_headers(response.headers), tag_headers), now)),
-                      via=response.hops, vary=self._vary_of(request, response.headers),
-                      tags=tags or ())
-        if refusal == HEADERS_TOO_LARGE:
-            log.info("not storing %s: its headers exceed MAX_STORED_HEADERS (%d fields) or "
-                     "MAX_STORED_HEADER_BYTES (%d bytes)", request.redis_key,
-                     self.policy.max_headers, self.policy.max_header_bytes)
-        kept = self._compressed(entry, response.headers)
-        stored = not refusal and tags is not None \
-            and self._store(request.redis_key, kept, begun, epoch)
-        headers = self._shown(entry, self._key_varied(request, with_date(
-            without(cache_entry.kept_headers(response.headers), tag_headers), now)))
-        if stored and kept.coding:
-            headers = with_vary(headers, ACCEPT_ENCODING)  # as every later answer from the entry
-        return CacheResult(response.status, response.body, headers,
-                           MISS if redis_up else BYPASS, int(entry.age(now)),
-                           forward="stale" if stale else "miss",
-                           upstream_status=response.status, stored=stored,
-                           detail=HEADERS_TOO_LARGE if refusal == HEADERS_TOO_LARGE else "")
-
-    def _result(self, entry: Entry, now: float, cache: str, forward: str = "",
-                detail: str = "", policy: Policy | None = None) -> CacheResult:
-        """The answer from a stored entry; `policy` given: reused without revalidation, so less
-        the fields its `no-cache="f"` names. Its tags shown with TAG_HEADER_SHOWN."""
-        headers = entry.headers if policy is None else without_unvalidated(entry.headers, policy)
-        return CacheResult(entry.status, entry.body, self._shown(entry, headers), cache,
-                           int(entry.age(now)), entry.remaining(now), forward, detail=detail,
-                           coding=entry.coding)
-
-    def _shown(self, entry: Entry, headers: dict[str, str]) -> dict[str, str]:
-        """`headers`, and the entry's tags in the first tag header when they are shown."""
-        if entry.tags and self.limits.tag_headers_shown and self.limits.tag_headers:
-            return {**headers, self.limits.tag_headers[0]: " ".join(entry.tags)}
-        return headers
 
 
 def _json(params: Any) -> str:

@@ -1,8 +1,14 @@
 """The settings table read back: each setting's flag, its group, and its value or default as
-the variable would be written (the command line, --check-config and the generated docs)."""
+the variable would be written (the command line, --check-config and the generated docs); and
+the variables set that look like a misspelled setting's name (warned of at start)."""
 
 import dataclasses
+import difflib
+import os
+from collections.abc import Mapping
 from typing import Any
+
+from dotenv import dotenv_values
 
 from load_env import GROUPS, Settings
 
@@ -39,3 +45,25 @@ def show_value(field: dataclasses.Field[Any], value: Any) -> str:
 def default_text(field: dataclasses.Field[Any]) -> str:
     """The default as the docs state it ("empty" when it is the empty value)."""
     return field.metadata.get("shown") or show_value(field, field.default) or "empty"
+
+
+# How alike an unknown name must be to a setting's to be called a misspelling of it (difflib's
+# ratio): REDIS_PROT, CACHE_TTTL and HTTP_WORKER are; PATH or HOME are not.
+MISSPELLING_CUTOFF = 0.85
+
+
+def misspelled(environ: Mapping[str, str] | None = None, env_file: str | None = ".env") -> list[str]:
+    """Variables of `env_file` or the environment that are no setting but are close to one's
+    name: one warning each, naming where it was found and the setting meant."""
+    known = [field.metadata["env"] for field in dataclasses.fields(Settings)]
+    sources = [(".env", dotenv_values(env_file) if env_file and os.path.exists(env_file) else {}),
+               ("the environment", os.environ if environ is None else environ)]
+    warnings = []
+    for where, names in sources:
+        for name in sorted(names):
+            if name in known:
+                continue
+            close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=MISSPELLING_CUTOFF)
+            if close:
+                warnings.append(f"{name} (in {where}) is not a setting; did you mean {close[0]}?")
+    return warnings

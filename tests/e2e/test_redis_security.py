@@ -16,9 +16,10 @@ import redis
 from http_server import make_server
 from load_env import load_settings
 from proxy.errors import ConfigError
+from proxy.parts import redis_url_of
 from proxy.store.connection import mask_url
 from proxy.store.launcher import RedisServer, free_port
-from redis_proxy import RedisProxy, redis_url_of
+from redis_proxy import RedisProxy
 from servers import ServerThread, q, request, start_proxy, stop_proxy, wait_until
 
 PASSWORD = "pw-" + secrets.token_hex(12)  # distinctive, so any leak is found by a plain search

@@ -21,10 +21,12 @@ MAY_IMPORT = {
     "proxy.core": ("proxy.errors", "proxy.log_limit", "proxy.budgets", "proxy.cache", "proxy.store", "proxy.upstream",
                    "proxy.core"),
     "proxy.settings_parsers": (),
-    "load_env": ("proxy.errors", "proxy.settings_parsers"),
+    "proxy.settings_checks": (),
+    "load_env": ("proxy.errors", "proxy.settings_parsers", "proxy.settings_checks"),
     "logger": (),
+    "proxy.parts": ("proxy.errors", "proxy.cache", "proxy.store", "proxy.upstream", "load_env"),
     "redis_proxy": ("proxy.errors", "proxy.log_limit", "proxy.cache", "proxy.store", "proxy.upstream", "proxy.core",
-                    "load_env"),
+                    "proxy.parts", "load_env"),
     "proxy.serving": ("proxy.errors", "proxy.budgets", "proxy.cache", "proxy.serving"),  # cache: its pure parts
     "proxy.resp": ("proxy.errors", "proxy.budgets", "proxy.serving", "proxy.resp", "redis_proxy", "proxy"),
     "proxy.process": ("proxy.errors", "proxy.store", "proxy.process", "load_env", "proxy"),  # proxy: __version__ alone

@@ -10,7 +10,7 @@ from load_env import load_settings
 from proxy.cache.freshness import Policy
 from proxy.cache.rules import MAX_SECONDS, RulesError, Timing, parse_rules, site_host
 from proxy.errors import ConfigError
-from redis_proxy import rules_of
+from proxy.parts import rules_of
 from servers import ROOT
 
 EXPECTED_KEYS = ("host, path, status, ttl, ttl_min, ttl_max, stale_while_revalidate, "
@@ -195,7 +195,7 @@ def test_a_stale_window_longer_than_cache_stale_ttl_is_refused(name):
     assert getattr(parse_rules(f"[[rule]]\n{name} = 300\n", 300).rules[0].timing, name) == 300
 
 
-# ----- the file, as a setting (redis_proxy.rules_of) -------------------------------------------------
+# ----- the file, as a setting (proxy.parts.rules_of) ------------------------------------------------
 
 
 def settings_with(path) -> object:

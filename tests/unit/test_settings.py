@@ -5,9 +5,10 @@ import os
 import pytest
 
 from load_env import HEURISTIC_STATUSES as TABLE_STATUSES
-from load_env import load_settings, misspelled
+from load_env import load_settings
 from proxy.cache.freshness import HEURISTIC_STATUSES
 from proxy.errors import ConfigError
+from proxy.process.settings_table import misspelled
 from servers import run_proxy
 
 
