@@ -15,9 +15,7 @@ from proxy.store.launcher import free_port
 from proxy.store.purge_marker import marker_key
 from proxy.store.topology import REFRESH_MAX_GAP, REFRESH_MIN_GAP
 from redis_cluster import CLUSTER_BUS_OFFSET, Cluster, cluster_node_port, tools_missing
-from redis_proxy import (
-    RedisProxy,  # FIXME: moved, see WARN
-)
+from redis_proxy import RedisProxy
 from servers import ServerThread, request, wait_until
 
 pytestmark = [pytest.mark.cluster,
