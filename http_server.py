@@ -198,7 +198,8 @@ def warm_cache(settings: Settings, options: command_line.Options) -> int:
         return 1
     try:
         summary = warm.warm(proxy, lines, concurrency=options.concurrency, errors=sys.stderr,
-                            progress=sys.stderr.isatty())  # a bar on a terminal only
+                            progress=sys.stderr.isatty(),  # a bar on a terminal only
+                            max_fetches=proxy.fetcher.in_flight.slots)
     finally:
         proxy.close()
     sys.stdout.write(summary.text())

@@ -155,8 +155,9 @@ class Settings:
                                  shown="2 × cores")
     max_fetches: int = _setting("MAX_FETCHES", parsers.integer(1), 64, "upstream",
                                 "upstream fetches in flight at once, per worker; one more waits up to 1 s "
-                                "for one to end, then gets 503 (`Retry-After: 1`). A request waiting on "
-                                "an upstream holds no `MAX_PARALLEL` slot")
+                                "for one to end, then gets 503 (`Retry-After: 1`), or a stored copy that "
+                                "stale-if-error allows. A request waiting on an upstream holds no "
+                                "`MAX_PARALLEL` slot")
     upstream_timeout: float = _setting("UPSTREAM_TIMEOUT", parsers.seconds(True), 10.0, "upstream",
                                        "total deadline of one fetch, redirects and body included; no retries")
     upstream_max_bytes: int = _setting("UPSTREAM_MAX_BYTES", parsers.size, 10 * 1024**2, "upstream",

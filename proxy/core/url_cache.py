@@ -51,6 +51,7 @@ from proxy.errors import (
     KeyNotFound,
     NotCached,
     StoreUnavailable,
+    TooManyFetches,
     UnrecordedSource,
 )
 from proxy.log_limit import LogLimiter
@@ -307,14 +308,19 @@ class UrlCache(PlainHits, Coalescing, Answering, Purging, Ruling):
         try:
             response = self.fetcher.fetch(request.parts, sent,
                                           follow_redirects=not self._relays(request.target))
-        except (BadGateway, GatewayTimeout) as exc:
-            self.stats.count(names.UPSTREAM_SECONDS, time.monotonic() - fetch_started)
-            self.stats.count(names.UPSTREAM_ERRORS)
-            # One line per origin per interval: an origin down must not flood the log.
-            # (The origin only: a path or query may carry a client's secrets.)
-            origin = request.parts.netloc
-            self.log_limiter.warning(f"upstream {origin}", "upstream fetch from %s failed: %s",
-                                     origin, exc.detail)
+        except (BadGateway, GatewayTimeout, TooManyFetches) as exc:
+            # TooManyFetches: the origin could not be asked (MAX_FETCHES in flight, counted by
+            # the fetcher): a copy stale-if-error allows stands in for the 503 too, as RFC 9111
+            # §4.2.4 lets a cache do when the origin cannot be reached (nginx's
+            # proxy_cache_use_stale updating).
+            if not isinstance(exc, TooManyFetches):
+                self.stats.count(names.UPSTREAM_SECONDS, time.monotonic() - fetch_started)
+                self.stats.count(names.UPSTREAM_ERRORS)
+                # One line per origin per interval: an origin down must not flood the log.
+                # (The origin only: a path or query may carry a client's secrets.)
+                origin = request.parts.netloc
+                self.log_limiter.warning(f"upstream {origin}", "upstream fetch from %s failed: %s",
+                                         origin, exc.detail)
             now = self.clock()
             if stale is not None and may_serve_stale_if_error(self.policy, stale, now, window):
                 return self._result(stale, now, STALE, detail=STALE_IF_ERROR)

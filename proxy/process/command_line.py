@@ -77,7 +77,8 @@ def build_parser(prog: str | None = None, warm: bool = False) -> argparse.Argume
             formatter_class=_HelpFormatter)
         parser.add_argument("file", metavar="FILE", help="the URLs, one a line: '<url>' or '<url> <key>'")
         parser.add_argument("--concurrency", type=_concurrency, default=DEFAULT_CONCURRENCY,
-                            help=f"fetches at once, 1 to 256; default {DEFAULT_CONCURRENCY}")
+                            help=f"fetches at once, 1 to 256, at most MAX_FETCHES (lowered to it, with a "
+                                 f"note); default {DEFAULT_CONCURRENCY}")
     else:
         parser = argparse.ArgumentParser(prog=prog,
                                          usage="%(prog)s [--check-config] [--SETTING VALUE ...]",

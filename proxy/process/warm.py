@@ -2,7 +2,7 @@
 before the first client asks. One URL a line, optionally a key after a space; `#` comments
 and blank lines are skipped, and a bad line is reported with its number and skipped. The
 fetches go through RedisProxy.fetch: the same upstream policy, coalescing and storage rules as
-a client's request, at most `concurrency` at once."""
+a client's request, at most `concurrency` at once, and never more than MAX_FETCHES."""
 
 import dataclasses
 import threading
@@ -62,9 +62,16 @@ def read_lines(lines: Iterable[str], summary: Summary) -> list[Line]:
 
 
 def warm(proxy: Any, lines: Iterable[str], *, concurrency: int = DEFAULT_CONCURRENCY,
-         errors: TextIO, progress: bool = False) -> Summary:
+         errors: TextIO, progress: bool = False, max_fetches: int | None = None) -> Summary:
     """Fetch every URL of `lines` through `proxy` (a RedisProxy); bad lines and failures are
-    written to `errors` with their line numbers. `progress`: a tqdm bar on `errors`."""
+    written to `errors` with their line numbers. `progress`: a tqdm bar on `errors`.
+    `max_fetches`: the proxy's MAX_FETCHES, which `concurrency` is lowered to (with a note)."""
+    if max_fetches is not None and concurrency > max_fetches:
+        # A fetch over MAX_FETCHES waits 1 s for a slot and then fails (503): more threads
+        # than slots would turn a slow origin into failed URLs rather than a slower warm-up.
+        errors.write(f"warm-up: --concurrency {concurrency} is more than MAX_FETCHES "
+                     f"({max_fetches}): {max_fetches} fetches at once\n")
+        concurrency = max_fetches
     summary = Summary()
     todo = read_lines(lines, summary)
     lock = threading.Lock()

@@ -11,10 +11,11 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
-from urllib.parse import unquote_to_bytes, urlsplit
+from urllib.parse import unquote_to_bytes
 
 from proxy.cache.request import FULL_EVALUATION, ClientRequest, early_hints, hinted_fields, relayed_fields
 from proxy.cache.result import HIT, MISS, CacheResult, PlainHit, cache_status
+from proxy.cache.target import split
 from proxy.errors import (
     BadRequest,
     KeyNotFound,
@@ -341,6 +342,7 @@ def ban_fields(fields: dict[str, str], site: Site | None) -> tuple[str, str]:
         if host:
             raise BadRequest("in reverse-proxy mode a ban is the site's: give path= alone",
                              error="bad ban")
-        origin = urlsplit(site.origin)
-        return (origin.hostname or ""), origin.path.rstrip("/") + path
+        # The origin by host and port (Ban.matches): ORIGINS may list one host on two ports.
+        origin = split(site.origin)
+        return origin.host_port, origin.path.rstrip("/") + path
     return host, path

@@ -19,10 +19,10 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
 
+from proxy.cache.target import split
 from proxy.errors import StoreUnavailable, TooManyBans
 from proxy.store.connection import RedisHealth
 
@@ -46,17 +46,24 @@ return redis.call('ZCARD', KEYS[1])
 
 @dataclasses.dataclass(frozen=True)
 class Ban:
-    """Entries whose URL's host matches `host` (a glob, "" = any) and whose path and query match
-    `path` (a glob, case-sensitive: `*` crosses `/`), fetched before `at` (unix seconds)."""
+    """Entries whose URL's host matches `host` and whose path and query match `path` (a glob,
+    case-sensitive: `*` crosses `/`), fetched before `at` (unix seconds). `host`: a glob of the
+    host name, any port ("" = any host); or a site's origin as `host:port` (Target.host_port),
+    matched exactly, port included: two sites' origins may be one host on two ports."""
 
     host: str
     path: str
     at: float
 
     def matches(self, url: str) -> bool:
-        host, target = _parts(url)
-        return (not self.host or fnmatch.fnmatchcase(host, self.host)) \
-            and fnmatch.fnmatchcase(target, self.path)
+        host, authority, target = _parts(url)
+        if not self.host:
+            named = True
+        elif ":" in self.host:  # no host glob holds ':' (the route refuses it): an origin's
+            named = authority == self.host
+        else:
+            named = fnmatch.fnmatchcase(host, self.host)
+        return named and fnmatch.fnmatchcase(target, self.path)
 
     @property
     def member(self) -> str:
@@ -65,10 +72,11 @@ class Ban:
 
 
 @functools.lru_cache(maxsize=4096)
-def _parts(url: str) -> tuple[str, str]:
-    """A canonical URL's host (lower case, no port) and its path with its query."""
-    parts = urlsplit(url)
-    return (parts.hostname or ""), (parts.path or "/") + ("?" + parts.query if parts.query else "")
+def _parts(url: str) -> tuple[str, str, str]:
+    """A canonical URL's host (lower case, no port), its `host:port` (the port always given, as
+    Target.host_port) and its path with its query."""
+    target = split(url)
+    return target.host, target.host_port, (target.path or "/") + ("?" + target.query if target.query else "")
 
 
 class BanList:

@@ -9,6 +9,7 @@ import pytest
 
 from proxy.store.bans import BAN_LIFETIME, KEY, MAX_BANS
 from servers import q, request, wait_until
+from test_origins import second_origin, sites_proxy  # noqa: F401 - fixtures
 from test_reverse_proxy import site_proxy  # noqa: F401 - a fixture
 
 BANS = "rp:" + KEY
@@ -161,9 +162,67 @@ def test_in_reverse_proxy_mode_a_ban_is_the_sites_paths(site_proxy, origin):  # 
 
     made = request(proxy.port, "/_proxy/ban?path=" + quote("/blog/*", safe=""), method="DELETE")
 
-    assert made.json()["banned"] == {"host": "127.0.0.1", "path": "/base/blog/*", "at": made.json()["banned"]["at"]}
+    assert made.json()["banned"] == {"host": f"127.0.0.1:{origin.port}", "path": "/base/blog/*", "at": made.json()["banned"]["at"]}
     answer = request(proxy.port, "/blog/x")
     assert (answer.body, answer.headers["X-Cache"]) == (b"version 2", "MISS")
     assert request(proxy.port, "/news").headers["X-Cache"] == "HIT"
     assert (origin.hits["GET /base/blog/x"], origin.hits["GET /base/news"]) == (2, 1)
     assert blog and other
+
+
+# ----- ORIGINS: several sites (their two origins both on 127.0.0.1, on two ports) --------------
+
+def on_host(port: int, path: str, host: str, method: str = "GET"):
+    return request(port, path, method=method, headers={"Host": host})
+
+
+def test_a_ban_on_one_sites_host_stales_that_sites_entries_only_on_every_proxy(
+        sites_proxy, origin, second_origin):  # noqa: F811
+    first, second = sites_proxy(), sites_proxy()
+    origin.counter("/blog/x", b"a ")
+    second_origin.counter("/blog/x", b"b ")
+    for proxy in (first, second):
+        for host in ("a.example", "c.b.example"):
+            on_host(proxy.port, "/blog/x", host)
+            assert on_host(proxy.port, "/blog/x", host).headers["X-Cache"] == "HIT"  # its L1
+    assert (origin.hits["GET /blog/x"], second_origin.hits["GET /blog/x"]) == (1, 1)
+    refused = on_host(first.port, "/_proxy/ban?path=/blog/*&host=127.0.0.1", "a.example", method="DELETE")
+    assert (refused.status, refused.json()["error"]) == (400, "bad ban")  # on a site's Host, the site's
+
+    made = on_host(first.port, "/_proxy/ban?path=" + quote("/blog/*", safe=""), "a.example", method="DELETE")
+
+    # The site's origin, by host and port: the other site's origin is the same host on another port.
+    assert made.status == 200
+    assert made.json()["banned"] == {"host": f"127.0.0.1:{origin.port}", "path": "/blog/*",
+                                     "at": made.json()["banned"]["at"]}
+    kept = on_host(first.port, "/blog/x", "c.b.example")
+    assert (kept.body, kept.headers["X-Cache"]) == (b"b 1", "HIT")
+    # The second proxy reads the bans again within a second (proxy.store.bans.REFRESH): its L1
+    # copy of a.example's page is refetched, b.example's is not.
+    wait_until(lambda: on_host(second.port, "/blog/x", "a.example").headers["X-Cache"] == "MISS", timeout=5)
+    assert [(got.body, got.headers["X-Cache"]) for got in (
+        on_host(second.port, "/blog/x", "a.example"), on_host(second.port, "/blog/x", "c.b.example"),
+        on_host(first.port, "/blog/x", "a.example"))] == [(b"a 2", "HIT"), (b"b 1", "HIT"), (b"a 2", "HIT")]
+    assert (origin.hits["GET /blog/x"], second_origin.hits["GET /blog/x"]) == (2, 1)
+
+
+def test_a_ban_on_a_host_of_no_site_without_host_bans_the_path_on_every_site(
+        sites_proxy, origin, second_origin):  # noqa: F811
+    proxy = sites_proxy()
+    for server in (origin, second_origin):
+        server.counter("/blog/x")
+        server.counter("/news")
+    for host in ("a.example", "c.b.example"):
+        for path in ("/blog/x", "/news"):
+            on_host(proxy.port, path, host)
+
+    made = on_host(proxy.port, "/_proxy/ban?path=" + quote("/blog/*", safe=""), f"127.0.0.1:{proxy.port}",
+                   method="DELETE")
+
+    # Off a site, a ban is the URL role's: any host when host= is absent.
+    assert made.json()["banned"] == {"host": "*", "path": "/blog/*", "at": made.json()["banned"]["at"]}
+    assert [on_host(proxy.port, path, host).headers["X-Cache"]
+            for host in ("a.example", "c.b.example") for path in ("/blog/x", "/news")] == \
+        ["MISS", "HIT", "MISS", "HIT"]
+    assert [server.hits[f"GET {path}"] for server in (origin, second_origin) for path in ("/blog/x", "/news")] == \
+        [2, 1, 2, 1]

@@ -1,7 +1,8 @@
 """Separate budgets for CPU work and upstream waits (issue 19 item 9): a request waiting on an
 upstream fetch (its own, a coalesced one, another process's) holds no MAX_PARALLEL slot, so
 slow origins never stall cached hits, RESP reads or /health; fetches in flight have their own
-bound, MAX_FETCHES, and one more waits FETCH_WAIT for a slot, then gets 503.
+bound, MAX_FETCHES, and one more waits FETCH_WAIT for a slot, then gets 503 (or the stale copy
+that stale-if-error allows).
 
 The slow origin answers only once the test sets an Event, after its checks: what answered
 before that answered while every slow fetch was still in flight (no timing assertion; a
@@ -244,3 +245,36 @@ def test_the_fetch_budget_defaults_to_64_waiting_1_s():
     assert Settings().max_fetches == upstream_fetcher.MAX_FETCHES == 64
     fetcher = upstream_fetcher.Fetcher()
     assert (fetcher.in_flight.slots, fetcher.fetch_wait) == (64, upstream_fetcher.FETCH_WAIT) == (64, 1.0)
+
+
+@pytest.mark.parametrize("cache_control, past_freshness, served", [
+    ("max-age=60", 40, True),
+    ("max-age=60", 300, True),  # the last second of STALE_IF_ERROR
+    ("max-age=60", 301, False),
+    ("max-age=60, must-revalidate", 40, False),  # RFC 9111 §4.2.4: never served stale
+], ids=["within_stale_if_error", "at_its_end", "past_it", "must_revalidate"])
+def test_over_max_fetches_a_copy_stale_if_error_allows_is_served_else_503(
+        stage, release, r, cache_control, past_freshness, served):
+    now = [1_000_000.0]  # before the origin's Date: the stored copy's age is the clock's alone
+    on_stage = stage(fetcher_options={"max_fetches": 1, "fetch_wait": 0.2}, clock=lambda: now[0],
+                     stale_ttl=600, stale_if_error=300)
+    url = on_stage.upstream.serve("/page", b"stored copy", headers={"Cache-Control": cache_control})
+    assert request(on_stage.http, q(url, "page")).headers["X-Cache"] == "MISS"
+    now[0] += 60 + past_freshness
+    holder = on_stage.get(q(on_stage.upstream.route("/slow/holder", slow(release)), "holder"))
+    wait_until(lambda: on_stage.upstream.hits["/slow/holder"] == 1)  # the one fetch in flight
+
+    got = request(on_stage.http, q(url, "page"))
+
+    assert on_stage.proxy.fetcher.fetches_refused == 1 and on_stage.upstream.hits["/page"] == 1
+    if served:
+        assert (got.status, got.body, got.headers["X-Cache"], got.headers["Age"]) == \
+            (200, b"stored copy", "STALE", str(60 + past_freshness))
+        assert got.headers["Cache-Status"] == \
+            f"redis-proxy; fwd=stale; detail=stale-if-error; ttl={-past_freshness}"
+    else:
+        assert (got.status, got.json()["error"], got.headers["Retry-After"]) == (503, "too many fetches", "1")
+    assert not holder.done
+    release.set()
+    assert holder.result().status == 200
+    assert r.ttl("rp:page") > 0  # the stored copy is neither replaced nor dropped meanwhile

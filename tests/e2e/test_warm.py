@@ -10,12 +10,13 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 
 import pytest
 
 from proxy.process import warm
 from proxy.store.launcher import free_port
-from servers import ROOT
+from servers import ROOT, wait_until
 
 COUNT = 50
 
@@ -188,3 +189,50 @@ def test_on_a_terminal_the_progress_bar_is_shown(site, redis_url, tmp_path):
     assert process.wait(30) == 0
     assert b"100%|" in shown and b"5/5" in shown
     assert summary.startswith(b"warm-up: 5 stored, ")
+
+
+def test_warm_over_max_fetches_fetches_that_many_at_once_and_none_is_refused(make_proxy, upstream):
+    """With a concurrency over MAX_FETCHES, the fetches beyond it would find no slot (here at
+    once: fetch_wait 0) while the origin holds the first ones; lowered to MAX_FETCHES, none is."""
+    release, lock = threading.Event(), threading.Lock()
+    in_flight, most = [0], [0]
+
+    def held(handler) -> None:
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        release.wait(30)
+        with lock:
+            in_flight[0] -= 1
+        handler.reply(200, b"held", {"Cache-Control": "max-age=600"})
+
+    urls = [upstream.route(f"/held{i}", held) for i in range(8)]
+    proxy = make_proxy(fetcher_options={"max_fetches": 2, "fetch_wait": 0})
+    errors, done = io.StringIO(), []
+    warming = threading.Thread(target=lambda: done.append(warm.warm(
+        proxy.proxy, urls, concurrency=8, errors=errors, max_fetches=2)), daemon=True)
+    warming.start()
+    try:
+        wait_until(lambda: in_flight[0] == 2)  # MAX_FETCHES held by the origin
+    finally:
+        release.set()
+    warming.join(30)
+
+    (summary,) = done
+    assert (summary.counts[warm.STORED], summary.counts[warm.FAILED]) == (8, 0)
+    assert (proxy.proxy.fetcher.fetches_refused, most[0]) == (0, 2)
+    assert errors.getvalue() == "warm-up: --concurrency 8 is more than MAX_FETCHES (2): 2 fetches at once\n"
+
+
+def test_warm_notes_a_concurrency_over_max_fetches_and_stores_every_url(site, redis_url, r, tmp_path):
+    urls = tmp_path / "urls.txt"
+    urls.write_text("".join(f"{site.url(f'/page{i}')} k{i}\n" for i in range(8)))
+
+    done = run_warm(str(urls), "--concurrency", "8", env={**env_for(redis_url, site), "MAX_FETCHES": "4"})
+
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "warm-up: --concurrency 8 is more than MAX_FETCHES (4): 4 fetches at once\n"
+    assert done.stdout.startswith("warm-up: 8 stored, 0 already fresh, ")
+    assert r.exists(*[f"rp:k{i}" for i in range(8)]) == 8
+    at_most = run_warm(str(urls), "--concurrency", "4", env={**env_for(redis_url, site), "MAX_FETCHES": "4"})
+    assert (at_most.returncode, at_most.stderr) == (0, "")  # no note when within it
