@@ -21,11 +21,12 @@ from typing import Any
 
 from proxy.budgets import ByteBudget
 from proxy.resp import protocol as wire
-from proxy.resp.commands import MAX_KEYS, MAX_REPLY_BYTES, RespCommands
+from proxy.resp.commands import MAX_KEYS, MAX_REPLY_BYTES, OTHER, RespCommands, label_of
 from proxy.resp.protocol import ProtocolError, RespParser, TooManyArguments
 from proxy.resp.replies import error as error_reply
 from proxy.serving.auth import Authenticator
 from proxy.serving.connection_loop import LoopServerMixIn
+from proxy.serving.metrics import Metrics
 from proxy.serving.rate_limit import RateLimiter
 from proxy.serving.sockets import DeadlineReader, Gate, linger
 from redis_proxy import RedisProxy
@@ -54,8 +55,9 @@ class RespServer(LoopServerMixIn, socketserver.TCPServer):
                  max_bulk: int = wire.MAX_BULK, authenticator: Authenticator | None = None,
                  parallel: Gate | None = None, rate_limiter: RateLimiter | None = None,
                  max_keys: int = MAX_KEYS, max_reply_bytes: int = MAX_REPLY_BYTES,
-                 max_pending_bytes: int = MAX_PENDING_BYTES):
+                 max_pending_bytes: int = MAX_PENDING_BYTES, metrics: Metrics | None = None):
         self.proxy = proxy
+        self.metrics = metrics  # the HTTP front end's, so /metrics counts both; None: uncounted
         self.pending = ByteBudget(max_pending_bytes)  # replies built and not yet sent
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
@@ -90,6 +92,12 @@ class RespServer(LoopServerMixIn, socketserver.TCPServer):
         return error_reply(f"ERR reply of {size} bytes not sent: RESP clients have "
                            f"{self.pending.held} bytes of replies not yet read, and "
                            f"RESP_MAX_PENDING_BYTES is {self.pending.limit}; retry shortly")
+
+    def served(self, tally: dict[tuple[str, bool], int], started: float) -> None:
+        """Commands answered since `started` (when their bytes came in), counted by (command,
+        error?): one lock per batch, not per command, so a pipeline costs a dict update each."""
+        if self.metrics is not None and tally:
+            self.metrics.observe_commands("resp", tally, time.monotonic() - started)
 
     def _info(self) -> dict[str, dict[str, Any]]:
         with self._count_lock:
@@ -157,56 +165,68 @@ class RespHandler(socketserver.BaseRequestHandler):
         replies: list[bytes] = []
         pending = answered = 0
         close = False
+        # The commands answered and not yet counted in the metrics, by (command, error reply?):
+        # counted once their replies are sent (or their send failed), as HTTP's after its reply.
+        tally: dict[tuple[str, bool], int] = {}
         try:
-            item = self._next_command()
-            while item is not None:
-                # MAX_PARALLEL is taken once for a run of pipelined commands, not per command,
-                # and given back before their replies are sent (a client that does not read
-                # holds no slot).
-                with server.parallel:
-                    while item is not None:
-                        if isinstance(item, bytes):
-                            reply = item  # the too-many-arguments error
-                        else:
-                            reply = server.commands.execute(session, item)
-                            if server.pending.take(len(reply)):
-                                self.held += len(reply)  # given back by _send, sent or not
+            try:
+                item = self._next_command()
+                while item is not None:
+                    # MAX_PARALLEL is taken once for a run of pipelined commands, not per
+                    # command, and given back before their replies are sent (a client that does
+                    # not read holds no slot).
+                    with server.parallel:
+                        while item is not None:
+                            if isinstance(item, tuple):
+                                label, reply = item  # the too-many-arguments error
                             else:
-                                reply = server.refused(len(reply))
-                        replies.append(reply)
-                        pending += len(reply)
-                        answered += 1
-                        if session.closing or pending >= SEND_BATCH:
-                            break
+                                label = label_of(item[0])
+                                reply = server.commands.execute(session, item)
+                                if server.pending.take(len(reply)):
+                                    self.held += len(reply)  # given back by _send, sent or not
+                                else:
+                                    reply = server.refused(len(reply))
+                            key = (label, reply[0] == 45)  # b"-": an error reply
+                            tally[key] = tally.get(key, 0) + 1
+                            replies.append(reply)
+                            pending += len(reply)
+                            answered += 1
+                            if session.closing or pending >= SEND_BATCH:
+                                break
+                            item = self._next_command()
+                    if session.closing:
+                        close = True
+                        break
+                    if pending >= SEND_BATCH:
+                        self._send(replies)
+                        server.served(tally, started)
+                        replies, pending, tally = [], 0, {}
                         item = self._next_command()
-                if session.closing:
-                    close = True
-                    break
-                if pending >= SEND_BATCH:
-                    self._send(replies)
-                    replies, pending = [], 0
-                    item = self._next_command()
-        except ProtocolError as exc:
-            # Redis logs these at its verbose level: one client's garbage is not an operator's concern.
-            log.debug("RESP protocol error from %s: %s", self.client_address[0], exc)
-            replies.append(error_reply(f"ERR Protocol error: {exc}"))
-            answered += 1
-            close = True
+            except ProtocolError as exc:
+                # Redis logs these at its verbose level: one client's garbage is not an
+                # operator's concern.
+                log.debug("RESP protocol error from %s: %s", self.client_address[0], exc)
+                replies.append(error_reply(f"ERR Protocol error: {exc}"))
+                tally[(OTHER, True)] = tally.get((OTHER, True), 0) + 1
+                answered += 1
+                close = True
+            finally:
+                server.count(commands=answered)
+            if replies:
+                self._send(replies)
         finally:
-            server.count(commands=answered)
-        if replies:
-            self._send(replies)
+            server.served(tally, started)
         self._set_deadline(answered > 0, started)
         return close
 
-    def _next_command(self) -> list[bytes] | bytes | None:
-        """The next complete command received, None until more bytes arrive, or the error reply
-        to a command read and dropped for too many arguments."""
+    def _next_command(self) -> list[bytes] | tuple[str, bytes] | None:
+        """The next complete command received, None until more bytes arrive, or (its name, the
+        error reply) for a command read and dropped for too many arguments."""
         self.parser.authenticated = self.session.authenticated  # AUTH lifts the limits at once
         try:
             return self.parser.next_command()
         except TooManyArguments as exc:
-            return self.server.commands.too_many_arguments(exc.name, exc.count)
+            return label_of(exc.name), self.server.commands.too_many_arguments(exc.name, exc.count)
 
     def _send(self, replies: list[bytes]) -> None:
         """The replies in one write, or what it left in one sendall within a deadline scaled to

@@ -55,6 +55,14 @@ class Metrics:
         if self.history.claim():  # the dashboard's history: one point per interval, one recorder
             self.record_history()
 
+    def observe_commands(self, front: str, tally: dict[tuple[str, bool], int],
+                         seconds: float) -> None:
+        """Commands answered together (a read's pipelined commands): `tally` counts them by
+        (command, whether the reply is an error); each took `seconds`."""
+        self.requests.observe_commands(front, tally, seconds)
+        if self.history.claim():
+            self.record_history()
+
     def record_history(self, families: list[Metric] | None = None) -> None:
         """One point of the history from `families` (this registry's, collected now if not given)."""
         collected = list(self.registry.collect()) if families is None else families
@@ -99,14 +107,16 @@ class Metrics:
 class _Requests(Collector):
     """Requests answered, by front end and status, and their latency by front end: counted on
     the hot path under one C lock, exported at scrape time as the counter
-    `redis_proxy_requests_total{front,status}` and the histogram
-    `redis_proxy_request_duration_seconds{front}`. (prometheus-client's own Counter and
-    Histogram take a lock per value and walk the buckets in Python: ~5 µs of an L1 hit.)"""
+    `redis_proxy_requests_total{front,status}` (RESP commands also by `command`, their status
+    `ok` or `error`) and the histogram `redis_proxy_request_duration_seconds{front}`.
+    (prometheus-client's own Counter and Histogram take a lock per value and walk the buckets
+    in Python: ~5 µs of an L1 hit.)"""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts: dict[tuple[str, int], int] = {}
-        self._created: dict[tuple[str, int], float] = {}
+        self._counts: dict[tuple[str, int], int] = {}  # (front, HTTP status)
+        self._commands: dict[tuple[str, str, str], int] = {}  # (front, command, ok|error)
+        self._created: dict[tuple[Any, ...], float] = {}
         # front -> a count per bucket of LATENCY_BUCKETS and one over the last, then the sum
         self._latency: dict[str, list[float]] = {}
 
@@ -125,19 +135,50 @@ class _Requests(Collector):
             row[bucket] += 1
             row[-1] += seconds
 
+    def observe_commands(self, front: str, tally: dict[tuple[str, bool], int],
+                         seconds: float) -> None:
+        """Many commands under one lock: `tally` counts them by (command, error?), each one
+        latency of `seconds`."""
+        bucket = bisect.bisect_left(LATENCY_BUCKETS, seconds)
+        answered = 0
+        with self._lock:
+            for (command, failed), number in tally.items():
+                key = (front, command, "error" if failed else "ok")
+                count = self._commands.get(key)
+                if count is None:
+                    self._created[key] = time.time()
+                    count = 0
+                self._commands[key] = count + number
+                answered += number
+            row = self._latency.get(front)
+            if row is None:
+                row = self._latency[front] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+            row[bucket] += answered
+            row[-1] += seconds * answered
+
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             counts = sorted(self._counts.items())
+            commands = sorted(self._commands.items())
             created = dict(self._created)
             latency = sorted((front, list(row)) for front, row in self._latency.items())
         requests = CounterMetricFamily("redis_proxy_requests",
-                                       "Requests answered, by front end and status",
+                                       "Requests answered, by front end and status (RESP: "
+                                       "commands, also by command)",
                                        labels=["front", "status"])
         for (front, status), count in counts:
             requests.add_metric([front, str(status)], count, created=created[(front, status)])
+        # A RESP command's series carries a third label; HTTP's have none (in Prometheus an
+        # absent label and an empty one are the same, so both sum by front and status).
+        for (front, command, state), count in commands:
+            labels = {"front": front, "command": command, "status": state}
+            requests.add_sample("redis_proxy_requests_total", labels, count)
+            requests.add_sample("redis_proxy_requests_created", labels,
+                                created[(front, command, state)])
         yield requests
         durations = HistogramMetricFamily("redis_proxy_request_duration_seconds",
-                                          "Time from a request's headers to its answer",
+                                          "Time from a request's headers (a RESP command's "
+                                          "bytes) to its answer",
                                           labels=["front"])
         for front, row in latency:
             cumulative = 0.0

@@ -65,7 +65,12 @@ def test_stats_reports_tiers_upstream_redis_l1_connections_and_errors(served, up
     assert got.headers["Cache-Control"] == "no-store"
     s = got.json()
     assert s["workers"] == 1
+    by_front = s["requests"].pop("by_front")
     assert s["requests"] == {"total": 5, "by_status": {"200": 3, "403": 1, "502": 1}}
+    http = by_front["http"]
+    assert (http["requests"], http["errors"], http["by_status"]) == \
+        (5, 1, {"200": 3, "403": 1, "502": 1})  # errors: the 5xx answers
+    assert by_front["resp"]["requests"] == 0
     assert s["cache"] == {"hits": {"l1": 1, "redis": 0, "stale": 0}, "misses": 2, "hit_ratio": 0.3333}
     assert s["upstream"]["fetches"] == 1 and s["upstream"]["errors"] == 1
     assert s["upstream"]["refusals"] == {"userinfo": 1}
@@ -97,8 +102,10 @@ def test_stats_history_gives_requests_per_second_and_hit_ratio_per_interval(serv
 
     t0 = 1_800_000_000.0
     assert series == [
-        {"t": t0 + 2, "requests_per_s": 2.5, "hit_ratio": 0.75, "upstream_ms": series[0]["upstream_ms"]},
-        {"t": t0 + 4, "requests_per_s": 4.5, "hit_ratio": None, "upstream_ms": None},
+        {"t": t0 + 2, "requests_per_s": 2.5, "http_per_s": 2.5, "resp_per_s": 0.0, "hit_ratio": 0.75,
+         "upstream_ms": series[0]["upstream_ms"]},
+        {"t": t0 + 4, "requests_per_s": 4.5, "http_per_s": 4.5, "resp_per_s": 0.0, "hit_ratio": None,
+         "upstream_ms": None},
     ]
     assert series[0]["upstream_ms"] > 0
 
