@@ -115,7 +115,9 @@ class _Requests(Collector):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, int], int] = {}  # (front, HTTP status)
-        self._commands: dict[tuple[str, str, str], int] = {}  # (front, command, ok|error)
+        # front -> (command, whether its reply was an error) -> count: the RESP front end's
+        # tally of a batch is added as it is, no key built per command
+        self._commands: dict[str, dict[tuple[str, bool], int]] = {}
         self._created: dict[tuple[Any, ...], float] = {}
         # front -> a count per bucket of LATENCY_BUCKETS and one over the last, then the sum
         self._latency: dict[str, list[float]] = {}
@@ -142,13 +144,15 @@ class _Requests(Collector):
         bucket = bisect.bisect_left(LATENCY_BUCKETS, seconds)
         answered = 0
         with self._lock:
-            for (command, failed), number in tally.items():
-                key = (front, command, "error" if failed else "ok")
-                count = self._commands.get(key)
+            counts = self._commands.get(front)
+            if counts is None:
+                counts = self._commands[front] = {}
+            for key, number in tally.items():
+                count = counts.get(key)
                 if count is None:
-                    self._created[key] = time.time()
+                    self._created[(front, *key)] = time.time()
                     count = 0
-                self._commands[key] = count + number
+                counts[key] = count + number
                 answered += number
             row = self._latency.get(front)
             if row is None:
@@ -159,7 +163,9 @@ class _Requests(Collector):
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             counts = sorted(self._counts.items())
-            commands = sorted(self._commands.items())
+            commands = sorted((front, command, failed, count)
+                              for front, counts in self._commands.items()
+                              for (command, failed), count in counts.items())
             created = dict(self._created)
             latency = sorted((front, list(row)) for front, row in self._latency.items())
         requests = CounterMetricFamily("redis_proxy_requests",
@@ -170,11 +176,11 @@ class _Requests(Collector):
             requests.add_metric([front, str(status)], count, created=created[(front, status)])
         # A RESP command's series carries a third label; HTTP's have none (in Prometheus an
         # absent label and an empty one are the same, so both sum by front and status).
-        for (front, command, state), count in commands:
-            labels = {"front": front, "command": command, "status": state}
+        for front, command, failed, count in commands:
+            labels = {"front": front, "command": command, "status": "error" if failed else "ok"}
             requests.add_sample("redis_proxy_requests_total", labels, count)
             requests.add_sample("redis_proxy_requests_created", labels,
-                                created[(front, command, state)])
+                                created[(front, command, failed)])
         yield requests
         durations = HistogramMetricFamily("redis_proxy_request_duration_seconds",
                                           "Time from a request's headers (a RESP command's "
