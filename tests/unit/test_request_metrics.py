@@ -1,7 +1,12 @@
-"""The requests counter and latency histogram kept by the HTTP hot path, as /metrics exports them."""
+"""The requests counter and latency histogram kept by the HTTP and RESP hot paths, as /metrics
+exports them."""
+
+import pathlib
+import re
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from proxy.resp.commands import COMMANDS, label_of
 from proxy.serving.metrics import _Requests
 
 
@@ -51,3 +56,15 @@ def test_a_batch_of_resp_commands_counts_each_by_command_and_status_and_each_in_
     assert exposed[bucket % "0.0025"] == 12 and exposed[bucket % "0.005"] == 13
     assert exposed['redis_proxy_request_duration_seconds_count{front="resp"}'] == 13
     assert abs(exposed['redis_proxy_request_duration_seconds_sum{front="resp"}'] - 0.0066) < 1e-12
+
+
+def test_the_command_label_is_a_served_command_in_any_case_else_other_as_the_readme_lists():
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    stated = re.search(r"`command` is one of (.*?)\s*and `other` for every other command", readme, re.S)
+    listed = re.findall(r"`(\w+)`", stated.group(1))
+    assert listed == list(COMMANDS)  # the README names each command the RESP front end serves
+    assert [label_of(name.encode()) for name in listed] == listed
+    assert [label_of(name.upper().encode()) for name in listed] == listed
+    assert label_of(b"GeT") == "get" and label_of(b"Mget") == "mget"
+    for word in (b"SET", b"del", b"flushall", b"no-such-command", b"\xff\xfe"):
+        assert label_of(word) == "other"
