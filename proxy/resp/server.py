@@ -21,7 +21,7 @@ from typing import Any
 
 from proxy.budgets import ByteBudget
 from proxy.resp import protocol as wire
-from proxy.resp.commands import MAX_KEYS, MAX_REPLY_BYTES, OTHER, RespCommands, label_of
+from proxy.resp.commands import MAX_KEYS, MAX_REPLY_BYTES, RespCommands, label_of
 from proxy.resp.protocol import ProtocolError, RespParser, TooManyArguments
 from proxy.resp.replies import error as error_reply
 from proxy.serving.auth import Authenticator
@@ -93,11 +93,18 @@ class RespServer(LoopServerMixIn, socketserver.TCPServer):
                            f"{self.pending.held} bytes of replies not yet read, and "
                            f"RESP_MAX_PENDING_BYTES is {self.pending.limit}; retry shortly")
 
-    def served(self, tally: dict[tuple[str, bool], int], started: float) -> None:
-        """Commands answered since `started` (when their bytes came in), counted by (command,
-        error?): one lock per batch, not per command, so a pipeline costs a dict update each."""
-        if self.metrics is not None and tally:
-            self.metrics.observe_commands("resp", tally, time.monotonic() - started)
+    def served(self, ok: dict[bytes, int], failed: dict[bytes, int], started: float) -> None:
+        """Commands answered since `started` (when their bytes came in), counted by the name
+        sent, apart by whether the reply was an error: named by label_of and added under one
+        lock here, once per batch, so a pipelined command costs a dict update."""
+        if self.metrics is None or not (ok or failed):
+            return
+        tally: dict[tuple[str, bool], int] = {}
+        for counts, error in ((ok, False), (failed, True)):
+            for word, number in counts.items():
+                key = (label_of(word), error)
+                tally[key] = tally.get(key, 0) + number
+        self.metrics.observe_commands("resp", tally, time.monotonic() - started)
 
     def _info(self) -> dict[str, dict[str, Any]]:
         with self._count_lock:
@@ -165,9 +172,11 @@ class RespHandler(socketserver.BaseRequestHandler):
         replies: list[bytes] = []
         pending = answered = 0
         close = False
-        # The commands answered and not yet counted in the metrics, by (command, error reply?):
-        # counted once their replies are sent (or their send failed), as HTTP's after its reply.
-        tally: dict[tuple[str, bool], int] = {}
+        # The commands answered and not yet counted in the metrics, by the name sent, those
+        # answered an error apart: counted once their replies are sent (or their send failed),
+        # as HTTP's requests after their reply.
+        ok: dict[bytes, int] = {}
+        failed: dict[bytes, int] = {}
         try:
             try:
                 item = self._next_command()
@@ -178,16 +187,16 @@ class RespHandler(socketserver.BaseRequestHandler):
                     with server.parallel:
                         while item is not None:
                             if isinstance(item, tuple):
-                                label, reply = item  # the too-many-arguments error
+                                word, reply = item  # the too-many-arguments error
                             else:
-                                label = label_of(item[0])
+                                word = item[0]
                                 reply = server.commands.execute(session, item)
                                 if server.pending.take(len(reply)):
                                     self.held += len(reply)  # given back by _send, sent or not
                                 else:
                                     reply = server.refused(len(reply))
-                            key = (label, reply[0] == 45)  # b"-": an error reply
-                            tally[key] = tally.get(key, 0) + 1
+                            counts = failed if reply[0] == 45 else ok  # b"-": an error reply
+                            counts[word] = counts.get(word, 0) + 1
                             replies.append(reply)
                             pending += len(reply)
                             answered += 1
@@ -199,15 +208,15 @@ class RespHandler(socketserver.BaseRequestHandler):
                         break
                     if pending >= SEND_BATCH:
                         self._send(replies)
-                        server.served(tally, started)
-                        replies, pending, tally = [], 0, {}
+                        server.served(ok, failed, started)
+                        replies, pending, ok, failed = [], 0, {}, {}
                         item = self._next_command()
             except ProtocolError as exc:
                 # Redis logs these at its verbose level: one client's garbage is not an
                 # operator's concern.
                 log.debug("RESP protocol error from %s: %s", self.client_address[0], exc)
                 replies.append(error_reply(f"ERR Protocol error: {exc}"))
-                tally[(OTHER, True)] = tally.get((OTHER, True), 0) + 1
+                failed[b""] = failed.get(b"", 0) + 1  # no command: counted as `other`
                 answered += 1
                 close = True
             finally:
@@ -215,18 +224,18 @@ class RespHandler(socketserver.BaseRequestHandler):
             if replies:
                 self._send(replies)
         finally:
-            server.served(tally, started)
+            server.served(ok, failed, started)
         self._set_deadline(answered > 0, started)
         return close
 
-    def _next_command(self) -> list[bytes] | tuple[str, bytes] | None:
+    def _next_command(self) -> list[bytes] | tuple[bytes, bytes] | None:
         """The next complete command received, None until more bytes arrive, or (its name, the
         error reply) for a command read and dropped for too many arguments."""
         self.parser.authenticated = self.session.authenticated  # AUTH lifts the limits at once
         try:
             return self.parser.next_command()
         except TooManyArguments as exc:
-            return label_of(exc.name), self.server.commands.too_many_arguments(exc.name, exc.count)
+            return exc.name, self.server.commands.too_many_arguments(exc.name, exc.count)
 
     def _send(self, replies: list[bytes]) -> None:
         """The replies in one write, or what it left in one sendall within a deadline scaled to
