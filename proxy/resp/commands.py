@@ -343,6 +343,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
 _SPELLED: dict[bytes, Command] = {spelling: c for c in COMMANDS.values()
                                   for spelling in (c.name.encode(), c.name.upper().encode())}
 OTHER = "other"  # the metrics' command label of any command not in COMMANDS
+# The label of each spelling in _SPELLED: one dict lookup per command on the hot path.
+LABELS: dict[bytes, str] = {spelling: c.name for spelling, c in _SPELLED.items()}
 
 
 def label_of(word: bytes) -> str:

@@ -21,12 +21,13 @@ from typing import Any
 
 from proxy.budgets import ByteBudget
 from proxy.resp import protocol as wire
-from proxy.resp.commands import MAX_KEYS, MAX_REPLY_BYTES, RespCommands, label_of
+from proxy.resp.commands import LABELS, MAX_KEYS, MAX_REPLY_BYTES, OTHER, RespCommands, label_of
 from proxy.resp.protocol import ProtocolError, RespParser, TooManyArguments
 from proxy.resp.replies import error as error_reply
 from proxy.serving.auth import Authenticator
+from proxy.serving.command_counts import CommandCounts
 from proxy.serving.connection_loop import LoopServerMixIn
-from proxy.serving.metrics import Metrics
+from proxy.serving.metrics import LATENCY_BUCKETS, Metrics
 from proxy.serving.rate_limit import RateLimiter
 from proxy.serving.sockets import DeadlineReader, Gate, linger
 from redis_proxy import RedisProxy
@@ -57,7 +58,10 @@ class RespServer(LoopServerMixIn, socketserver.TCPServer):
                  max_keys: int = MAX_KEYS, max_reply_bytes: int = MAX_REPLY_BYTES,
                  max_pending_bytes: int = MAX_PENDING_BYTES, metrics: Metrics | None = None):
         self.proxy = proxy
-        self.metrics = metrics  # the HTTP front end's, so /metrics counts both; None: uncounted
+        self.metrics = metrics  # the HTTP front end's, so /metrics counts both
+        # Each connection counts its commands in a Tally of these (command_counts.py).
+        self.tallies = metrics.resp_commands if metrics is not None else \
+            CommandCounts(LATENCY_BUCKETS)
         self.pending = ByteBudget(max_pending_bytes)  # replies built and not yet sent
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
@@ -93,19 +97,6 @@ class RespServer(LoopServerMixIn, socketserver.TCPServer):
                            f"{self.pending.held} bytes of replies not yet read, and "
                            f"RESP_MAX_PENDING_BYTES is {self.pending.limit}; retry shortly")
 
-    def served(self, ok: dict[bytes, int], failed: dict[bytes, int], started: float) -> None:
-        """Commands answered since `started` (when their bytes came in), counted by the name
-        sent, apart by whether the reply was an error: named by label_of and added under one
-        lock here, once per batch, so a pipelined command costs a dict update."""
-        if self.metrics is None or not (ok or failed):
-            return
-        tally: dict[tuple[str, bool], int] = {}
-        for counts, error in ((ok, False), (failed, True)):
-            for word, number in counts.items():
-                key = (label_of(word), error)
-                tally[key] = tally.get(key, 0) + number
-        self.metrics.observe_commands("resp", tally, time.monotonic() - started)
-
     def _info(self) -> dict[str, dict[str, Any]]:
         with self._count_lock:
             return {
@@ -140,6 +131,7 @@ class RespHandler(socketserver.BaseRequestHandler):
         server.count(connections=1)
         self.deadline = time.monotonic() + server.keepalive_timeout  # closed idle after it
         self._received_at = 0.0
+        self.tally = server.tallies.open()  # last: nothing above may leave it open
 
     def received(self, data: memoryview) -> bool:
         self.parser.feed(data)
@@ -164,6 +156,7 @@ class RespHandler(socketserver.BaseRequestHandler):
 
     def close(self) -> None:
         self._give_back()  # whatever ended the connection
+        self.server.tallies.close(self.tally)
 
     def _run_commands(self, started: float) -> bool:
         """Runs every complete command received so far, in order, and sends their replies;
@@ -172,11 +165,11 @@ class RespHandler(socketserver.BaseRequestHandler):
         replies: list[bytes] = []
         pending = answered = 0
         close = False
-        # The commands answered and not yet counted in the metrics, by the name sent, those
-        # answered an error apart: counted once their replies are sent (or their send failed),
-        # as HTTP's requests after their reply.
-        ok: dict[bytes, int] = {}
-        failed: dict[bytes, int] = {}
+        # Each command counts in this connection's tally by its label (a fixed set), those
+        # answered an error apart; their latency is observed once their replies are sent (or
+        # their send failed), as HTTP's after its reply.
+        tally, labels = self.tally, LABELS
+        unobserved = 0
         try:
             try:
                 item = self._next_command()
@@ -195,8 +188,10 @@ class RespHandler(socketserver.BaseRequestHandler):
                                     self.held += len(reply)  # given back by _send, sent or not
                                 else:
                                     reply = server.refused(len(reply))
-                            counts = failed if reply[0] == 45 else ok  # b"-": an error reply
-                            counts[word] = counts.get(word, 0) + 1
+                            label = labels.get(word) or label_of(word)
+                            counts = tally.failed if reply[0] == 45 else tally.ok  # b"-": error
+                            counts[label] = counts.get(label, 0) + 1
+                            unobserved += 1
                             replies.append(reply)
                             pending += len(reply)
                             answered += 1
@@ -208,15 +203,16 @@ class RespHandler(socketserver.BaseRequestHandler):
                         break
                     if pending >= SEND_BATCH:
                         self._send(replies)
-                        server.served(ok, failed, started)
-                        replies, pending, ok, failed = [], 0, {}, {}
+                        self._observe(unobserved, started)
+                        replies, pending, unobserved = [], 0, 0
                         item = self._next_command()
             except ProtocolError as exc:
                 # Redis logs these at its verbose level: one client's garbage is not an
                 # operator's concern.
                 log.debug("RESP protocol error from %s: %s", self.client_address[0], exc)
                 replies.append(error_reply(f"ERR Protocol error: {exc}"))
-                failed[b""] = failed.get(b"", 0) + 1  # no command: counted as `other`
+                tally.failed[OTHER] = tally.failed.get(OTHER, 0) + 1
+                unobserved += 1
                 answered += 1
                 close = True
             finally:
@@ -224,9 +220,17 @@ class RespHandler(socketserver.BaseRequestHandler):
             if replies:
                 self._send(replies)
         finally:
-            server.served(ok, failed, started)
+            self._observe(unobserved, started)
         self._set_deadline(answered > 0, started)
         return close
+
+    def _observe(self, answered: int, started: float) -> None:
+        """The latency of `answered` commands whose bytes came in at `started`: their read to
+        now, their replies sent."""
+        if answered:
+            self.tally.observe(answered, time.monotonic() - started)
+            if self.server.metrics is not None:
+                self.server.metrics.counted()
 
     def _next_command(self) -> list[bytes] | tuple[bytes, bytes] | None:
         """The next complete command received, None until more bytes arrive, or (its name, the

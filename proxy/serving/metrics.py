@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from proxy.serving import stats
+from proxy.serving.command_counts import CommandCounts
 from proxy.serving.worker_metrics import WorkerPeers, families_to_json, merge_families
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = _Requests()
         self.registry.register(self.requests)
+        self.resp_commands = self.requests.resp  # the RESP front end's connections count here
         self._collector = _ProxyCollector(proxy)
         self.registry.register(self._collector)
         self._redis = _RedisInfoCollector(proxy)  # one store: read once per scrape, never summed
@@ -55,11 +57,9 @@ class Metrics:
         if self.history.claim():  # the dashboard's history: one point per interval, one recorder
             self.record_history()
 
-    def observe_commands(self, front: str, tally: dict[tuple[str, bool], int],
-                         seconds: float) -> None:
-        """Commands answered together (a read's pipelined commands): `tally` counts them by
-        (command, whether the reply is an error); each took `seconds`."""
-        self.requests.observe_commands(front, tally, seconds)
+    def counted(self) -> None:
+        """RESP commands were counted (in their connection's Tally): the history's point, when
+        one is due, as after an HTTP request."""
         if self.history.claim():
             self.record_history()
 
@@ -115,10 +115,8 @@ class _Requests(Collector):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, int], int] = {}  # (front, HTTP status)
-        # front -> (command, whether its reply was an error) -> count: the RESP front end's
-        # tally of a batch is added as it is, no key built per command
-        self._commands: dict[str, dict[tuple[str, bool], int]] = {}
-        self._created: dict[tuple[Any, ...], float] = {}
+        self._created: dict[tuple[str, int], float] = {}
+        self.resp = CommandCounts(LATENCY_BUCKETS)  # RESP commands, counted per connection
         # front -> a count per bucket of LATENCY_BUCKETS and one over the last, then the sum
         self._latency: dict[str, list[float]] = {}
 
@@ -137,37 +135,17 @@ class _Requests(Collector):
             row[bucket] += 1
             row[-1] += seconds
 
-    def observe_commands(self, front: str, tally: dict[tuple[str, bool], int],
-                         seconds: float) -> None:
-        """Many commands under one lock: `tally` counts them by (command, error?), each one
-        latency of `seconds`."""
-        bucket = bisect.bisect_left(LATENCY_BUCKETS, seconds)
-        answered = 0
-        with self._lock:
-            counts = self._commands.get(front)
-            if counts is None:
-                counts = self._commands[front] = {}
-            for key, number in tally.items():
-                count = counts.get(key)
-                if count is None:
-                    self._created[(front, *key)] = time.time()
-                    count = 0
-                counts[key] = count + number
-                answered += number
-            row = self._latency.get(front)
-            if row is None:
-                row = self._latency[front] = [0.0] * (len(LATENCY_BUCKETS) + 2)
-            row[bucket] += answered
-            row[-1] += seconds * answered
-
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             counts = sorted(self._counts.items())
-            commands = sorted((front, command, failed, count)
-                              for front, counts in self._commands.items()
-                              for (command, failed), count in counts.items())
             created = dict(self._created)
-            latency = sorted((front, list(row)) for front, row in self._latency.items())
+            rows = {front: list(row) for front, row in self._latency.items()}
+        resp = self.resp.totals()
+        if any(resp.latency):  # some command observed
+            row = rows.setdefault("resp", [0.0] * len(resp.latency))
+            for i, value in enumerate(resp.latency):
+                row[i] += value
+        latency = sorted(rows.items())
         requests = CounterMetricFamily("redis_proxy_requests",
                                        "Requests answered, by front end and status (RESP: "
                                        "commands, also by command)",
@@ -176,11 +154,11 @@ class _Requests(Collector):
             requests.add_metric([front, str(status)], count, created=created[(front, status)])
         # A RESP command's series carries a third label; HTTP's have none (in Prometheus an
         # absent label and an empty one are the same, so both sum by front and status).
-        for front, command, failed, count in commands:
-            labels = {"front": front, "command": command, "status": "error" if failed else "ok"}
-            requests.add_sample("redis_proxy_requests_total", labels, count)
-            requests.add_sample("redis_proxy_requests_created", labels,
-                                created[(front, command, failed)])
+        for state, by_command in (("error", resp.failed), ("ok", resp.ok)):
+            for command, count in sorted(by_command.items()):
+                labels = {"front": "resp", "command": command, "status": state}
+                requests.add_sample("redis_proxy_requests_total", labels, count)
+                requests.add_sample("redis_proxy_requests_created", labels, self.resp.created)
         yield requests
         durations = HistogramMetricFamily("redis_proxy_request_duration_seconds",
                                           "Time from a request's headers (a RESP command's "

@@ -40,19 +40,25 @@ def test_a_latency_on_a_bucket_bound_counts_in_that_bucket_and_the_sum_is_kept()
     assert abs(exposed['redis_proxy_request_duration_seconds_sum{front="http"}'] - 11.0020001) < 1e-9
 
 
-def test_a_batch_of_resp_commands_counts_each_by_command_and_status_and_each_in_the_histogram():
+def test_resp_connections_tallies_are_summed_by_command_and_status_open_or_closed():
     registry = CollectorRegistry()
     requests = _Requests()
     registry.register(requests)
-    requests.observe_commands("resp", {("get", False): 10, ("other", True): 2}, 0.0003)
-    requests.observe_commands("resp", {("get", False): 1}, 0.003)
+    first, second = requests.resp.open(), requests.resp.open()
+    first.ok["get"] = 10
+    first.failed["other"] = 2
+    first.observe(12, 0.0003)  # one read's 12 commands: each observed with its latency
+    second.ok["get"] = 1
+    second.observe(1, 0.003)
+    requests.resp.close(first)  # a closed connection's counts stay in the totals
+    requests.resp.close(first)  # once
     lines = generate_latest(registry).decode().splitlines()
     exposed = {line.rpartition(" ")[0]: float(line.rpartition(" ")[2]) for line in lines
                if not line.startswith("#") and "_created" not in line}
     assert exposed['redis_proxy_requests_total{command="get",front="resp",status="ok"}'] == 11
     assert exposed['redis_proxy_requests_total{command="other",front="resp",status="error"}'] == 2
     bucket = 'redis_proxy_request_duration_seconds_bucket{front="resp",le="%s"}'
-    assert exposed[bucket % "0.0005"] == 12  # the batch's latency, once per command
+    assert exposed[bucket % "0.0005"] == 12
     assert exposed[bucket % "0.0025"] == 12 and exposed[bucket % "0.005"] == 13
     assert exposed['redis_proxy_request_duration_seconds_count{front="resp"}'] == 13
     assert abs(exposed['redis_proxy_request_duration_seconds_sum{front="resp"}'] - 0.0066) < 1e-12
