@@ -116,14 +116,15 @@ def start_front_ends(settings: Settings, proxy: RedisProxy,
                                                    0 if listeners else settings.resp_port, proxy,
                                                    **limits, authenticator=authenticator,
                                                    rate_limiter=rate_limiter,
-                                                   max_pending_bytes=settings.resp_max_pending_bytes))
+                                                   max_pending_bytes=settings.resp_max_pending_bytes,
+                                                   metrics=metrics))
         except OSError:
             servers[0].server_close()  # nothing is served unless every front end could bind
             raise
         if listeners:
             adopt_listener(servers[1], listeners[1])
         process_log.info("RESP on redis://%s:%d", settings.http_host, servers[1].port)
-        servers[0].metrics.watch("resp", servers[1])
+        metrics.watch("resp", servers[1])
     if metrics.peers is not None:
         try:
             servers.append(metrics.peers.serve(metrics.snapshot))  # stopped with the front ends

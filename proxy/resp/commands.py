@@ -342,3 +342,16 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
 # Each command's name as clients send it, in lower and in upper case.
 _SPELLED: dict[bytes, Command] = {spelling: c for c in COMMANDS.values()
                                   for spelling in (c.name.encode(), c.name.upper().encode())}
+OTHER = "other"  # the metrics' command label of any command not in COMMANDS
+# The label of each spelling in _SPELLED: one dict lookup per command on the hot path.
+LABELS: dict[bytes, str] = {spelling: c.name for spelling, c in _SPELLED.items()}
+
+
+def label_of(word: bytes) -> str:
+    """A command's name for the metrics' `command` label: one of COMMANDS, else OTHER, so the
+    label's values are a fixed set whatever clients send (Prometheus: bounded cardinality)."""
+    command = _SPELLED.get(word)
+    if command is not None:
+        return command.name
+    command = COMMANDS.get(word.decode("latin-1").lower())
+    return command.name if command is not None else OTHER

@@ -21,11 +21,13 @@ from typing import Any
 
 from proxy.budgets import ByteBudget
 from proxy.resp import protocol as wire
-from proxy.resp.commands import MAX_KEYS, MAX_REPLY_BYTES, RespCommands
+from proxy.resp.commands import LABELS, MAX_KEYS, MAX_REPLY_BYTES, OTHER, RespCommands, label_of
 from proxy.resp.protocol import ProtocolError, RespParser, TooManyArguments
 from proxy.resp.replies import error as error_reply
 from proxy.serving.auth import Authenticator
+from proxy.serving.command_counts import CommandCounts
 from proxy.serving.connection_loop import LoopServerMixIn
+from proxy.serving.metrics import LATENCY_BUCKETS, Metrics
 from proxy.serving.rate_limit import RateLimiter
 from proxy.serving.sockets import DeadlineReader, Gate, linger
 from redis_proxy import RedisProxy
@@ -54,8 +56,12 @@ class RespServer(LoopServerMixIn, socketserver.TCPServer):
                  max_bulk: int = wire.MAX_BULK, authenticator: Authenticator | None = None,
                  parallel: Gate | None = None, rate_limiter: RateLimiter | None = None,
                  max_keys: int = MAX_KEYS, max_reply_bytes: int = MAX_REPLY_BYTES,
-                 max_pending_bytes: int = MAX_PENDING_BYTES):
+                 max_pending_bytes: int = MAX_PENDING_BYTES, metrics: Metrics | None = None):
         self.proxy = proxy
+        self.metrics = metrics  # the HTTP front end's, so /metrics counts both
+        # Each connection counts its commands in a Tally of these (command_counts.py).
+        self.tallies = metrics.resp_commands if metrics is not None else \
+            CommandCounts(LATENCY_BUCKETS)
         self.pending = ByteBudget(max_pending_bytes)  # replies built and not yet sent
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
@@ -125,6 +131,7 @@ class RespHandler(socketserver.BaseRequestHandler):
         server.count(connections=1)
         self.deadline = time.monotonic() + server.keepalive_timeout  # closed idle after it
         self._received_at = 0.0
+        self.tally = server.tallies.open()  # last: nothing above may leave it open
 
     def received(self, data: memoryview) -> bool:
         self.parser.feed(data)
@@ -149,6 +156,7 @@ class RespHandler(socketserver.BaseRequestHandler):
 
     def close(self) -> None:
         self._give_back()  # whatever ended the connection
+        self.server.tallies.close(self.tally)
 
     def _run_commands(self, started: float) -> bool:
         """Runs every complete command received so far, in order, and sends their replies;
@@ -157,56 +165,81 @@ class RespHandler(socketserver.BaseRequestHandler):
         replies: list[bytes] = []
         pending = answered = 0
         close = False
+        # Each command counts in this connection's tally by its label (a fixed set), those
+        # answered an error apart; their latency is observed once their replies are sent (or
+        # their send failed), as HTTP's after its reply.
+        tally, labels = self.tally, LABELS
+        unobserved = 0
         try:
-            item = self._next_command()
-            while item is not None:
-                # MAX_PARALLEL is taken once for a run of pipelined commands, not per command,
-                # and given back before their replies are sent (a client that does not read
-                # holds no slot).
-                with server.parallel:
-                    while item is not None:
-                        if isinstance(item, bytes):
-                            reply = item  # the too-many-arguments error
-                        else:
-                            reply = server.commands.execute(session, item)
-                            if server.pending.take(len(reply)):
-                                self.held += len(reply)  # given back by _send, sent or not
+            try:
+                item = self._next_command()
+                while item is not None:
+                    # MAX_PARALLEL is taken once for a run of pipelined commands, not per
+                    # command, and given back before their replies are sent (a client that does
+                    # not read holds no slot).
+                    with server.parallel:
+                        while item is not None:
+                            if isinstance(item, tuple):
+                                word, reply = item  # the too-many-arguments error
                             else:
-                                reply = server.refused(len(reply))
-                        replies.append(reply)
-                        pending += len(reply)
-                        answered += 1
-                        if session.closing or pending >= SEND_BATCH:
-                            break
+                                word = item[0]
+                                reply = server.commands.execute(session, item)
+                                if server.pending.take(len(reply)):
+                                    self.held += len(reply)  # given back by _send, sent or not
+                                else:
+                                    reply = server.refused(len(reply))
+                            label = labels.get(word) or label_of(word)
+                            counts = tally.failed if reply[0] == 45 else tally.ok  # b"-": error
+                            counts[label] = counts.get(label, 0) + 1
+                            unobserved += 1
+                            replies.append(reply)
+                            pending += len(reply)
+                            answered += 1
+                            if session.closing or pending >= SEND_BATCH:
+                                break
+                            item = self._next_command()
+                    if session.closing:
+                        close = True
+                        break
+                    if pending >= SEND_BATCH:
+                        self._send(replies)
+                        self._observe(unobserved, started)
+                        replies, pending, unobserved = [], 0, 0
                         item = self._next_command()
-                if session.closing:
-                    close = True
-                    break
-                if pending >= SEND_BATCH:
-                    self._send(replies)
-                    replies, pending = [], 0
-                    item = self._next_command()
-        except ProtocolError as exc:
-            # Redis logs these at its verbose level: one client's garbage is not an operator's concern.
-            log.debug("RESP protocol error from %s: %s", self.client_address[0], exc)
-            replies.append(error_reply(f"ERR Protocol error: {exc}"))
-            answered += 1
-            close = True
+            except ProtocolError as exc:
+                # Redis logs these at its verbose level: one client's garbage is not an
+                # operator's concern.
+                log.debug("RESP protocol error from %s: %s", self.client_address[0], exc)
+                replies.append(error_reply(f"ERR Protocol error: {exc}"))
+                tally.failed[OTHER] = tally.failed.get(OTHER, 0) + 1
+                unobserved += 1
+                answered += 1
+                close = True
+            finally:
+                server.count(commands=answered)
+            if replies:
+                self._send(replies)
         finally:
-            server.count(commands=answered)
-        if replies:
-            self._send(replies)
+            self._observe(unobserved, started)
         self._set_deadline(answered > 0, started)
         return close
 
-    def _next_command(self) -> list[bytes] | bytes | None:
-        """The next complete command received, None until more bytes arrive, or the error reply
-        to a command read and dropped for too many arguments."""
+    def _observe(self, answered: int, started: float) -> None:
+        """The latency of `answered` commands whose bytes came in at `started`: their read to
+        now, their replies sent."""
+        if answered:
+            self.tally.observe(answered, time.monotonic() - started)
+            if self.server.metrics is not None:
+                self.server.metrics.counted()
+
+    def _next_command(self) -> list[bytes] | tuple[bytes, bytes] | None:
+        """The next complete command received, None until more bytes arrive, or (its name, the
+        error reply) for a command read and dropped for too many arguments."""
         self.parser.authenticated = self.session.authenticated  # AUTH lifts the limits at once
         try:
             return self.parser.next_command()
         except TooManyArguments as exc:
-            return self.server.commands.too_many_arguments(exc.name, exc.count)
+            return exc.name, self.server.commands.too_many_arguments(exc.name, exc.count)
 
     def _send(self, replies: list[bytes]) -> None:
         """The replies in one write, or what it left in one sendall within a deadline scaled to

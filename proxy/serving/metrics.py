@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from proxy.serving import stats
+from proxy.serving.command_counts import CommandCounts
 from proxy.serving.worker_metrics import WorkerPeers, families_to_json, merge_families
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = _Requests()
         self.registry.register(self.requests)
+        self.resp_commands = self.requests.resp  # the RESP front end's connections count here
         self._collector = _ProxyCollector(proxy)
         self.registry.register(self._collector)
         self._redis = _RedisInfoCollector(proxy)  # one store: read once per scrape, never summed
@@ -53,6 +55,12 @@ class Metrics:
     def observe(self, front: str, status: int, started: float) -> None:
         self.requests.observe(front, status, time.perf_counter() - started)
         if self.history.claim():  # the dashboard's history: one point per interval, one recorder
+            self.record_history()
+
+    def counted(self) -> None:
+        """RESP commands were counted (in their connection's Tally): the history's point, when
+        one is due, as after an HTTP request."""
+        if self.history.claim():
             self.record_history()
 
     def record_history(self, families: list[Metric] | None = None) -> None:
@@ -99,14 +107,16 @@ class Metrics:
 class _Requests(Collector):
     """Requests answered, by front end and status, and their latency by front end: counted on
     the hot path under one C lock, exported at scrape time as the counter
-    `redis_proxy_requests_total{front,status}` and the histogram
-    `redis_proxy_request_duration_seconds{front}`. (prometheus-client's own Counter and
-    Histogram take a lock per value and walk the buckets in Python: ~5 µs of an L1 hit.)"""
+    `redis_proxy_requests_total{front,status}` (RESP commands also by `command`, their status
+    `ok` or `error`) and the histogram `redis_proxy_request_duration_seconds{front}`.
+    (prometheus-client's own Counter and Histogram take a lock per value and walk the buckets
+    in Python: ~5 µs of an L1 hit.)"""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts: dict[tuple[str, int], int] = {}
+        self._counts: dict[tuple[str, int], int] = {}  # (front, HTTP status)
         self._created: dict[tuple[str, int], float] = {}
+        self.resp = CommandCounts(LATENCY_BUCKETS)  # RESP commands, counted per connection
         # front -> a count per bucket of LATENCY_BUCKETS and one over the last, then the sum
         self._latency: dict[str, list[float]] = {}
 
@@ -129,15 +139,30 @@ class _Requests(Collector):
         with self._lock:
             counts = sorted(self._counts.items())
             created = dict(self._created)
-            latency = sorted((front, list(row)) for front, row in self._latency.items())
+            rows = {front: list(row) for front, row in self._latency.items()}
+        resp = self.resp.totals()
+        if any(resp.latency):  # some command observed
+            row = rows.setdefault("resp", [0.0] * len(resp.latency))
+            for i, value in enumerate(resp.latency):
+                row[i] += value
+        latency = sorted(rows.items())
         requests = CounterMetricFamily("redis_proxy_requests",
-                                       "Requests answered, by front end and status",
+                                       "Requests answered, by front end and status (RESP: "
+                                       "commands, also by command)",
                                        labels=["front", "status"])
         for (front, status), count in counts:
             requests.add_metric([front, str(status)], count, created=created[(front, status)])
+        # A RESP command's series carries a third label; HTTP's have none (in Prometheus an
+        # absent label and an empty one are the same, so both sum by front and status).
+        for state, by_command in (("error", resp.failed), ("ok", resp.ok)):
+            for command, count in sorted(by_command.items()):
+                labels = {"front": "resp", "command": command, "status": state}
+                requests.add_sample("redis_proxy_requests_total", labels, count)
+                requests.add_sample("redis_proxy_requests_created", labels, self.resp.created)
         yield requests
         durations = HistogramMetricFamily("redis_proxy_request_duration_seconds",
-                                          "Time from a request's headers to its answer",
+                                          "Time from a request's headers (a RESP command's "
+                                          "bytes) to its answer",
                                           labels=["front"])
         for front, row in latency:
             cumulative = 0.0

@@ -14,7 +14,10 @@ HISTORY_INTERVAL = 2.0  # seconds between the history's points
 HISTORY_POINTS = 150  # 5 minutes of them
 LAST_ERRORS = 20
 # The running totals a history point keeps (cumulative; rates are their differences).
-TOTALS = ("requests", "hits", "misses", "upstream_answers", "upstream_seconds")
+TOTALS = ("requests", "http_requests", "resp_requests", "hits", "misses", "upstream_answers",
+          "upstream_seconds")
+FRONTS = ("http", "resp")  # /stats' by_front: each front end, whether or not it has served yet
+QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
 
 Point = tuple[float, dict[str, float]]
 
@@ -78,8 +81,8 @@ def merge_histories(histories: Iterable[list[Point]]) -> list[Point]:
 
 
 def series(points: list[Point]) -> list[dict[str, Any]]:
-    """Per interval between points: requests/s, hit ratio (null when nothing was looked up)
-    and mean upstream latency in ms (null when nothing was fetched)."""
+    """Per interval between points: requests/s (all, HTTP's, RESP commands'), hit ratio (null
+    when nothing was looked up) and mean upstream latency in ms (null when nothing was fetched)."""
     out = []
     for (t0, a), (t1, b) in zip(points, points[1:], strict=False):
         delta = {name: b.get(name, 0.0) - a.get(name, 0.0) for name in TOTALS}
@@ -87,6 +90,8 @@ def series(points: list[Point]) -> list[dict[str, Any]]:
         out.append({
             "t": t1,
             "requests_per_s": round(delta["requests"] / (t1 - t0), 3),
+            "http_per_s": round(delta["http_requests"] / (t1 - t0), 3),
+            "resp_per_s": round(delta["resp_requests"] / (t1 - t0), 3),
             "hit_ratio": round(delta["hits"] / looked_up, 4) if looked_up else None,
             "upstream_ms": round(1000 * delta["upstream_seconds"] / delta["upstream_answers"], 3)
             if delta["upstream_answers"] else None,
@@ -158,17 +163,60 @@ class Figures:
     def has(self, name: str) -> bool:
         return name in self.samples
 
-    def by(self, name: str, label: str) -> dict[str, float]:
+    def by(self, name: str, label: str, **where: str) -> dict[str, float]:
+        """Sums by the values of `label`, of the samples that have the labels `where` says."""
         out: dict[str, float] = collections.defaultdict(float)
         for labels, value in self.samples.get(name, ()):
-            if label in labels:
+            if label in labels and all(labels.get(k) == v for k, v in where.items()):
                 out[labels[label]] += value
         return dict(out)
+
+    def buckets(self, name: str, **where: str) -> list[tuple[float, float]]:
+        """A histogram's cumulative buckets as (upper bound, count), lowest bound first."""
+        return sorted((float(bound), count) for bound, count in
+                      self.by(f"{name}_bucket", "le", **where).items())
+
+
+def quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """The q-quantile of a histogram's cumulative buckets, estimated as Prometheus's
+    histogram_quantile does: linear within the bucket the rank falls in (from 0 for the first),
+    and the highest finite bound when it falls in +Inf's. None with nothing observed."""
+    if not buckets or not buckets[-1][1]:
+        return None
+    rank = q * buckets[-1][1]
+    lower = below = 0.0
+    for bound, cumulative in buckets:
+        if cumulative >= rank:
+            if math.isinf(bound):
+                return lower
+            return lower + (bound - lower) * (rank - below) / (cumulative - below)
+        lower, below = bound, cumulative
+    return lower
+
+
+def front_figures(figures: Figures, front: str) -> dict[str, Any]:
+    """One front end's requests, errors (HTTP: a 5xx status; RESP: an error reply), counts by
+    status (and by command for RESP) and latency quantiles in ms."""
+    by_status = {status: int(value) for status, value in sorted(
+        figures.by("redis_proxy_requests_total", "status", front=front).items())}
+    errors = sum(count for status, count in by_status.items()
+                 if status == "error" or (status.isdigit() and int(status) >= 500))
+    buckets = figures.buckets("redis_proxy_request_duration_seconds", front=front)
+    latency = {name: round(1000 * value, 3) for name, q in QUANTILES
+               if (value := quantile(buckets, q)) is not None}
+    out: dict[str, Any] = {"requests": sum(by_status.values()), "errors": errors,
+                           "by_status": by_status, "latency_ms": latency or None}
+    if front == "resp":
+        out["by_command"] = {command: int(value) for command, value in sorted(
+            figures.by("redis_proxy_requests_total", "command", front=front).items())}
+    return out
 
 
 def totals_of(figures: Figures) -> dict[str, float]:
     """A history point's totals, from one worker's figures."""
     return {"requests": figures.get("redis_proxy_requests_total"),
+            "http_requests": figures.get("redis_proxy_requests_total", front="http"),
+            "resp_requests": figures.get("redis_proxy_requests_total", front="resp"),
             "hits": figures.get("redis_proxy_cache_hits_total"),
             "misses": figures.get("redis_proxy_cache_misses_total"),
             "upstream_answers": figures.get("redis_proxy_upstream_fetches_total")
@@ -196,7 +244,8 @@ def build(figures: Figures, points: list[Point], errors: list[dict[str, Any]], *
         "workers": workers,
         "requests": {"total": int(figures.get("redis_proxy_requests_total")),
                      "by_status": {status: int(value) for status, value in sorted(
-                         figures.by("redis_proxy_requests_total", "status").items())}},
+                         figures.by("redis_proxy_requests_total", "status").items())},
+                     "by_front": {front: front_figures(figures, front) for front in FRONTS}},
         "cache": {"hits": hits, "misses": misses,
                   "hit_ratio": round(sum(hits.values()) / looked_up, 4) if looked_up else None},
         "upstream": {"fetches": int(fetches), "errors": int(failures),

@@ -10,13 +10,16 @@ import time
 from urllib.parse import quote, urljoin
 
 import pytest
+import redis
+from redis.driver_info import DriverInfo
 
 from http_server import make_server
+from proxy.resp import server as resp_server
 from proxy.serving.auth import Authenticator
 from proxy.serving.metrics import Metrics
 from proxy.serving.site import Site
 from proxy.serving.stats import History
-from servers import ServerThread, q, request
+from servers import ServerThread, q, request, wait_until
 
 TOKEN = "dashboard-test-token-0123456789abcdef"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -65,7 +68,12 @@ def test_stats_reports_tiers_upstream_redis_l1_connections_and_errors(served, up
     assert got.headers["Cache-Control"] == "no-store"
     s = got.json()
     assert s["workers"] == 1
+    by_front = s["requests"].pop("by_front")
     assert s["requests"] == {"total": 5, "by_status": {"200": 3, "403": 1, "502": 1}}
+    http = by_front["http"]
+    assert (http["requests"], http["errors"], http["by_status"]) == \
+        (5, 1, {"200": 3, "403": 1, "502": 1})  # errors: the 5xx answers
+    assert by_front["resp"]["requests"] == 0
     assert s["cache"] == {"hits": {"l1": 1, "redis": 0, "stale": 0}, "misses": 2, "hit_ratio": 0.3333}
     assert s["upstream"]["fetches"] == 1 and s["upstream"]["errors"] == 1
     assert s["upstream"]["refusals"] == {"userinfo": 1}
@@ -97,8 +105,10 @@ def test_stats_history_gives_requests_per_second_and_hit_ratio_per_interval(serv
 
     t0 = 1_800_000_000.0
     assert series == [
-        {"t": t0 + 2, "requests_per_s": 2.5, "hit_ratio": 0.75, "upstream_ms": series[0]["upstream_ms"]},
-        {"t": t0 + 4, "requests_per_s": 4.5, "hit_ratio": None, "upstream_ms": None},
+        {"t": t0 + 2, "requests_per_s": 2.5, "http_per_s": 2.5, "resp_per_s": 0.0, "hit_ratio": 0.75,
+         "upstream_ms": series[0]["upstream_ms"]},
+        {"t": t0 + 4, "requests_per_s": 4.5, "http_per_s": 4.5, "resp_per_s": 0.0, "hit_ratio": None,
+         "upstream_ms": None},
     ]
     assert series[0]["upstream_ms"] > 0
 
@@ -151,6 +161,12 @@ def test_the_page_reads_the_stats_beside_it_so_under_origin_url_the_proxys_not_t
     assert origin.hits["/stats"] == 0
 
 
+def points(chart: str, series: str) -> list[float]:
+    """The values of a chart's points of one series, in the DOM Chromium rendered."""
+    return [float(v) for v in re.findall(
+        rf'<circle class="point" data-series="{series}"[^>]*data-value="([\d.]+)"', chart)]
+
+
 def chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
     profile = tmp_path / "chromium-profile"
     return subprocess.run(
@@ -184,9 +200,10 @@ def test_dashboard_in_chromium_draws_the_chart_points(served, upstream, tmp_path
 
     assert dom.returncode == 0, dom.stderr[-2000:]
     rps_chart = re.search(r'<svg id="chart-rps".*?</svg>', dom.stdout, re.S).group(0)
-    values = [float(v) for v in re.findall(r'<circle class="point"[^>]*data-value="([\d.]+)"', rps_chart)]
+    values = points(rps_chart, "http")
     # The page's own /stats requests add a point at the clock's instant: one more interval.
     assert values[:3] == expected and len(values) == 4
+    assert points(rps_chart, "resp") == [0.0] * 4  # no RESP traffic: its line along the axis
     hits_chart = re.search(r'<svg id="chart-hits".*?</svg>', dom.stdout, re.S).group(0)
     assert len(re.findall(r'<circle class="point"', hits_chart)) == 3
     shown = int(re.search(r'<div class="big" id="requests">([\d,]+)</div>', dom.stdout).group(1).replace(",", ""))
@@ -199,3 +216,59 @@ def test_dashboard_in_chromium_draws_the_chart_points(served, upstream, tmp_path
         time.strftime("%H:%M:%S UTC", time.gmtime(start + 6))]
     assert picture.returncode == 0, picture.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+@pytest.fixture
+def served_with_resp(make_proxy):
+    """HTTP and RESP over one proxy and one Metrics, the history on a clock the test moves;
+    returns (HTTP port, RESP port, clock)."""
+    under_test = make_proxy()
+    clock = Clock()
+    metrics = Metrics(under_test.proxy, history=History(clock=clock))
+    http = ServerThread(make_server("127.0.0.1", 0, under_test.proxy, metrics=metrics)).start()
+    resp = ServerThread(resp_server.make_server("127.0.0.1", 0, under_test.proxy,
+                                                metrics=metrics)).start()
+    metrics.watch("resp", resp.server)
+    yield http.port, resp.port, clock
+    resp.stop()
+    http.stop()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs "
+                    "Debian's chromium); the dashboard's browser test needs it")
+def test_dashboard_in_chromium_shows_resp_commands_beside_http(served_with_resp, r, tmp_path):
+    port, resp_port, clock = served_with_resp
+    r.set("dk", b"v")
+    c = redis.Redis(host="127.0.0.1", port=resp_port, protocol=2, socket_timeout=5,
+                    driver_info=DriverInfo(name=None, lib_version=None))
+    request(port, "/stats")
+    answered = 0
+    for batch in (6, 20):  # two intervals of RESP traffic, each one pipeline
+        clock.now += 2
+        pipe = c.pipeline(transaction=False)
+        for _ in range(batch):
+            pipe.get("dk")
+        assert pipe.execute() == [b"v"] * batch
+        with pytest.raises(redis.ResponseError):
+            c.execute_command("SET", "dk", "x")  # an error reply, counted as one
+        answered += batch + 1
+        # Counted as the replies are sent: wait until /stats has them (each /stats records
+        # the interval's point with the totals it answers).
+        wait_until(lambda total=answered: request(port, "/stats").json()["requests"]
+                   ["by_front"]["resp"]["requests"] == total)
+    c.close()
+    clock.now += 2
+
+    dom = chromium(tmp_path, "--dump-dom", f"http://127.0.0.1:{port}/dashboard")
+
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    rps_chart = re.search(r'<svg id="chart-rps".*?</svg>', dom.stdout, re.S).group(0)
+    # Per 2 s interval: the pipeline and the error; the page's own /stats adds a last interval.
+    assert points(rps_chart, "resp") == [7 / 2, 21 / 2, 0.0]
+    assert len(points(rps_chart, "http")) == 3
+    assert '<div class="big" id="front-resp">28</div>' in dom.stdout
+    detail = re.search(r'<div id="front-resp-detail">([^<]*)</div>', dom.stdout).group(1)
+    assert re.fullmatch(r"errors: 2 · p50 [\d.]+ ms · p90 [\d.]+ ms · p99 [\d.]+ ms · get: 26 · other: 2",
+                        detail), detail
+    http_detail = re.search(r'<div id="front-http-detail">([^<]*)</div>', dom.stdout).group(1)
+    assert http_detail.startswith("errors: 0 · p50 ")

@@ -9,7 +9,9 @@ import subprocess
 import tempfile
 
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
+from redis.driver_info import DriverInfo
 
 from proxy.serving.worker_metrics import SOCKET_SUFFIX, WorkerPeers
 from proxy.store.launcher import RedisServer, free_port
@@ -34,9 +36,10 @@ def ask_worker(path: str) -> dict:
     return json.loads(data)
 
 
-def own_requests(snapshot: dict) -> float:
+def own_requests(snapshot: dict, front: str = "http") -> float:
     return sum(value for family in snapshot["families"] if family["name"] == "redis_proxy_requests"
-               for name, _labels, value in family["samples"] if name == "redis_proxy_requests_total")
+               for name, labels, value in family["samples"]
+               if name == "redis_proxy_requests_total" and labels["front"] == front)
 
 
 @pytest.fixture
@@ -50,8 +53,8 @@ def short_tmp():
 @pytest.fixture
 def two_workers(redis_url, upstream, short_tmp):
     tmp_path = short_tmp
-    port = free_port()
-    process = start_proxy({"HTTP_WORKERS": "2", "HTTP_PORT": str(port), "RESP_PORT": "0",
+    port, resp_port = free_port(), free_port()
+    process = start_proxy({"HTTP_WORKERS": "2", "HTTP_PORT": str(port), "RESP_PORT": str(resp_port),
                            "REDIS_URL": redis_url, "UPSTREAM_ALLOW_PRIVATE": "true",
                            "UPSTREAM_ALLOWED_PORTS": str(upstream.port), "ACCESS_LOG": "false",
                            "TMPDIR": str(tmp_path)}, stderr=subprocess.PIPE)
@@ -62,14 +65,15 @@ def two_workers(redis_url, upstream, short_tmp):
         folder[0] = found[0] if found else None
         return sorted(str(p) for p in found[0].glob("*" + SOCKET_SUFFIX)) if found else []
 
-    wait_until(lambda: not refused(port) and len(sockets()) == 2, timeout=20)
-    yield port, sockets
+    wait_until(lambda: not refused(port) and not refused(resp_port) and len(sockets()) == 2,
+               timeout=20)
+    yield port, sockets, resp_port
     stop_proxy(process)
     assert not folder[0].exists()  # the parent removes the folder when it stops
 
 
 def test_a_scrape_reaching_either_worker_sums_both(two_workers, upstream):
-    port, sockets = two_workers
+    port, sockets, _resp_port = two_workers
     url = upstream.serve("/summed", b"summed")
     made = 0
 
@@ -97,6 +101,39 @@ def test_a_scrape_reaching_either_worker_sums_both(two_workers, upstream):
     stats = request(port, "/stats").json()
     assert stats["workers"] == 2
     assert stats["requests"]["total"] == made + 4
+
+
+def test_resp_commands_served_by_either_worker_are_summed_in_metrics_and_stats(two_workers, r):
+    port, sockets, resp_port = two_workers
+    r.set("wk", b"v")
+    made = 0
+
+    def both_served() -> bool:
+        nonlocal made
+        for _ in range(10):  # a new connection each: the kernel hands them to either worker
+            c = redis.Redis(host="127.0.0.1", port=resp_port, protocol=2, socket_timeout=5,
+                            driver_info=DriverInfo(name=None, lib_version=None))
+            pipe = c.pipeline(transaction=False)
+            for _ in range(3):
+                pipe.get("wk")
+            assert pipe.execute() == [b"v"] * 3
+            c.close()
+            made += 3
+        return all(own_requests(ask_worker(path), "resp") > 0 for path in sockets())
+
+    wait_until(both_served, timeout=20, interval=0)
+    # A latency is observed once its reply is sent: the last may land just after the scrape.
+    wait_until(lambda: scrape(port)[("redis_proxy_request_duration_seconds_count",
+                                     (("front", "resp"),))] == made)
+
+    for _ in range(4):  # each scrape on its own connection, either worker answering
+        m = scrape(port)
+        assert m[("redis_proxy_workers", ())] == 2
+        assert m[("redis_proxy_requests_total",
+                  (("command", "get"), ("front", "resp"), ("status", "ok")))] == made
+        assert m[("redis_proxy_request_duration_seconds_count", (("front", "resp"),))] == made
+        resp = request(port, "/stats").json()["requests"]["by_front"]["resp"]
+        assert (resp["requests"], resp["by_command"], resp["errors"]) == (made, {"get": made}, 0)
 
 
 def test_redis_memory_evictions_and_keyspace_hits_come_from_info(make_proxy, r):

@@ -6,7 +6,7 @@ import time
 
 from proxy.log_limit import DEFAULT_INTERVAL
 from proxy.process import command_line
-from proxy.serving.stats import History, RecentErrors, merge_errors, merge_histories, series
+from proxy.serving.stats import History, RecentErrors, merge_errors, merge_histories, quantile, series
 from proxy.serving.worker_metrics import PEER_TIMEOUT, SOCKET_SUFFIX, WorkerPeers
 
 
@@ -95,3 +95,16 @@ def test_one_request_an_interval_claims_the_history_point_however_many_are_due()
     assert history.claim() is False
     now[0] = 102.0
     assert [history.claim() for _ in range(3)] == [True, False, False]
+
+
+def test_latency_quantiles_are_interpolated_in_their_bucket_as_histogram_quantile():
+    inf = float("inf")
+    # 100 observations: 50 at most 1 ms, 40 in (1, 2.5] ms, 9 in (2.5, 5] ms, 1 over 10 s.
+    buckets = [(0.001, 50.0), (0.0025, 90.0), (0.005, 99.0), (10.0, 99.0), (inf, 100.0)]
+    assert quantile(buckets, 0.5) == 0.001  # the 50th of 100: the top of the first bucket
+    assert quantile(buckets, 0.25) == 0.0005  # from 0 in the first bucket
+    assert abs(quantile(buckets, 0.9) - 0.0025) < 1e-12
+    assert abs(quantile(buckets, 0.7) - 0.00175) < 1e-12  # halfway through (1, 2.5] ms
+    assert quantile(buckets, 0.995) == 10.0  # in +Inf's: the highest finite bound
+    assert quantile([(0.001, 0.0), (inf, 0.0)], 0.5) is None  # nothing observed
+    assert quantile([], 0.5) is None
