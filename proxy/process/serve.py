@@ -15,6 +15,8 @@ from proxy.errors import LauncherError, ListenError
 
 log = logging.getLogger(__name__)
 
+STOP_CHECK = 0.25  # seconds: the longest a stop signal waits to be acted on
+
 
 def _is_loopback(host: str) -> bool:
     try:
@@ -70,7 +72,10 @@ def serve(start: Callable[[], list[Server]], close: Callable[[], None],
         servers = start()
         if ready is not None:
             ready()
-        while not stop.wait(3600):
+        # Woken often: a signal the kernel hands to another thread does not interrupt this wait,
+        # and CPython runs its handler only once the main thread runs again (a worker slept on
+        # through its SIGTERM for up to the whole wait: stop() and reloads hung).
+        while not stop.wait(STOP_CHECK):
             pass
     except (LauncherError, ListenError, OSError, ValueError, redis.RedisError) as exc:
         # Messages only: redis-py's name the host and port, never the password; a traceback
