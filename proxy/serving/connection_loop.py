@@ -48,6 +48,10 @@ class Connection(Protocol):
     def close(self) -> None:
         """Release what the connection holds but its socket, which the loop closes."""
 
+    def closes_on_drain(self) -> bool:
+        """The server stops (drain): True to close this connection, waiting in the loop, now;
+        False to answer what comes next on it first, the connection's last answer."""
+
 
 class LoopServerMixIn:
     """A socketserver.TCPServer's serve_forever and shutdown, with the connections in the loop
@@ -78,6 +82,9 @@ class LoopServerMixIn:
         self._stop_asked = False
         self._stopped = threading.Event()
         self._stopped.set()
+        self.draining = False  # drain(): the front ends make each answer a connection's last
+        self._closed_to_new = False  # draining, and the listening socket closed
+        self._drained = threading.Event()  # and then the last connection closed
         self.parallel.on_away.append(self._away)
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
@@ -92,6 +99,8 @@ class LoopServerMixIn:
             while not self._stop_asked:
                 time.sleep(TICK)
                 now = time.monotonic()
+                if self.draining and not self._closed_to_new:
+                    self._stop_accepting(epoll)
                 self._expire(now)
                 # No thread back to wait for events in STALLED (slow fetches, clients slow to
                 # read): one more, up to a thread per connection, so that ready requests do not
@@ -114,6 +123,17 @@ class LoopServerMixIn:
         is closed when its thread is done with it)."""
         self._stop_asked = True
         self._stopped.wait()
+
+    def drain(self) -> None:
+        """Begin a graceful stop (a reload's replaced worker, SIGTERM): from the loop's next
+        tick no connection is accepted and the waiting ones the front end says may go are
+        closed (_stop_accepting); the others end after their next answer (`draining`).
+        drained() waits for them; shutdown() then closes what is left."""
+        self.draining = True
+
+    def drained(self, timeout: float) -> bool:
+        """After drain(): whether every connection has ended within `timeout` seconds."""
+        return self._drained.wait(timeout)
 
     def _away(self) -> None:
         """A thread serving a request begins a wait off the CPU (an upstream fetch, another's
@@ -163,6 +183,23 @@ class LoopServerMixIn:
         finally:
             with lock:
                 self._started -= 1
+
+    def _stop_accepting(self, epoll: select.epoll) -> None:
+        """drain()'s first step, taken by the thread that registered the listening socket: out
+        of the set and closed in this process (pre-forked, the other workers and the parent
+        keep it open, so no connection is refused); then the waiting connections that may go."""
+        try:
+            epoll.unregister(self.socket.fileno())
+        except (OSError, ValueError):
+            pass
+        self.socket.close()
+        for fd, connection in list(self._waiting.items()):
+            if connection.closes_on_drain() and self._waiting.pop(fd, None) is not None:
+                self._close(connection)
+        with self._count_lock:
+            self._closed_to_new = True
+            if not self.active_connections:
+                self._drained.set()
 
     def _expire(self, now: float) -> None:
         """Close the waiting connections past their deadline: idle too long, or a head too slow
@@ -262,6 +299,8 @@ class LoopServerMixIn:
         finally:
             with self._count_lock:
                 self.active_connections -= 1
+                if self._closed_to_new and not self.active_connections:
+                    self._drained.set()
 
     def _reject(self, sock: Socket) -> None:
         try:
