@@ -151,8 +151,8 @@ def test_sigterm_answers_the_request_in_flight_then_the_process_exits(tmp_path, 
             wait_until(lambda: upstream.hits["/held"] == 1)
             process.send_signal(signal.SIGTERM)
             # The worker drains (the parent keeps the port open: nothing is refused).
-            wait_until(lambda: "draining: no new connections" in (tmp_path / "proxy.log").read_text(),
-                       timeout=10)
+            wait_until(lambda: "draining: no new connections; each open one closes after its next "
+                       "answer (at most 15 s)" in (tmp_path / "proxy.log").read_text(), timeout=10)
             release.set()
             status, fields, body = read_reply(client)
             assert (status, body, fields["connection"]) == (b"HTTP/1.1 200 OK", b"held page", "close")
