@@ -135,6 +135,23 @@ class LoopServerMixIn:
         """After drain(): whether every connection has ended within `timeout` seconds."""
         return self._drained.wait(timeout)
 
+    def _stop_accepting(self, epoll: select.epoll) -> None:
+        """drain()'s first step, taken by the thread that registered the listening socket: out
+        of the set and closed in this process (pre-forked, the other workers and the parent
+        keep it open, so no connection is refused); then the waiting connections that may go."""
+        try:
+            epoll.unregister(self.socket.fileno())
+        except (OSError, ValueError):
+            pass
+        self.socket.close()
+        for fd, connection in list(self._waiting.items()):
+            if connection.closes_on_drain() and self._waiting.pop(fd, None) is not None:
+                self._close(connection)
+        with self._count_lock:
+            self._closed_to_new = True
+            if not self.active_connections:
+                self._drained.set()
+
     def _away(self) -> None:
         """A thread serving a request begins a wait off the CPU (an upstream fetch, another's
         fetch): when no thread waits for events, one more at once, not after STALLED; a burst
@@ -183,23 +200,6 @@ class LoopServerMixIn:
         finally:
             with lock:
                 self._started -= 1
-
-    def _stop_accepting(self, epoll: select.epoll) -> None:
-        """drain()'s first step, taken by the thread that registered the listening socket: out
-        of the set and closed in this process (pre-forked, the other workers and the parent
-        keep it open, so no connection is refused); then the waiting connections that may go."""
-        try:
-            epoll.unregister(self.socket.fileno())
-        except (OSError, ValueError):
-            pass
-        self.socket.close()
-        for fd, connection in list(self._waiting.items()):
-            if connection.closes_on_drain() and self._waiting.pop(fd, None) is not None:
-                self._close(connection)
-        with self._count_lock:
-            self._closed_to_new = True
-            if not self.active_connections:
-                self._drained.set()
 
     def _expire(self, now: float) -> None:
         """Close the waiting connections past their deadline: idle too long, or a head too slow
