@@ -130,6 +130,11 @@ class LoopServerMixIn:
         closed (_stop_accepting); the others end after their next answer (`draining`).
         drained() waits for them; shutdown() then closes what is left."""
         self.draining = True
+        if (epoll := self._epoll) is not None:
+            try:  # accepts stop now, not at the tick: a reload's old worker takes no more
+                epoll.unregister(self.socket.fileno())
+            except (OSError, ValueError):  # not registered yet: the tick does it
+                pass
 
     def drained(self, timeout: float) -> bool:
         """After drain(): whether every connection has ended within `timeout` seconds."""
@@ -221,6 +226,8 @@ class LoopServerMixIn:
 
     def _take_connections(self) -> None:
         for _ in range(ACCEPTS_PER_WAKE):
+            if self.draining:
+                return  # the queue's connections are the other workers' (or refused at exit)
             try:
                 sock, address = self.socket.accept()
             except (BlockingIOError, InterruptedError):

@@ -100,6 +100,7 @@ def test_the_drain_ends_at_its_bound_and_shutdown_closes_what_is_left(make_proxy
     server = proxy.thread.server
     with connect(proxy.port) as client:
         client.sendall(b"GET /get/k HTTP/1.1\r\n")  # a head begun, never finished
+        wait_until(lambda: server.active_connections == 1)
         server.drain()
         wait_until(lambda: refused(proxy.port))
         assert server.drained(0.2) is False  # the bound came with a connection still open
