@@ -158,7 +158,9 @@ def serve_process(settings: Settings, authenticator: Authenticator,
             listener.close()  # adopted by a server (closed already) or never used
         RedisProxy.reset_instance()
 
-    return serve(start, close, ready)
+    # The drain's bound: a kept-alive connection's idle time, so that every connection waiting
+    # for its next request has had its chance to send it (then closes with its answer).
+    return serve(start, close, ready, drain=settings.keepalive_timeout)
 
 
 def check_config(settings: Settings) -> int:

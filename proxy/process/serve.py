@@ -5,6 +5,7 @@ import ipaddress
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Protocol
@@ -14,6 +15,8 @@ import redis
 from proxy.errors import LauncherError, ListenError
 
 log = logging.getLogger(__name__)
+
+STOP_CHECK = 0.25  # seconds: the longest a stop signal waits to be acted on
 
 
 def _is_loopback(host: str) -> bool:
@@ -47,16 +50,22 @@ def warn_if_resp_exposed(host: str, port: int, auth_enabled: bool) -> bool:
 class Server(Protocol):
     """What the loop stops: a socketserver-style front end, started already."""
 
+    def drain(self) -> None: ...
+
+    def drained(self, timeout: float) -> bool: ...
+
     def shutdown(self) -> None: ...
 
     def server_close(self) -> None: ...
 
 
 def serve(start: Callable[[], list[Server]], close: Callable[[], None],
-          ready: Callable[[], None] | None = None) -> int:
+          ready: Callable[[], None] | None = None, drain: float = 0.0) -> int:
     """One serving process: `start()` binds and starts the front ends, which serve until SIGINT
-    or SIGTERM; then they are shut down and `close()` releases the rest (the proxy). `ready` is
-    called once they serve (a reload waits for it before stopping the worker this one replaces)."""
+    or SIGTERM; then they drain (accept no more, answer what is under way, each connection's
+    next answer its last) for at most `drain` seconds, are shut down, and `close()` releases
+    the rest (the proxy). `ready` is called once they serve (a reload waits for it before
+    stopping the worker this one replaces)."""
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -70,7 +79,10 @@ def serve(start: Callable[[], list[Server]], close: Callable[[], None],
         servers = start()
         if ready is not None:
             ready()
-        while not stop.wait(3600):
+        # Woken often: a signal the kernel hands to another thread does not interrupt this wait,
+        # and CPython runs its handler only once the main thread runs again (a worker slept on
+        # through its SIGTERM for up to the whole wait: stop() and reloads hung).
+        while not stop.wait(STOP_CHECK):
             pass
     except (LauncherError, ListenError, OSError, ValueError, redis.RedisError) as exc:
         # Messages only: redis-py's name the host and port, never the password; a traceback
@@ -78,6 +90,14 @@ def serve(start: Callable[[], list[Server]], close: Callable[[], None],
         log.error("cannot start: %s", exc)
         return 1
     finally:
+        for server in servers:
+            server.drain()  # all at once: one bound for the whole process
+        if servers:
+            log.info("draining: no new connections; each open one closes after its next answer "
+                     "(at most %g s)", drain)
+        deadline = time.monotonic() + drain
+        if not all([server.drained(max(0.0, deadline - time.monotonic())) for server in servers]):
+            log.info("connections still open after the %g s drain are closed", drain)
         for server in servers:
             server.shutdown()
             server.server_close()

@@ -29,7 +29,7 @@ from proxy.serving.command_counts import CommandCounts
 from proxy.serving.connection_loop import LoopServerMixIn
 from proxy.serving.metrics import LATENCY_BUCKETS, Metrics
 from proxy.serving.rate_limit import RateLimiter
-from proxy.serving.sockets import DeadlineReader, Gate, linger
+from proxy.serving.sockets import DeadlineReader, Gate, has_input, linger
 from redis_proxy import RedisProxy
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,8 @@ class RespHandler(socketserver.BaseRequestHandler):
             # A send that failed or timed out: nothing more is written to this client.
             log.debug("RESP connection from %s ended: %s", self.client_address[0], exc)
             return False
+        if self.server.draining and self.closes_on_drain():
+            return False  # the process stops, and every command received was answered
         # Idle: KEEPALIVE_TIMEOUT; part of a command received: its HEADER_TIMEOUT (_set_deadline).
         deadline = self.reader.deadline
         self.deadline = time.monotonic() + self.server.keepalive_timeout if deadline is None \
@@ -157,6 +159,12 @@ class RespHandler(socketserver.BaseRequestHandler):
     def close(self) -> None:
         self._give_back()  # whatever ended the connection
         self.server.tallies.close(self.tally)
+
+    def closes_on_drain(self) -> bool:
+        """RESP has no way to say "last reply": a connection is closed once nothing of a command
+        is received or waiting unread (as Redis closes its clients on SHUTDOWN; a client
+        reconnects), else its commands are answered first."""
+        return not self.parser.pending and not has_input(self.request)
 
     def _run_commands(self, started: float) -> bool:
         """Runs every complete command received so far, in order, and sends their replies;

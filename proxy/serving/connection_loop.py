@@ -50,6 +50,10 @@ class Connection(Protocol):
     def close(self) -> None:
         """Release what the connection holds but its socket, which the loop closes."""
 
+    def closes_on_drain(self) -> bool:
+        """The server stops (drain): True to close this connection, waiting in the loop, now;
+        False to answer what comes next on it first, the connection's last answer."""
+
 
 class LoopServerMixIn:
     """A socketserver.TCPServer's serve_forever and shutdown, with the connections in the loop
@@ -83,6 +87,9 @@ class LoopServerMixIn:
         self._stop_asked = False
         self._stopped = threading.Event()
         self._stopped.set()
+        self.draining = False  # drain(): the front ends make each answer a connection's last
+        self._closed_to_new = False  # draining, and the listening socket closed
+        self._drained = threading.Event()  # and then the last connection closed
         self.parallel.on_away.append(self._away)
 
     @property
@@ -102,6 +109,8 @@ class LoopServerMixIn:
             while not self._stop_asked:
                 time.sleep(TICK)
                 now = time.monotonic()
+                if self.draining and not self._closed_to_new:
+                    self._stop_accepting(epoll)
                 self._expire(now)
                 # No thread back to wait for events in STALLED (slow fetches, clients slow to
                 # read): one more, up to a thread per connection, so that ready requests do not
@@ -124,6 +133,39 @@ class LoopServerMixIn:
         is closed when its thread is done with it)."""
         self._stop_asked = True
         self._stopped.wait()
+
+    def drain(self) -> None:
+        """Begin a graceful stop (a reload's replaced worker, SIGTERM): from the loop's next
+        tick no connection is accepted and the waiting ones the front end says may go are
+        closed (_stop_accepting); the others end after their next answer (`draining`).
+        drained() waits for them; shutdown() then closes what is left."""
+        self.draining = True
+        if (epoll := self._epoll) is not None:
+            try:  # accepts stop now, not at the tick: a reload's old worker takes no more
+                epoll.unregister(self.socket.fileno())
+            except (OSError, ValueError):  # not registered yet: the tick does it
+                pass
+
+    def drained(self, timeout: float) -> bool:
+        """After drain(): whether every connection has ended within `timeout` seconds."""
+        return self._drained.wait(timeout)
+
+    def _stop_accepting(self, epoll: select.epoll) -> None:
+        """drain()'s first step, taken by the thread that registered the listening socket: out
+        of the set and closed in this process (pre-forked, the other workers and the parent
+        keep it open, so no connection is refused); then the waiting connections that may go."""
+        try:
+            epoll.unregister(self.socket.fileno())
+        except (OSError, ValueError):
+            pass
+        self.socket.close()
+        for fd, connection in list(self._waiting.items()):
+            if connection.closes_on_drain() and self._waiting.pop(fd, None) is not None:
+                self._close(connection)
+        with self._count_lock:
+            self._closed_to_new = True
+            if not self.active_connections:
+                self._drained.set()
 
     def _away(self) -> None:
         """A thread serving a request begins a wait off the CPU (an upstream fetch, another's
@@ -220,6 +262,8 @@ class LoopServerMixIn:
 
     def _take_connections(self) -> None:
         for _ in range(ACCEPTS_PER_WAKE):
+            if self.draining:
+                return  # the queue's connections are the other workers' (or refused at exit)
             try:
                 sock, address = self.socket.accept()
             except (BlockingIOError, InterruptedError):
@@ -298,6 +342,8 @@ class LoopServerMixIn:
         finally:
             with self._count_lock:
                 self.active_connections -= 1
+                if self._closed_to_new and not self.active_connections:
+                    self._drained.set()
 
     def _reject(self, sock: Socket) -> None:
         try:

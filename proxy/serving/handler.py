@@ -160,8 +160,10 @@ class ProxyHandler(Routes, BaseHTTPRequestHandler):
         except (TimeoutError, ConnectionError, OSError) as exc:
             log.debug("connection from %s ended: %s", self.client_address[0], exc)
             return False
-        if self._unread_body:
-            linger(self.connection)  # the client may still be sending the body it announced
+        if self._unread_body or self.server.draining:
+            # The client may still be sending the body it announced, or (draining) a request
+            # pipelined behind the last one answered.
+            linger(self.connection)
         return False
 
     def _next_ready(self) -> bool:
@@ -183,6 +185,13 @@ class ProxyHandler(Routes, BaseHTTPRequestHandler):
 
     def close(self) -> None:
         self.rfile.close()
+
+    def closes_on_drain(self) -> bool:
+        """Never while it waits: its next request, which the client may be sending as the close
+        would reach it (and lose it to a reset), is answered with `Connection: close` (RFC 9112
+        §9.6) and then it closes; one that sends none is closed when it expires (its
+        KEEPALIVE_TIMEOUT) or the drain ends."""
+        return False
 
     def handle_one_request(self) -> None:
         """One request; its reply is built while processing and sent at the end, outside
@@ -334,6 +343,8 @@ class ProxyHandler(Routes, BaseHTTPRequestHandler):
 
     def _connection(self) -> str:
         """The Connection line this reply needs, or ""."""
+        if self.server.draining:  # the process stops: this answer is the connection's last
+            self.close_connection = True
         if self.close_connection:
             return "Connection: close\r\n"
         if self.request_version == "HTTP/1.0":

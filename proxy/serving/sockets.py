@@ -99,6 +99,15 @@ def linger(sock: socket.socket, seconds: float = LINGER) -> None:
         pass
 
 
+def has_input(sock: socket.socket) -> bool:
+    """Whether bytes the client sent wait unread in the socket (a close now would reset the
+    connection and could lose its answer); False at end of file or on an error."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # BlockingIOError: nothing yet
+        return False
+
+
 def adopt_listener(server: socketserver.TCPServer, sock: socket.socket) -> None:
     """Make `server` accept on `sock`, bound and listening already (pre-forked workers all
     accept on the parent's socket; the kernel gives each connection to one of them)."""

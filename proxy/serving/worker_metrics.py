@@ -79,6 +79,13 @@ class PeerServer(socketserver.ThreadingUnixStreamServer):
             os.unlink(path)  # a previous worker with this pid, long gone
         super().__init__(path, _SnapshotHandler)
 
+    def drain(self) -> None:
+        """Nothing to drain (a connection is one snapshot): the other workers may still read
+        this one's figures while its front ends drain."""
+
+    def drained(self, timeout: float) -> bool:
+        return True
+
     def server_close(self) -> None:
         super().server_close()
         try:

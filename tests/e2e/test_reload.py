@@ -3,6 +3,8 @@ configuration refused with its reason logged and the old one kept, the workers r
 time on the same listening sockets; the rules file (RULES_FILE) read again with them."""
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,3 +136,65 @@ def test_a_bad_rules_file_at_reload_is_refused_with_its_line_and_the_old_rules_k
     assert {cache_of(proxy, url) for _ in range(20)} == {"BYPASS"}
     assert upstream.hits["/ruled"] == 21
     assert "reloaded:" not in proxy.log.read_text()
+
+
+# wrk's Lua: every answer's body tallied (raw: GET_FORMAT=raw's b"v"; json: GET_FORMAT=json's),
+# summed over wrk's threads and printed at the end.
+WRK_TALLY = r"""
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) raw, json, other = 0, 0, 0 end
+function response(status, headers, body)
+  if body == "v" then raw = raw + 1
+  elseif body == '{"key": "k", "value": "v", "source": "cache"}'
+      or body == '{"key": "k", "value": "v", "source": "redis"}' then json = json + 1
+  else other = other + 1 end
+end
+function done(summary, latency, requests)
+  local totals = {raw = 0, json = 0, other = 0}
+  for _, thread in ipairs(threads) do
+    for name, _ in pairs(totals) do totals[name] = totals[name] + thread:get(name) end
+  end
+  io.write(string.format("bodies: raw %d, json %d, other %d\n", totals.raw, totals.json, totals.other))
+end
+"""
+FORMATS = ("json", "raw", "json")  # GET_FORMAT of each reload in turn, from raw: each one a change
+WORKER_STOPPED = "proxy.process.serve: stopped"  # a worker's last line, once it has drained
+
+
+@pytest.mark.skipif(not shutil.which("wrk"), reason="wrk is not installed (apt-get install wrk; .ci/run installs it)")
+def test_reloads_under_wrk_load_fail_no_request_and_the_new_workers_answer(running, tmp_path):
+    proxy = running("GET_FORMAT=raw\nACCESS_LOG=false\n")
+    assert request(proxy.port, "/get/k").body == b"v"  # the first workers serve
+    script = tmp_path / "tally.lua"
+    script.write_text(WRK_TALLY)
+    # 16 keep-alive connections on loopback; -d only bounds a run the test fails to stop.
+    wrk = subprocess.Popen(["wrk", "-t2", "-c16", "-d60s", "--timeout", "5s", "-s", str(script),
+                            f"http://127.0.0.1:{proxy.port}/get/k"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for done, get_format in enumerate(FORMATS, start=1):
+            proxy.write_env(f"GET_FORMAT={get_format}\nACCESS_LOG=false\n")
+            proxy.process.send_signal(signal.SIGHUP)
+            wait_until(lambda done=done: proxy.log.read_text().count("reloaded: 2 workers") == done,
+                       timeout=30, interval=0.05)
+        # Every replaced worker drained and gone: wrk's connections all moved to the new ones.
+        wait_until(lambda: proxy.log.read_text().count(WORKER_STOPPED) == 2 * len(FORMATS),
+                   timeout=30, interval=0.05)
+        assert wrk.poll() is None, "wrk ended before the reloads did: the test proved nothing"
+        wrk.send_signal(signal.SIGINT)  # wrk stops and prints its figures
+        out, err = wrk.communicate(timeout=30)
+    finally:
+        if wrk.poll() is None:
+            wrk.kill()
+            wrk.wait()
+    assert wrk.returncode == 0, err
+    assert "requests in" in out, out
+    assert "Socket errors" not in out, out  # wrk prints the line only when there was one
+    assert "Non-2xx or 3xx responses" not in out, out
+    tally = re.search(r"bodies: raw (\d+), json (\d+), other (\d+)", out)
+    assert tally is not None, out
+    raw, json_, other = map(int, tally.groups())
+    # json: only workers started by a reload answer in that form.
+    assert other == 0 and raw > 0 and json_ > 0, out
+    assert "still open after the" not in proxy.log.read_text()  # each drain ended by itself
