@@ -10,18 +10,19 @@ import dataclasses
 import math
 import sys
 
-# README "Performance", make bench 2026-12-01 (bench/results/20261201-235917.json, 16
-# connections): requests/s of one process (about one core).
-URL_L1_HIT = 6059.0  # GET /?url=&key=, L1 hit
-URL_REDIS_HIT = 1914.0  # GET /?url=&key=, Redis hit (no L1, distinct keys)
-REDIS_GET = 49480.0  # redis-benchmark GET against Redis itself (one primary; it shares the cores)
+# README "Performance", make bench 2026-12-05 (bench/results/20261205-172324.json, 16
+# connections): the proxy's own CPU per request (its cpu_us column), as requests per
+# core-second; and redis-benchmark GET against Redis itself (one primary sharing the cores).
+URL_L1_HIT = 23310.0  # GET /?url=&key=, L1 hit: 42.9 us
+URL_REDIS_HIT = 8203.0  # GET /?url=&key=, Redis hit (no L1, distinct keys): 121.9 us
+REDIS_GET = 160000.0  # redis-benchmark GET against Redis itself (one primary; it shares the cores)
 
 # Proxy CPU of one miss (ms, one process): the request, the entry's read, one pipelined round
 # trip (fetch lock, entry again, purge numbers), the upstream fetch and the store script.
-# Measured 2026-12-05 (issue 20): /proc CPU of the proxy over a 4 s wrk run of distinct-URL
-# misses at c16 against a local origin, the machine quiet: 2.01 ms (2.56 ms before, same run;
-# 1.14-1.26 against 1.63-1.71 in runs on the loaded machine), the quiet figure rounded down.
-MISS_CPU_MS = 2.0
+# The same run: GET /?url=&key= misses (a new URL each) at 16 connections against a local
+# origin, 1.453 ms (2.256 ms before issue 20, bench/results/20261205-172717-before.json);
+# 0.77 ms at 64 connections, where more misses overlap: the cautious figure is kept.
+MISS_CPU_MS = 1.45
 
 # Redis commands per request: a Redis hit is one GET; a miss is 12 in 3 round trips
 # (tests/e2e/test_miss_round_trips.py counts them on a real Redis): the GET; SET NX (fetch lock),

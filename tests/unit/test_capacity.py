@@ -26,10 +26,10 @@ def test_the_scaling_doc_table_is_what_the_script_prints(capsys):
 def test_a_hot_set_l1_holds_needs_no_redis_reads_for_hits():
     capacity = load()
     small = capacity.plan(10_000, 0.99, 50)
-    assert (small.l1_share, small.proxy_cores, small.primaries) == (1.0, 4, 1)
-    assert round(small.redis_ops) == 100 * 12 + 100 * 4  # misses x 12 commands + fan-out to 4 processes
+    assert (small.l1_share, small.proxy_cores, small.primaries) == (1.0, 1, 1)
+    assert round(small.redis_ops) == 100 * 12 + 100 * 1  # misses x 12 commands + fan-out to its 1 process
     big = capacity.plan(1_000_000, 0.99, 50)
-    assert (big.proxy_cores, big.primaries) == (306, 38)
+    assert (big.proxy_cores, big.primaries) == (95, 12)
 
 
 def test_the_small_hot_set_sentence_is_what_the_script_prints(capsys):
