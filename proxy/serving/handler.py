@@ -1,6 +1,6 @@
 """The HTTP front end: a thin stdlib `http.server` mapping requests onto the proxy (the
-server, the handler's connection plumbing, routing and reply framing; the route bodies are
-routes.py's). http_server.py wires it to the settings and a RedisProxy."""
+server, the handler's connection plumbing and routing; the route bodies are routes.py's, the
+replies replying.py's). http_server.py wires it to the settings and a RedisProxy."""
 
 import io
 import logging
@@ -11,7 +11,6 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
-from proxy.cache.result import HIT, CacheResult, PlainHit, cache_status, hit_status
 from proxy.errors import (
     HeadersTooLarge,
     MethodNotAllowed,
@@ -21,20 +20,17 @@ from proxy.errors import (
     URITooLong,
 )
 from proxy.serving import dashboard
-from proxy.serving.access_log import AccessLog, masked_target
+from proxy.serving.access_log import AccessLog
 from proxy.serving.auth import Authenticator
 from proxy.serving.connection_loop import LoopServerMixIn
 from proxy.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.serving.metrics import Metrics
 from proxy.serving.query import parse_query
 from proxy.serving.rate_limit import RateLimiter
-from proxy.serving.reply import AGE_MARK, TTL_MARK, ReplyHead
-from proxy.serving.reply import DATES as _dates
 from proxy.serving.reply import REJECT as _REJECT
-from proxy.serving.reply import UNSAFE_HEADER_VALUE as _UNSAFE_HEADER_VALUE
-from proxy.serving.reply import json_bytes as _json_bytes
+from proxy.serving.replying import Replying
 from proxy.serving.request_head import Fields, head_ready, read_head
-from proxy.serving.routes import MIN_SEND_RATE, Proxy, Routes
+from proxy.serving.routes import Proxy, Routes
 from proxy.serving.site import Site, Sites, host_name
 from proxy.serving.sockets import DeadlineReader, Gate, linger
 from proxy.serving.syntax import authority, body_framing_error, has_body, host_error, origin_form
@@ -53,10 +49,6 @@ _PROTOCOL_ERRORS = {414: URITooLong.error, 431: HeadersTooLarge.error}
 
 # Routes answered outside MAX_PARALLEL, so a busy proxy can still say how it is.
 UNMETERED_ROUTES = frozenset({"/health", "/metrics", "/stats", "/dashboard"})
-SMALL_REPLY = 64 * 1024  # up to this, headers and body go out in one write
-_STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}" for status in HTTPStatus}
-_SERVER = "Server: " + "redis-proxy"
-_NO_HEAD = "none"  # memo: an entry whose reply head cannot be kept (ReplyHead.of)
 
 
 class ProxyHTTPServer(LoopServerMixIn, HTTPServer):
@@ -113,7 +105,7 @@ class ProxyHTTPServer(LoopServerMixIn, HTTPServer):
             self.rate_limiter.check(peer, forwarded_for)
 
 
-class ProxyHandler(Routes, BaseHTTPRequestHandler):
+class ProxyHandler(Routes, Replying, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "redis-proxy"
     server: ProxyHTTPServer
@@ -297,136 +289,8 @@ class ProxyHandler(Routes, BaseHTTPRequestHandler):
         else:
             raise NotFound()
 
-    # ----- responses ---------------------------------------------------------------------------
-
-    def _reply_result(self, result: CacheResult) -> None:
-        self._reply(result.status, result.body,
-                    _result_headers(result, str(result.age), cache_status(result)))
-
-    def _reply_hit(self, hit: PlainHit) -> None:
-        """A plain hit sent from the reply head kept beside its L1 entry, built once from the
-        full answer: the bytes _reply_result sends for it, with this answer's Age, Cache-Status
-        ttl and Connection filled in (the Date of a stored answer is the origin's: fixed)."""
-        head = hit.memo.get(hit.variant)
-        if head is None:
-            result = hit.result()
-            headers = _result_headers(result, AGE_MARK, hit_status(TTL_MARK))
-            # No Date stored: _reply's would be now, so no head is kept (each answer built whole).
-            kept = ReplyHead.of(result.status, _head(result.status, len(result.body), headers, "")) \
-                if "Date" in headers else None
-            head = hit.memo[hit.variant] = kept or _NO_HEAD
-        if not isinstance(head, ReplyHead):
-            self._reply_result(hit.result())
-            return
-        self._pend(head.status, head.render(hit.age, hit.ttl, self._connection().encode()),
-                   hit.body, HIT)
-
-    def _reply_json(self, status: int, doc: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        self._reply(status, _json_bytes(doc), {"Content-Type": "application/json", **(headers or {})})
-
-    def _reply_error(self, exc: ProxyError, close: bool = False) -> None:
-        if close:
-            self.close_connection = True
-        if exc.status >= 500:  # the dashboard's last errors
-            self.server.metrics.note_error(exc.status, exc.error, exc.detail,
-                                           masked_target(self.path) if self.command else "-")
-        self._reply_json(exc.status, {"error": exc.error, "detail": exc.detail}, exc.headers)
-
-    def _reply(self, status: int, body: bytes,
-               headers: dict[str, str] | list[tuple[str, str]]) -> None:
-        """Status line, headers and body in one send (piecemeal writes stall on delayed ACKs)."""
-        head = _head(status, len(body), headers, self._connection())
-        pairs = headers.items() if isinstance(headers, dict) else headers
-        self._pend(status, head, body,
-                   next((v for n, v in pairs if n == "X-Cache"), "-") if self.server.access_log.enabled
-                   else "-")
-
-    def _connection(self) -> str:
-        """The Connection line this reply needs, or ""."""
-        if self.server.draining:  # the process stops: this answer is the connection's last
-            self.close_connection = True
-        if self.close_connection:
-            return "Connection: close\r\n"
-        if self.request_version == "HTTP/1.0":
-            return "Connection: keep-alive\r\n"  # RFC 9112 §9.3: 1.0 keeps alive only if told
-        return ""
-
-    def _pend(self, status: int, head: bytes, body: bytes, cache: str) -> None:
-        """The reply `_send` writes once the request is done (`cache`: its X-Cache, logged)."""
-        self._status = status
-        self._pending = (head, b"" if self.command == "HEAD" else body)
-        if self.server.access_log.enabled:  # decided once: off, the hit path pays this test
-            # Written by _send, after the reply: outside MAX_PARALLEL, and its duration whole.
-            self._logged = (self.command, self.path if self.command else "", status, cache,
-                            len(self._pending[1]), self._started)
-        self._started = 0.0
-
-    def _send(self) -> None:
-        """Send the reply in one write, with a deadline scaled to its size. A failed or partial
-        send ends the connection: nothing more may be written on a broken framing."""
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return
-        logged, self._logged = self._logged, None
-        try:
-            self._write(*pending)
-        finally:
-            if logged is not None:
-                self.server.access_log.record(*logged, self.client_address[0])
-
-    def _write(self, head: bytes, body: bytes) -> None:
-        allowed = max(self.server.keepalive_timeout, (len(head) + len(body)) / MIN_SEND_RATE)
-        try:
-            if len(body) <= SMALL_REPLY:
-                self._reader.send(head + body, allowed)
-            else:
-                # A large body is not copied behind its headers: an L1 hit shares the cached
-                # bytes while a slow client takes them. TCP_NODELAY sends both writes at once.
-                deadline = time.monotonic() + allowed
-                for part in (head, body):
-                    self._reader.send(part, max(0.001, deadline - time.monotonic()))
-        except OSError:
-            self.close_connection = True
-            raise  # handle() ends the connection with a debug line
-
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s " + format, self.client_address[0], *args)
-
-
-def _result_headers(result: CacheResult, age: str, status: str) -> dict[str, str]:
-    """The header fields of an answer from the cache, `age` its Age and `status` its
-    Cache-Status member."""
-    headers = {name.title(): value for name, value in result.headers.items()}
-    if result.status != 304:  # a 304 sends no representation metadata (RFC 9110 §15.4.5)
-        headers["Content-Type"] = result.content_type
-    headers["X-Cache"] = result.cache
-    headers["Age"] = age
-    # RFC 9211 §2: caches nearer the client append their member to upstream ones.
-    upstream = headers.get("Cache-Status")
-    headers["Cache-Status"] = f"{upstream}, {status}" if upstream else status
-    return headers
-
-
-def _head(status: int, length: int, headers: dict[str, str] | list[tuple[str, str]],
-          connection: str) -> bytes:
-    """A reply's status line and header block; `connection`: its Connection line, or ""."""
-    # The origin's Date when relaying a stored response (RFC 9110 §6.6.1), else now.
-    date = (headers.pop("Date", None) if isinstance(headers, dict) else None) or _dates.now()
-    lines = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown", "Date: " + date, _SERVER]
-    if status != 304:  # a 304's Content-Length would have to be the 200's (RFC 9110 §8.6)
-        lines.append(f"Content-Length: {length}")
-    pairs = headers.items() if isinstance(headers, dict) else headers
-    lines += [f"{name}: {value}" for name, value in pairs]
-    lines.append(connection)  # with its own CRLF, or nothing
-    text = "\r\n".join(lines) + "\r\n"
-    line_ends = len(lines) + bool(connection)
-    if text.count("\n") != line_ends or text.count("\r") != line_ends or "\x00" in text:
-        # A CR, LF or NUL in a value (from a stored entry someone else wrote) would split
-        # the reply: such a header is left out.
-        text = "\r\n".join(line for line in lines[:-1]
-                             if not _UNSAFE_HEADER_VALUE.search(line.partition(": ")[2])) + "\r\n" \
-            + connection + "\r\n"
-    return text.encode("latin-1", "replace")
 
 
 def route_methods(path: str) -> tuple[str, ...]:
