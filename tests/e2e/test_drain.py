@@ -3,12 +3,14 @@ accepted, the request in flight answered with `Connection: close`, a kept-alive 
 next request answered the same way then closed, RESP connections closed between commands, all
 within KEEPALIVE_TIMEOUT; and a stop signal acted on whichever thread the kernel gave it to."""
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -140,9 +142,12 @@ def proxy_env(tmp_path, redis_url, upstream, keepalive: str) -> dict[str, str]:
             "UPSTREAM_ALLOWED_PORTS": str(upstream.port), "KEEPALIVE_TIMEOUT": keepalive}
 
 
-def test_sigterm_answers_the_request_in_flight_then_the_process_exits(tmp_path, redis_url, upstream, held):
-    target, release = held
-    env = proxy_env(tmp_path, redis_url, upstream, keepalive="15")
+@contextlib.contextmanager
+def sigterm_with_a_request_held(tmp_path, redis_url, upstream, target: str,
+                                keepalive: str) -> Iterator[tuple[subprocess.Popen, socket.socket]]:
+    """A proxy process with one client's request held at the origin, just sent SIGTERM;
+    yields (the process, the client's socket), and stops the process if the test did not."""
+    env = proxy_env(tmp_path, redis_url, upstream, keepalive=keepalive)
     port = int(env["HTTP_PORT"])
     process = start_proxy(env)
     try:
@@ -151,36 +156,31 @@ def test_sigterm_answers_the_request_in_flight_then_the_process_exits(tmp_path, 
             client.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
             wait_until(lambda: upstream.hits["/held"] == 1)
             process.send_signal(signal.SIGTERM)
-            # The worker drains (the parent keeps the port open: nothing is refused).
-            wait_until(lambda: "draining: no new connections; each open one closes after its next "
-                       "answer (at most 15 s)" in (tmp_path / "proxy.log").read_text(), timeout=10)
-            release.set()
-            status, fields, body = read_reply(client)
-            assert (status, body, fields["connection"]) == (b"HTTP/1.1 200 OK", b"held page", "close")
-            assert closed_by_server(client)
-        assert process.wait(timeout=15) == 0
+            yield process, client
     finally:
         if process.poll() is None:
             stop_proxy(process)
+
+
+def test_sigterm_answers_the_request_in_flight_then_the_process_exits(tmp_path, redis_url, upstream, held):
+    target, release = held
+    with sigterm_with_a_request_held(tmp_path, redis_url, upstream, target, "15") as (process, client):
+        # The worker drains (the parent keeps the port open: nothing is refused).
+        wait_until(lambda: "draining: no new connections; each open one closes after its next "
+                   "answer (at most 15 s)" in (tmp_path / "proxy.log").read_text(), timeout=10)
+        release.set()
+        status, fields, body = read_reply(client)
+        assert (status, body, fields["connection"]) == (b"HTTP/1.1 200 OK", b"held page", "close")
+        assert closed_by_server(client)
+        assert process.wait(timeout=15) == 0
     assert "still open after the" not in (tmp_path / "proxy.log").read_text()
 
 
 def test_sigterm_drain_ends_after_keepalive_timeout_with_a_request_still_held(tmp_path, redis_url, upstream, held):
     target, _ = held  # never released while the proxy runs: UPSTREAM_TIMEOUT (10 s) is longer
-    env = proxy_env(tmp_path, redis_url, upstream, keepalive="1")
-    port = int(env["HTTP_PORT"])
-    process = start_proxy(env)
-    try:
-        wait_until(lambda: b"200" in _health(port), timeout=30)
-        with connect(port) as client:
-            client.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-            wait_until(lambda: upstream.hits["/held"] == 1)
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=15) == 0
-            assert client.recv(100) == b""  # cut, unanswered, when the process ended
-    finally:
-        if process.poll() is None:
-            stop_proxy(process)
+    with sigterm_with_a_request_held(tmp_path, redis_url, upstream, target, "1") as (process, client):
+        assert process.wait(timeout=15) == 0
+        assert client.recv(100) == b""  # cut, unanswered, when the process ended
     assert "connections still open after the 1 s drain are closed" in (tmp_path / "proxy.log").read_text()
 
 
