@@ -250,6 +250,11 @@ class _Supervisor:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+        # The parent's copies of the listening sockets: once every draining worker has closed
+        # its own, the port refuses new connections at once, rather than queue them until
+        # the proxy has stopped and then reset them. (No worker is started while stopping.)
+        for listener in self.listeners:
+            listener.close()
 
     def on_hangup(self, _signum: int, _frame: object) -> None:
         if self.stopping or self.reloading:

@@ -162,12 +162,15 @@ def sigterm_with_a_request_held(tmp_path, redis_url, upstream, target: str,
             stop_proxy(process)
 
 
-def test_sigterm_answers_the_request_in_flight_then_the_process_exits(tmp_path, redis_url, upstream, held):
+def test_sigterm_answers_the_request_in_flight_refuses_new_connections_then_exits(tmp_path, redis_url, upstream, held):
     target, release = held
     with sigterm_with_a_request_held(tmp_path, redis_url, upstream, target, "15") as (process, client):
-        # The worker drains (the parent keeps the port open: nothing is refused).
+        port = client.getpeername()[1]
         wait_until(lambda: "draining: no new connections; each open one closes after its next "
                    "answer (at most 15 s)" in (tmp_path / "proxy.log").read_text(), timeout=10)
+        # Shutting down, the parent holds the port no longer: a new connection is refused at
+        # once while the request in flight is still being answered.
+        wait_until(lambda: refused(port), timeout=5)
         release.set()
         status, fields, body = read_reply(client)
         assert (status, body, fields["connection"]) == (b"HTTP/1.1 200 OK", b"held page", "close")
