@@ -199,7 +199,7 @@ def _health(port: int) -> bytes:
 # A process whose stop signal lands on a thread other than the main one, once the main thread
 # waits in serve(): CPython runs the handler only when the main thread runs again.
 SIGNAL_ON_ANOTHER_THREAD = """
-import signal, sys, threading, time
+import os, signal, sys, threading, time
 from proxy.process.serve import serve
 
 main = threading.main_thread().native_id
@@ -209,9 +209,13 @@ def main_waits():
         return stat.read().rpartition(")")[2].split()[0] == "S"
 
 def send_to_self():
+    # Polled, bounded: the main thread must be asleep in serve()'s wait before the signal, or
+    # the test would not test what it says; past the bound the run fails (exit 3).
     deadline = time.monotonic() + 10
-    while not main_waits() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    while not main_waits():
+        if time.monotonic() > deadline:
+            os._exit(3)
+        time.sleep(0.01)  # the poll's interval
     signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
 
 sys.exit(serve(lambda: [], lambda: None, ready=threading.Thread(target=send_to_self).start))
