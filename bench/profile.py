@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import redis
 
-from bench.bench import VALUE_SIZE, _get, ceiling, proxy
+from bench.servers import VALUE_SIZE, ceiling, get, proxy
 from proxy.store.launcher import RedisServer, free_port
 
 _PLUMBING = ("(threading.py)", "(socketserver.py)", ".handle (http_server.py)",
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         # The ports accept before the proxy is built: these answers say it is, and fill L1.
         for warm in (("/_proxy/health", "/site", "/site") if site else (
                 "/health", f"/?url={origin}&key=bench", "/?key=bench", "/get/bench")):
-            _get(http_port, warm)
+            get(http_port, warm)
         if args.path == "resp":
             load = ["redis-benchmark", "-p", str(resp_port), "-t", "get", "-n", "10000000", "-q"]
         else:
