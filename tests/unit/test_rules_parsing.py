@@ -202,13 +202,21 @@ def settings_with(path) -> object:
     return load_settings({"RULES_FILE": str(path)}, env_file=None)
 
 
-def test_a_bad_rules_file_is_a_config_error_naming_the_file_and_line(tmp_path):
+@pytest.mark.parametrize("content, problem", [
+    (b'[[rule]]\npath = "/a/"\nttl_min = 10\nttl_max = 5\n',
+     "line 3: ttl_min = 10 is more than ttl_max = 5; expected ttl_min at most ttl_max"),
+    (None, "cannot be read (No such file or directory); expected a readable TOML file of [[rule]] "
+           "tables"),
+    (b'[[rule]]\npath = "/caf\xe9"\n', "line 2: byte 0xe9 is not UTF-8; expected a TOML file, which "
+                                        "is UTF-8"),
+], ids=["bad-value", "missing", "not-utf8"])
+def test_a_bad_rules_file_is_a_config_error_naming_the_file_and_what_is_wrong(tmp_path, content, problem):
     path = tmp_path / "rules.toml"
-    path.write_text('[[rule]]\npath = "/a/"\nttl_min = 10\nttl_max = 5\n')
+    if content is not None:  # None: no such file
+        path.write_bytes(content)
     with pytest.raises(ConfigError) as caught:
         rules_of(settings_with(path))
-    assert caught.value.problems == [f"RULES_FILE={path}: line 3: ttl_min = 10 is more than "
-                                     "ttl_max = 5; expected ttl_min at most ttl_max"]
+    assert caught.value.problems == [f"RULES_FILE={path}: {problem}"]
 
 
 def test_a_stale_window_is_checked_against_the_settings_cache_stale_ttl(tmp_path):
@@ -217,23 +225,6 @@ def test_a_stale_window_is_checked_against_the_settings_cache_stale_ttl(tmp_path
     assert rules_of(load_settings({"RULES_FILE": str(path), "CACHE_STALE_TTL": "600"}, env_file=None))
     with pytest.raises(ConfigError, match=r"line 2: stale_if_error = 600 is more than CACHE_STALE_TTL \(300\)"):
         rules_of(settings_with(path))
-
-
-def test_a_missing_rules_file_is_a_config_error(tmp_path):
-    path = tmp_path / "absent.toml"
-    with pytest.raises(ConfigError) as caught:
-        rules_of(settings_with(path))
-    assert caught.value.problems == [f"RULES_FILE={path}: cannot be read (No such file or directory); "
-                                     "expected a readable TOML file of [[rule]] tables"]
-
-
-def test_a_rules_file_that_is_not_utf8_is_a_config_error(tmp_path):
-    path = tmp_path / "rules.toml"
-    path.write_bytes(b'[[rule]]\npath = "/caf\xe9"\n')
-    with pytest.raises(ConfigError) as caught:
-        rules_of(settings_with(path))
-    assert caught.value.problems == [f"RULES_FILE={path}: line 2: byte 0xe9 is not UTF-8; expected "
-                                     "a TOML file, which is UTF-8"]
 
 
 def test_no_rules_file_is_no_rules():
