@@ -201,10 +201,10 @@ class RedisProxy:
         return self.urls.lookup(key, request)
 
     def purge(self, url: str | None = None, key: str | None = None, params: Any = None, *,
-              tag: str | None = None, soft: bool = False) -> int:
+              tag: str | None = None, soft: bool = False, site_host: str | None = None) -> int:
         """Remove an entry (or every entry tagged `tag`) from Redis and every proxy's L1, or
-        with `soft` mark them stale; how many."""
-        return self.urls.purge(url, key, params, tag=tag, soft=soft)
+        with `soft` mark them stale; how many. `site_host`: the host naming the site (its rules)."""
+        return self.urls.purge(url, key, params, tag=tag, soft=soft, site_host=site_host)
 
     def ban(self, host: str, path: str) -> tuple[Ban, int]:
         """Varnish's ban: entries of `host` (glob; "" = any) whose path matches the glob `path`,

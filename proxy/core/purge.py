@@ -45,7 +45,8 @@ class Purging:
     clock: Callable[[], float]
     parse: Callable[..., UrlRequest]
     rules: Rules
-    _ruled: Callable[[UrlRequest, str | None, ClientRequest | None], UrlRequest]
+    _ruled: Callable[[UrlRequest, str | None, str | None], UrlRequest]
+    site_host_of: Callable[[ClientRequest | None], str | None]
 
     def ban(self, host: str, path: str) -> tuple[Ban, int]:
         """Every entry of `host` (a glob, "" = any) whose path and query match the glob `path`,
@@ -56,11 +57,13 @@ class Purging:
         return made
 
     def purge(self, url: str | None = None, key: str | None = None, params: Any = None, *,
-              tag: str | None = None, soft: bool = False) -> int:
+              tag: str | None = None, soft: bool = False, site_host: str | None = None) -> int:
         """Remove an entry (or every entry tagged `tag` by `url`'s origin, ORIGIN_URL's by
         default) from Redis and L1; other proxies' L1 copies follow by invalidation (or expire
         by their TTL with L1_INVALIDATION=ttl). `soft`: mark them stale instead, to be
-        revalidated on next use. Returns how many."""
+        revalidated on next use. `site_host`: in reverse-proxy mode the host naming the site,
+        whose rules (RULES_FILE) gave the entry its key, as they did when it was stored.
+        Returns how many."""
         if tag is not None:
             if key is not None or params is not None:
                 raise BadRequest("give tag=<tag>, with url=<a URL of its origin> unless it is "
@@ -70,8 +73,9 @@ class Purging:
         if url is not None:
             request = self.parse(url, key, params)
             # Under the key the rules give it (RULES_FILE ignore_query / keep_query), matched by
-            # the url's own host: a purge names no site.
-            redis_key = self._ruled(request, key, None).redis_key if self.rules else request.redis_key
+            # the site's host as at store time (else the url's own host).
+            redis_key = self._ruled(request, key, site_host).redis_key if self.rules \
+                else request.redis_key
         elif key is not None:
             redis_key = self._explicit_key(key)
         else:
@@ -129,10 +133,10 @@ class Purging:
             raise
         self.stats.count(names.UPSTREAM_FETCHES)
         if client.method not in SAFE_METHODS and 200 <= response.status < 400:
-            self._invalidate(request.target, response)
+            self._invalidate(request.target, response, self.site_host_of(client))
         return response
 
-    def _invalidate(self, target: str, response: UpstreamResponse) -> None:
+    def _invalidate(self, target: str, response: UpstreamResponse, site_host: str | None) -> None:
         """Purge the target URI, and Location / Content-Location of the same origin."""
         urls = [target]
         for name in ("location", "content-location"):
@@ -146,7 +150,7 @@ class Purging:
                     urls.append(other)
         for url in dict.fromkeys(urls):
             try:
-                self.purge(url)
+                self.purge(url, site_host=site_host)
             except ProxyError as exc:  # an unusable Location, or Redis away: the rest still go
                 log.warning("could not invalidate %s after a %s: %s",
                             url.partition("?")[0], response.status, exc.detail)

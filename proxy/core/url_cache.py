@@ -136,7 +136,7 @@ class UrlCache(PlainHits, Coalescing, Answering, Purging, Ruling):
             request = dataclasses.replace(request, forwarded=forwarded, store=not demands.no_store,
                                           credentials=any(name in CREDENTIALS for name, _ in forwarded))
         if self.rules.rules:  # the key and bypass decided here, before L1 or Redis is looked in
-            request = self._ruled(request, key, client)
+            request = self._ruled(request, key, self.site_host_of(client))
         result = represent(self._answer(request, demands), client.headers.get("accept-encoding"),
                            self.fetcher.max_bytes)
         return conditional.respond(client.method, client.headers, result) if client.headers else result

@@ -23,15 +23,12 @@ class Ruling:
     _ruled_policies: dict[Timing, Policy]
     _forward: Callable[[UrlRequest, Entry | None, bool], CacheResult]
 
-    def _ruled(self, request: UrlRequest, key: str | None, client: ClientRequest | None) -> UrlRequest:
+    def _ruled(self, request: UrlRequest, key: str | None, host: str | None) -> UrlRequest:
         """`request` as the rules matching its site's host and its path decide: its key less
         the query parameters they leave out of it (the origin is still sent them all, as
         nginx's proxy_cache_key or Varnish's vcl_hash leave what is sent alone), and the rules
-        kept with it for its bypass, its Vary and its response's freshness. The site's host:
-        in reverse-proxy mode the Host the client asked for (a relayed request forwards
-        headers), which names the site however the origin is chosen; in the URL role the url's
-        own host. An explicit key= stays the key."""
-        host = client.headers.get("host") if client is not None and client.forwarded else None
+        kept with it for its bypass, its Vary and its response's freshness. `host`: the site's
+        host (site_host_of), else the url's own (the URL role). An explicit key= stays the key."""
         parts = request.parts
         decision = self.rules.match(site_host(host) if host else parts.host, parts.path)
         if decision is None:
@@ -43,6 +40,16 @@ class Ruling:
         return dataclasses.replace(request, canonical=canonical, rule=decision,
                                    redis_key=request.redis_key if key is not None
                                    else cache_keys.redis_key(self.limits.prefix, None, canonical))
+
+    @staticmethod
+    def site_host_of(client: ClientRequest | None) -> str | None:
+        """In reverse-proxy mode, the host that names the request's site: the X-Forwarded-Host
+        the proxy itself sends the origin (handler's Site.forwarded: PUBLIC_HOST or the origin's
+        host with ORIGIN_URL, the listed host that picked the site with ORIGINS), never the
+        client's Host as sent, which with ORIGIN_URL is anything a client writes: it would
+        choose the rules (key, bypass, freshness) of an entry every client shares."""
+        return client.forwarded.get("x-forwarded-host") if client is not None and client.forwarded \
+            else None
 
     def _policy_for(self, request: UrlRequest, status: int) -> Policy:
         """The policy for a response of `status` to `request`: with its rules' freshness parts."""

@@ -65,7 +65,7 @@ class Proxy(Protocol):
     def pass_through(self, url: str, request: ClientRequest, body: bytes | None = None) -> Relayed: ...
     def lookup(self, key: str, request: ClientRequest | None = None) -> CacheResult: ...
     def purge(self, url: str | None = None, key: str | None = None, params: Any = None, *,
-              tag: str | None = None, soft: bool = False) -> int: ...
+              tag: str | None = None, soft: bool = False, site_host: str | None = None) -> int: ...
     def read_value(self, key: bytes | str) -> tuple[bytes | None, str]: ...
     def ban(self, host: str, path: str) -> tuple[Any, int]: ...
     def bans(self) -> tuple[Any, ...]: ...
@@ -231,14 +231,16 @@ class Routes:
             if soft not in ("true", "false"):
                 raise BadRequest("soft must be true or false", error="bad query")
             tag = fields.get("tag")
+            site_host = None
             if self.site is not None and self.site.origin:
+                site_host = self.site.forwarded_host(self.site_host)
                 # Purges are the site's: the Host's origin is the tag's, and `url=/path` its page.
                 if url is None and tag is not None:
                     url = self.site.origin
                 elif url is not None and url[:1] == "/":
                     path, _, query = url.partition("?")
                     url = self.site.target(path, query)
-            removed = proxy.purge(url, key, params, tag=tag, soft=soft == "true")
+            removed = proxy.purge(url, key, params, tag=tag, soft=soft == "true", site_host=site_host)
             self._reply_json(200, {"purged": removed})
             return
         if self._plain_hit(lambda codings: proxy.plain_hit(url, key, params, codings) if url is not None

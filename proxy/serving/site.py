@@ -117,12 +117,17 @@ class Site:
                   for lower, parts in values.items()}
         chain = fields.pop(names.get("x-forwarded-for", "X-Forwarded-For"), "")
         proto = fields.pop(names.get("x-forwarded-proto", "X-Forwarded-Proto"), "").strip().lower()
-        client_host, host = host, urlsplit(self.origin).netloc
-        fields["Host"] = host
+        fields["Host"] = urlsplit(self.origin).netloc
         fields["X-Forwarded-For"] = f"{chain}, {peer}" if chain else peer
         fields["X-Forwarded-Proto"] = proto if proto in PROTOCOLS else "http"
-        fields["X-Forwarded-Host"] = self.public_host or (self.name and client_host) or host
+        fields["X-Forwarded-Host"] = self.forwarded_host(host)
         return fields
+
+    def forwarded_host(self, host: str) -> str:
+        """The host naming this site to its origin (X-Forwarded-Host) and to RULES_FILE's rules:
+        PUBLIC_HOST, else with ORIGINS `host`, the request's host name that picked the site,
+        else the origin's host; never a Host a client chose freely."""
+        return self.public_host or (self.name and host) or urlsplit(self.origin).netloc
 
 
 def host_name(value: str | None) -> str:

@@ -2,6 +2,8 @@
 maximum (the Redis TTLs), bypass, query parameters left out of or kept in the key, a request
 header added to it, TTLs by status, stale windows, hosts; and a bad file refused at start."""
 
+from urllib.parse import quote
+
 import pytest
 
 from proxy.cache.freshness import Policy
@@ -227,18 +229,50 @@ def test_a_rules_stale_while_revalidate_answers_stale_and_refreshes_once(upstrea
 # ----- host --------------------------------------------------------------------------------------
 
 
-def test_in_reverse_proxy_mode_a_rules_host_is_the_host_the_client_asked_for(site_proxy, origin, r):
+HOST_RULES = ('[[rule]]\nhost = "*.example.com"\nbypass = true\n\n'
+              '[[rule]]\nhost = "shop.example.com"\nbypass = false\nttl = 60\nignore_query = ["utm_*"]\n')
+
+
+def test_in_reverse_proxy_mode_a_rules_host_is_the_sites_never_the_clients_host(make_proxy, origin, r):
+    """With ORIGIN_URL any Host reaches the one site, and every client shares its entries: the
+    rules are the site's host's (PUBLIC_HOST here), whatever Host a client writes, or a client
+    would choose the key, bypass and freshness of the entry the others are served."""
     origin.counter("/p")
-    proxy = site_proxy('[[rule]]\nhost = "*.example.com"\nbypass = true\n\n'
-                       '[[rule]]\nhost = "shop.example.com"\nbypass = false\nttl = 60\n')
+    proxy = make_proxy(origin=origin.url(""), rules=parse_rules(HOST_RULES), server_options={
+        "site": Site(origin.url(""), public_host="shop.example.com")})
 
-    www = [request(proxy.port, "/p", headers={"Host": "www.Example.com:8080"}) for _ in range(2)]
-    shop = request(proxy.port, "/p", headers={"Host": "shop.example.com"})
-    apex = request(proxy.port, "/p", headers={"Host": "example.com"})
+    answers = [request(proxy.port, "/p", headers={"Host": host}) for host in (
+        "www.example.com:8080", "www.example.com", "shop.example.com", "example.com")]
 
-    assert [got.headers["X-Cache"] for got in (*www, shop, apex)] == ["BYPASS", "BYPASS", "MISS", "HIT"]
+    assert [got.headers["X-Cache"] for got in answers] == ["MISS", "HIT", "HIT", "HIT"]
     assert 55 <= r.ttl(key_of(origin.url("/p"))) <= 60  # shop's rule stored it
-    assert origin.hits["GET /p"] == 3
+    assert origin.hits["GET /p"] == 1
+
+
+def test_without_public_host_a_rules_host_is_the_origins_host(make_proxy, origin):
+    origin.counter("/p")
+    proxy = make_proxy(origin=origin.url(""), rules=parse_rules(HOST_RULES),
+                       server_options={"site": Site(origin.url(""))})
+
+    answers = [request(proxy.port, "/p", headers={"Host": "www.example.com"}) for _ in range(2)]
+
+    assert [got.headers["X-Cache"] for got in answers] == ["MISS", "HIT"]  # no *.example.com bypass
+    assert origin.hits["GET /p"] == 1
+
+
+def test_a_purge_by_path_finds_the_entry_under_the_key_the_sites_rules_gave_it(make_proxy, origin, r):
+    """The site's rule leaves utm_* out of the key: a purge of the page, with any utm_ value,
+    removes the entry stored under that key (the rules matched by the same site host)."""
+    origin.counter("/p")
+    proxy = make_proxy(origin=origin.url(""), rules=parse_rules(HOST_RULES), server_options={
+        "site": Site(origin.url(""), public_host="shop.example.com")})
+    assert request(proxy.port, "/p?id=1&utm_source=a").headers["X-Cache"] == "MISS"
+    assert r.exists(key_of(origin.url("/p?id=1"))) == 1
+
+    purged = request(proxy.port, "/_proxy/?url=" + quote("/p?id=1&utm_source=b", safe=""), method="DELETE")
+
+    assert (purged.status, purged.json()) == (200, {"purged": 1})
+    assert r.exists(key_of(origin.url("/p?id=1"))) == 0
 
 
 def test_in_the_url_role_a_rules_host_is_the_urls_host(upstream, make_proxy):
