@@ -170,10 +170,13 @@ class LoopServerMixIn:
     def _away(self) -> None:
         """A thread serving a request begins a wait off the CPU (an upstream fetch, another's
         fetch): when no thread waits for events, one more at once, not after STALLED; a burst
-        of cold requests would otherwise be taken one each STALLED."""
+        of cold requests would otherwise be taken one each STALLED. Only for this server's own
+        threads: the gate (MAX_PARALLEL) is shared with the other front end, whose waits need
+        no thread here."""
         me = threading.get_ident()
-        if me in self._busy:
-            self._busy[me] = AWAY
+        if me not in self._busy:
+            return
+        self._busy[me] = AWAY
         if self._epoll is not None and not self._waiting_threads \
                 and self._started < self.max_clients:
             self._polled = time.monotonic()
