@@ -73,7 +73,6 @@ class RespServer(LoopServerMixIn, socketserver.TCPServer):
                                      rate_limiter=rate_limiter, max_keys=max_keys,
                                      max_reply_bytes=max_reply_bytes)
         self.connections_received = 0
-        self.commands_processed = 0
         self.rejected_replies = 0  # over RESP_MAX_PENDING_BYTES
         self.init_limits(max_clients, max_parallel, parallel)
         super().__init__(address, RespHandler)
@@ -82,10 +81,16 @@ class RespServer(LoopServerMixIn, socketserver.TCPServer):
     def port(self) -> int:
         return self.server_address[1]
 
-    def count(self, connections: int = 0, commands: int = 0, rejected_replies: int = 0) -> None:
+    @property
+    def commands_processed(self) -> int:
+        """Commands answered, errors included: the connections' tallies summed (read at
+        INFO and scrape time; the hot path counts each command once, in its tally)."""
+        totals = self.tallies.totals()
+        return sum(totals.ok.values()) + sum(totals.failed.values())
+
+    def count(self, connections: int = 0, rejected_replies: int = 0) -> None:
         with self._count_lock:
             self.connections_received += connections
-            self.commands_processed += commands
             self.rejected_replies += rejected_replies
 
     def refused(self, size: int) -> bytes:
@@ -223,8 +228,6 @@ class RespHandler(socketserver.BaseRequestHandler):
                 unobserved += 1
                 answered += 1
                 close = True
-            finally:
-                server.count(commands=answered)
             if replies:
                 self._send(replies)
         finally:

@@ -162,14 +162,6 @@ class Sites:
         """ORIGIN_URL's form: `site` for any Host."""
         return cls((dataclasses.replace(site, name=""),))
 
-    @property
-    def admin_prefix(self) -> str:
-        return self.sites[0].admin_prefix
-
-    @property
-    def origins(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(site.origin for site in self.sites if site.origin))
-
     def route(self, path: str) -> str | None:
         """Site.route: the proxy's own route `path` names, None when it is a site's path."""
         return self.sites[0].route(path)
