@@ -14,6 +14,7 @@ import redis
 
 import logger
 from load_env import Settings, load_settings
+from proxy.cache.rules import Rules
 from proxy.errors import ConfigError, LauncherError, ListenError
 from proxy.parts import rules_of
 from proxy.process import command_line, warm, workers
@@ -141,15 +142,16 @@ def serve_process(settings: Settings, authenticator: Authenticator,
                   listeners: list[socket.socket] | None = None,
                   rate_limiter: RateLimiter | None = None,
                   metrics_folder: str | None = None,
-                  ready: Callable[[], None] | None = None) -> int:
+                  ready: Callable[[], None] | None = None, rules: Rules | None = None) -> int:
     """One serving process: the proxy and its front ends until SIGINT or SIGTERM. The ports
-    are bound first, so a port in use stops the start before an embedded Redis is started."""
+    are bound first, so a port in use stops the start before an embedded Redis is started.
+    `rules`: RULES_FILE as the parent read and checked it (None: read here)."""
     bound: list[socket.socket] = []
 
     def start() -> list[Any]:
         if listeners is None:
             bound.extend(workers.bind_listeners(settings))
-        return start_front_ends(settings, RedisProxy.get_instance(settings), authenticator,
+        return start_front_ends(settings, RedisProxy.get_instance(settings, rules), authenticator,
                                 listeners if listeners is not None else bound, rate_limiter,
                                 metrics_folder)
 
@@ -227,7 +229,7 @@ def run(argv: list[str] | None = None) -> int:
         if options.warm_file is not None:
             return warm_cache(settings, options)
         authenticator = authenticator_of(settings)  # reads AUTH_TOKENS_FILE; may warn
-        rules_of(settings)  # RULES_FILE: a bad one stops the start here, before any fork
+        rules = rules_of(settings)  # RULES_FILE: a bad one stops the start here, before any fork
         # Made before any fork: their buckets live in memory every worker shares, so a client
         # has one RATE_LIMIT and one AUTH_FAIL_LIMIT budget however many workers serve it.
         rate_limiter = rate_limiter_of(settings)
@@ -239,9 +241,12 @@ def run(argv: list[str] | None = None) -> int:
     warn_if_exposed(settings.http_host, authenticator.enabled)
     if settings.resp_port:
         warn_if_resp_exposed(settings.http_host, settings.resp_port, authenticator.enabled)
-    def serving(authenticator: Authenticator, rate_limiter: RateLimiter | None) -> workers.Serve:
+    def serving(authenticator: Authenticator, rate_limiter: RateLimiter | None,
+                rules: Rules) -> workers.Serve:
+        """Every worker of a configuration serves with the rules read once, here: one started
+        again after a crash too, whatever the file says by then (a change waits for SIGHUP)."""
         return lambda s, listeners, folder, ready: serve_process(
-            s, authenticator, listeners, rate_limiter, folder, ready)
+            s, authenticator, listeners, rate_limiter, folder, ready, rules)
 
     running = _Running(settings, authenticator, rate_limiter)  # what the workers serve with now
 
@@ -253,7 +258,7 @@ def run(argv: list[str] | None = None) -> int:
         problem = command_line.log_file_problem(new.log_file)
         if problem:
             raise ConfigError([problem])
-        rules_of(new)  # RULES_FILE read again: each new worker's proxy reads it as checked here
+        rules = rules_of(new)  # RULES_FILE read again, once: the new workers serve with these
         old = running.settings
         # The failed-authentication and rate buckets live in memory every worker shares: kept
         # while their limits are unchanged, so a reload does not forgive a client.
@@ -269,10 +274,10 @@ def run(argv: list[str] | None = None) -> int:
         for warning in misspelled():
             process_log.warning("%s", warning)
         running.settings, running.authenticator, running.rate_limiter = new, fresh, limiter
-        return new, serving(fresh, limiter)
+        return new, serving(fresh, limiter, rules)
 
     try:
-        return workers.supervise(settings, serving(authenticator, rate_limiter), reload)
+        return workers.supervise(settings, serving(authenticator, rate_limiter, rules), reload)
     except (LauncherError, ListenError, OSError) as exc:
         process_log.error("cannot start: %s", exc)
         return 1

@@ -117,11 +117,13 @@ class RedisProxy:
     # ----- the process-wide instance -------------------------------------------------------
 
     @classmethod
-    def get_instance(cls, settings: Settings | None = None) -> "RedisProxy":
-        """The one RedisProxy of this process, built from settings on first use."""
+    def get_instance(cls, settings: Settings | None = None, rules: Rules | None = None) -> "RedisProxy":
+        """The one RedisProxy of this process, built from settings on first use (`rules`:
+        RULES_FILE already read, else read from the settings)."""
         with cls._instance_lock:
             if cls._instance is None:
-                cls._instance = cls.from_settings(settings or load_settings())
+                cls._instance = cls.from_settings(settings or load_settings(),
+                                                  **({} if rules is None else {"rules": rules}))
             return cls._instance
 
     @classmethod

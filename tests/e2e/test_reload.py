@@ -121,6 +121,28 @@ def test_sighup_reads_the_rules_file_again(running, upstream, tmp_path):
     assert [cache_of(proxy, url) for _ in range(2)] == ["MISS", "HIT"]
 
 
+def test_a_worker_started_again_after_a_crash_serves_the_rules_read_at_start_not_the_file_now(
+        running, upstream, tmp_path):
+    """The rules are read once per configuration, by the parent: a worker replaced after a
+    crash serves with them, not with an edit of the file that no SIGHUP has checked yet."""
+    url = upstream.serve("/ruled", b"ruled")
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rule]]\npath = "/ruled"\nbypass = true\n')
+    proxy = running(rules_env(upstream, rules))
+    # Both first workers started (the port answers as soon as the parent has bound it).
+    first = wait_until(lambda: len(pids := re.findall(r"worker (\d+) started", proxy.log.read_text())) == 2
+                       and pids, timeout=30)
+    assert {cache_of(proxy, url) for _ in range(4)} == {"BYPASS"}
+    rules.write_text('[[rule]]\npath = "/ruled"\nttl = 60\n')  # edited, not reloaded
+
+    for pid in map(int, first):
+        os.kill(pid, signal.SIGKILL)  # the workers of the proxy this test started
+    wait_until(lambda: proxy.log.read_text().count("starting another") == 2 and not refused(proxy.port),
+               timeout=30)
+
+    assert {cache_of(proxy, url) for _ in range(4)} == {"BYPASS"}
+
+
 def test_a_bad_rules_file_at_reload_is_refused_with_its_line_and_the_old_rules_kept(running, upstream, tmp_path):
     url = upstream.serve("/ruled", b"ruled")
     rules = tmp_path / "rules.toml"
