@@ -155,14 +155,15 @@ class Policy:
         here too, whose answers are as personal: web cache deception stores them under a
         static-looking path): None when it may not be stored, which is unless it says
         `public`, `s-maxage` or `must-revalidate`; else its explicit freshness alone, at most
-        CACHE_TTL, never CACHE_TTL by default nor a heuristic (§4.2.2), so the origin's own
-        words are what shares it. Stored with no freshness, it needs a validator."""
+        CACHE_TTL (a rule's ttl_max in its place; never raised by a ttl_min), never CACHE_TTL
+        by default nor a heuristic (§4.2.2), so the origin's own words are what shares it.
+        Stored with no freshness, it needs a validator."""
         directives = self.directives(headers)
         if not any(name in directives for name in SHARED_DESPITE_CREDENTIALS):
             return None
         explicit = self.explicit_lifetime(headers, now)
         lifetime = 0.0 if explicit is None or cc.field_names(directives, "no-cache")[0] \
-            else min(self.ttl, explicit)
+            else min(self.ttl if self.timing.ttl_max is None else self.timing.ttl_max, explicit)
         if lifetime <= 0 and not ("etag" in headers or "last-modified" in headers):
             return None  # nothing to reuse it by, and no way to revalidate it
         return lifetime

@@ -44,7 +44,7 @@ class Answering(Storing):
         lifetime = policy.lifetime(response.headers, now, response.status)
         if request.credentials and not refusal:
             # RFC 9111 §3.5: stored only if it says so, fresh only as long as it says.
-            shared = self.policy.credentialed_lifetime(response.headers, now)
+            shared = policy.credentialed_lifetime(response.headers, now)
             if shared is None:
                 refusal = "credentials"
             else:

@@ -229,6 +229,19 @@ def test_a_rules_stale_while_revalidate_answers_stale_and_refreshes_once(upstrea
 # ----- host --------------------------------------------------------------------------------------
 
 
+def test_a_rules_ttl_max_caps_an_answer_to_a_request_with_credentials(site_proxy, origin, r):
+    """RFC 9111 §3.5: stored because it says public, fresh as long as it says (600 s), within
+    the rule's ttl_max (20 s) as within CACHE_TTL where no rule matches."""
+    origin.route("/private", lambda handler: handler.reply(
+        200, b"mine", {"Content-Type": "text/plain", "Cache-Control": "public, max-age=600"}))
+    proxy = site_proxy('[[rule]]\npath = "/private"\nttl_max = 20\n')
+
+    got = request(proxy.port, "/private", headers={"Cookie": "sid=alice"})
+
+    assert (got.status, got.body, got.headers["X-Cache"]) == (200, b"mine", "MISS")
+    assert 15 <= r.ttl(key_of(origin.url("/private"))) <= 20
+
+
 HOST_RULES = ('[[rule]]\nhost = "*.example.com"\nbypass = true\n\n'
               '[[rule]]\nhost = "shop.example.com"\nbypass = false\nttl = 60\nignore_query = ["utm_*"]\n')
 
