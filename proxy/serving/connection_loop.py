@@ -89,6 +89,7 @@ class LoopServerMixIn:
         self._stopped.set()
         self.draining = False  # drain(): the front ends make each answer a connection's last
         self._closed_to_new = False  # draining, and the listening socket closed
+        self._closing_idle = False  # draining: a connection that closes on drain is not re-armed
         self._drained = threading.Event()  # and then the last connection closed
         self.parallel.on_away.append(self._away)
 
@@ -159,6 +160,7 @@ class LoopServerMixIn:
         except (OSError, ValueError):
             pass
         self.socket.close()
+        self._closing_idle = True  # before the sweep: one re-armed during it is closed by _arm
         for fd, connection in list(self._waiting.items()):
             if connection.closes_on_drain() and self._waiting.pop(fd, None) is not None:
                 self._close(connection)
@@ -325,6 +327,12 @@ class LoopServerMixIn:
         except (OSError, ValueError):  # the loop stopped and closed the set meanwhile
             if self._waiting.pop(fd, None) is not None:
                 self._close(connection)
+            return
+        # Re-armed as the drain's sweep went by (a thread that read `draining` false before it):
+        # closed here, or it would hold the drain to its bound. The pop decides who closes it.
+        if self._closing_idle and connection.closes_on_drain() \
+                and self._waiting.pop(fd, None) is not None:
+            self._close(connection)
 
     def _close(self, connection: Connection) -> None:
         sock = connection.request
