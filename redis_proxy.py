@@ -183,10 +183,12 @@ class RedisProxy:
         return self.urls.fetch(url, key, params, request)
 
     def plain_hit(self, url: str, key: str | None, params: Any, accept_encoding: str | None,
-                  client: Callable[[], ClientRequest] | None = None) -> PlainHit | None:
+                  client: Callable[[], ClientRequest] | None = None,
+                  site_host: Callable[[], str] | None = None) -> PlainHit | None:
         """`fetch`'s answer to a GET or HEAD with no field its full evaluation reads, when a
-        fresh L1 entry gives it as it stands; None: ask `fetch` (proxy.core.plain_hit)."""
-        return self.urls.plain_hit(url, key, params, accept_encoding, client)
+        fresh L1 entry gives it as it stands; None: ask `fetch` (proxy.core.plain_hit).
+        `site_host()`: in reverse-proxy mode the host naming the site (its rules)."""
+        return self.urls.plain_hit(url, key, params, accept_encoding, client, site_host)
 
     def plain_lookup(self, key: str, accept_encoding: str | None) -> PlainHit | None:
         """`lookup`'s answer to `?key=K` when a fresh L1 entry gives it as it stands; None: ask

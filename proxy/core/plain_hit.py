@@ -18,6 +18,7 @@ from proxy.cache.representation import represent
 from proxy.cache.request import ClientRequest, fill_fields
 from proxy.cache.result import HIT, CacheResult, PlainHit
 from proxy.cache.rules import Rules
+from proxy.cache.rules import site_host as rule_host
 from proxy.core import stats as names
 from proxy.core.stats import Stats
 from proxy.core.url_request import UrlLimits, UrlRequest
@@ -45,15 +46,20 @@ class PlainHits(VariantSelection):
     rules: Rules
 
     def plain_hit(self, url: str, key: str | None, params: Any, accept_encoding: str | None,
-                  client: Callable[[], ClientRequest] | None = None) -> PlainHit | None:
+                  client: Callable[[], ClientRequest] | None = None,
+                  site_host: Callable[[], str] | None = None) -> PlainHit | None:
         """The answer `fetch` gives a plain GET or HEAD when L1 holds a fresh entry for it, or
         None for `fetch` to answer: no such entry in L1, or another URL's, or another Vary
         variant (`client()` builds the request, read only for an entry with Vary), or one whose
         REFRESH_AHEAD refresh is due (fetch starts it), or a compressed entry for a client that
-        does not take its coding (decoded per answer). BadRequest, Forbidden as fetch raises."""
-        if self.rules.rules:
-            return None  # RULES_FILE decides the key and bypass first: the full path (fetch)
+        does not take its coding (decoded per answer), or one a RULES_FILE rule matches by its
+        site's host (`site_host()`, else the url's) and path: the rule decides its key and
+        bypass first, the full path (fetch). BadRequest, Forbidden as fetch raises."""
         request = self.parse(url, key, params)
+        if self.rules.rules and self.rules.match(
+                rule_host(site_host()) if site_host is not None else request.parts.host,
+                request.parts.path) is not None:
+            return None
         self.fetcher.check(request.parts)  # the upstream policy holds for cached entries too
         entry, memo = self.local.get_with_memo((URL_TIER, request.redis_key))
         if entry is MISSING or entry.url != request.canonical or self._unbanned(entry) is not entry:

@@ -60,7 +60,8 @@ class Proxy(Protocol):
     def fetch(self, url: str, key: str | None = None, params: Any = None,
               request: ClientRequest | None = None) -> CacheResult: ...
     def plain_hit(self, url: str, key: str | None, params: Any, accept_encoding: str | None,
-                  client: Callable[[], ClientRequest] | None = None) -> PlainHit | None: ...
+                  client: Callable[[], ClientRequest] | None = None,
+                  site_host: Callable[[], str] | None = None) -> PlainHit | None: ...
     def plain_lookup(self, key: str, accept_encoding: str | None) -> PlainHit | None: ...
     def pass_through(self, url: str, request: ClientRequest, body: bytes | None = None) -> Relayed: ...
     def lookup(self, key: str, request: ClientRequest | None = None) -> CacheResult: ...
@@ -137,7 +138,9 @@ class Routes:
         with server.parallel, self._early_hints():
             # A plain hit first; with credentials for the origin the full path decides (below).
             if reads and "authorization" not in self.headers and self._plain_hit(
-                    lambda codings: server.proxy.plain_hit(url, None, None, codings, client)):
+                    lambda codings: server.proxy.plain_hit(
+                        url, None, None, codings, client,
+                        lambda: site.forwarded_host(self.site_host))):
                 return
             request = client()
             # RFC 9111 §3.5: an answer to a request with credentials is the credential holder's.

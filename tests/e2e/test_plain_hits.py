@@ -10,6 +10,7 @@ import time
 import pytest
 
 from proxy.cache.local_cache import URL_TIER
+from proxy.cache.rules import parse_rules
 from proxy.serving.reply import ReplyHead
 from proxy.serving.site import Site
 from servers import q, request
@@ -207,3 +208,21 @@ def test_a_replaced_entry_is_answered_with_its_own_head_never_the_one_kept_befor
     again = one_reply(proxy.port, get)
     assert again.endswith(b"\r\n\r\nsecond") and b'\r\nEtag: "2"\r\n' in again
     assert b"\r\nX-Cache: HIT\r\n" in again and origin.hits["/page"] == 2
+
+
+def test_with_rules_set_only_the_paths_a_rule_matches_leave_the_plain_path(site_proxy, origin):
+    """A RULES_FILE rule decides its requests' key and bypass first, so those go the full way
+    (fetch); a path no rule matches stays a plain hit, never asking fetch."""
+    for path in ("/page", "/ruled/page"):
+        origin.route(path, lambda h: h.reply(200, PAGE, PLAIN))
+    proxy = site_proxy(rules=parse_rules('[[rule]]\npath = "/ruled/"\nttl = 60\n'))
+    for path in ("/page", "/ruled/page"):
+        assert request(proxy.port, path).headers["X-Cache"] == "MISS"  # stored, and into L1
+    fetched = []
+    full = proxy.proxy.fetch
+    proxy.proxy.fetch = lambda *args, **kwargs: fetched.append(args[0]) or full(*args, **kwargs)
+
+    answers = [request(proxy.port, path) for path in ("/page", "/ruled/page")]
+
+    assert [(got.body, got.headers["X-Cache"]) for got in answers] == [(PAGE, "HIT")] * 2
+    assert fetched == [origin.url("/ruled/page")]  # the plain hit asked nothing of fetch
