@@ -103,6 +103,12 @@ def supervise(settings: Settings, serve: Serve, reload: Reload | None = None) ->
     hand each other their metrics through sockets in `metrics_folder`, a private temporary
     folder made here before the first fork and removed when the last worker has stopped.
     `reload`: what SIGHUP calls for the new settings (None: SIGHUP is ignored)."""
+    # A stop asked for as soon as the port answers (before the supervisor's own handlers are
+    # in place) is kept, not the default action's kill: the supervisor then starts no worker.
+    asked: list[int] = []
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda signum, _frame: asked.append(signum))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nothing to reload yet: not a kill either
     listeners = bind_listeners(settings)  # first: a port in use fails before anything starts
     embedded = None
     metrics_folder = tempfile.mkdtemp(prefix="rp-metrics-")  # mode 0700
@@ -123,7 +129,7 @@ def supervise(settings: Settings, serve: Serve, reload: Reload | None = None) ->
     log.info("%s", totals(settings))
     try:
         _Supervisor(settings, serve, listeners, metrics_folder, reload,
-                    embedded.url if embedded is not None else "").run()
+                    embedded.url if embedded is not None else "").run(asked)
     finally:
         for listener in listeners:
             listener.close()
@@ -152,10 +158,13 @@ class _Supervisor:
         self.stopping = False
         self.reloading = False
 
-    def run(self) -> None:
+    def run(self, asked: list[int] | None = None) -> None:
+        """`asked`: stop signals received before this (nothing is started then)."""
         signal.signal(signal.SIGINT, self.on_signal)
         signal.signal(signal.SIGTERM, self.on_signal)
         signal.signal(signal.SIGHUP, self.on_hangup if self.reload else signal.SIG_IGN)
+        if asked:
+            self.on_signal(asked[0], None)
         for _ in range(self.settings.http_workers):
             if not self.stopping:
                 self.spawn()
